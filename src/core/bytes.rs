@@ -1,0 +1,152 @@
+//! The byte storage under [`AudioRing`](super::ring): rtrb's wait-free SPSC ring of `u8`.
+//!
+//! Under `cfg(loom)` rtrb's atomics would be invisible to the model checker, so the storage is a
+//! stand-in with the same interface: a `loom` mutex around a `VecDeque`. It is at least as strong
+//! as rtrb (whose commit is a Release store of the tail and whose read is an Acquire load of it),
+//! so the loom models check the protocol *around* the storage (claim, close, wakeup, accounting),
+//! which is the project's own code; rtrb's internals are rtrb's to prove.
+
+/// Writes `parts` one after another into the two halves of a wrapped chunk.
+#[cfg(not(loom))]
+fn scatter(first: &mut [u8], second: &mut [u8], parts: &[&[u8]]) {
+    let mut pos = 0;
+    for part in parts {
+        if pos < first.len() {
+            let n = part.len().min(first.len() - pos);
+            first[pos..pos + n].copy_from_slice(&part[..n]);
+            second[..part.len() - n].copy_from_slice(&part[n..]);
+        } else {
+            let at = pos - first.len();
+            second[at..at + part.len()].copy_from_slice(part);
+        }
+        pos += part.len();
+    }
+}
+
+#[cfg(not(loom))]
+mod imp {
+    use rtrb::RingBuffer;
+
+    pub(crate) struct ByteWriter(rtrb::Producer<u8>);
+    pub(crate) struct ByteReader(rtrb::Consumer<u8>);
+
+    pub(crate) fn byte_ring(capacity: usize) -> (ByteWriter, ByteReader) {
+        let (p, c) = RingBuffer::new(capacity);
+        (ByteWriter(p), ByteReader(c))
+    }
+
+    impl ByteWriter {
+        /// Writes all of `parts` as one commit, or nothing if they do not fit.
+        pub(crate) fn write_all(&mut self, parts: &[&[u8]]) -> bool {
+            let total = parts.iter().map(|p| p.len()).sum();
+            let Ok(mut chunk) = self.0.write_chunk(total) else {
+                return false;
+            };
+            let (first, second) = chunk.as_mut_slices();
+            super::scatter(first, second, parts);
+            // Release store of the tail inside rtrb: the bytes above are visible to the reader.
+            chunk.commit_all();
+            true
+        }
+    }
+
+    impl ByteReader {
+        /// Copies the first `out.len()` bytes without consuming them; false if fewer are there.
+        pub(crate) fn peek(&mut self, out: &mut [u8]) -> bool {
+            let Ok(chunk) = self.0.read_chunk(out.len()) else {
+                return false;
+            };
+            let (a, b) = chunk.as_slices();
+            out[..a.len()].copy_from_slice(a);
+            out[a.len()..].copy_from_slice(b);
+            true // dropping the chunk uncommitted consumes nothing
+        }
+
+        /// Consumes `n` bytes, appending them to `out` if given. The caller has peeked them.
+        pub(crate) fn consume(&mut self, n: usize, out: Option<&mut Vec<u8>>) {
+            let Ok(chunk) = self.0.read_chunk(n) else {
+                debug_assert!(false, "consume({n}) past what was peeked");
+                return;
+            };
+            if let Some(out) = out {
+                let (a, b) = chunk.as_slices();
+                out.extend_from_slice(a);
+                out.extend_from_slice(b);
+            }
+            chunk.commit_all();
+        }
+    }
+}
+
+#[cfg(loom)]
+mod imp {
+    use loom::sync::{Arc, Mutex};
+    use std::collections::VecDeque;
+
+    type Shared = Arc<Mutex<(usize, VecDeque<u8>)>>;
+    pub(crate) struct ByteWriter(Shared);
+    pub(crate) struct ByteReader(Shared);
+
+    pub(crate) fn byte_ring(capacity: usize) -> (ByteWriter, ByteReader) {
+        let shared = Arc::new(Mutex::new((capacity, VecDeque::new())));
+        (ByteWriter(shared.clone()), ByteReader(shared))
+    }
+
+    fn lock(shared: &Shared) -> loom::sync::MutexGuard<'_, (usize, VecDeque<u8>)> {
+        shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    impl ByteWriter {
+        pub(crate) fn write_all(&mut self, parts: &[&[u8]]) -> bool {
+            let mut g = lock(&self.0);
+            let total: usize = parts.iter().map(|p| p.len()).sum();
+            if g.0 - g.1.len() < total {
+                return false;
+            }
+            parts.iter().for_each(|p| g.1.extend(p.iter().copied()));
+            true
+        }
+    }
+
+    impl ByteReader {
+        pub(crate) fn peek(&mut self, out: &mut [u8]) -> bool {
+            let g = lock(&self.0);
+            if g.1.len() < out.len() {
+                return false;
+            }
+            out.iter_mut().zip(g.1.iter()).for_each(|(o, b)| *o = *b);
+            true
+        }
+
+        pub(crate) fn consume(&mut self, n: usize, out: Option<&mut Vec<u8>>) {
+            let mut g = lock(&self.0);
+            let taken = g.1.drain(..n);
+            match out {
+                Some(out) => out.extend(taken),
+                None => drop(taken),
+            }
+        }
+    }
+}
+
+pub(crate) use imp::{ByteReader, ByteWriter, byte_ring};
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::byte_ring;
+
+    #[test]
+    fn writes_are_all_or_nothing_and_survive_wraparound() {
+        let (mut w, mut r) = byte_ring(8);
+        for round in 0u8..20 {
+            assert!(w.write_all(&[&[round, round + 1], &[round + 2, round + 3, round + 4]]));
+            assert!(!w.write_all(&[&[0; 4]]), "only 3 bytes are free");
+            let mut head = [0u8; 2];
+            assert!(r.peek(&mut head));
+            assert_eq!(head, [round, round + 1]);
+            let mut out = Vec::new();
+            r.consume(5, Some(&mut out));
+            assert_eq!(out, [round, round + 1, round + 2, round + 3, round + 4]);
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! A single-consumer atomic waker slot: the consumer parks its `Waker` here, producers and the
+//! closer take it out to wake the consumer. No locks, no allocation on the waking side.
+//!
+//! # Protocol
+//! `state` holds two bits. `REGISTERING` is held by the consumer while it writes the slot;
+//! `WAKING` is held by a waker while it takes the slot. Whoever holds a bit owns the slot.
+//! - `register`: CAS `WAITING → REGISTERING` (Acquire: see the slot as the last owner left it),
+//!   store the waker, then CAS `REGISTERING → WAITING` (AcqRel: publish the waker). If that CAS
+//!   fails, a `wake` arrived meanwhile and could not take the slot: the consumer takes the waker
+//!   back and wakes it itself, so that wake is not lost.
+//! - `wake`: `fetch_or(WAKING)` (AcqRel). From `WAITING` it owns the slot: take the waker, clear
+//!   `WAKING` (Release), wake. From `REGISTERING` the consumer will see `WAKING` and wake itself.
+//!   From `WAKING` another waker is already waking.
+//!
+//! Callers pair it with a check: the consumer registers, then re-checks its condition; the
+//! producer changes the condition, then wakes. Either the consumer's re-check sees the change or
+//! the producer's wake finds the registered waker.
+
+use std::task::Waker;
+
+use crate::sync::{AtomicUsize, Ordering, UnsafeCell};
+
+const WAITING: usize = 0;
+const REGISTERING: usize = 0b01;
+const WAKING: usize = 0b10;
+
+/// See the module documentation for the protocol.
+#[derive(Debug)]
+pub(crate) struct AtomicWaker {
+    state: AtomicUsize,
+    /// Written only by the holder of `REGISTERING` or `WAKING` (never both at once).
+    waker: UnsafeCell<Option<Waker>>,
+}
+
+// SAFETY: the slot is only touched by the thread that owns it through `state` (see the module
+// documentation), so sharing the struct between threads cannot race on it. `Waker` is Send+Sync.
+unsafe impl Sync for AtomicWaker {}
+
+impl AtomicWaker {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: AtomicUsize::new(WAITING),
+            waker: UnsafeCell::new(None),
+        }
+    }
+
+    /// Parks `waker`. Called by the single consumer only.
+    pub(crate) fn register(&self, waker: &Waker) {
+        match self
+            .state
+            .compare_exchange(WAITING, REGISTERING, Ordering::Acquire, Ordering::Acquire)
+        {
+            Ok(_) => {
+                self.with_slot(|slot| match slot {
+                    Some(old) if old.will_wake(waker) => {}
+                    _ => *slot = Some(waker.clone()),
+                });
+                if let Err(actual) = self.state.compare_exchange(
+                    REGISTERING,
+                    WAITING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    // A wake arrived while we held the slot. We still own it: take the waker
+                    // back, reset the state and deliver the wake ourselves.
+                    debug_assert_eq!(actual, REGISTERING | WAKING);
+                    let pending = self.with_slot(Option::take);
+                    self.state.swap(WAITING, Ordering::AcqRel);
+                    if let Some(w) = pending {
+                        w.wake();
+                    }
+                }
+            }
+            // A waker is taking the slot right now: its wake may be for an older registration,
+            // so make sure this task polls again.
+            Err(WAKING) => waker.wake_by_ref(),
+            Err(_) => debug_assert!(false, "AtomicWaker::register called concurrently"),
+        }
+    }
+
+    /// Wakes the parked consumer, if any. Safe to call from any number of threads.
+    pub(crate) fn wake(&self) {
+        if let Some(w) = self.take() {
+            w.wake();
+        }
+    }
+
+    /// Takes the parked waker without waking it (used when the consumer goes away).
+    pub(crate) fn take(&self) -> Option<Waker> {
+        match self.state.fetch_or(WAKING, Ordering::AcqRel) {
+            WAITING => {
+                let w = self.with_slot(Option::take);
+                self.state.fetch_and(!WAKING, Ordering::Release);
+                w
+            }
+            _ => None,
+        }
+    }
+
+    fn with_slot<R>(&self, f: impl FnOnce(&mut Option<Waker>) -> R) -> R {
+        self.waker.with_mut(|ptr| {
+            // SAFETY: callers hold REGISTERING or WAKING, which makes them the slot's only user.
+            f(unsafe { &mut *ptr })
+        })
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::AtomicWaker;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn wake_reaches_the_registered_waker_once() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let slot = AtomicWaker::new();
+        slot.register(&Waker::from(count.clone()));
+        slot.wake();
+        slot.wake();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn take_empties_the_slot() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let slot = AtomicWaker::new();
+        slot.register(&Waker::from(count.clone()));
+        assert!(slot.take().is_some());
+        slot.wake();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    }
+}

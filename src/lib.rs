@@ -1,0 +1,1 @@
+pub mod proto { tonic::include_proto!("mentra.livekit.bridge"); }
