@@ -1,1 +1,31 @@
-pub mod proto { tonic::include_proto!("mentra.livekit.bridge"); }
+//! A gRPC bridge between a cloud backend and LiveKit rooms.
+//!
+//! # Layout
+//! - [`audio`]: the lock-free core. One SPSC ring per session carries room audio from the room's
+//!   event thread to the session's gRPC writer; its close protocol is why a late callback can
+//!   never reach a closed or replaced session. No tokio, gRPC or LiveKit in it.
+//! - `room`: the [`room::RoomBackend`] trait, the only way sessions reach LiveKit, and the
+//!   simulated room (`sim://` URLs).
+//! - `session`: a session (ring halves, room, state, cancellation) and the registry that maps
+//!   user ids to sessions by generation.
+//! - `service`: the gRPC service of the wire contract; `server`: serving it with health,
+//!   reflection and graceful shutdown; `config`: settings from flags and environment.
+#![deny(unsafe_code)]
+
+pub mod audio;
+mod sync;
+
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod error;
+#[cfg(feature = "server")]
+pub mod proto;
+#[cfg(feature = "server")]
+pub mod room;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod service;
+#[cfg(feature = "server")]
+pub mod session;

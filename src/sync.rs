@@ -1,29 +1,48 @@
 //! The synchronisation primitives the lock-free core is written against.
 //!
-//! Under `cfg(loom)` they come from `loom`, so the loom models in `loom-tests/` check the very
-//! code that ships; otherwise they are `std`'s. `UnsafeCell` follows loom's closure-based API
-//! in both builds, so every access to a cell is visible to the model checker.
+//! Under `cfg(loom)` they come from `loom`, so the models in `loom-tests/` check the very code
+//! that ships; otherwise they are `std`'s. `UnsafeCell` follows loom's closure-based API in both
+//! builds, so every access to a cell is visible to the model checker.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::Arc;
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::Arc;
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Waits for another thread to make progress inside a bounded critical section.
-#[cfg(loom)]
-pub(crate) fn spin_wait() {
-    loom::thread::yield_now();
+/// Waits for another thread to leave a bounded critical section (a memcpy of one frame that
+/// never blocks): spins briefly, then yields the CPU.
+#[cfg(not(loom))]
+pub(crate) struct SpinWait(crossbeam_utils::Backoff);
+
+#[cfg(not(loom))]
+impl SpinWait {
+    pub(crate) fn new() -> Self {
+        Self(crossbeam_utils::Backoff::new())
+    }
+
+    pub(crate) fn snooze(&self) {
+        self.0.snooze();
+    }
 }
 
-/// Waits for another thread to make progress inside a bounded critical section.
-#[cfg(not(loom))]
-pub(crate) fn spin_wait() {
-    std::hint::spin_loop();
+/// Under loom a spin loop must yield, or the model checker explores it forever.
+#[cfg(loom)]
+pub(crate) struct SpinWait;
+
+#[cfg(loom)]
+impl SpinWait {
+    pub(crate) fn new() -> Self {
+        Self
+    }
+
+    pub(crate) fn snooze(&self) {
+        loom::thread::yield_now();
+    }
 }
 
 #[cfg(loom)]

@@ -51,6 +51,11 @@ mod imp {
     }
 
     impl ByteReader {
+        /// Bytes committed by the writer and not yet consumed.
+        pub(crate) fn queued(&self) -> usize {
+            self.0.slots()
+        }
+
         /// Copies the first `out.len()` bytes without consuming them; false if fewer are there.
         pub(crate) fn peek(&mut self, out: &mut [u8]) -> bool {
             let Ok(chunk) = self.0.read_chunk(out.len()) else {
@@ -109,6 +114,10 @@ mod imp {
     }
 
     impl ByteReader {
+        pub(crate) fn queued(&self) -> usize {
+            lock(&self.0).1.len()
+        }
+
         pub(crate) fn peek(&mut self, out: &mut [u8]) -> bool {
             let g = lock(&self.0);
             if g.1.len() < out.len() {

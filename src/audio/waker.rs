@@ -16,6 +16,9 @@
 //! producer changes the condition, then wakes. Either the consumer's re-check sees the change or
 //! the producer's wake finds the registered waker.
 
+// Unsafe code here: one `unsafe impl Sync` and one cell access, each with its SAFETY reason.
+#![allow(unsafe_code)]
+
 use std::task::Waker;
 
 use crate::sync::{AtomicUsize, Ordering, UnsafeCell};

@@ -1,0 +1,13 @@
+//! The lock-free audio core: the payload rule, the per-session ring and its close protocol.
+//! Nothing here knows of tokio, gRPC or LiveKit; `loom-tests/` model-checks it.
+
+mod bytes;
+pub mod payload;
+pub mod ring;
+mod waker;
+
+pub use payload::sample_aligned;
+pub use ring::{
+    FrameConsumer, FrameProducer, Overflow, Pop, PushOutcome, RingCloser, RingConfig, RingStats,
+    audio_ring,
+};

@@ -1,0 +1,625 @@
+//! `AudioRing`: one session's lock-free path from the room's event thread to its gRPC writer.
+//!
+//! The producer half ([`FrameProducer`]) belongs to whatever thread the room backend calls back
+//! on; the consumer half ([`FrameConsumer`]) belongs to the task that writes the session's
+//! StreamAudio responses; [`RingCloser`] handles let anyone (LeaveRoom, a replacing JoinRoom, a
+//! server disconnect, shutdown) close the ring. Frames are variable-length PCM payloads stored
+//! back to back in rtrb's wait-free byte ring, each behind a 12-byte header (length, arrival
+//! time), written in one commit so the consumer never sees half a frame.
+//!
+//! # The close protocol
+//!
+//! One atomic word, `state`, carries two bits: `CLOSED` (set once, never cleared) and `CLAIMED`
+//! (held by the producer for the duration of one push: a copy of at most one frame into
+//! preallocated memory, which never blocks, allocates or calls out).
+//!
+//! 1. **Push** (producer): `fetch_or(CLAIMED, Acquire)`. If `CLOSED` was already set the frame is
+//!    counted `dropped_closed` and the claim released; nothing is written. Otherwise the frame is
+//!    written and committed (rtrb's Release store of its tail), then the claim is released with
+//!    `fetch_and(!CLAIMED, Release)` and the consumer's waker is woken. Because claim and close
+//!    are read-modify-writes of the same word, they are totally ordered: a push either sees
+//!    `CLOSED` or its claim precedes the close.
+//! 2. **Close** (anyone, any number of times): `fetch_or(CLOSED, AcqRel)`, then wait with
+//!    `load(Acquire)` until `CLAIMED` is clear. That wait is bounded by one frame copy. When close
+//!    returns, no push is in flight and every later push sees `CLOSED`, so the ring's contents
+//!    are final; the Acquire load that saw the claim released makes the last committed frame
+//!    visible. Close then wakes the consumer.
+//! 3. **Pop** (consumer): `load(Acquire)` of `state` *before* reading the ring. If `CLOSED` is set
+//!    the consumer waits for the claim as close does, discards what is left (counted
+//!    `dropped_closed`, exactly once, since only the consumer consumes) and reports closed.
+//!    Otherwise it pops at most one frame. So a pop that starts after a close has returned
+//!    delivers nothing: **no frame reaches a closed session.**
+//! 4. **Wait** (consumer): register the waker in an [`AtomicWaker`], then re-check `state` and
+//!    the ring. A push commits and then wakes; close sets `CLOSED` and then wakes. Either the
+//!    consumer's re-check sees the change or the producer's wake finds the registered waker:
+//!    **no wakeup is lost**.
+//!
+//! A replaced session cannot leak into its successor because rings are never reused: each
+//! session gets a new ring, and a late callback from an old room holds only the old ring's
+//! producer, whose pushes now count as `dropped_closed`.
+//!
+//! Only one thread may push at a time (the ring is single-producer). Room backends deliver one
+//! room's data from one thread; if two threads ever push at once, the second finds `CLAIMED` set
+//! and its frame is counted `dropped_contended` instead of waiting, so the event thread never
+//! waits on anything.
+//!
+//! # Accounting
+//!
+//! `received = skipped + delivered + dropped_full + dropped_closed + dropped_contended + queued`,
+//! and `queued` is 0 once the consumer has seen the ring closed or has been dropped.
+
+// Unsafe code here: one `unsafe impl Sync` and one cell access, each with its SAFETY reason.
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::task::{Context, Poll};
+
+use crossbeam_utils::CachePadded;
+
+use super::bytes::{ByteReader, ByteWriter, byte_ring};
+use super::payload::sample_aligned;
+use super::waker::AtomicWaker;
+use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering, SpinWait, UnsafeCell};
+
+const CLOSED: usize = 0b01;
+const CLAIMED: usize = 0b10;
+
+/// Bytes in front of every frame: payload length (u32 LE) and arrival time (i64 LE, unix ms).
+pub const FRAME_HEADER: usize = 12;
+
+/// Bytes of one second of 16 kHz mono PCM16.
+pub const BYTES_PER_SECOND: usize = 32_000;
+
+/// What happens when a frame arrives and the ring is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// The arriving frame is dropped; what is queued plays out. This is the old bridge's policy.
+    #[default]
+    DropNewest,
+    /// The arriving frame is dropped (an SPSC producer cannot remove frames), and the consumer,
+    /// on its next pop, skips the oldest frames until half the ring is free, so a reader that
+    /// fell behind is brought back to live audio at once instead of staying a full ring late.
+    DropOldest,
+}
+
+/// Size and overflow policy of one session's ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Bytes of storage, headers included.
+    pub capacity_bytes: usize,
+    pub overflow: Overflow,
+}
+
+impl RingConfig {
+    /// A ring holding about `ms` milliseconds of 10 ms (320-byte) frames.
+    pub fn for_duration_ms(ms: u32, overflow: Overflow) -> Self {
+        let frames = (ms as usize).div_ceil(10).max(1);
+        Self {
+            capacity_bytes: frames * (320 + FRAME_HEADER),
+            overflow,
+        }
+    }
+}
+
+impl Default for RingConfig {
+    /// About 2 s of audio, dropping the newest frame when full, as the old bridge did.
+    fn default() -> Self {
+        Self::for_duration_ms(2000, Overflow::DropNewest)
+    }
+}
+
+/// What became of one pushed payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued for the consumer.
+    Queued,
+    /// The payload rule left no samples; nothing was queued.
+    Skipped,
+    /// The ring was full (or the frame can never fit); the frame was dropped.
+    Full,
+    /// The ring is closed; the frame was dropped.
+    Closed,
+    /// Another thread was pushing at the same instant; the frame was dropped.
+    Contended,
+}
+
+/// What one non-blocking pop found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pop {
+    /// A frame was appended to the output buffer; it arrived at this time (unix ms).
+    Frame { arrived_ms: i64 },
+    Empty,
+    Closed,
+}
+
+/// A snapshot of a ring's counters (see the module documentation for how they add up).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    pub received: u64,
+    pub skipped: u64,
+    pub delivered: u64,
+    pub dropped_full: u64,
+    pub dropped_closed: u64,
+    pub dropped_contended: u64,
+}
+
+impl RingStats {
+    /// Frames received and not yet delivered or dropped.
+    pub fn queued(&self) -> u64 {
+        self.received
+            - self.skipped
+            - self.delivered
+            - self.dropped_full
+            - self.dropped_closed
+            - self.dropped_contended
+    }
+
+    pub fn add(&mut self, o: &RingStats) {
+        self.received += o.received;
+        self.skipped += o.skipped;
+        self.delivered += o.delivered;
+        self.dropped_full += o.dropped_full;
+        self.dropped_closed += o.dropped_closed;
+        self.dropped_contended += o.dropped_contended;
+    }
+}
+
+/// Counters are statistics: Relaxed increments, read after the fact. No decision depends on them.
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    skipped: AtomicU64,
+    delivered: AtomicU64,
+    dropped_full: AtomicU64,
+    dropped_closed: AtomicU64,
+    dropped_contended: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+struct Shared {
+    /// `CLOSED | CLAIMED`; see the module documentation.
+    state: CachePadded<AtomicUsize>,
+    /// Set by a push that found the ring full under [`Overflow::DropOldest`]; cleared by the
+    /// consumer when it skips the backlog.
+    lagged: AtomicUsize,
+    waker: AtomicWaker,
+    counters: CachePadded<Counters>,
+    config: RingConfig,
+}
+
+impl Shared {
+    /// Step 2 of the close protocol. Returns true for the call that closed the ring.
+    fn close(&self) -> bool {
+        let first = self.state.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED == 0;
+        self.wait_unclaimed();
+        self.waker.wake();
+        first
+    }
+
+    fn is_closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) & CLOSED != 0
+    }
+
+    /// Waits until no push is in flight. Acquire: the frame the last push committed is visible.
+    fn wait_unclaimed(&self) {
+        let spin = SpinWait::new();
+        while self.state.load(Ordering::Acquire) & CLAIMED != 0 {
+            spin.snooze();
+        }
+    }
+
+    fn stats(&self) -> RingStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RingStats {
+            received: get(&c.received),
+            skipped: get(&c.skipped),
+            delivered: get(&c.delivered),
+            dropped_full: get(&c.dropped_full),
+            dropped_closed: get(&c.dropped_closed),
+            dropped_contended: get(&c.dropped_contended),
+        }
+    }
+}
+
+/// Creates a session's ring: the producer for the room's event thread, the consumer for the
+/// gRPC writer, and a closer for everyone else. All memory is allocated here, once.
+pub fn audio_ring(config: RingConfig) -> (FrameProducer, FrameConsumer, RingCloser) {
+    let (writer, reader) = byte_ring(config.capacity_bytes.max(FRAME_HEADER + 2));
+    let shared = Arc::new(Shared {
+        state: CachePadded::new(AtomicUsize::new(0)),
+        lagged: AtomicUsize::new(0),
+        waker: AtomicWaker::new(),
+        counters: CachePadded::new(Counters::default()),
+        config,
+    });
+    (
+        FrameProducer {
+            shared: shared.clone(),
+            writer: UnsafeCell::new(writer),
+        },
+        FrameConsumer {
+            shared: shared.clone(),
+            reader,
+        },
+        RingCloser { shared },
+    )
+}
+
+/// The room side of a ring. `push` may be called from any thread; see the module documentation.
+pub struct FrameProducer {
+    shared: Arc<Shared>,
+    /// Touched only by the holder of `CLAIMED`.
+    writer: UnsafeCell<ByteWriter>,
+}
+
+// SAFETY: the writer is only accessed by the thread that holds the `CLAIMED` bit, which
+// `fetch_or` grants to one thread at a time; everything else in the struct is atomic.
+unsafe impl Sync for FrameProducer {}
+
+impl FrameProducer {
+    /// Applies the payload rule and queues the samples with their arrival time. Never allocates,
+    /// locks, blocks or panics, before, during or after close.
+    pub fn push(&self, arrived_ms: i64, payload: &[u8]) -> PushOutcome {
+        let s = &self.shared;
+        bump(&s.counters.received, 1);
+        let Some(pcm) = sample_aligned(payload) else {
+            bump(&s.counters.skipped, 1);
+            return PushOutcome::Skipped;
+        };
+        // Step 1 of the close protocol: claim, and learn whether the ring is closed.
+        let prev = s.state.fetch_or(CLAIMED, Ordering::Acquire);
+        if prev & CLAIMED != 0 {
+            bump(&s.counters.dropped_contended, 1);
+            return PushOutcome::Contended;
+        }
+        if prev & CLOSED != 0 {
+            s.state.fetch_and(!CLAIMED, Ordering::Release);
+            bump(&s.counters.dropped_closed, 1);
+            return PushOutcome::Closed;
+        }
+        let written = u32::try_from(pcm.len()).is_ok_and(|len| {
+            let mut header = [0u8; FRAME_HEADER];
+            header[..4].copy_from_slice(&len.to_le_bytes());
+            header[4..].copy_from_slice(&arrived_ms.to_le_bytes());
+            self.writer.with_mut(|w| {
+                // SAFETY: this thread holds CLAIMED, so it is the writer's only user.
+                let w = unsafe { &mut *w };
+                w.write_all(&[&header, pcm])
+            })
+        });
+        // Release: a closer or consumer that sees the claim gone also sees the commit.
+        s.state.fetch_and(!CLAIMED, Ordering::Release);
+        if written {
+            s.waker.wake();
+            return PushOutcome::Queued;
+        }
+        bump(&s.counters.dropped_full, 1);
+        if s.config.overflow == Overflow::DropOldest {
+            s.lagged.store(1, Ordering::Release);
+            s.waker.wake();
+        }
+        PushOutcome::Full
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    pub fn stats(&self) -> RingStats {
+        self.shared.stats()
+    }
+}
+
+impl Drop for FrameProducer {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+impl fmt::Debug for FrameProducer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameProducer")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// The writer side of a ring: one task at a time pops frames from it.
+pub struct FrameConsumer {
+    shared: Arc<Shared>,
+    reader: ByteReader,
+}
+
+impl FrameConsumer {
+    /// Pops at most one frame, appending its PCM to `out`. Never blocks.
+    pub fn try_pop(&mut self, out: &mut Vec<u8>) -> Pop {
+        // Step 3: the closed check comes before any read of the ring.
+        if self.shared.is_closed() {
+            self.discard_closed();
+            return Pop::Closed;
+        }
+        if self.shared.lagged.swap(0, Ordering::Acquire) != 0 {
+            self.skip_backlog();
+        }
+        let mut header = [0u8; FRAME_HEADER];
+        if !self.reader.peek(&mut header) {
+            return Pop::Empty;
+        }
+        let (len, arrived_ms) = parse_header(&header);
+        self.reader.consume(FRAME_HEADER, None);
+        self.reader.consume(len, Some(out));
+        bump(&self.shared.counters.delivered, 1);
+        Pop::Frame { arrived_ms }
+    }
+
+    /// Like [`try_pop`](Self::try_pop), but when the ring is empty registers the task's waker
+    /// and returns `Pending`. Step 4 of the close protocol.
+    pub fn poll_pop(&mut self, cx: &mut Context<'_>, out: &mut Vec<u8>) -> Poll<Option<i64>> {
+        loop {
+            match self.try_pop(out) {
+                Pop::Frame { arrived_ms } => return Poll::Ready(Some(arrived_ms)),
+                Pop::Closed => return Poll::Ready(None),
+                Pop::Empty => {}
+            }
+            self.shared.waker.register(cx.waker());
+            // Re-check after registering: a push or close that came before the registration
+            // did not find our waker, so its effect must be visible here.
+            if self.shared.is_closed() || self.reader.queued() > 0 {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// Waits for the next frame; `None` once the ring is closed.
+    pub fn pop<'a>(&'a mut self, out: &'a mut Vec<u8>) -> impl Future<Output = Option<i64>> + 'a {
+        std::future::poll_fn(move |cx| self.poll_pop(cx, out))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    pub fn stats(&self) -> RingStats {
+        self.shared.stats()
+    }
+
+    /// The ring is closed: wait for an in-flight push, then count what is left as dropped.
+    fn discard_closed(&mut self) {
+        self.shared.wait_unclaimed();
+        let n = self.drop_frames_while(|_| true);
+        bump(&self.shared.counters.dropped_closed, n);
+    }
+
+    /// Under [`Overflow::DropOldest`], skips the oldest frames until half the ring is free.
+    fn skip_backlog(&mut self) {
+        let target = self.shared.config.capacity_bytes / 2;
+        let n = self.drop_frames_while(|queued| queued > target);
+        bump(&self.shared.counters.dropped_full, n);
+    }
+
+    fn drop_frames_while(&mut self, keep_going: impl Fn(usize) -> bool) -> u64 {
+        let mut header = [0u8; FRAME_HEADER];
+        let mut n = 0;
+        while keep_going(self.reader.queued()) && self.reader.peek(&mut header) {
+            let (len, _) = parse_header(&header);
+            self.reader.consume(FRAME_HEADER + len, None);
+            n += 1;
+        }
+        n
+    }
+}
+
+impl Drop for FrameConsumer {
+    fn drop(&mut self) {
+        // The consumer going away closes the ring, so later pushes are counted, not queued;
+        // then what is queued is counted once.
+        self.shared.close();
+        self.discard_closed();
+        drop(self.shared.waker.take());
+    }
+}
+
+impl fmt::Debug for FrameConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameConsumer")
+            .field("closed", &self.is_closed())
+            .field("queued_bytes", &self.reader.queued())
+            .finish()
+    }
+}
+
+/// Closes a ring from anywhere and reads its counters.
+#[derive(Clone)]
+pub struct RingCloser {
+    shared: Arc<Shared>,
+}
+
+impl RingCloser {
+    /// Closes the ring (step 2 of the close protocol). Returns true for the call that closed it.
+    /// When it returns, no push is in flight and no frame will be delivered any more.
+    pub fn close(&self) -> bool {
+        self.shared.close()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    pub fn stats(&self) -> RingStats {
+        self.shared.stats()
+    }
+}
+
+impl fmt::Debug for RingCloser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingCloser")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+fn parse_header(header: &[u8; FRAME_HEADER]) -> (usize, i64) {
+    let mut len = [0u8; 4];
+    let mut ts = [0u8; 8];
+    len.copy_from_slice(&header[..4]);
+    ts.copy_from_slice(&header[4..]);
+    (u32::from_le_bytes(len) as usize, i64::from_le_bytes(ts))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize as StdUsize;
+    use std::task::{Wake, Waker};
+
+    fn small(overflow: Overflow) -> RingConfig {
+        RingConfig {
+            capacity_bytes: 4 * (FRAME_HEADER + 4),
+            overflow,
+        }
+    }
+
+    #[test]
+    fn frames_come_out_whole_in_order_with_their_arrival_time() {
+        let (p, mut c, _) = audio_ring(RingConfig::default());
+        assert_eq!(p.push(1, &[9, 1, 2, 3, 4]), PushOutcome::Queued);
+        assert_eq!(p.push(2, &[5, 6]), PushOutcome::Queued);
+        assert_eq!(p.push(3, &[7]), PushOutcome::Skipped);
+        let mut out = Vec::new();
+        assert_eq!(c.try_pop(&mut out), Pop::Frame { arrived_ms: 1 });
+        assert_eq!(out, [1, 2, 3, 4]);
+        out.clear();
+        assert_eq!(c.try_pop(&mut out), Pop::Frame { arrived_ms: 2 });
+        assert_eq!(out, [5, 6]);
+        assert_eq!(c.try_pop(&mut out), Pop::Empty);
+        let s = c.stats();
+        assert_eq!((s.received, s.skipped, s.delivered, s.queued()), (3, 1, 2, 0));
+    }
+
+    #[test]
+    fn drop_newest_keeps_the_queue_and_counts_the_rest() {
+        let (p, mut c, _) = audio_ring(small(Overflow::DropNewest));
+        for i in 0..6 {
+            p.push(i, &[1, 2, 3, 4]);
+        }
+        let mut out = Vec::new();
+        let mut got = Vec::new();
+        while let Pop::Frame { arrived_ms } = c.try_pop(&mut out) {
+            got.push(arrived_ms);
+        }
+        assert_eq!(got, [0, 1, 2, 3]);
+        assert_eq!(c.stats().dropped_full, 2);
+    }
+
+    #[test]
+    fn drop_oldest_skips_the_stale_backlog() {
+        let (p, mut c, _) = audio_ring(small(Overflow::DropOldest));
+        for i in 0..5 {
+            p.push(i, &[1, 2, 3, 4]);
+        }
+        let mut out = Vec::new();
+        let mut got = Vec::new();
+        while let Pop::Frame { arrived_ms } = c.try_pop(&mut out) {
+            got.push(arrived_ms);
+        }
+        assert_eq!(got, [2, 3], "the two oldest frames were skipped to free half the ring");
+        let s = c.stats();
+        assert_eq!(s.dropped_full, 3);
+        assert_eq!(s.queued(), 0);
+    }
+
+    #[test]
+    fn nothing_is_delivered_after_close_and_everything_is_counted() {
+        let (p, mut c, closer) = audio_ring(RingConfig::default());
+        p.push(0, &[1, 2]);
+        p.push(0, &[1, 2]);
+        assert!(closer.close());
+        assert!(!closer.close(), "only the first close reports closing");
+        assert_eq!(p.push(0, &[1, 2]), PushOutcome::Closed);
+        let mut out = Vec::new();
+        assert_eq!(c.try_pop(&mut out), Pop::Closed);
+        assert!(out.is_empty());
+        let s = c.stats();
+        assert_eq!((s.received, s.dropped_closed, s.queued()), (3, 3, 0));
+    }
+
+    #[test]
+    fn dropping_the_consumer_closes_and_counts_the_backlog() {
+        let (p, c, _) = audio_ring(RingConfig::default());
+        p.push(0, &[1, 2]);
+        drop(c);
+        assert_eq!(p.push(0, &[1, 2]), PushOutcome::Closed);
+        assert_eq!(p.stats().dropped_closed, 2);
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_ring_is_dropped_not_split() {
+        let (p, mut c, _) = audio_ring(small(Overflow::DropNewest));
+        assert_eq!(p.push(0, &[0u8; 200]), PushOutcome::Full);
+        assert_eq!(c.try_pop(&mut Vec::new()), Pop::Empty);
+    }
+
+    struct Count(StdUsize);
+    impl Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waiting_consumer_is_woken_by_push_and_by_close() {
+        let (p, mut c, closer) = audio_ring(RingConfig::default());
+        let count = std::sync::Arc::new(Count(StdUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut out = Vec::new();
+        assert!(c.poll_pop(&mut cx, &mut out).is_pending());
+        p.push(7, &[1, 2]);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(c.poll_pop(&mut cx, &mut out), Poll::Ready(Some(7)));
+        assert!(c.poll_pop(&mut cx, &mut out).is_pending());
+        closer.close();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(c.poll_pop(&mut cx, &mut out), Poll::Ready(None));
+    }
+
+    #[test]
+    fn two_threads_at_full_speed_lose_nothing_but_what_is_counted() {
+        let (p, mut c, closer) = audio_ring(RingConfig::default());
+        let producer = std::thread::spawn(move || {
+            let mut payload = [0u8; 321];
+            for i in 0..200_000u32 {
+                payload[1..5].copy_from_slice(&i.to_le_bytes());
+                p.push(i64::from(i), &payload);
+            }
+            p
+        });
+        let mut out = Vec::new();
+        let mut last = -1i64;
+        loop {
+            out.clear();
+            match c.try_pop(&mut out) {
+                Pop::Frame { arrived_ms } => {
+                    assert!(arrived_ms > last, "frames stay in order");
+                    assert_eq!(out.len(), 320);
+                    last = arrived_ms;
+                }
+                Pop::Empty if producer.is_finished() => break,
+                Pop::Empty => std::hint::spin_loop(),
+                Pop::Closed => panic!("nobody closed the ring"),
+            }
+        }
+        let p = producer.join().expect("producer thread");
+        closer.close();
+        assert_eq!(c.try_pop(&mut out), Pop::Closed);
+        let s = p.stats();
+        assert_eq!(s.received, 200_000);
+        assert_eq!(s.queued(), 0);
+        assert_eq!(s.delivered + s.dropped_full, 200_000);
+    }
+}
