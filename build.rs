@@ -1,4 +1,5 @@
-//! Compiles `proto/` with the pure-Rust `protox` compiler, so no `protoc` is needed.
+//! Compiles `proto/` with the pure-Rust `protox` compiler, so no `protoc` is needed, and keeps
+//! the encoded descriptors for gRPC reflection.
 
 fn main() {
     #[cfg(feature = "server")]
@@ -9,12 +10,15 @@ fn main() {
 
 #[cfg(feature = "server")]
 fn compile() -> Result<(), Box<dyn std::error::Error>> {
+    use prost::Message;
     const PROTO: &str = "proto/livekit_bridge.proto";
     println!("cargo:rerun-if-changed={PROTO}");
     let fds = protox::compile([PROTO], ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out.join("livekit_bridge_descriptor.bin"))
-        .compile_fds(fds)?;
+    std::fs::write(
+        out.join("livekit_bridge_descriptor.bin"),
+        fds.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

@@ -98,7 +98,9 @@ mod imp {
     }
 
     fn lock(shared: &Shared) -> loom::sync::MutexGuard<'_, (usize, VecDeque<u8>)> {
-        shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     impl ByteWriter {

@@ -127,7 +127,9 @@ pub enum PushOutcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pop {
     /// A frame was appended to the output buffer; it arrived at this time (unix ms).
-    Frame { arrived_ms: i64 },
+    Frame {
+        arrived_ms: i64,
+    },
     Empty,
     Closed,
 }
@@ -498,7 +500,10 @@ mod tests {
         assert_eq!(out, [5, 6]);
         assert_eq!(c.try_pop(&mut out), Pop::Empty);
         let s = c.stats();
-        assert_eq!((s.received, s.skipped, s.delivered, s.queued()), (3, 1, 2, 0));
+        assert_eq!(
+            (s.received, s.skipped, s.delivered, s.queued()),
+            (3, 1, 2, 0)
+        );
     }
 
     #[test]
@@ -527,7 +532,11 @@ mod tests {
         while let Pop::Frame { arrived_ms } = c.try_pop(&mut out) {
             got.push(arrived_ms);
         }
-        assert_eq!(got, [2, 3], "the two oldest frames were skipped to free half the ring");
+        assert_eq!(
+            got,
+            [2, 3],
+            "the two oldest frames were skipped to free half the ring"
+        );
         let s = c.stats();
         assert_eq!(s.dropped_full, 3);
         assert_eq!(s.queued(), 0);

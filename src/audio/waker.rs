@@ -49,10 +49,12 @@ impl AtomicWaker {
 
     /// Parks `waker`. Called by the single consumer only.
     pub(crate) fn register(&self, waker: &Waker) {
-        match self
-            .state
-            .compare_exchange(WAITING, REGISTERING, Ordering::Acquire, Ordering::Acquire)
-        {
+        match self.state.compare_exchange(
+            WAITING,
+            REGISTERING,
+            Ordering::Acquire,
+            Ordering::Acquire,
+        ) {
             Ok(_) => {
                 self.with_slot(|slot| match slot {
                     Some(old) if old.will_wake(waker) => {}

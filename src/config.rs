@@ -1,0 +1,337 @@
+//! Settings from command-line flags and the environment (flags win), parsed from a key-value
+//! source so that tests never touch the process environment. Every setting is in [`SETTINGS`],
+//! which `--help` prints.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::audio::{Overflow, RingConfig};
+use crate::service::ServiceSettings;
+
+/// One setting: its flag, its environment variable, its default and what it does.
+pub struct Setting {
+    pub flag: &'static str,
+    pub env: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        flag: "--socket",
+        env: "LIVEKIT_GRPC_SOCKET",
+        default: "",
+        help: "Unix socket path to serve on (stale file removed, directory created, mode 0666). \
+               When set, TCP is not used.",
+    },
+    Setting {
+        flag: "--port",
+        env: "PORT",
+        default: "9090",
+        help: "TCP port to serve on when no socket is set.",
+    },
+    Setting {
+        flag: "--host",
+        env: "BRIDGE_HOST",
+        default: "0.0.0.0",
+        help: "Address to bind the TCP port on.",
+    },
+    Setting {
+        flag: "--connect-timeout-ms",
+        env: "BRIDGE_CONNECT_TIMEOUT_MS",
+        default: "10000",
+        help: "How long JoinRoom waits for a room to connect before answering success: false.",
+    },
+    Setting {
+        flag: "--ring-ms",
+        env: "BRIDGE_RING_MS",
+        default: "2000",
+        help: "Room audio buffered per session (ms of 10 ms frames) for a slow reader.",
+    },
+    Setting {
+        flag: "--overflow",
+        env: "BRIDGE_OVERFLOW",
+        default: "drop-newest",
+        help: "When a session's buffer is full: drop-newest (keep what is queued) or \
+               drop-oldest (also skip the stale half, back to live audio).",
+    },
+    Setting {
+        flag: "--first-chunk-timeout-ms",
+        env: "BRIDGE_FIRST_CHUNK_TIMEOUT_MS",
+        default: "10000",
+        help: "How long StreamAudio waits for the first chunk, which names the session.",
+    },
+    Setting {
+        flag: "--keep-ended-s",
+        env: "BRIDGE_KEEP_ENDED_S",
+        default: "600",
+        help: "How long GetStatus keeps reporting a session whose room was lost.",
+    },
+    Setting {
+        flag: "--shutdown-timeout-ms",
+        env: "BRIDGE_SHUTDOWN_TIMEOUT_MS",
+        default: "5000",
+        help: "On SIGTERM or SIGINT, the deadline for ending streams and closing sessions.",
+    },
+    Setting {
+        flag: "--log-format",
+        env: "LOG_FORMAT",
+        default: "text",
+        help: "Log format: text or json.",
+    },
+    Setting {
+        flag: "--log",
+        env: "RUST_LOG",
+        default: "info",
+        help: "Log filter, in tracing's EnvFilter syntax.",
+    },
+];
+
+/// Where the bridge listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: Listen,
+    pub service: ServiceSettings,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+}
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Command {
+    Run(Config),
+    Help,
+}
+
+/// A bad setting: which one (by environment name and flag) and why.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl Config {
+    /// Parses `args` (without the program name) over `env`.
+    pub fn parse(
+        args: &[String],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Command, ConfigError> {
+        let mut flags: Vec<(&'static Setting, String)> = Vec::new();
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            if arg == "--help" || arg == "-h" {
+                return Ok(Command::Help);
+            }
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (arg.as_str(), None),
+            };
+            let setting = SETTINGS
+                .iter()
+                .find(|s| s.flag == name)
+                .ok_or_else(|| ConfigError {
+                    key: arg.clone(),
+                    message: "unknown argument (see --help)".into(),
+                })?;
+            let value = match inline {
+                Some(v) => v,
+                None => args.next().cloned().ok_or_else(|| ConfigError {
+                    key: setting.flag.into(),
+                    message: "needs a value".into(),
+                })?,
+            };
+            flags.push((setting, value));
+        }
+        let get = |flag: &str| -> (&'static Setting, String) {
+            let setting = SETTINGS
+                .iter()
+                .find(|s| s.flag == flag)
+                .expect("flag is in SETTINGS");
+            let value = flags
+                .iter()
+                .rev()
+                .find(|(s, _)| s.flag == flag)
+                .map(|(_, v)| v.clone())
+                .or_else(|| env(setting.env))
+                .unwrap_or_else(|| setting.default.to_string());
+            (setting, value)
+        };
+        let ms = |flag: &str, lo: u64, hi: u64| -> Result<Duration, ConfigError> {
+            number(get(flag), lo, hi).map(Duration::from_millis)
+        };
+
+        let (_, socket) = get("--socket");
+        let listen = if socket.is_empty() {
+            let port = number(get("--port"), 0, 65_535)? as u16;
+            let (host_setting, host) = get("--host");
+            let ip: IpAddr = host
+                .parse()
+                .map_err(|_| invalid(host_setting, &host, "an IP address"))?;
+            Listen::Tcp(SocketAddr::new(ip, port))
+        } else {
+            Listen::Unix(PathBuf::from(socket))
+        };
+        let (overflow_setting, overflow) = get("--overflow");
+        let overflow = match overflow.as_str() {
+            "drop-newest" => Overflow::DropNewest,
+            "drop-oldest" => Overflow::DropOldest,
+            _ => {
+                return Err(invalid(
+                    overflow_setting,
+                    &overflow,
+                    "drop-newest or drop-oldest",
+                ));
+            }
+        };
+        let (format_setting, format) = get("--log-format");
+        let log_format = match format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(invalid(format_setting, &format, "text or json")),
+        };
+        let ring_ms = number(get("--ring-ms"), 10, 60_000)? as u32;
+        Ok(Command::Run(Config {
+            listen,
+            service: ServiceSettings {
+                connect_timeout: ms("--connect-timeout-ms", 1, 600_000)?,
+                ring: RingConfig::for_duration_ms(ring_ms, overflow),
+                first_chunk_timeout: ms("--first-chunk-timeout-ms", 1, 600_000)?,
+                keep_ended: Duration::from_secs(number(get("--keep-ended-s"), 0, 86_400)?),
+            },
+            shutdown_timeout: ms("--shutdown-timeout-ms", 0, 600_000)?,
+            log_format,
+            log_filter: get("--log").1,
+        }))
+    }
+}
+
+fn invalid(setting: &Setting, value: &str, expected: &str) -> ConfigError {
+    ConfigError {
+        key: format!("{} ({})", setting.env, setting.flag),
+        message: format!("{value:?} is not valid; expected {expected}"),
+    }
+}
+
+fn number(
+    (setting, value): (&'static Setting, String),
+    lo: u64,
+    hi: u64,
+) -> Result<u64, ConfigError> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (lo..=hi).contains(n))
+        .ok_or_else(|| invalid(setting, &value, &format!("an integer in {lo}..={hi}")))
+}
+
+/// The `--help` text, made from [`SETTINGS`].
+pub fn help() -> String {
+    let mut out = String::from(
+        "livekit-bridge: a gRPC bridge between a cloud backend and LiveKit rooms.\n\n\
+         Usage: livekit-bridge [--flag value]...\n\n\
+         Every setting is a flag or an environment variable; flags win.\n\n",
+    );
+    for s in SETTINGS {
+        let default = if s.default.is_empty() {
+            "unset"
+        } else {
+            s.default
+        };
+        out.push_str(&format!(
+            "  {} / {} (default: {default})\n      {}\n",
+            s.flag, s.env, s.help
+        ));
+    }
+    out.push_str("\nA bad setting exits with status 64 and names it.\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Command, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Config::parse(&args, &|k| env.get(k).cloned())
+    }
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Config {
+        match parse(args, env) {
+            Ok(Command::Run(c)) => c,
+            other => panic!("expected a config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_old_service() {
+        let c = run(&[], &[]);
+        assert_eq!(c.listen, Listen::Tcp("0.0.0.0:9090".parse().expect("addr")));
+        assert_eq!(c.service.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.service.ring, RingConfig::default());
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_socket_wins_over_tcp_and_flags_win_over_env() {
+        let c = run(&["--port", "7000"], &[("PORT", "8000")]);
+        assert_eq!(c.listen, Listen::Tcp("0.0.0.0:7000".parse().expect("addr")));
+        let c = run(
+            &[],
+            &[("LIVEKIT_GRPC_SOCKET", "/tmp/b.sock"), ("PORT", "8000")],
+        );
+        assert_eq!(c.listen, Listen::Unix("/tmp/b.sock".into()));
+        let c = run(&["--overflow=drop-oldest", "--log-format", "json"], &[]);
+        assert_eq!(c.service.ring.overflow, Overflow::DropOldest);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_settings_name_the_key() {
+        for (args, env, key) in [
+            (vec!["--port", "70000"], vec![], "PORT"),
+            (vec![], vec![("PORT", "http")], "PORT"),
+            (
+                vec![],
+                vec![("BRIDGE_OVERFLOW", "drop-all")],
+                "BRIDGE_OVERFLOW",
+            ),
+            (vec!["--ring-ms", "0"], vec![], "BRIDGE_RING_MS"),
+            (vec!["--host", "localhost:1"], vec![], "BRIDGE_HOST"),
+            (vec!["--nonsense"], vec![], "--nonsense"),
+            (vec!["--port"], vec![], "--port"),
+        ] {
+            let err = parse(&args, &env).expect_err("must fail");
+            assert!(err.key.contains(key), "{err} should name {key}");
+        }
+    }
+
+    #[test]
+    fn help_lists_every_setting() {
+        assert!(matches!(parse(&["--help"], &[]), Ok(Command::Help)));
+        let text = help();
+        for s in SETTINGS {
+            assert!(text.contains(s.flag) && text.contains(s.env));
+        }
+    }
+}

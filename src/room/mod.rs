@@ -1,0 +1,185 @@
+//! `RoomBackend`: the only way a session reaches LiveKit.
+//!
+//! A backend connects to a room with a URL and token and then calls the session back through
+//! [`RoomEvents`] on threads it owns, as LiveKit's SDKs do: possibly from two threads at once,
+//! possibly after disconnect was asked for, possibly for a session that has since been replaced.
+//! Sessions are written so that all of that is harmless (see [`crate::audio::ring`]).
+//! [`Backends`] picks the backend from the URL's scheme: `sim://` is the simulated room in
+//! [`sim`]; `ws://` and `wss://` belong to LiveKit's own SDK library.
+
+pub mod sim;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::audio::PushOutcome;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Everything a backend needs to join a room for one user.
+#[derive(Clone, Debug)]
+pub struct ConnectRequest {
+    pub url: String,
+    pub token: String,
+    pub room_name: String,
+    /// The participant whose data packets carry the user's audio.
+    pub target_identity: String,
+    /// How long the session layer waits for `connect` before giving up.
+    pub timeout: Duration,
+}
+
+/// A connected room and what the join learned about it.
+pub struct Connected {
+    pub room: Box<dyn Room>,
+    pub participant_id: String,
+    pub participant_count: u32,
+}
+
+/// Which data channel a packet came on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKind {
+    Lossy,
+    Reliable,
+}
+
+/// Why a room went away without the bridge asking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disconnect {
+    pub reason: String,
+}
+
+/// Callbacks from a backend's threads into a session. Implementations must not block, take a
+/// lock anything slow can hold, or call back into the backend.
+pub trait RoomEvents: Send + Sync + 'static {
+    /// A data packet arrived. The hot path: called for every audio frame. Returns what became of
+    /// the frame, or `None` when the packet is not audio for this session.
+    fn on_data(
+        &self,
+        from: &str,
+        kind: DataKind,
+        topic: &str,
+        payload: &[u8],
+    ) -> Option<PushOutcome>;
+    /// The number of participants in the room changed.
+    fn on_participants(&self, count: u32);
+    /// The server closed the room (room deleted, duplicate identity, token expired, ...).
+    fn on_disconnected(&self, why: Disconnect);
+}
+
+/// A joined room.
+pub trait Room: Send + Sync {
+    /// Publishes 16 kHz mono PCM16 (little-endian) to the audio track called `track`, creating
+    /// and publishing the track on first use. Resolves when the room has taken the audio; a
+    /// backend that paces playout applies backpressure here.
+    fn publish<'a>(&'a self, track: &'a str, pcm: &'a [u8])
+    -> BoxFuture<'a, Result<(), RoomError>>;
+    /// Leaves the room. Callbacks may still arrive for a while afterwards.
+    fn disconnect(&self) -> BoxFuture<'_, ()>;
+}
+
+/// A way of reaching rooms.
+pub trait RoomBackend: Send + Sync {
+    fn connect(
+        &self,
+        request: ConnectRequest,
+        events: Arc<dyn RoomEvents>,
+    ) -> BoxFuture<'static, Result<Connected, RoomError>>;
+}
+
+/// What went wrong reaching a room, and whose fault it is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RoomError {
+    /// The request cannot work as given (bad URL, unknown parameter): the caller must fix it.
+    #[error("invalid livekit_url: {0}")]
+    InvalidUrl(String),
+    /// LiveKit refused or failed the connection.
+    #[error("could not connect to the room: {0}")]
+    ConnectFailed(String),
+    /// The room did not connect in time.
+    #[error("timed out after {0:?} connecting to the room")]
+    Timeout(Duration),
+    /// The room is gone (disconnected, closed).
+    #[error("room is not connected: {0}")]
+    NotConnected(String),
+    /// The backend this URL needs is not available in this process.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The backends of this process, chosen by URL scheme.
+pub struct Backends {
+    pub sim: Arc<sim::SimBackend>,
+}
+
+impl Backends {
+    pub fn new() -> Self {
+        Self {
+            sim: Arc::new(sim::SimBackend::default()),
+        }
+    }
+
+    /// The backend for `url`, or why there is none.
+    pub fn for_url(&self, url: &str) -> Result<Arc<dyn RoomBackend>, RoomError> {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("sim") => Ok(self.sim.clone()),
+            Some("ws" | "wss") => Err(RoomError::Unavailable(
+                "ws:// and wss:// LiveKit URLs need the LiveKit SDK backend, which this build \
+                 does not include yet; use a sim:// URL (see the README)"
+                    .into(),
+            )),
+            _ => Err(RoomError::InvalidUrl(format!(
+                "{url:?} must start with ws://, wss:// or sim://"
+            ))),
+        }
+    }
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The name of the published track for a contract track id: 0 `speaker`, 1 `app_audio`,
+/// 2 `tts`, any other n `track_<n>`.
+pub fn track_name(track_id: i32) -> String {
+    match track_id {
+        0 => "speaker".into(),
+        1 => "app_audio".into(),
+        2 => "tts".into(),
+        n => format!("track_{n}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn track_names_follow_the_contract() {
+        assert_eq!(track_name(0), "speaker");
+        assert_eq!(track_name(1), "app_audio");
+        assert_eq!(track_name(2), "tts");
+        assert_eq!(track_name(7), "track_7");
+        assert_eq!(track_name(-3), "track_-3");
+    }
+
+    #[test]
+    fn schemes_choose_backends() {
+        let b = Backends::new();
+        assert!(b.for_url("sim://tone").is_ok());
+        assert!(b.for_url("SIM://tone").is_ok());
+        assert!(matches!(
+            b.for_url("wss://x"),
+            Err(RoomError::Unavailable(_))
+        ));
+        assert!(matches!(
+            b.for_url("http://x"),
+            Err(RoomError::InvalidUrl(_))
+        ));
+        assert!(matches!(b.for_url(""), Err(RoomError::InvalidUrl(_))));
+    }
+}

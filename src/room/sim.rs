@@ -1,0 +1,491 @@
+//! The simulated room, chosen by `sim://` URLs, so that any stock gRPC client can drive the
+//! bridge without a LiveKit server.
+//!
+//! It reproduces how LiveKit's SDKs deliver events: callbacks come from OS threads the room owns
+//! (a lossy one carrying audio and a reliable one carrying other packets, running at the same
+//! time), keep arriving for `linger_ms` after disconnect was asked for, and the server may close
+//! the room by itself (`drop_after_ms`).
+//!
+//! Grammar: `sim://<mode>?<param>=<value>&...` (values percent-decoded).
+//! - modes: `tone` (a sine wave as lossy data packets), `echo` (what the bridge publishes comes
+//!   back as lossy data packets), `silent` (no audio).
+//! - `hz` (440), `level` (0.5 of full scale), `frame_ms` (10, 1..=100): the tone and the size of
+//!   every packet. Each packet is a 1-byte rolling sequence number and 16 kHz mono PCM16 LE.
+//! - `pace`: `realtime` (default, one frame per `frame_ms`) or `max` (as fast as the bridge takes
+//!   them: a frame that finds the session's ring full is retried).
+//! - `frames` (unlimited): stop the tone after this many packets.
+//! - `identity` (the join's `target_identity`): who the audio packets come from.
+//! - `chatter_ms` (20): period of the reliable thread's packets: one with a topic from the
+//!   audio identity and one without a topic from `sim-other`; neither is the user's audio.
+//! - `participants` (2): the participant count reported on join.
+//! - `linger_ms` (20): how long callbacks keep coming after disconnect.
+//! - `drop_after_ms`: the server closes the room after this long.
+//! - `fail`: the connection fails with this text. `connect_delay_ms` (0): connecting takes
+//!   this long (to exercise the join timeout).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{
+    BoxFuture, ConnectRequest, Connected, DataKind, Disconnect, Room, RoomBackend, RoomError,
+    RoomEvents,
+};
+use crate::audio::PushOutcome;
+
+/// What a simulated room does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Tone,
+    Echo,
+    Silent,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    Realtime,
+    Max,
+}
+
+/// A parsed `sim://` URL; see the module documentation for the grammar.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimSpec {
+    pub mode: Mode,
+    pub hz: f64,
+    pub level: f64,
+    pub frame_ms: u32,
+    pub pace: Pace,
+    pub frames: Option<u64>,
+    pub identity: Option<String>,
+    pub chatter_ms: u64,
+    pub participants: u32,
+    pub linger_ms: u64,
+    pub drop_after_ms: Option<u64>,
+    pub fail: Option<String>,
+    pub connect_delay_ms: u64,
+}
+
+impl SimSpec {
+    pub fn parse(url: &str) -> Result<Self, RoomError> {
+        let bad = |what: String| RoomError::InvalidUrl(format!("{url:?}: {what}"));
+        let rest = url
+            .get(..6)
+            .filter(|s| s.eq_ignore_ascii_case("sim://"))
+            .map(|_| &url[6..])
+            .ok_or_else(|| bad("not a sim:// URL".into()))?;
+        let (mode, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mode = match mode.trim_end_matches('/') {
+            "tone" => Mode::Tone,
+            "echo" => Mode::Echo,
+            "silent" | "" => Mode::Silent,
+            other => return Err(bad(format!("unknown mode {other:?} (tone, echo, silent)"))),
+        };
+        let mut spec = SimSpec {
+            mode,
+            hz: 440.0,
+            level: 0.5,
+            frame_ms: 10,
+            pace: Pace::Realtime,
+            frames: None,
+            identity: None,
+            chatter_ms: 20,
+            participants: 2,
+            linger_ms: 20,
+            drop_after_ms: None,
+            fail: None,
+            connect_delay_ms: 0,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(raw).ok_or_else(|| bad(format!("bad escape in {key}")))?;
+            let num = |lo: u64, hi: u64| {
+                value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (lo..=hi).contains(n))
+                    .ok_or_else(|| bad(format!("{key} must be an integer in {lo}..={hi}")))
+            };
+            let unit = || {
+                value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| (0.0..=1.0).contains(x))
+                    .ok_or_else(|| bad(format!("{key} must be a number in 0..=1")))
+            };
+            const DAY_MS: u64 = 86_400_000;
+            match key {
+                "hz" => {
+                    spec.hz = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|x| (1.0..8000.0).contains(x))
+                        .ok_or_else(|| bad("hz must be a number in 1..8000".into()))?
+                }
+                "level" => spec.level = unit()?,
+                "frame_ms" => spec.frame_ms = num(1, 100)? as u32,
+                "pace" => {
+                    spec.pace = match value.as_str() {
+                        "realtime" => Pace::Realtime,
+                        "max" => Pace::Max,
+                        _ => return Err(bad("pace must be realtime or max".into())),
+                    }
+                }
+                "frames" => spec.frames = Some(num(0, u64::MAX)?),
+                "identity" => spec.identity = Some(value),
+                "chatter_ms" => spec.chatter_ms = num(1, DAY_MS)?,
+                "participants" => spec.participants = num(1, 10_000)? as u32,
+                "linger_ms" => spec.linger_ms = num(0, 60_000)?,
+                "drop_after_ms" => spec.drop_after_ms = Some(num(0, DAY_MS)?),
+                "fail" => spec.fail = Some(value),
+                "connect_delay_ms" => spec.connect_delay_ms = num(0, DAY_MS)?,
+                _ => return Err(bad(format!("unknown parameter {key:?}"))),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The simulated backend. Keeps, per room name, the tracks the bridge published into the
+/// latest room of that name (until it disconnects), and counts its live callback threads.
+#[derive(Default)]
+pub struct SimBackend {
+    tracks: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    live_threads: Arc<AtomicUsize>,
+}
+
+impl SimBackend {
+    /// Tracks published into the connected room called `room_name`, in order of creation.
+    pub fn published_tracks(&self, room_name: &str) -> Vec<String> {
+        lock(&self.tracks)
+            .get(room_name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Callback threads of simulated rooms that have not exited yet.
+    pub fn live_threads(&self) -> usize {
+        self.live_threads.load(Ordering::SeqCst)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl RoomBackend for SimBackend {
+    fn connect(
+        &self,
+        request: ConnectRequest,
+        events: Arc<dyn RoomEvents>,
+    ) -> BoxFuture<'static, Result<Connected, RoomError>> {
+        let tracks = self.tracks.clone();
+        let live = self.live_threads.clone();
+        Box::pin(async move {
+            let spec = SimSpec::parse(&request.url)?;
+            tokio::time::sleep(Duration::from_millis(spec.connect_delay_ms)).await;
+            if let Some(why) = &spec.fail {
+                return Err(RoomError::ConnectFailed(format!("sim: {why}")));
+            }
+            let room = SimRoom::start(spec.clone(), request, events, tracks, live);
+            Ok(Connected {
+                participant_id: room.participant_id.clone(),
+                participant_count: spec.participants,
+                room: Box::new(room),
+            })
+        })
+    }
+}
+
+/// When the room's threads stop: `linger_ms` after disconnect was asked for or the server
+/// dropped the room.
+struct Lifetime {
+    started: Instant,
+    /// Milliseconds after `started` when the stop was asked for; `u64::MAX` while running.
+    stop_asked_ms: AtomicU64,
+    linger_ms: u64,
+}
+
+impl Lifetime {
+    fn ask_stop(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        let _ =
+            self.stop_asked_ms
+                .compare_exchange(u64::MAX, now, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop_asked_ms.load(Ordering::SeqCst) != u64::MAX
+    }
+
+    fn over(&self) -> bool {
+        let asked = self.stop_asked_ms.load(Ordering::SeqCst);
+        asked != u64::MAX && self.started.elapsed().as_millis() as u64 >= asked + self.linger_ms
+    }
+}
+
+struct SimRoom {
+    participant_id: String,
+    room_name: String,
+    life: Arc<Lifetime>,
+    echo: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    tracks: Arc<Mutex<HashMap<String, Vec<String>>>>,
+}
+
+static ROOMS: AtomicU64 = AtomicU64::new(0);
+
+impl SimRoom {
+    fn start(
+        spec: SimSpec,
+        request: ConnectRequest,
+        events: Arc<dyn RoomEvents>,
+        tracks: Arc<Mutex<HashMap<String, Vec<String>>>>,
+        live: Arc<AtomicUsize>,
+    ) -> Self {
+        let n = ROOMS.fetch_add(1, Ordering::Relaxed);
+        let life = Arc::new(Lifetime {
+            started: Instant::now(),
+            stop_asked_ms: AtomicU64::new(u64::MAX),
+            linger_ms: spec.linger_ms,
+        });
+        let identity = spec.identity.clone().unwrap_or(request.target_identity);
+        lock(&tracks).insert(request.room_name.clone(), Vec::new());
+        let mut echo = None;
+        let ctx = Ctx {
+            spec,
+            identity,
+            events,
+            life: life.clone(),
+        };
+        match ctx.spec.mode {
+            Mode::Tone => spawn(&live, "sim-lossy", ctx.clone(), Ctx::tone),
+            Mode::Echo => {
+                let (tx, rx) = mpsc::channel(64);
+                echo = Some(tx);
+                spawn(&live, "sim-lossy", ctx.clone(), move |c| c.echo(rx));
+            }
+            Mode::Silent => {}
+        }
+        spawn(&live, "sim-reliable", ctx, Ctx::reliable);
+        SimRoom {
+            participant_id: format!("PA_sim{n}"),
+            room_name: request.room_name,
+            life,
+            echo: Mutex::new(echo),
+            tracks,
+        }
+    }
+}
+
+fn spawn<F>(live: &Arc<AtomicUsize>, name: &str, ctx: Ctx, body: F)
+where
+    F: FnOnce(Ctx) + Send + 'static,
+{
+    struct Alive(Arc<AtomicUsize>);
+    impl Drop for Alive {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    live.fetch_add(1, Ordering::SeqCst);
+    let alive = Alive(live.clone());
+    let spawned = thread::Builder::new().name(name.into()).spawn(move || {
+        let _alive = alive;
+        body(ctx);
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "sim: could not start a callback thread");
+    }
+}
+
+/// What a callback thread of a simulated room works with.
+#[derive(Clone)]
+struct Ctx {
+    spec: SimSpec,
+    identity: String,
+    events: Arc<dyn RoomEvents>,
+    life: Arc<Lifetime>,
+}
+
+impl Ctx {
+    fn frame_bytes(&self) -> usize {
+        16 * self.spec.frame_ms as usize * 2
+    }
+
+    /// Sends one packet; under `pace=max` a packet that finds the ring full is retried.
+    fn send(&self, packet: &[u8]) {
+        loop {
+            let outcome = self
+                .events
+                .on_data(&self.identity, DataKind::Lossy, "", packet);
+            if self.spec.pace == Pace::Realtime
+                || outcome != Some(PushOutcome::Full)
+                || self.life.over()
+            {
+                return;
+            }
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn tone(self) {
+        let samples = self.frame_bytes() / 2;
+        let mut packet = vec![0u8; 1 + samples * 2];
+        let step = std::f64::consts::TAU * self.spec.hz / 16_000.0;
+        let amplitude = self.spec.level * f64::from(i16::MAX);
+        let period = Duration::from_millis(self.spec.frame_ms.into());
+        let mut phase = 0f64;
+        let mut next = Instant::now();
+        let mut seq = 0u64;
+        while !self.life.over() && self.spec.frames.is_none_or(|n| seq < n) {
+            packet[0] = seq as u8;
+            for s in packet[1..].chunks_exact_mut(2) {
+                s.copy_from_slice(&((phase.sin() * amplitude) as i16).to_le_bytes());
+                phase = (phase + step) % std::f64::consts::TAU;
+            }
+            self.send(&packet);
+            seq += 1;
+            if self.spec.pace == Pace::Realtime {
+                next += period;
+                thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        }
+        self.idle_until_over();
+    }
+
+    fn echo(self, mut rx: mpsc::Receiver<Vec<u8>>) {
+        let mut packet = Vec::with_capacity(1 + self.frame_bytes());
+        let mut seq = 0u8;
+        while let Some(pcm) = rx.blocking_recv() {
+            for frame in pcm.chunks(self.frame_bytes()) {
+                packet.clear();
+                packet.push(seq);
+                packet.extend_from_slice(frame);
+                self.send(&packet);
+                seq = seq.wrapping_add(1);
+            }
+        }
+        self.idle_until_over();
+    }
+
+    fn reliable(self) {
+        let period = Duration::from_millis(self.spec.chatter_ms);
+        let drop_at = self.spec.drop_after_ms.map(Duration::from_millis);
+        let not_audio = [0u8, 0x55, 0x55];
+        while !self.life.over() {
+            self.events.on_data(
+                &self.identity,
+                DataKind::Reliable,
+                "sim.chatter",
+                &not_audio,
+            );
+            self.events
+                .on_data("sim-other", DataKind::Reliable, "", &not_audio);
+            if drop_at.is_some_and(|d| self.life.started.elapsed() >= d) && !self.life.stopping() {
+                self.life.ask_stop();
+                let ms = self.spec.drop_after_ms.unwrap_or_default();
+                self.events.on_disconnected(Disconnect {
+                    reason: format!("sim: server closed the room after {ms} ms"),
+                });
+            }
+            thread::sleep(
+                period
+                    .min(Duration::from_millis(5))
+                    .max(Duration::from_millis(1)),
+            );
+        }
+    }
+
+    fn idle_until_over(&self) {
+        while !self.life.over() {
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Room for SimRoom {
+    fn publish<'a>(
+        &'a self,
+        track: &'a str,
+        pcm: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), RoomError>> {
+        Box::pin(async move {
+            if self.life.stopping() {
+                return Err(RoomError::NotConnected("sim: room closed".into()));
+            }
+            if let Some(tracks) = lock(&self.tracks).get_mut(&self.room_name)
+                && !tracks.iter().any(|t| t == track)
+            {
+                tracks.push(track.to_string());
+            }
+            let echo = lock(&self.echo).clone();
+            if let Some(echo) = echo {
+                echo.send(pcm.to_vec())
+                    .await
+                    .map_err(|_| RoomError::NotConnected("sim: room closed".into()))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn disconnect(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.life.ask_stop();
+            lock(&self.echo).take();
+            lock(&self.tracks).remove(&self.room_name);
+        })
+    }
+}
+
+impl Drop for SimRoom {
+    fn drop(&mut self) {
+        self.life.ask_stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grammar_parses_and_rejects_clearly() {
+        let s = SimSpec::parse("sim://tone?hz=1000&frame_ms=20&pace=max&fail=room%20full")
+            .expect("valid");
+        assert_eq!(
+            (s.mode, s.hz, s.frame_ms, s.pace),
+            (Mode::Tone, 1000.0, 20, Pace::Max)
+        );
+        assert_eq!(s.fail.as_deref(), Some("room full"));
+        assert_eq!(SimSpec::parse("sim://echo").map(|s| s.mode), Ok(Mode::Echo));
+        for bad in [
+            "sim://noise",
+            "sim://tone?frame_ms=0",
+            "sim://tone?hz=abc",
+            "sim://tone?colour=red",
+            "sim://tone?fail=%zz",
+            "ws://tone",
+        ] {
+            let err = SimSpec::parse(bad).expect_err(bad);
+            assert!(matches!(err, RoomError::InvalidUrl(_)), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Serving the bridge: the contract's service, `grpc.health.v1.Health`, server reflection, and
+//! a graceful drain with a deadline.
+//!
+//! [`run`] serves until `shutdown` resolves. Then, in order: health says NOT_SERVING, new joins
+//! and streams are refused, every session is closed (each stream ends with status OK and
+//! reason `shutdown`), the server stops accepting and waits for connections to finish. If that
+//! takes longer than the grace period, counted from the signal, `run` returns anyway.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
+use tonic_health::ServingStatus;
+
+use crate::proto::{self, live_kit_bridge_server::LiveKitBridgeServer};
+use crate::service::{Bridge, BridgeState};
+
+/// The largest message accepted or sent, both ways, as before.
+pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
+
+/// How often sessions whose room was lost are checked for expiry.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `state` on `incoming` until `shutdown` resolves, then drains within `grace`.
+pub async fn run<I, IO, IE>(
+    state: Arc<BridgeState>,
+    incoming: I,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<(), ServeError>
+where
+    I: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<LiveKitBridgeServer<Bridge>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let bridge = LiveKitBridgeServer::new(Bridge::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let signalled = CancellationToken::new();
+    let drained = CancellationToken::new();
+    let sweeper = tokio::spawn(sweep(state.clone(), signalled.clone()));
+    tokio::spawn({
+        let (state, signalled, drained) = (state.clone(), signalled.clone(), drained.clone());
+        async move {
+            shutdown.await;
+            signalled.cancel();
+            tracing::info!("shutting down: draining sessions");
+            health
+                .set_not_serving::<LiveKitBridgeServer<Bridge>>()
+                .await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            state.drain().await;
+            drained.cancel();
+        }
+    });
+
+    let serve = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(bridge)
+        .serve_with_incoming_shutdown(incoming, drained.clone().cancelled_owned());
+    let deadline = async {
+        signalled.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        r = serve => r.map_err(ServeError::from),
+        () = deadline => {
+            tracing::warn!(?grace, "shutdown deadline passed; dropping remaining connections");
+            Ok(())
+        }
+    };
+    sweeper.abort();
+    result
+}
+
+async fn sweep(state: Arc<BridgeState>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {
+                let removed = state.registry.sweep(state.settings.keep_ended);
+                if removed > 0 {
+                    tracing::debug!(removed, "forgot sessions whose room was lost");
+                }
+            }
+        }
+    }
+}

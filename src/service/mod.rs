@@ -1,0 +1,331 @@
+//! The gRPC service of the wire contract (`mentra.livekit.bridge.LiveKitBridge`).
+//!
+//! Connect failures travel in JoinRoom's response body (`success: false`), as the backend
+//! expects; a request the caller got wrong gets INVALID_ARGUMENT with what to fix; a session
+//! that does not exist gets NOT_FOUND (LeaveRoom and GetStatus answer in the body, as the
+//! contract says).
+
+mod stream;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::audio::RingConfig;
+use crate::error::BridgeError;
+use crate::proto::{self, live_kit_bridge_server::LiveKitBridge};
+use crate::room::{Backends, ConnectRequest};
+use crate::session::{EndReason, Registry, Session};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the service is tuned with.
+#[derive(Clone, Debug)]
+pub struct ServiceSettings {
+    /// How long JoinRoom waits for a room to connect.
+    pub connect_timeout: Duration,
+    /// Size and overflow policy of each session's ring.
+    pub ring: RingConfig,
+    /// How long StreamAudio waits for the first chunk, which names the session.
+    pub first_chunk_timeout: Duration,
+    /// How long a session whose room was lost stays visible to GetStatus.
+    pub keep_ended: Duration,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            ring: RingConfig::default(),
+            first_chunk_timeout: Duration::from_secs(10),
+            keep_ended: Duration::from_secs(600),
+        }
+    }
+}
+
+/// State shared by every RPC.
+pub struct BridgeState {
+    pub registry: Arc<Registry>,
+    pub backends: Backends,
+    pub settings: ServiceSettings,
+    started: Instant,
+    open_streams: AtomicI64,
+    draining: AtomicBool,
+    /// Cancelled when the bridge starts shutting down; streams end cleanly on it.
+    shutdown: CancellationToken,
+}
+
+impl BridgeState {
+    pub fn new(settings: ServiceSettings) -> Arc<Self> {
+        Arc::new(Self {
+            registry: Arc::default(),
+            backends: Backends::new(),
+            settings,
+            started: Instant::now(),
+            open_streams: AtomicI64::new(0),
+            draining: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn open_streams(&self) -> i64 {
+        self.open_streams.load(Ordering::SeqCst)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Starts the drain: refuse new joins and streams, close every session (which ends every
+    /// stream cleanly) and disconnect every room.
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.shutdown.cancel();
+        let mut closing = tokio::task::JoinSet::new();
+        for session in self.registry.drain() {
+            closing.spawn(async move { session.close(EndReason::Shutdown).await });
+        }
+        while closing.join_next().await.is_some() {}
+    }
+
+    fn refuse_if_draining(&self) -> Result<(), BridgeError> {
+        if self.is_draining() {
+            return Err(BridgeError::Unavailable(
+                "the bridge is shutting down; retry on another instance".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn join(
+        self: Arc<Self>,
+        req: proto::JoinRoomRequest,
+    ) -> Result<proto::JoinRoomResponse, BridgeError> {
+        let backend = match self.backends.for_url(&req.livekit_url) {
+            Ok(b) => b,
+            Err(e @ crate::room::RoomError::InvalidUrl(_)) => return Err(e.into()),
+            Err(e) => return Ok(join_failed(e.to_string())),
+        };
+        let ticket = self.registry.begin_join(&req.user_id);
+        let request = ConnectRequest {
+            url: req.livekit_url,
+            token: req.token,
+            room_name: req.room_name,
+            target_identity: req.target_identity,
+            timeout: self.settings.connect_timeout,
+        };
+        let connected = Session::connect(
+            &req.user_id,
+            ticket.generation(),
+            backend.as_ref(),
+            request,
+            self.settings.ring,
+        )
+        .await;
+        let session = match connected {
+            Ok(s) => s,
+            Err(e @ crate::room::RoomError::InvalidUrl(_)) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(user_id = %req.user_id, error = %e, "JoinRoom failed");
+                return Ok(join_failed(e.to_string()));
+            }
+        };
+        match ticket.install(session.clone()) {
+            Ok(replaced) => {
+                if let Some(old) = replaced {
+                    old.close(EndReason::Replaced).await;
+                }
+                tracing::info!(user_id = %req.user_id, generation = session.generation(), "joined room");
+                Ok(proto::JoinRoomResponse {
+                    success: true,
+                    error: String::new(),
+                    participant_id: session.participant_id().to_string(),
+                    participant_count: clamp_i32(session.participant_count()),
+                    metadata: HashMap::from([
+                        ("generation".into(), session.generation().to_string()),
+                        ("bridge_version".into(), VERSION.into()),
+                    ]),
+                })
+            }
+            Err(_) => {
+                session.close(EndReason::Superseded).await;
+                Ok(join_failed(EndReason::Superseded.describe()))
+            }
+        }
+    }
+
+    fn stream_opened(self: &Arc<Self>) -> OpenStream {
+        self.open_streams.fetch_add(1, Ordering::SeqCst);
+        OpenStream(self.clone())
+    }
+}
+
+/// Counts an open StreamAudio for as long as it lives.
+struct OpenStream(Arc<BridgeState>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn join_failed(error: String) -> proto::JoinRoomResponse {
+    proto::JoinRoomResponse {
+        success: false,
+        error,
+        ..Default::default()
+    }
+}
+
+fn clamp_i32(n: impl TryInto<i32>) -> i32 {
+    n.try_into().unwrap_or(i32::MAX)
+}
+
+fn require(value: &str, field: &str) -> Result<(), BridgeError> {
+    if value.is_empty() {
+        return Err(BridgeError::missing(field));
+    }
+    Ok(())
+}
+
+/// The gRPC face of [`BridgeState`].
+#[derive(Clone)]
+pub struct Bridge {
+    state: Arc<BridgeState>,
+}
+
+impl Bridge {
+    pub fn new(state: Arc<BridgeState>) -> Self {
+        Self { state }
+    }
+}
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LiveKitBridge for Bridge {
+    type StreamAudioStream = EventStream<proto::AudioChunk>;
+    type PlayAudioStream = EventStream<proto::PlayAudioEvent>;
+
+    async fn stream_audio(
+        &self,
+        request: Request<Streaming<proto::AudioChunk>>,
+    ) -> Result<Response<Self::StreamAudioStream>, Status> {
+        let stream = stream::open(self.state.clone(), request.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn join_room(
+        &self,
+        request: Request<proto::JoinRoomRequest>,
+    ) -> Result<Response<proto::JoinRoomResponse>, Status> {
+        let req = request.into_inner();
+        require(&req.user_id, "user_id")?;
+        require(&req.livekit_url, "livekit_url")?;
+        self.state.refuse_if_draining()?;
+        // On its own task, so a caller that goes away mid-connect cannot leave a room behind.
+        let joined = tokio::spawn(self.state.clone().join(req)).await;
+        let response = joined.map_err(|e| BridgeError::Internal(format!("join task: {e}")))??;
+        Ok(Response::new(response))
+    }
+
+    async fn leave_room(
+        &self,
+        request: Request<proto::LeaveRoomRequest>,
+    ) -> Result<Response<proto::LeaveRoomResponse>, Status> {
+        let req = request.into_inner();
+        require(&req.user_id, "user_id")?;
+        let Some(session) = self.state.registry.leave(&req.user_id) else {
+            return Ok(Response::new(proto::LeaveRoomResponse {
+                success: false,
+                error: "session not found".into(),
+            }));
+        };
+        tracing::info!(user_id = %req.user_id, reason = %req.reason, "leaving room");
+        session.close(EndReason::Left(req.reason)).await;
+        Ok(Response::new(proto::LeaveRoomResponse {
+            success: true,
+            error: String::new(),
+        }))
+    }
+
+    async fn play_audio(
+        &self,
+        request: Request<proto::PlayAudioRequest>,
+    ) -> Result<Response<Self::PlayAudioStream>, Status> {
+        let req = request.into_inner();
+        let message = "PlayAudio is not available in this build of the bridge";
+        let failed = proto::PlayAudioEvent {
+            r#type: proto::play_audio_event::EventType::Failed as i32,
+            request_id: req.request_id,
+            error: message.into(),
+            ..Default::default()
+        };
+        let events = [Ok(failed), Err(Status::unimplemented(message))];
+        Ok(Response::new(Box::pin(tokio_stream::iter(events))))
+    }
+
+    async fn stop_audio(
+        &self,
+        _request: Request<proto::StopAudioRequest>,
+    ) -> Result<Response<proto::StopAudioResponse>, Status> {
+        Err(BridgeError::Unimplemented(
+            "StopAudio is not available in this build of the bridge".into(),
+        )
+        .into())
+    }
+
+    async fn health_check(
+        &self,
+        request: Request<proto::HealthCheckRequest>,
+    ) -> Result<Response<proto::HealthCheckResponse>, Status> {
+        use proto::health_check_response::ServingStatus;
+        let service = request.into_inner().service;
+        let status = if !service.is_empty() && service != proto::SERVICE_NAME {
+            ServingStatus::ServiceUnknown
+        } else if self.state.is_draining() {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        let (registered, connected) = self.state.registry.counts();
+        Ok(Response::new(proto::HealthCheckResponse {
+            status: status as i32,
+            active_sessions: clamp_i32(connected),
+            active_streams: clamp_i32(self.state.open_streams()),
+            uptime_seconds: self.state.started.elapsed().as_secs() as i64,
+            metadata: HashMap::from([
+                ("version".into(), VERSION.into()),
+                ("registered_sessions".into(), registered.to_string()),
+            ]),
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<proto::BridgeStatusRequest>,
+    ) -> Result<Response<proto::BridgeStatusResponse>, Status> {
+        let req = request.into_inner();
+        require(&req.user_id, "user_id")?;
+        let mut status = proto::BridgeStatusResponse {
+            server_version: VERSION.into(),
+            ..Default::default()
+        };
+        if let Some(session) = self.state.registry.get(&req.user_id) {
+            status.connected = session.is_connected();
+            status.participant_id = session.participant_id().to_string();
+            status.participant_count = clamp_i32(session.participant_count());
+            if let Some((reason, at)) = session.ended() {
+                status.last_disconnect_at = at;
+                status.last_disconnect_reason = reason.describe();
+            }
+        }
+        Ok(Response::new(status))
+    }
+}

@@ -1,0 +1,261 @@
+//! A session: one user's room, ring, state and stream ownership.
+//!
+//! A session is created by JoinRoom and lives until it is closed, exactly once, for one
+//! [`EndReason`]. Closing closes its ring (so no frame reaches it afterwards, whatever thread
+//! still calls back), ends its stream, and disconnects its room. Everything that closes a
+//! session holds that session, never a user id, so it cannot close a successor.
+
+mod registry;
+mod sink;
+
+pub use registry::{JoinTicket, Registry, Superseded};
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::CancellationToken;
+
+use crate::audio::{FrameConsumer, RingCloser, RingConfig, RingStats, audio_ring};
+use crate::room::{ConnectRequest, Connected, Room, RoomBackend, RoomError};
+
+/// Why a session ended. The first reason wins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// LeaveRoom, with the caller's reason.
+    Left(String),
+    /// A newer JoinRoom for the same user took over.
+    Replaced,
+    /// A JoinRoom that was issued later (or a LeaveRoom) won the race against this one.
+    Superseded,
+    /// The room went away: server-initiated disconnect.
+    RoomLost(String),
+    /// The session's StreamAudio client failed or cancelled.
+    ClientGone(String),
+    /// The bridge is shutting down.
+    Shutdown,
+}
+
+impl EndReason {
+    /// A short machine-readable name, sent as trailing metadata when a stream ends.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Left(_) => "left",
+            Self::Replaced => "replaced",
+            Self::Superseded => "superseded",
+            Self::RoomLost(_) => "room_lost",
+            Self::ClientGone(_) => "client_gone",
+            Self::Shutdown => "shutdown",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Left(r) if r.is_empty() => "session left".into(),
+            Self::Left(r) => format!("session left: {r}"),
+            Self::Replaced => "session replaced by a newer JoinRoom".into(),
+            Self::Superseded => "JoinRoom superseded by a newer request for this user".into(),
+            Self::RoomLost(r) => format!("room lost: {r}"),
+            Self::ClientGone(r) => format!("stream client went away: {r}"),
+            Self::Shutdown => "bridge shutting down".into(),
+        }
+    }
+}
+
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The part of a session that the room's callback threads see.
+pub(crate) struct SessionCore {
+    user_id: String,
+    generation: u64,
+    connected: AtomicBool,
+    participant_count: AtomicU32,
+    end: OnceLock<(EndReason, i64, Instant)>,
+    closer: RingCloser,
+    /// Cancelled when the session closes.
+    closed: CancellationToken,
+}
+
+impl SessionCore {
+    /// Closes the session for `reason`; only the first call has an effect. Callable from any
+    /// thread: it closes the ring (waiting at most for one frame copy) and cancels a token.
+    pub(crate) fn close(&self, reason: EndReason) -> bool {
+        if self.end.set((reason, unix_ms(), Instant::now())).is_err() {
+            return false;
+        }
+        self.connected.store(false, Ordering::SeqCst);
+        self.closer.close();
+        self.closed.cancel();
+        true
+    }
+}
+
+/// A live (or recently ended) session of one user.
+pub struct Session {
+    core: Arc<SessionCore>,
+    room: Box<dyn Room>,
+    participant_id: String,
+    consumer: Arc<tokio::sync::Mutex<FrameConsumer>>,
+    /// The stream that currently owns the session's audio: its id and its cancellation.
+    stream: Mutex<(u64, CancellationToken)>,
+    next_stream: AtomicU64,
+    room_released: AtomicBool,
+}
+
+/// The exclusive right to a session's room audio, held by one StreamAudio at a time.
+pub struct StreamLease {
+    pub id: u64,
+    /// Cancelled when another stream takes the session over.
+    pub taken_over: CancellationToken,
+    pub consumer: OwnedMutexGuard<FrameConsumer>,
+}
+
+impl Session {
+    /// Connects a room for `user_id` and builds the session around it. The ring exists before
+    /// the room does, so the room's very first callback has somewhere safe to go.
+    pub async fn connect(
+        user_id: &str,
+        generation: u64,
+        backend: &dyn RoomBackend,
+        request: ConnectRequest,
+        ring: RingConfig,
+    ) -> Result<Arc<Session>, RoomError> {
+        let (producer, consumer, closer) = audio_ring(ring);
+        let core = Arc::new(SessionCore {
+            user_id: user_id.to_string(),
+            generation,
+            connected: AtomicBool::new(false),
+            participant_count: AtomicU32::new(0),
+            end: OnceLock::new(),
+            closer,
+            closed: CancellationToken::new(),
+        });
+        let sink = sink::SessionSink::new(core.clone(), producer, &request.target_identity);
+        let timeout = request.timeout;
+        let connected = tokio::time::timeout(timeout, backend.connect(request, Arc::new(sink)))
+            .await
+            .unwrap_or(Err(RoomError::Timeout(timeout)));
+        let Connected {
+            room,
+            participant_id,
+            participant_count,
+        } = connected.inspect_err(|_| {
+            core.closer.close();
+        })?;
+        core.participant_count
+            .store(participant_count, Ordering::SeqCst);
+        core.connected.store(true, Ordering::SeqCst);
+        let session = Arc::new(Session {
+            core,
+            room,
+            participant_id,
+            consumer: Arc::new(tokio::sync::Mutex::new(consumer)),
+            stream: Mutex::new((0, CancellationToken::new())),
+            next_stream: AtomicU64::new(1),
+            room_released: AtomicBool::new(false),
+        });
+        tokio::spawn(session.clone().release_room_when_closed());
+        Ok(session)
+    }
+
+    /// Whatever closes the session, its room is disconnected here, on a task, never on a
+    /// callback thread.
+    async fn release_room_when_closed(self: Arc<Self>) {
+        self.core.closed.cancelled().await;
+        self.release_room().await;
+    }
+
+    async fn release_room(&self) {
+        if !self.room_released.swap(true, Ordering::SeqCst) {
+            self.room.disconnect().await;
+        }
+    }
+
+    /// Closes the session (see [`SessionCore::close`]) and disconnects its room before
+    /// returning. Returns true for the call that closed it.
+    pub async fn close(&self, reason: EndReason) -> bool {
+        let first = self.core.close(reason);
+        self.release_room().await;
+        first
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.core.user_id
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.core.generation
+    }
+
+    pub fn participant_id(&self) -> &str {
+        &self.participant_id
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.core.connected.load(Ordering::SeqCst)
+    }
+
+    pub fn participant_count(&self) -> u32 {
+        self.core.participant_count.load(Ordering::SeqCst)
+    }
+
+    /// Why and when (unix ms) the session ended, if it has.
+    pub fn ended(&self) -> Option<(EndReason, i64)> {
+        self.core.end.get().map(|(r, at, _)| (r.clone(), *at))
+    }
+
+    /// How long ago the session ended, if it has.
+    pub fn ended_for(&self) -> Option<Duration> {
+        self.core.end.get().map(|(_, _, at)| at.elapsed())
+    }
+
+    /// Resolves when the session closes.
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.core.closed.cancelled()
+    }
+
+    pub fn ring_stats(&self) -> RingStats {
+        self.core.closer.stats()
+    }
+
+    /// The room, for publishing client audio.
+    pub fn room(&self) -> &dyn Room {
+        self.room.as_ref()
+    }
+
+    /// Takes the session's audio for a new stream. An earlier stream is told to end and gives
+    /// the ring up before this one gets it, so frames are never split between two streams.
+    pub async fn attach_stream(&self) -> Option<StreamLease> {
+        let id = self.next_stream.fetch_add(1, Ordering::SeqCst);
+        let taken_over = CancellationToken::new();
+        {
+            let mut owner = self.stream.lock().unwrap_or_else(PoisonError::into_inner);
+            owner.1.cancel();
+            *owner = (id, taken_over.clone());
+        }
+        tokio::select! {
+            consumer = self.consumer.clone().lock_owned() => Some(StreamLease { id, taken_over, consumer }),
+            () = taken_over.cancelled() => None,
+        }
+    }
+
+    /// Whether stream `id` still owns the session's audio.
+    pub fn owns_stream(&self, id: u64) -> bool {
+        self.stream.lock().unwrap_or_else(PoisonError::into_inner).0 == id
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user_id", &self.core.user_id)
+            .field("generation", &self.core.generation)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}

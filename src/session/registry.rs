@@ -1,0 +1,201 @@
+//! `Registry`: user id to session, by generation.
+//!
+//! Every JoinRoom draws a generation from one counter before it connects, and installs its
+//! session afterwards only if no later JoinRoom or LeaveRoom for the user has happened in the
+//! meantime; the session it displaces is handed back to be closed. Removal is by session, never
+//! by user id alone, so a stale stream, LeaveRoom race or cleanup cannot remove a successor.
+//! The map's mutex is held only for map operations, never across an await or a room call.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use super::Session;
+
+#[derive(Default)]
+struct Slot {
+    /// JoinRooms with a generation at or below this lost to a later LeaveRoom.
+    floor: u64,
+    /// JoinRooms for this user still connecting.
+    pending: u32,
+    session: Option<Arc<Session>>,
+}
+
+impl Slot {
+    fn is_vacant(&self) -> bool {
+        self.pending == 0 && self.session.is_none()
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    slots: Mutex<HashMap<String, Slot>>,
+    generations: AtomicU64,
+}
+
+/// A later JoinRoom or a LeaveRoom for the same user came first; this join's room must close.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Superseded;
+
+/// A JoinRoom in progress. Dropping it unfinished (the join failed) forgets it.
+pub struct JoinTicket {
+    registry: Arc<Registry>,
+    user_id: String,
+    generation: u64,
+    done: bool,
+}
+
+impl JoinTicket {
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Installs `session` unless superseded. Returns the session it replaced, which the caller
+    /// closes.
+    pub fn install(mut self, session: Arc<Session>) -> Result<Option<Arc<Session>>, Superseded> {
+        self.done = true;
+        let mut slots = self.registry.lock();
+        let slot = slots.entry(self.user_id.clone()).or_default();
+        slot.pending -= 1;
+        let newer = slot
+            .session
+            .as_ref()
+            .is_some_and(|s| s.generation() > self.generation);
+        if self.generation <= slot.floor || newer {
+            if slot.is_vacant() {
+                slots.remove(&self.user_id);
+            }
+            return Err(Superseded);
+        }
+        Ok(slot.session.replace(session))
+    }
+}
+
+impl Drop for JoinTicket {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut slots = self.registry.lock();
+        if let Some(slot) = slots.get_mut(&self.user_id) {
+            slot.pending -= 1;
+            if slot.is_vacant() {
+                slots.remove(&self.user_id);
+            }
+        }
+    }
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Starts a JoinRoom for `user_id`, drawing its generation.
+    pub fn begin_join(self: &Arc<Self>, user_id: &str) -> JoinTicket {
+        let mut slots = self.lock();
+        let generation = self.next_generation();
+        slots.entry(user_id.to_string()).or_default().pending += 1;
+        JoinTicket {
+            registry: self.clone(),
+            user_id: user_id.to_string(),
+            generation,
+            done: false,
+        }
+    }
+
+    /// LeaveRoom: takes the user's session out, and voids JoinRooms still connecting.
+    pub fn leave(&self, user_id: &str) -> Option<Arc<Session>> {
+        let mut slots = self.lock();
+        let floor = self.next_generation();
+        let slot = slots.get_mut(user_id)?;
+        slot.floor = floor;
+        let session = slot.session.take();
+        if slot.is_vacant() {
+            slots.remove(user_id);
+        }
+        session
+    }
+
+    /// Removes `session` if it is still the one registered for its user.
+    pub fn remove(&self, session: &Session) -> bool {
+        let mut slots = self.lock();
+        let Some(slot) = slots.get_mut(session.user_id()) else {
+            return false;
+        };
+        if !slot
+            .session
+            .as_ref()
+            .is_some_and(|s| s.generation() == session.generation())
+        {
+            return false;
+        }
+        slot.session = None;
+        if slot.is_vacant() {
+            slots.remove(session.user_id());
+        }
+        true
+    }
+
+    pub fn get(&self, user_id: &str) -> Option<Arc<Session>> {
+        self.lock().get(user_id)?.session.clone()
+    }
+
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.lock()
+            .values()
+            .filter_map(|s| s.session.clone())
+            .collect()
+    }
+
+    /// Takes every session out and voids every JoinRoom in flight (shutdown).
+    pub fn drain(&self) -> Vec<Arc<Session>> {
+        let mut slots = self.lock();
+        let floor = self.next_generation();
+        let sessions = slots.values_mut().filter_map(|s| {
+            s.floor = floor;
+            s.session.take()
+        });
+        let sessions: Vec<_> = sessions.collect();
+        slots.retain(|_, s| !s.is_vacant());
+        sessions
+    }
+
+    /// Forgets sessions that ended (their room was lost) more than `keep` ago. Until then
+    /// GetStatus reports why they ended.
+    pub fn sweep(&self, keep: Duration) -> usize {
+        let mut slots = self.lock();
+        let mut removed = 0;
+        for slot in slots.values_mut() {
+            if slot.session.as_ref().and_then(|s| s.ended_for()) > Some(keep) {
+                slot.session = None;
+                removed += 1;
+            }
+        }
+        slots.retain(|_, s| !s.is_vacant());
+        removed
+    }
+
+    /// Number of users with a registered session, and of those whose room is connected.
+    pub fn counts(&self) -> (usize, usize) {
+        let slots = self.lock();
+        let sessions = slots.values().filter_map(|s| s.session.as_ref());
+        sessions.fold((0, 0), |(all, live), s| {
+            (all + 1, live + usize::from(s.is_connected()))
+        })
+    }
+
+    /// Users with an entry (a session or a join in flight); for leak checks.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,50 @@
+//! `SessionSink`: the [`RoomEvents`] a session hands its room. It runs on the room's callback
+//! threads, so it only pushes into the ring, stores atomics, or closes the session.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::{EndReason, SessionCore, unix_ms};
+use crate::audio::{FrameProducer, PushOutcome};
+use crate::room::{DataKind, Disconnect, RoomEvents};
+
+pub(super) struct SessionSink {
+    core: Arc<SessionCore>,
+    producer: FrameProducer,
+    /// The identity whose untopiced data packets are the user's audio.
+    target: String,
+}
+
+impl SessionSink {
+    pub(super) fn new(core: Arc<SessionCore>, producer: FrameProducer, target: &str) -> Self {
+        Self {
+            core,
+            producer,
+            target: target.to_string(),
+        }
+    }
+}
+
+impl RoomEvents for SessionSink {
+    /// The hot path: a comparison, a clock read and a ring push. No allocation, no lock.
+    fn on_data(
+        &self,
+        from: &str,
+        _kind: DataKind,
+        topic: &str,
+        payload: &[u8],
+    ) -> Option<PushOutcome> {
+        if from != self.target || !topic.is_empty() {
+            return None;
+        }
+        Some(self.producer.push(unix_ms(), payload))
+    }
+
+    fn on_participants(&self, count: u32) {
+        self.core.participant_count.store(count, Ordering::SeqCst);
+    }
+
+    fn on_disconnected(&self, why: Disconnect) {
+        self.core.close(EndReason::RoomLost(why.reason));
+    }
+}
