@@ -1,0 +1,512 @@
+//! Every RPC of the contract, over a real socket, against the simulated room.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use livekit_bridge::proto::{self, AudioChunk};
+use livekit_bridge::service::ServiceSettings;
+use tonic::Code;
+
+const TONE: &str = "sim://tone?hz=1000";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_stream_status_leave() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+
+    let joined = join_ok(&mut c, "alice", TONE).await;
+    assert!(joined.participant_id.starts_with("PA_"));
+    assert_eq!(joined.participant_count, 2);
+
+    let mut stream = open(&mut c, "alice").await;
+    let before = livekit_bridge::session::unix_ms();
+    for _ in 0..20 {
+        let f = stream.frame().await;
+        assert_eq!(
+            (f.sample_rate, f.channels, f.pcm_data.len()),
+            (16_000, 1, 320)
+        );
+        assert!((before - 1000..=livekit_bridge::session::unix_ms()).contains(&f.timestamp_ms));
+        let hz = zero_crossing_hz(&f.pcm_data);
+        assert!((900.0..=1100.0).contains(&hz), "tone measured {hz} Hz");
+    }
+
+    let s = status(&mut c, "alice").await;
+    assert!(s.connected);
+    assert_eq!(
+        (s.participant_id, s.participant_count),
+        (joined.participant_id, 2)
+    );
+    assert_eq!(s.last_disconnect_at, 0);
+    assert!(!s.server_version.is_empty());
+
+    assert!(leave(&mut c, "alice").await.success);
+    assert_eq!(
+        stream.end().await,
+        (Code::Ok, String::new(), Some("left".into()))
+    );
+    assert!(!status(&mut c, "alice").await.connected);
+    let again = leave(&mut c, "alice").await;
+    assert_eq!(
+        (again.success, again.error.as_str()),
+        (false, "session not found")
+    );
+    eventually("the room's threads to exit", || {
+        bridge.state.backends.sim.live_threads() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_right_answer_and_other_sessions_carry_on() {
+    let settings = ServiceSettings {
+        connect_timeout: Duration::from_millis(200),
+        first_chunk_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let bridge = Bridge::with(settings).await;
+    let mut c = bridge.client().await;
+    join_ok(&mut c, "bystander", TONE).await;
+    let mut bystander = open(&mut c, "bystander").await;
+
+    // JoinRoom: caller mistakes are INVALID_ARGUMENT; connect failures travel in the body.
+    for (user, url, needle) in [
+        ("", TONE, "user_id"),
+        ("u", "", "livekit_url"),
+        ("u", "http://example", "must start with"),
+        ("u", "sim://noise", "unknown mode"),
+        ("u", "sim://tone?colour=red", "unknown parameter"),
+    ] {
+        let err = c.join_room(join_request(user, url)).await.expect_err(url);
+        assert_eq!(err.code(), Code::InvalidArgument, "{url}: {err:?}");
+        assert!(err.message().contains(needle), "{url}: {}", err.message());
+    }
+    for (url, needle) in [
+        ("sim://tone?fail=room%20is%20full", "room is full"),
+        ("sim://tone?connect_delay_ms=5000", "timed out"),
+        ("wss://livekit.example", "sim://"),
+    ] {
+        let r = join(&mut c, "u", url).await;
+        assert!(!r.success && r.error.contains(needle), "{url}: {r:?}");
+    }
+    assert!(
+        !status(&mut c, "u").await.connected,
+        "a failed join leaves nothing behind"
+    );
+
+    // StreamAudio: the first chunk names the session.
+    let err = open_with(&mut c, first_chunk(""))
+        .await
+        .err()
+        .expect("empty user");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = open_with(&mut c, first_chunk("nobody"))
+        .await
+        .err()
+        .expect("unknown user");
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("JoinRoom"));
+    let (tx, rx) = tokio::sync::mpsc::channel::<AudioChunk>(1);
+    drop(tx);
+    let err = c
+        .stream_audio(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect_err("no first chunk");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let (tx, rx) = tokio::sync::mpsc::channel::<AudioChunk>(1);
+    let err = c
+        .stream_audio(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect_err("silent client");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("first chunk"));
+    drop(tx);
+
+    // Bad client audio ends the stream with INVALID_ARGUMENT; the session stays.
+    join_ok(&mut c, "u", "sim://echo").await;
+    for (chunk, needle) in [
+        (
+            AudioChunk {
+                pcm_data: vec![1, 2, 3],
+                ..first_chunk("u")
+            },
+            "whole 16-bit samples",
+        ),
+        (
+            AudioChunk {
+                pcm_data: vec![1, 2],
+                sample_rate: 48_000,
+                ..first_chunk("u")
+            },
+            "sample_rate",
+        ),
+        (
+            AudioChunk {
+                pcm_data: vec![1, 2],
+                channels: 2,
+                ..first_chunk("u")
+            },
+            "channels",
+        ),
+    ] {
+        let mut s = open(&mut c, "u").await;
+        s.send(chunk).await;
+        let (code, message, _) = s.end().await;
+        assert_eq!(code, Code::InvalidArgument);
+        assert!(message.contains(needle), "{message}");
+        assert!(status(&mut c, "u").await.connected);
+    }
+
+    // Oversized messages are refused by size, not by crashing anything.
+    let big = AudioChunk {
+        pcm_data: vec![0; 11 << 20],
+        ..first_chunk("u")
+    };
+    let err = match open_with(&mut c, big).await {
+        Err(e) => e,
+        Ok(mut s) => {
+            let (code, message, _) = s.end().await;
+            tonic::Status::new(code, message)
+        }
+    };
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("too large"), "{err:?}");
+    let mut huge = join_request("u2", TONE);
+    huge.token = "x".repeat(11 << 20);
+    let err = c.join_room(huge).await.expect_err("oversized JoinRoom");
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+
+    // GetStatus and LeaveRoom for unknown and empty users.
+    let s = status(&mut c, "ghost").await;
+    assert!(!s.connected && s.participant_id.is_empty());
+    let err = c
+        .get_status(proto::BridgeStatusRequest::default())
+        .await
+        .expect_err("empty");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = c
+        .leave_room(proto::LeaveRoomRequest::default())
+        .await
+        .expect_err("empty");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Through all of it, the bystander's audio kept flowing.
+    for _ in 0..5 {
+        assert_eq!(bystander.frame().await.pcm_data.len(), 320);
+    }
+    assert!(status(&mut c, "bystander").await.connected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_audio_is_published_and_echoes_back_byte_exact() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    join_ok(&mut c, "echo", "sim://echo?frame_ms=10").await;
+    let mut stream = open(&mut c, "echo").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        bridge
+            .state
+            .backends
+            .sim
+            .published_tracks("echo")
+            .is_empty(),
+        "the empty first chunk creates no track"
+    );
+
+    let sent: Vec<u8> = (0..3200u32).map(|i| (i * 7 % 251) as u8).collect();
+    stream
+        .send(AudioChunk {
+            pcm_data: sent.clone(),
+            track_id: 1,
+            ..first_chunk("echo")
+        })
+        .await;
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        got.extend(stream.frame().await.pcm_data);
+    }
+    assert_eq!(got, sent, "published audio came back byte for byte");
+    assert_eq!(
+        bridge.state.backends.sim.published_tracks("echo"),
+        ["app_audio"]
+    );
+
+    stream
+        .send(AudioChunk {
+            pcm_data: vec![0; 640],
+            track_id: 9,
+            ..first_chunk("echo")
+        })
+        .await;
+    let _ = stream.frame().await;
+    assert_eq!(
+        bridge.state.backends.sim.published_tracks("echo"),
+        ["app_audio", "track_9"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_and_empty_payloads_follow_the_contract_rule() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    // 1 ms packets are a sequence byte and 16 samples: 33 bytes, odd, so they lose their first
+    // byte and arrive as 32. (Empty and 1-byte packets are covered by the payload unit tests.)
+    join_ok(&mut c, "odd", "sim://tone?frame_ms=1&pace=max&frames=100").await;
+    let mut s = open(&mut c, "odd").await;
+    for _ in 0..100 {
+        assert_eq!(s.frame().await.pcm_data.len(), 32);
+    }
+    let stats = bridge
+        .state
+        .registry
+        .get("odd")
+        .expect("session")
+        .ring_stats();
+    assert_eq!(stats.skipped, 0);
+    assert_eq!(stats.delivered, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stream_takes_over_and_the_first_ends_cleanly() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    join_ok(&mut c, "bob", TONE).await;
+    let mut first = open(&mut c, "bob").await;
+    first.frame().await;
+    let mut second = open(&mut c, "bob").await;
+    assert_eq!(first.end().await.2.as_deref(), Some("stream_taken_over"));
+    for _ in 0..10 {
+        second.frame().await;
+    }
+    assert!(status(&mut c, "bob").await.connected);
+    let stats = bridge
+        .state
+        .registry
+        .get("bob")
+        .expect("session")
+        .ring_stats();
+    assert_eq!(stats.dropped_closed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_session_ends_its_stream_cleanly_and_the_new_one_works() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    join_ok(&mut c, "carol", "sim://tone?hz=1000").await;
+    let mut old = open(&mut c, "carol").await;
+    old.frame().await;
+    join_ok(&mut c, "carol", "sim://tone?hz=3000").await;
+    assert_eq!(
+        old.end().await,
+        (Code::Ok, String::new(), Some("replaced".into()))
+    );
+    let mut new = open(&mut c, "carol").await;
+    for _ in 0..10 {
+        let hz = zero_crossing_hz(&new.frame().await.pcm_data);
+        assert!(
+            (2700.0..=3300.0).contains(&hz),
+            "only the new room's audio: {hz} Hz"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_joins_leave_exactly_one_live_room() {
+    let bridge = Bridge::start().await;
+    let c = bridge.client().await;
+    let joins = (0..100).map(|_| {
+        let mut c = c.clone();
+        tokio::spawn(async move { join(&mut c, "dave", "sim://silent?linger_ms=0").await })
+    });
+    let mut won = 0;
+    for j in joins {
+        let r = j.await.expect("join task");
+        won += usize::from(r.success);
+        assert!(r.success || r.error.contains("superseded"), "{r:?}");
+    }
+    assert!(won >= 1);
+    assert_eq!(bridge.state.registry.counts(), (1, 1));
+    // A silent room has one callback thread; every other room has closed and its thread exited.
+    eventually("99 rooms to close", || {
+        bridge.state.backends.sim.live_threads() == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_lost_by_the_server_ends_the_stream_unavailable() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    join_ok(&mut c, "erin", "sim://tone?drop_after_ms=150").await;
+    let mut s = open(&mut c, "erin").await;
+    let (code, message, reason) = s.end().await;
+    assert_eq!(
+        (code, reason.as_deref()),
+        (Code::Unavailable, Some("room_lost"))
+    );
+    assert!(message.contains("server closed the room"), "{message}");
+    let st = status(&mut c, "erin").await;
+    assert!(!st.connected);
+    assert!(st.last_disconnect_at > 0);
+    assert!(st.last_disconnect_reason.contains("server closed the room"));
+    let err = open_with(&mut c, first_chunk("erin"))
+        .await
+        .err()
+        .expect("room is gone");
+    assert_eq!(err.code(), Code::Unavailable);
+    join_ok(&mut c, "erin", TONE).await;
+    open(&mut c, "erin").await.frame().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_cancels_closes_its_session_and_only_that_one() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    join_ok(&mut c, "frank", TONE).await;
+    join_ok(&mut c, "grace", TONE).await;
+    let mut frank = open(&mut c, "frank").await;
+    let mut grace = open(&mut c, "grace").await;
+    frank.frame().await;
+    drop(frank);
+    eventually("frank's session to close", || {
+        bridge.state.registry.get("frank").is_none()
+    })
+    .await;
+    for _ in 0..10 {
+        grace.frame().await;
+    }
+    assert!(status(&mut c, "grace").await.connected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_costs_bounded_memory_and_slows_no_one() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    join_ok(&mut c, "stuck", "sim://tone?pace=max").await;
+    join_ok(&mut c, "live", TONE).await;
+    let _stuck = open(&mut c, "stuck").await; // never read
+    let mut live = open(&mut c, "live").await;
+    let start = std::time::Instant::now();
+    for _ in 0..50 {
+        live.frame().await;
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the live stream kept real time"
+    );
+    let session = bridge.state.registry.get("stuck").expect("session");
+    eventually("the stuck ring to overflow", || {
+        session.ring_stats().dropped_full > 0
+    })
+    .await;
+    let s = session.ring_stats();
+    let ring_frames = (livekit_bridge::audio::RingConfig::default().capacity_bytes / 332) as u64;
+    assert!(
+        s.queued() <= ring_frames,
+        "backlog {} is bounded by the ring",
+        s.queued()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_real_numbers_and_not_serving_while_draining() {
+    let mut bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    join_ok(&mut c, "hank", TONE).await;
+    let mut s = open(&mut c, "hank").await;
+    s.frame().await;
+    let h = c
+        .health_check(proto::HealthCheckRequest::default())
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        h.status,
+        proto::health_check_response::ServingStatus::Serving as i32
+    );
+    assert_eq!((h.active_sessions, h.active_streams), (1, 1));
+    let unknown = c
+        .health_check(proto::HealthCheckRequest {
+            service: "other".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        unknown.status,
+        proto::health_check_response::ServingStatus::ServiceUnknown as i32
+    );
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", bridge.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut std_health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let check = |service: &str| tonic_health::pb::HealthCheckRequest {
+        service: service.into(),
+    };
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let r = std_health
+        .check(check(proto::SERVICE_NAME))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(r.status, serving);
+    let mut watch = std_health
+        .watch(check(proto::SERVICE_NAME))
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(
+        watch.message().await.expect("watch").map(|r| r.status),
+        Some(serving)
+    );
+
+    bridge.shutdown();
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    assert_eq!(
+        watch.message().await.expect("watch").map(|r| r.status),
+        Some(not_serving)
+    );
+    assert_eq!(s.end().await.2.as_deref(), Some("shutdown"));
+    let served = tokio::time::timeout(Duration::from_secs(6), &mut bridge.served).await;
+    assert!(
+        matches!(served, Ok(Ok(Ok(())))),
+        "server stopped within its deadline: {served:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn play_and_stop_audio_say_they_are_not_available() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    let req = proto::PlayAudioRequest {
+        request_id: "r1".into(),
+        user_id: "u".into(),
+        ..Default::default()
+    };
+    let mut events = c.play_audio(req).await.expect("stream").into_inner();
+    let failed = events
+        .message()
+        .await
+        .expect("event")
+        .expect("FAILED first");
+    assert_eq!(
+        failed.r#type,
+        proto::play_audio_event::EventType::Failed as i32
+    );
+    assert_eq!(failed.request_id, "r1");
+    assert_eq!(
+        events.message().await.expect_err("then the status").code(),
+        Code::Unimplemented
+    );
+    let err = c
+        .stop_audio(proto::StopAudioRequest::default())
+        .await
+        .expect_err("stop");
+    assert_eq!(err.code(), Code::Unimplemented);
+}
