@@ -1,6 +1,7 @@
 //! `livekit-bridge`: parse settings, set up logging, bind, serve until SIGTERM or SIGINT.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::ExitCode;
@@ -53,6 +54,7 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => builder.try_init(),

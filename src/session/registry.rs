@@ -128,10 +128,10 @@ impl Registry {
         let Some(slot) = slots.get_mut(session.user_id()) else {
             return false;
         };
-        if !slot
+        if slot
             .session
             .as_ref()
-            .is_some_and(|s| s.generation() == session.generation())
+            .is_none_or(|s| s.generation() != session.generation())
         {
             return false;
         }

@@ -1,0 +1,223 @@
+//! The release binary as operators and the backend meet it: configuration errors, `--help`, a
+//! Unix socket served to the backend's own gRPC stack (Node `@grpc/grpc-js`), and SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_livekit-bridge");
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("livekit-bridge-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -TERM");
+}
+
+/// Waits for the process to exit; its status and how long it took.
+fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return (status, start.elapsed());
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the bridge did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_on_socket(socket: &Path, extra_env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("LIVEKIT_GRPC_SOCKET", socket)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start the bridge")
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_the_setting() {
+    for (key, value) in [
+        ("PORT", "http"),
+        ("BRIDGE_OVERFLOW", "sometimes"),
+        ("LOG_FORMAT", "xml"),
+    ] {
+        let out = Command::new(BIN)
+            .env_clear()
+            .env(key, value)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(64), "{key}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{key}: {stderr}");
+    }
+    let out = Command::new(BIN).arg("--bogus").output().expect("run");
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn help_documents_every_setting() {
+    let out = Command::new(BIN).arg("--help").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for s in livekit_bridge::config::SETTINGS {
+        assert!(
+            text.contains(s.flag) && text.contains(s.env),
+            "{} missing",
+            s.env
+        );
+    }
+}
+
+#[test]
+fn the_backends_own_grpc_client_drives_the_bridge_over_a_unix_socket() {
+    let node_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    assert!(
+        node_dir.join("node_modules/@grpc/grpc-js").exists(),
+        "the Node gRPC client is not installed: run scripts/setup (npm ci in tests/node)"
+    );
+    let dir = scratch_dir("node");
+    // A stale file where the socket goes, as a crashed predecessor would leave.
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let socket = dir.join("run/bridge.sock");
+    std::fs::create_dir_all(socket.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&socket, b"stale").expect("stale file");
+    let mut bridge = spawn_on_socket(&socket, &[]);
+    wait_for("the socket", || {
+        std::fs::symlink_metadata(&socket).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_socket()
+        })
+    });
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o666);
+
+    let out = Command::new("node")
+        .arg(node_dir.join("stock_client.mjs"))
+        .arg(format!("unix://{}", socket.display()))
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stock client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"ok\":true"), "{stdout}");
+
+    sigterm(&bridge);
+    let (status, _) = wait_exit(&mut bridge, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(!socket.exists(), "the socket file is removed on exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_ends_open_streams_and_exits_within_the_deadline() {
+    use livekit_bridge::proto::live_kit_bridge_client::LiveKitBridgeClient;
+    use livekit_bridge::proto::{AudioChunk, JoinRoomRequest};
+
+    let dir = scratch_dir("term");
+    let socket = dir.join("bridge.sock");
+    let mut bridge = spawn_on_socket(&socket, &[("BRIDGE_SHUTDOWN_TIMEOUT_MS", "2000")]);
+    wait_for("the socket", || socket.exists());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (code, reason) = rt.block_on(async {
+        let path = socket.clone();
+        let channel = tonic::transport::Endpoint::from_static("http://bridge")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .expect("connect");
+        let mut client = LiveKitBridgeClient::new(channel);
+        let join = JoinRoomRequest {
+            user_id: "u".into(),
+            livekit_url: "sim://tone".into(),
+            target_identity: "u".into(),
+            ..Default::default()
+        };
+        assert!(
+            client
+                .join_room(join)
+                .await
+                .expect("join")
+                .into_inner()
+                .success
+        );
+        let first = AudioChunk {
+            user_id: "u".into(),
+            ..Default::default()
+        };
+        // The client keeps its request stream open, as the backend does.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(first).await.expect("send");
+        let mut stream = client
+            .stream_audio(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("stream")
+            .into_inner();
+        assert!(stream.message().await.expect("frame").is_some());
+        sigterm(&bridge);
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    let trailers = stream.trailers().await.ok().flatten();
+                    let reason = trailers.and_then(|t| {
+                        t.get("x-bridge-end-reason")
+                            .and_then(|v| v.to_str().ok().map(String::from))
+                    });
+                    drop(tx);
+                    return (tonic::Code::Ok, reason);
+                }
+                Err(s) => return (s.code(), None),
+            }
+        }
+    });
+    assert_eq!(
+        (code, reason.as_deref()),
+        (tonic::Code::Ok, Some("shutdown"))
+    );
+    let (status, took) = wait_exit(&mut bridge, Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "exited within the 2 s deadline (took {took:?})"
+    );
+    assert!(!socket.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

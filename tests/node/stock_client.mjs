@@ -1,0 +1,138 @@
+// Drives the bridge the way the backend does: @grpc/grpc-js with @grpc/proto-loader and the
+// backend's loader options, loading proto/ from this repository. Usage:
+//   node stock_client.mjs <grpc target, e.g. unix:///tmp/bridge.sock or 127.0.0.1:9090>
+// Exits 0 when every check passed; prints what failed otherwise.
+import assert from "node:assert/strict";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import grpc from "@grpc/grpc-js";
+import protoLoader from "@grpc/proto-loader";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const protoFile = path.join(here, "..", "..", "proto", "livekit_bridge.proto");
+const definition = protoLoader.loadSync(protoFile, {
+  keepCase: true,
+  longs: String,
+  enums: String,
+  defaults: true,
+});
+const { LiveKitBridge } = grpc.loadPackageDefinition(definition).mentra.livekit.bridge;
+const target = process.argv[2];
+const client = new LiveKitBridge(target, grpc.credentials.createInsecure());
+
+const unary = (method, request) =>
+  new Promise((resolve, reject) =>
+    client[method](request, (err, response) => (err ? reject(err) : resolve(response))),
+  );
+
+// Opens StreamAudio and sends the backend's first chunk; collects what comes back.
+function openStream(userId) {
+  const call = client.StreamAudio();
+  const state = { chunks: [], bytes: Buffer.alloc(0), ended: false, error: null, status: null };
+  call.on("data", (chunk) => {
+    state.chunks.push(chunk);
+    state.bytes = Buffer.concat([state.bytes, chunk.pcm_data]);
+  });
+  call.on("end", () => (state.ended = true));
+  call.on("error", (e) => (state.error = e));
+  call.on("status", (s) => (state.status = s));
+  call.write({
+    user_id: userId,
+    pcm_data: Buffer.alloc(0),
+    sample_rate: 16000,
+    channels: 1,
+    timestamp_ms: String(Date.now()),
+  });
+  return { call, state };
+}
+
+async function until(what, cond, ms = 5000) {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const checks = [];
+const check = (name) => checks.push(name);
+
+const health = await unary("HealthCheck", { service: "" });
+assert.equal(health.status, "SERVING");
+assert.equal(typeof health.uptime_seconds, "string", "longs arrive as strings");
+check("HealthCheck SERVING");
+
+const user = "stock-client-user";
+const joined = await unary("JoinRoom", {
+  user_id: user,
+  room_name: user,
+  token: "token",
+  livekit_url: "sim://echo",
+  target_identity: user,
+});
+assert.equal(joined.success, true, joined.error);
+assert.equal(joined.participant_count, 2);
+assert.ok(joined.participant_id.length > 0);
+assert.equal(typeof joined.metadata, "object");
+check("JoinRoom success");
+
+const echo = openStream(user);
+const sent = Buffer.alloc(3200);
+for (let i = 0; i < sent.length; i++) sent[i] = (i * 13) % 251;
+echo.call.write({ user_id: user, pcm_data: sent, sample_rate: 16000, channels: 1, track_id: 0 });
+await until("the echoed audio", () => echo.state.bytes.length >= sent.length);
+assert.deepEqual(echo.state.bytes.subarray(0, sent.length), sent);
+for (const c of echo.state.chunks) {
+  assert.equal(c.sample_rate, 16000);
+  assert.equal(c.channels, 1);
+  assert.equal(typeof c.timestamp_ms, "string");
+  assert.ok(Math.abs(Number(c.timestamp_ms) - Date.now()) < 10000);
+}
+check("StreamAudio round trip byte-exact");
+
+const status = await unary("GetStatus", { user_id: user });
+assert.equal(status.connected, true);
+assert.equal(status.participant_id, joined.participant_id);
+assert.equal(status.last_disconnect_at, "0");
+assert.ok(status.server_version.length > 0);
+const ghost = await unary("GetStatus", { user_id: "nobody" });
+assert.equal(ghost.connected, false);
+check("GetStatus");
+
+const left = await unary("LeaveRoom", { user_id: user, reason: "test done" });
+assert.equal(left.success, true);
+await until("the stream to end", () => echo.state.ended || echo.state.error);
+assert.equal(echo.state.error, null, "a left session's stream ends cleanly, without error");
+await until("the stream status", () => echo.state.status);
+assert.equal(echo.state.status.code, grpc.status.OK);
+assert.deepEqual(echo.state.status.metadata.get("x-bridge-end-reason"), ["left"]);
+const again = await unary("LeaveRoom", { user_id: user, reason: "" });
+assert.deepEqual([again.success, again.error], [false, "session not found"]);
+check("LeaveRoom ends the stream cleanly");
+
+await unary("JoinRoom", {
+  user_id: user,
+  room_name: user,
+  token: "token",
+  livekit_url: "sim://tone?hz=440",
+  target_identity: user,
+});
+const tone = openStream(user);
+await until("10 tone frames", () => tone.state.chunks.length >= 10);
+assert.ok(tone.state.chunks.every((c) => c.pcm_data.length === 320));
+check("tone frames of 320 bytes");
+tone.call.cancel();
+let afterCancel = true;
+for (let i = 0; i < 200 && afterCancel; i++) {
+  afterCancel = (await unary("GetStatus", { user_id: user })).connected;
+  await new Promise((r) => setTimeout(r, 10));
+}
+assert.equal(afterCancel, false, "cancelling the stream closes its session");
+check("cancel closes the session");
+
+const missing = await unary("JoinRoom", { user_id: "", livekit_url: "sim://tone" }).catch((e) => e);
+assert.equal(missing.code, grpc.status.INVALID_ARGUMENT);
+check("INVALID_ARGUMENT for an empty user_id");
+
+client.close();
+console.log(JSON.stringify({ ok: true, checks }));
