@@ -5,6 +5,7 @@ mod bytes;
 pub mod payload;
 pub mod ring;
 mod waker;
+mod weaken;
 
 pub use payload::sample_aligned;
 pub use ring::{

@@ -19,16 +19,17 @@
 //!    `fetch_and(!CLAIMED, Release)` and the consumer's waker is woken. Because claim and close
 //!    are read-modify-writes of the same word, they are totally ordered: a push either sees
 //!    `CLOSED` or its claim precedes the close.
-//! 2. **Close** (anyone, any number of times): `fetch_or(CLOSED, AcqRel)`, then wait with
-//!    `load(Acquire)` until `CLAIMED` is clear. That wait is bounded by one frame copy. When close
-//!    returns, no push is in flight and every later push sees `CLOSED`, so the ring's contents
-//!    are final; the Acquire load that saw the claim released makes the last committed frame
-//!    visible. Close then wakes the consumer.
-//! 3. **Pop** (consumer): `load(Acquire)` of `state` *before* reading the ring. If `CLOSED` is set
-//!    the consumer waits for the claim as close does, discards what is left (counted
-//!    `dropped_closed`, exactly once, since only the consumer consumes) and reports closed.
-//!    Otherwise it pops at most one frame. So a pop that starts after a close has returned
-//!    delivers nothing: **no frame reaches a closed session.**
+//! 2. **Close** (anyone, any number of times, from any thread): `fetch_or(CLOSED, AcqRel)`, then
+//!    wake the consumer. Close never waits. Every push whose claim comes after it in `state`'s
+//!    modification order sees `CLOSED` and writes nothing.
+//! 3. **Pop** (consumer): `load(Acquire)` of `state` *before* reading the ring. If `CLOSED` is set,
+//!    the consumer waits while `CLAIMED` is set (a push that claimed before the close is
+//!    finishing its copy; the wait is bounded by one frame copy and is the protocol's only
+//!    wait), and its Acquire load of the released claim makes that frame visible. The ring's
+//!    contents are now final; the consumer discards them, counted `dropped_closed` exactly once
+//!    (only the consumer consumes), and reports closed. Otherwise it pops at most one frame. So
+//!    a pop that starts after a close has returned delivers nothing: **no frame reaches a
+//!    closed session.**
 //! 4. **Wait** (consumer): register the waker in an [`AtomicWaker`], then re-check `state` and
 //!    the ring. A push commits and then wakes; close sets `CLOSED` and then wakes. Either the
 //!    consumer's re-check sees the change or the producer's wake finds the registered waker:
@@ -59,6 +60,7 @@ use crossbeam_utils::CachePadded;
 use super::bytes::{ByteReader, ByteWriter, byte_ring};
 use super::payload::sample_aligned;
 use super::waker::AtomicWaker;
+use super::weaken;
 use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering, SpinWait, UnsafeCell};
 
 const CLOSED: usize = 0b01;
@@ -146,14 +148,16 @@ pub struct RingStats {
 }
 
 impl RingStats {
-    /// Frames received and not yet delivered or dropped.
+    /// Frames received and not yet delivered or dropped. Exact once pushes have stopped; a
+    /// snapshot taken while a push runs may be off by that push.
     pub fn queued(&self) -> u64 {
-        self.received
-            - self.skipped
-            - self.delivered
-            - self.dropped_full
-            - self.dropped_closed
-            - self.dropped_contended
+        self.received.saturating_sub(
+            self.skipped
+                + self.delivered
+                + self.dropped_full
+                + self.dropped_closed
+                + self.dropped_contended,
+        )
     }
 
     pub fn add(&mut self, o: &RingStats) {
@@ -196,7 +200,6 @@ impl Shared {
     /// Step 2 of the close protocol. Returns true for the call that closed the ring.
     fn close(&self) -> bool {
         let first = self.state.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED == 0;
-        self.wait_unclaimed();
         self.waker.wake();
         first
     }
@@ -293,8 +296,14 @@ impl FrameProducer {
                 w.write_all(&[&header, pcm])
             })
         });
-        // Release: a closer or consumer that sees the claim gone also sees the commit.
-        s.state.fetch_and(!CLAIMED, Ordering::Release);
+        // Release: a closer, consumer or next pusher that sees the claim gone also sees the
+        // commit and the writer's state.
+        let release = if weaken::RELAXED_CLAIM_RELEASE {
+            Ordering::Relaxed
+        } else {
+            Ordering::Release
+        };
+        s.state.fetch_and(!CLAIMED, release);
         if written {
             s.waker.wake();
             return PushOutcome::Queued;
@@ -318,6 +327,9 @@ impl FrameProducer {
 
 impl Drop for FrameProducer {
     fn drop(&mut self) {
+        if weaken::PRODUCER_DROP_SKIPS_CLOSE {
+            return;
+        }
         self.shared.close();
     }
 }
@@ -340,7 +352,7 @@ impl FrameConsumer {
     /// Pops at most one frame, appending its PCM to `out`. Never blocks.
     pub fn try_pop(&mut self, out: &mut Vec<u8>) -> Pop {
         // Step 3: the closed check comes before any read of the ring.
-        if self.shared.is_closed() {
+        if !weaken::POP_SKIPS_CLOSED_CHECK && self.shared.is_closed() {
             self.discard_closed();
             return Pop::Closed;
         }
@@ -370,7 +382,9 @@ impl FrameConsumer {
             self.shared.waker.register(cx.waker());
             // Re-check after registering: a push or close that came before the registration
             // did not find our waker, so its effect must be visible here.
-            if self.shared.is_closed() || self.reader.queued() > 0 {
+            if !weaken::NO_RECHECK_AFTER_REGISTER
+                && (self.shared.is_closed() || self.reader.queued() > 0)
+            {
                 continue;
             }
             return Poll::Pending;
@@ -392,7 +406,9 @@ impl FrameConsumer {
 
     /// The ring is closed: wait for an in-flight push, then count what is left as dropped.
     fn discard_closed(&mut self) {
-        self.shared.wait_unclaimed();
+        if !weaken::DISCARD_SKIPS_CLAIM_WAIT {
+            self.shared.wait_unclaimed();
+        }
         let n = self.drop_frames_while(|_| true);
         bump(&self.shared.counters.dropped_closed, n);
     }
@@ -418,11 +434,11 @@ impl FrameConsumer {
 
 impl Drop for FrameConsumer {
     fn drop(&mut self) {
-        // The consumer going away closes the ring, so later pushes are counted, not queued;
-        // then what is queued is counted once.
+        // The consumer going away forgets its waker (no wake reaches it afterwards), closes the
+        // ring so later pushes are counted, not queued, then counts what is queued, once.
+        self.shared.waker.clear();
         self.shared.close();
         self.discard_closed();
-        drop(self.shared.waker.take());
     }
 }
 
@@ -442,8 +458,8 @@ pub struct RingCloser {
 }
 
 impl RingCloser {
-    /// Closes the ring (step 2 of the close protocol). Returns true for the call that closed it.
-    /// When it returns, no push is in flight and no frame will be delivered any more.
+    /// Closes the ring (step 2 of the close protocol) without waiting for anything. Returns true
+    /// for the call that closed it. Once it has returned, no frame is delivered any more.
     pub fn close(&self) -> bool {
         self.shared.close()
     }

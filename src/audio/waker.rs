@@ -8,9 +8,11 @@
 //!   store the waker, then CAS `REGISTERING → WAITING` (AcqRel: publish the waker). If that CAS
 //!   fails, a `wake` arrived meanwhile and could not take the slot: the consumer takes the waker
 //!   back and wakes it itself, so that wake is not lost.
-//! - `wake`: `fetch_or(WAKING)` (AcqRel). From `WAITING` it owns the slot: take the waker, clear
-//!   `WAKING` (Release), wake. From `REGISTERING` the consumer will see `WAKING` and wake itself.
-//!   From `WAKING` another waker is already waking.
+//! - `wake`: `fetch_or(WAKING)` (AcqRel). From `WAITING` it owns the slot: take the waker, wake
+//!   it, clear `WAKING` (Release). From `REGISTERING` the consumer will see `WAKING` and wake
+//!   itself. From `WAKING` another waker is already waking.
+//! - `clear` (the consumer going away): CAS `WAITING → WAKING`, retried while a wake is in
+//!   progress, then empty the slot. Afterwards no wake can reach the old waker.
 //!
 //! Callers pair it with a check: the consumer registers, then re-checks its condition; the
 //! producer changes the condition, then wakes. Either the consumer's re-check sees the change or
@@ -21,7 +23,7 @@
 
 use std::task::Waker;
 
-use crate::sync::{AtomicUsize, Ordering, UnsafeCell};
+use crate::sync::{AtomicUsize, Ordering, SpinWait, UnsafeCell};
 
 const WAITING: usize = 0;
 const REGISTERING: usize = 0b01;
@@ -77,29 +79,49 @@ impl AtomicWaker {
                 }
             }
             // A waker is taking the slot right now: its wake may be for an older registration,
-            // so make sure this task polls again.
-            Err(WAKING) => waker.wake_by_ref(),
+            // so make sure this task polls again, and give the waker a moment to finish.
+            Err(WAKING) => {
+                waker.wake_by_ref();
+                SpinWait::new().snooze();
+            }
             Err(_) => debug_assert!(false, "AtomicWaker::register called concurrently"),
         }
     }
 
-    /// Wakes the parked consumer, if any. Safe to call from any number of threads.
+    /// Wakes the parked consumer, if any. Safe to call from any number of threads. The wake
+    /// happens while `WAKING` is held, so [`clear`](Self::clear) can wait for it to finish.
     pub(crate) fn wake(&self) {
-        if let Some(w) = self.take() {
-            w.wake();
+        if self.state.fetch_or(WAKING, Ordering::AcqRel) == WAITING {
+            if let Some(w) = self.with_slot(Option::take) {
+                w.wake();
+            }
+            self.state.fetch_and(!WAKING, Ordering::Release);
         }
     }
 
-    /// Takes the parked waker without waking it (used when the consumer goes away).
-    pub(crate) fn take(&self) -> Option<Waker> {
-        match self.state.fetch_or(WAKING, Ordering::AcqRel) {
-            WAITING => {
-                let w = self.with_slot(Option::take);
+    /// Empties the slot for a consumer that is going away. Waits for a wake in progress to
+    /// finish (it holds `WAKING` for one `Waker::wake`, which never blocks), so once this
+    /// returns the consumer's waker is never woken again.
+    pub(crate) fn clear(&self) {
+        if super::weaken::CLEAR_SKIPS_WAKE_WAIT {
+            if self.state.fetch_or(WAKING, Ordering::AcqRel) == WAITING {
+                let old = self.with_slot(Option::take);
                 self.state.fetch_and(!WAKING, Ordering::Release);
-                w
+                drop(old);
             }
-            _ => None,
+            return;
         }
+        let spin = SpinWait::new();
+        while self
+            .state
+            .compare_exchange(WAITING, WAKING, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            spin.snooze();
+        }
+        let old = self.with_slot(Option::take);
+        self.state.fetch_and(!WAKING, Ordering::Release);
+        drop(old);
     }
 
     fn with_slot<R>(&self, f: impl FnOnce(&mut Option<Waker>) -> R) -> R {
@@ -135,11 +157,11 @@ mod tests {
     }
 
     #[test]
-    fn take_empties_the_slot() {
+    fn clear_empties_the_slot() {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let slot = AtomicWaker::new();
         slot.register(&Waker::from(count.clone()));
-        assert!(slot.take().is_some());
+        slot.clear();
         slot.wake();
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
     }
