@@ -1,0 +1,196 @@
+//! The whole path, from a room callback to the bytes a gRPC client reads, over a Unix socket:
+//! a simulated room at full speed (`sim://tone?pace=max`) pushes 10 ms frames from its own
+//! thread; the bridge's ring, writer task, tonic and HTTP/2 carry them to a tonic client.
+//!
+//! - criterion `pipeline/frames`: time per frame delivered to the client (throughput);
+//! - printed after it: frames per second, per CPU-second of the whole process (bridge, room
+//!   threads and client together), and round-trip latency percentiles through an echo room
+//!   (client → StreamAudio → room track → room callback → ring → client).
+//!
+//! Run: `cargo bench --bench pipeline`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use livekit_bridge::proto::live_kit_bridge_client::LiveKitBridgeClient;
+use livekit_bridge::proto::{AudioChunk, JoinRoomRequest};
+use livekit_bridge::server;
+use livekit_bridge::service::{BridgeState, ServiceSettings};
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+struct Bridge {
+    socket: PathBuf,
+    _state: Arc<BridgeState>,
+}
+
+async fn start(socket: PathBuf) -> Bridge {
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+    let state = BridgeState::new(ServiceSettings::default());
+    tokio::spawn(server::run(
+        state.clone(),
+        UnixListenerStream::new(listener),
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    Bridge {
+        socket,
+        _state: state,
+    }
+}
+
+async fn client(socket: PathBuf) -> LiveKitBridgeClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_static("http://bridge")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+        .expect("connect");
+    LiveKitBridgeClient::new(channel)
+}
+
+/// Joins `url` as `user` and opens its stream; the sender keeps the request side open.
+async fn stream(
+    c: &mut LiveKitBridgeClient<Channel>,
+    user: &str,
+    url: &str,
+) -> (mpsc::Sender<AudioChunk>, Streaming<AudioChunk>) {
+    let join = JoinRoomRequest {
+        user_id: user.into(),
+        room_name: user.into(),
+        livekit_url: url.into(),
+        target_identity: user.into(),
+        ..Default::default()
+    };
+    let joined = c.join_room(join).await.expect("join").into_inner();
+    assert!(joined.success, "{}", joined.error);
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(AudioChunk {
+        user_id: user.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("first chunk");
+    let s = c
+        .stream_audio(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    (tx, s)
+}
+
+async fn read_frames(s: &mut Streaming<AudioChunk>, n: u64) {
+    for _ in 0..n {
+        let f = s.message().await.expect("status").expect("frame");
+        assert_eq!(f.pcm_data.len(), 320);
+    }
+}
+
+/// CPU seconds this process has used (user + system).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After the command name: state is field 0; utime and stime are fields 11 and 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn pipeline(c: &mut Criterion) {
+    let rt = Runtime::new().expect("runtime");
+    let socket =
+        std::env::temp_dir().join(format!("livekit-bridge-bench-{}.sock", std::process::id()));
+    let bridge = rt.block_on(start(socket.clone()));
+    let mut client = rt.block_on(client(bridge.socket.clone()));
+    let (_tx, mut frames) = rt.block_on(stream(&mut client, "bench", "sim://tone?pace=max"));
+    rt.block_on(read_frames(&mut frames, 100)); // works before it is timed
+
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("frames", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                read_frames(&mut frames, iters).await;
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+
+    // Under `cargo test --benches` this is a smoke run; `cargo bench` passes `--bench`.
+    let measuring = std::env::args().any(|a| a == "--bench");
+    let (n, echoes) = if measuring {
+        (200_000, 2000)
+    } else {
+        (2_000, 50)
+    };
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    rt.block_on(read_frames(&mut frames, n));
+    let (cpu, wall) = (cpu_seconds() - cpu0, t0.elapsed().as_secs_f64());
+    println!(
+        "pipeline: {n} frames in {wall:.2} s = {:.0} frames/s using {:.2} cores = {:.0} frames per CPU-second",
+        n as f64 / wall,
+        cpu / wall,
+        n as f64 / cpu.max(1e-9)
+    );
+
+    let latencies = rt.block_on(echo_round_trips(&mut client, echoes));
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    println!(
+        "echo round trip over {} chunks: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        pct(1.0)
+    );
+    let _ = std::fs::remove_file(&socket);
+}
+
+/// Sends 10 ms chunks one at a time through an echo room and times each until it comes back.
+async fn echo_round_trips(c: &mut LiveKitBridgeClient<Channel>, n: usize) -> Vec<Duration> {
+    let (tx, mut s) = stream(c, "echo", "sim://echo").await;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let pcm: Vec<u8> = (0..320).map(|j| (i + j) as u8).collect();
+        let start = Instant::now();
+        tx.send(AudioChunk {
+            pcm_data: pcm.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+        let back = s.message().await.expect("status").expect("echo");
+        assert_eq!(back.pcm_data, pcm);
+        out.push(start.elapsed());
+    }
+    out.sort();
+    out
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    targets = pipeline
+}
+criterion_main!(benches);
