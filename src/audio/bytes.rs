@@ -67,16 +67,17 @@ mod imp {
             true // dropping the chunk uncommitted consumes nothing
         }
 
-        /// Consumes `n` bytes, appending them to `out` if given. The caller has peeked them.
-        pub(crate) fn consume(&mut self, n: usize, out: Option<&mut Vec<u8>>) {
+        /// Consumes `n` bytes, appending all but the first `skip` to `out` if given. The caller
+        /// has checked that they are there.
+        pub(crate) fn consume(&mut self, n: usize, out: Option<(usize, &mut Vec<u8>)>) {
             let Ok(chunk) = self.0.read_chunk(n) else {
-                debug_assert!(false, "consume({n}) past what was peeked");
+                debug_assert!(false, "consume({n}) past what is queued");
                 return;
             };
-            if let Some(out) = out {
+            if let Some((skip, out)) = out {
                 let (a, b) = chunk.as_slices();
-                out.extend_from_slice(a);
-                out.extend_from_slice(b);
+                out.extend_from_slice(a.get(skip..).unwrap_or_default());
+                out.extend_from_slice(&b[skip.saturating_sub(a.len())..]);
             }
             chunk.commit_all();
         }
@@ -129,11 +130,11 @@ mod imp {
             true
         }
 
-        pub(crate) fn consume(&mut self, n: usize, out: Option<&mut Vec<u8>>) {
+        pub(crate) fn consume(&mut self, n: usize, out: Option<(usize, &mut Vec<u8>)>) {
             let mut g = lock(&self.0);
             let taken = g.1.drain(..n);
             match out {
-                Some(out) => out.extend(taken),
+                Some((skip, out)) => out.extend(taken.skip(skip)),
                 None => drop(taken),
             }
         }
@@ -156,8 +157,8 @@ mod tests {
             assert!(r.peek(&mut head));
             assert_eq!(head, [round, round + 1]);
             let mut out = Vec::new();
-            r.consume(5, Some(&mut out));
-            assert_eq!(out, [round, round + 1, round + 2, round + 3, round + 4]);
+            r.consume(5, Some((1, &mut out)));
+            assert_eq!(out, [round + 1, round + 2, round + 3, round + 4]);
         }
     }
 }

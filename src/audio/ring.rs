@@ -9,16 +9,18 @@
 //!
 //! # The close protocol
 //!
-//! One atomic word, `state`, carries two bits: `CLOSED` (set once, never cleared) and `CLAIMED`
+//! One atomic word, `state`, carries four bits: `CLOSED` (set once, never cleared), `CLAIMED`
 //! (held by the producer for the duration of one push: a copy of at most one frame into
-//! preallocated memory, which never blocks, allocates or calls out).
+//! preallocated memory, which never blocks, allocates or calls out), `PARKED` (the consumer has
+//! registered its waker and wants a wake on the next push) and `LAGGED` (see
+//! [`Overflow::DropOldest`]).
 //!
 //! 1. **Push** (producer): `fetch_or(CLAIMED, Acquire)`. If `CLOSED` was already set the frame is
-//!    counted `dropped_closed` and the claim released; nothing is written. Otherwise the frame is
-//!    written and committed (rtrb's Release store of its tail), then the claim is released with
-//!    `fetch_and(!CLAIMED, Release)` and the consumer's waker is woken. Because claim and close
-//!    are read-modify-writes of the same word, they are totally ordered: a push either sees
-//!    `CLOSED` or its claim precedes the close.
+//!    counted `dropped_closed` and nothing is written. Otherwise the frame is written and
+//!    committed (rtrb's Release store of its tail). Either way the claim is then released with
+//!    `fetch_and(!(CLAIMED | PARKED), Release)`; if that found `PARKED`, the consumer's waker is
+//!    woken. Claim and close are read-modify-writes of the same word, so they are totally
+//!    ordered: a push either sees `CLOSED` or its claim precedes the close.
 //! 2. **Close** (anyone, any number of times, from any thread): `fetch_or(CLOSED, AcqRel)`, then
 //!    wake the consumer. Close never waits. Every push whose claim comes after it in `state`'s
 //!    modification order sees `CLOSED` and writes nothing.
@@ -30,10 +32,13 @@
 //!    (only the consumer consumes), and reports closed. Otherwise it pops at most one frame. So
 //!    a pop that starts after a close has returned delivers nothing: **no frame reaches a
 //!    closed session.**
-//! 4. **Wait** (consumer): register the waker in an [`AtomicWaker`], then re-check `state` and
-//!    the ring. A push commits and then wakes; close sets `CLOSED` and then wakes. Either the
-//!    consumer's re-check sees the change or the producer's wake finds the registered waker:
-//!    **no wakeup is lost**.
+//! 4. **Wait** (consumer): register the waker in an [`AtomicWaker`], then `fetch_or(PARKED,
+//!    AcqRel)` and re-check `CLOSED` and the ring. The producer's release and the consumer's
+//!    park are read-modify-writes of `state`, so one comes first: if the park, the release finds
+//!    `PARKED` and wakes; if the release, the park reads from it and the re-check sees the
+//!    committed frame. Close sets `CLOSED` before it wakes, and the park's re-check reads
+//!    `CLOSED` from the same RMW. **No wakeup is lost**, and a push costs two RMWs of `state`
+//!    and no other shared write unless the consumer is asleep.
 //!
 //! A replaced session cannot leak into its successor because rings are never reused: each
 //! session gets a new ring, and a late callback from an old room holds only the old ring's
@@ -47,7 +52,9 @@
 //! # Accounting
 //!
 //! `received = skipped + delivered + dropped_full + dropped_closed + dropped_contended + queued`,
-//! and `queued` is 0 once the consumer has seen the ring closed or has been dropped.
+//! and `queued` is 0 once the consumer has seen the ring closed or has been dropped. Each
+//! counter has one writer (the claim holder, or the consumer) and is bumped with a Relaxed load
+//! and store; only the rare skipped and contended counts, bumped outside the claim, use an RMW.
 
 // Unsafe code here: one `unsafe impl Sync` and one cell access, each with its SAFETY reason.
 #![allow(unsafe_code)]
@@ -63,8 +70,10 @@ use super::waker::AtomicWaker;
 use super::weaken;
 use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering, SpinWait, UnsafeCell};
 
-const CLOSED: usize = 0b01;
-const CLAIMED: usize = 0b10;
+const CLOSED: usize = 0b0001;
+const CLAIMED: usize = 0b0010;
+const PARKED: usize = 0b0100;
+const LAGGED: usize = 0b1000;
 
 /// Bytes in front of every frame: payload length (u32 LE) and arrival time (i64 LE, unix ms).
 pub const FRAME_HEADER: usize = 12;
@@ -170,29 +179,43 @@ impl RingStats {
     }
 }
 
-/// Counters are statistics: Relaxed increments, read after the fact. No decision depends on them.
+/// Counters are statistics: read after the fact, no decision depends on them. Each is written
+/// by one side only, so most are bumped without a read-modify-write.
 #[derive(Default)]
 struct Counters {
-    received: AtomicU64,
+    /// Written by the claim holder.
+    claimed: AtomicU64,
+    full: AtomicU64,
+    closed_on_push: AtomicU64,
+    /// Written outside the claim, by any pushing thread.
     skipped: AtomicU64,
-    delivered: AtomicU64,
-    dropped_full: AtomicU64,
-    dropped_closed: AtomicU64,
-    dropped_contended: AtomicU64,
+    contended: AtomicU64,
 }
 
-fn bump(counter: &AtomicU64, n: u64) {
+/// Counters written by the consumer only.
+#[derive(Default)]
+struct ConsumerCounters {
+    delivered: AtomicU64,
+    discarded_closed: AtomicU64,
+    skipped_backlog: AtomicU64,
+}
+
+/// Adds to a counter that has a single writer.
+fn add(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+/// Adds to a counter that several threads may write at once.
+fn add_shared(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
 struct Shared {
-    /// `CLOSED | CLAIMED`; see the module documentation.
+    /// `CLOSED | CLAIMED | PARKED | LAGGED`; see the module documentation.
     state: CachePadded<AtomicUsize>,
-    /// Set by a push that found the ring full under [`Overflow::DropOldest`]; cleared by the
-    /// consumer when it skips the backlog.
-    lagged: AtomicUsize,
     waker: AtomicWaker,
     counters: CachePadded<Counters>,
+    consumer_counters: CachePadded<ConsumerCounters>,
     config: RingConfig,
 }
 
@@ -217,15 +240,15 @@ impl Shared {
     }
 
     fn stats(&self) -> RingStats {
-        let c = &self.counters;
+        let (p, c) = (&self.counters, &self.consumer_counters);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         RingStats {
-            received: get(&c.received),
-            skipped: get(&c.skipped),
+            received: get(&p.claimed) + get(&p.skipped) + get(&p.contended),
+            skipped: get(&p.skipped),
             delivered: get(&c.delivered),
-            dropped_full: get(&c.dropped_full),
-            dropped_closed: get(&c.dropped_closed),
-            dropped_contended: get(&c.dropped_contended),
+            dropped_full: get(&p.full) + get(&c.skipped_backlog),
+            dropped_closed: get(&p.closed_on_push) + get(&c.discarded_closed),
+            dropped_contended: get(&p.contended),
         }
     }
 }
@@ -236,9 +259,9 @@ pub fn audio_ring(config: RingConfig) -> (FrameProducer, FrameConsumer, RingClos
     let (writer, reader) = byte_ring(config.capacity_bytes.max(FRAME_HEADER + 2));
     let shared = Arc::new(Shared {
         state: CachePadded::new(AtomicUsize::new(0)),
-        lagged: AtomicUsize::new(0),
         waker: AtomicWaker::new(),
         counters: CachePadded::new(Counters::default()),
+        consumer_counters: CachePadded::new(ConsumerCounters::default()),
         config,
     });
     (
@@ -270,50 +293,56 @@ impl FrameProducer {
     /// locks, blocks or panics, before, during or after close.
     pub fn push(&self, arrived_ms: i64, payload: &[u8]) -> PushOutcome {
         let s = &self.shared;
-        bump(&s.counters.received, 1);
         let Some(pcm) = sample_aligned(payload) else {
-            bump(&s.counters.skipped, 1);
+            add_shared(&s.counters.skipped, 1);
             return PushOutcome::Skipped;
         };
         // Step 1 of the close protocol: claim, and learn whether the ring is closed.
         let prev = s.state.fetch_or(CLAIMED, Ordering::Acquire);
         if prev & CLAIMED != 0 {
-            bump(&s.counters.dropped_contended, 1);
+            add_shared(&s.counters.contended, 1);
             return PushOutcome::Contended;
         }
-        if prev & CLOSED != 0 {
-            s.state.fetch_and(!CLAIMED, Ordering::Release);
-            bump(&s.counters.dropped_closed, 1);
-            return PushOutcome::Closed;
-        }
-        let written = u32::try_from(pcm.len()).is_ok_and(|len| {
-            let mut header = [0u8; FRAME_HEADER];
-            header[..4].copy_from_slice(&len.to_le_bytes());
-            header[4..].copy_from_slice(&arrived_ms.to_le_bytes());
-            self.writer.with_mut(|w| {
-                // SAFETY: this thread holds CLAIMED, so it is the writer's only user.
-                let w = unsafe { &mut *w };
-                w.write_all(&[&header, pcm])
-            })
-        });
+        add(&s.counters.claimed, 1);
+        let outcome = if prev & CLOSED != 0 {
+            add(&s.counters.closed_on_push, 1);
+            PushOutcome::Closed
+        } else if self.write(arrived_ms, pcm) {
+            PushOutcome::Queued
+        } else {
+            add(&s.counters.full, 1);
+            if s.config.overflow == Overflow::DropOldest {
+                // Published to the consumer by the Release below.
+                s.state.fetch_or(LAGGED, Ordering::Relaxed);
+            }
+            PushOutcome::Full
+        };
         // Release: a closer, consumer or next pusher that sees the claim gone also sees the
-        // commit and the writer's state.
+        // commit, the counters and the writer's state.
         let release = if weaken::RELAXED_CLAIM_RELEASE {
             Ordering::Relaxed
         } else {
             Ordering::Release
         };
-        s.state.fetch_and(!CLAIMED, release);
-        if written {
-            s.waker.wake();
-            return PushOutcome::Queued;
-        }
-        bump(&s.counters.dropped_full, 1);
-        if s.config.overflow == Overflow::DropOldest {
-            s.lagged.store(1, Ordering::Release);
+        if s.state.fetch_and(!(CLAIMED | PARKED), release) & PARKED != 0 {
             s.waker.wake();
         }
-        PushOutcome::Full
+        outcome
+    }
+
+    /// Writes one frame in one commit. Called only by the holder of `CLAIMED`.
+    fn write(&self, arrived_ms: i64, pcm: &[u8]) -> bool {
+        let Ok(len) = u32::try_from(pcm.len()) else {
+            return false;
+        };
+        let mut header = [0u8; FRAME_HEADER];
+        header[..4].copy_from_slice(&len.to_le_bytes());
+        header[4..].copy_from_slice(&arrived_ms.to_le_bytes());
+        self.writer.with_mut(|w| {
+            // SAFETY: the caller holds CLAIMED, so this thread is the writer's only user.
+            let w = unsafe { &mut *w };
+            w.write_all(&[&header, pcm])
+        })
     }
 
     pub fn is_closed(&self) -> bool {
@@ -352,11 +381,13 @@ impl FrameConsumer {
     /// Pops at most one frame, appending its PCM to `out`. Never blocks.
     pub fn try_pop(&mut self, out: &mut Vec<u8>) -> Pop {
         // Step 3: the closed check comes before any read of the ring.
-        if !weaken::POP_SKIPS_CLOSED_CHECK && self.shared.is_closed() {
+        let state = self.shared.state.load(Ordering::Acquire);
+        if !weaken::POP_SKIPS_CLOSED_CHECK && state & CLOSED != 0 {
             self.discard_closed();
             return Pop::Closed;
         }
-        if self.shared.lagged.swap(0, Ordering::Acquire) != 0 {
+        if state & LAGGED != 0 {
+            self.shared.state.fetch_and(!LAGGED, Ordering::Relaxed);
             self.skip_backlog();
         }
         let mut header = [0u8; FRAME_HEADER];
@@ -364,9 +395,9 @@ impl FrameConsumer {
             return Pop::Empty;
         }
         let (len, arrived_ms) = parse_header(&header);
-        self.reader.consume(FRAME_HEADER, None);
-        self.reader.consume(len, Some(out));
-        bump(&self.shared.counters.delivered, 1);
+        self.reader
+            .consume(FRAME_HEADER + len, Some((FRAME_HEADER, out)));
+        add(&self.shared.consumer_counters.delivered, 1);
         Pop::Frame { arrived_ms }
     }
 
@@ -380,10 +411,12 @@ impl FrameConsumer {
                 Pop::Empty => {}
             }
             self.shared.waker.register(cx.waker());
-            // Re-check after registering: a push or close that came before the registration
-            // did not find our waker, so its effect must be visible here.
+            // Park, then re-check: a push or close ordered before the park in `state` did not
+            // see PARKED, so its effect must be visible here; one ordered after it finds the
+            // registered waker.
+            let state = self.shared.state.fetch_or(PARKED, Ordering::AcqRel);
             if !weaken::NO_RECHECK_AFTER_REGISTER
-                && (self.shared.is_closed() || self.reader.queued() > 0)
+                && (state & CLOSED != 0 || self.reader.queued() > 0)
             {
                 continue;
             }
@@ -410,14 +443,14 @@ impl FrameConsumer {
             self.shared.wait_unclaimed();
         }
         let n = self.drop_frames_while(|_| true);
-        bump(&self.shared.counters.dropped_closed, n);
+        add(&self.shared.consumer_counters.discarded_closed, n);
     }
 
     /// Under [`Overflow::DropOldest`], skips the oldest frames until half the ring is free.
     fn skip_backlog(&mut self) {
         let target = self.shared.config.capacity_bytes / 2;
         let n = self.drop_frames_while(|queued| queued > target);
-        bump(&self.shared.counters.dropped_full, n);
+        add(&self.shared.consumer_counters.skipped_backlog, n);
     }
 
     fn drop_frames_while(&mut self, keep_going: impl Fn(usize) -> bool) -> u64 {
