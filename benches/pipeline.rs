@@ -24,6 +24,9 @@ use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+#[path = "../tests/common/unix.rs"]
+mod unix;
+
 struct Bridge {
     socket: PathBuf,
     _state: Arc<BridgeState>,
@@ -46,17 +49,7 @@ async fn start(socket: PathBuf) -> Bridge {
 }
 
 async fn client(socket: PathBuf) -> LiveKitBridgeClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_static("http://bridge")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
-        .await
-        .expect("connect");
-    LiveKitBridgeClient::new(channel)
+    LiveKitBridgeClient::new(unix::unix_channel(&socket).await)
 }
 
 /// Joins `url` as `user` and opens its stream; the sender keeps the request side open.

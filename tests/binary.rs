@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/unix.rs"]
+mod unix;
+
 const BIN: &str = env!("CARGO_BIN_EXE_livekit-bridge");
 
 fn scratch_dir(name: &str) -> PathBuf {
@@ -152,17 +155,7 @@ fn sigterm_ends_open_streams_and_exits_within_the_deadline() {
     wait_for("the socket", || socket.exists());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (code, reason) = rt.block_on(async {
-        let path = socket.clone();
-        let channel = tonic::transport::Endpoint::from_static("http://bridge")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
-            .await
-            .expect("connect");
+        let channel = unix::unix_channel(&socket).await;
         let mut client = LiveKitBridgeClient::new(channel);
         let join = JoinRoomRequest {
             user_id: "u".into(),

@@ -270,6 +270,26 @@ async fn odd_and_empty_payloads_follow_the_contract_rule() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_count_follows_room_events() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    let joined = join_ok(
+        &mut c,
+        "pat",
+        "sim://silent?participants=3&join_after_ms=50",
+    )
+    .await;
+    assert_eq!(joined.participant_count, 3);
+    for _ in 0..100 {
+        if status(&mut c, "pat").await.participant_count == 4 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("GetStatus never saw the participant who joined");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_stream_takes_over_and_the_first_ends_cleanly() {
     let bridge = Bridge::start().await;
     let mut c = bridge.client().await;
@@ -511,4 +531,88 @@ async fn play_and_stop_audio_say_they_are_not_available() {
         .await
         .expect_err("stop");
     assert_eq!(err.code(), Code::Unimplemented);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_contract_and_health_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let bridge = Bridge::start().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", bridge.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = ServerReflectionClient::new(channel);
+    let ask = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let requests = tokio_stream::iter([
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            proto::SERVICE_NAME.into(),
+        )),
+    ]);
+    let mut replies = client
+        .server_reflection_info(requests)
+        .await
+        .expect("reflection")
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = replies
+        .message()
+        .await
+        .expect("reply")
+        .and_then(|r| r.message_response)
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&proto::SERVICE_NAME), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    let Some(MessageResponse::FileDescriptorResponse(files)) = replies
+        .message()
+        .await
+        .expect("reply")
+        .and_then(|r| r.message_response)
+    else {
+        panic!("expected the contract's descriptor");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ended_session_is_freed() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    let mut ended = Vec::new();
+    for i in 0..200 {
+        let user = format!("churn-{}", i % 4);
+        join_ok(&mut c, &user, "sim://tone?pace=max&linger_ms=5").await;
+        let session = bridge.state.registry.get(&user).expect("session");
+        ended.push(std::sync::Arc::downgrade(&session));
+        drop(session);
+        let mut s = open(&mut c, &user).await;
+        s.frame().await;
+        match i % 3 {
+            0 => assert!(leave(&mut c, &user).await.success),
+            1 => drop(s),
+            _ => {} // replaced by the next join for this user
+        }
+    }
+    for u in 0..4 {
+        leave(&mut c, &format!("churn-{u}")).await;
+    }
+    eventually("every session, ring and room to be freed", || {
+        ended.iter().all(|w| w.strong_count() == 0)
+    })
+    .await;
+    assert!(bridge.state.registry.is_empty());
+    eventually("every room thread to exit", || {
+        bridge.state.backends.sim.live_threads() == 0
+    })
+    .await;
 }

@@ -18,6 +18,7 @@
 //! - `chatter_ms` (20): period of the reliable thread's packets: one with a topic from the
 //!   audio identity and one without a topic from `sim-other`; neither is the user's audio.
 //! - `participants` (2): the participant count reported on join.
+//! - `join_after_ms`: one more participant joins after this long (a participant event).
 //! - `linger_ms` (20): how long callbacks keep coming after disconnect.
 //! - `drop_after_ms`: the server closes the room after this long.
 //! - `fail`: the connection fails with this text. `connect_delay_ms` (0): connecting takes
@@ -63,6 +64,7 @@ pub struct SimSpec {
     pub identity: Option<String>,
     pub chatter_ms: u64,
     pub participants: u32,
+    pub join_after_ms: Option<u64>,
     pub linger_ms: u64,
     pub drop_after_ms: Option<u64>,
     pub fail: Option<String>,
@@ -94,6 +96,7 @@ impl SimSpec {
             identity: None,
             chatter_ms: 20,
             participants: 2,
+            join_after_ms: None,
             linger_ms: 20,
             drop_after_ms: None,
             fail: None,
@@ -138,6 +141,7 @@ impl SimSpec {
                 "identity" => spec.identity = Some(value),
                 "chatter_ms" => spec.chatter_ms = num(1, DAY_MS)?,
                 "participants" => spec.participants = num(1, 10_000)? as u32,
+                "join_after_ms" => spec.join_after_ms = Some(num(0, DAY_MS)?),
                 "linger_ms" => spec.linger_ms = num(0, 60_000)?,
                 "drop_after_ms" => spec.drop_after_ms = Some(num(0, DAY_MS)?),
                 "fail" => spec.fail = Some(value),
@@ -387,31 +391,46 @@ impl Ctx {
         self.idle_until_over();
     }
 
+    /// The reliable channel's thread: non-audio packets every `chatter_ms`, participant and
+    /// server-disconnect events when they are due. Wakes at least every 20 ms to notice them.
     fn reliable(self) {
         let period = Duration::from_millis(self.spec.chatter_ms);
-        let drop_at = self.spec.drop_after_ms.map(Duration::from_millis);
+        let at = |ms: Option<u64>| ms.map(|ms| self.life.started + Duration::from_millis(ms));
+        let (mut join_at, drop_at) = (at(self.spec.join_after_ms), at(self.spec.drop_after_ms));
         let not_audio = [0u8, 0x55, 0x55];
+        let mut next_chatter = Instant::now();
         while !self.life.over() {
-            self.events.on_data(
-                &self.identity,
-                DataKind::Reliable,
-                "sim.chatter",
-                &not_audio,
-            );
-            self.events
-                .on_data("sim-other", DataKind::Reliable, "", &not_audio);
-            if drop_at.is_some_and(|d| self.life.started.elapsed() >= d) && !self.life.stopping() {
+            let now = Instant::now();
+            if now >= next_chatter {
+                next_chatter = now + period;
+                let events = &self.events;
+                events.on_data(
+                    &self.identity,
+                    DataKind::Reliable,
+                    "sim.chatter",
+                    &not_audio,
+                );
+                events.on_data("sim-other", DataKind::Reliable, "", &not_audio);
+            }
+            if join_at.is_some_and(|t| now >= t) {
+                join_at = None;
+                self.events.on_participants(self.spec.participants + 1);
+            }
+            if drop_at.is_some_and(|t| now >= t) && !self.life.stopping() {
                 self.life.ask_stop();
                 let ms = self.spec.drop_after_ms.unwrap_or_default();
                 self.events.on_disconnected(Disconnect {
                     reason: format!("sim: server closed the room after {ms} ms"),
                 });
             }
-            thread::sleep(
-                period
-                    .min(Duration::from_millis(5))
-                    .max(Duration::from_millis(1)),
-            );
+            let wake = [Some(next_chatter), join_at, drop_at]
+                .into_iter()
+                .flatten()
+                .min();
+            let nap = wake.map_or(Duration::from_millis(5), |t| {
+                t.saturating_duration_since(now)
+            });
+            thread::sleep(nap.clamp(Duration::from_micros(500), Duration::from_millis(20)));
         }
     }
 
