@@ -23,8 +23,16 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+#[path = "../tests/common/procfs.rs"]
+mod procfs;
 #[path = "../tests/common/unix.rs"]
 mod unix;
+
+use procfs::threads;
+
+fn usage(pid: u32) -> (u64, f64) {
+    procfs::usage(&pid.to_string())
+}
 
 /// Users per HTTP/2 connection.
 const USERS_PER_CONNECTION: usize = 10;
@@ -34,34 +42,6 @@ fn env_or(key: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Resident memory (KiB) and CPU seconds of a process, from /proc.
-fn usage(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (rss, (ticks(11) + ticks(12)) / 100.0)
-}
-
-fn threads(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
 fn start_bridge(socket: &Path) -> Child {
@@ -182,7 +162,7 @@ fn round(
     round: usize,
 ) {
     let (rss_idle, _) = usage(pid);
-    let threads_idle = threads(pid);
+    let threads_idle = threads(&pid.to_string());
     let frames = Arc::new(AtomicU64::new(0));
     let delays = Arc::new(Histogram::new());
     let ramp = Duration::from_secs(2);
@@ -202,7 +182,7 @@ fn round(
         tokio::time::sleep(ramp).await;
         let (rss, cpu0) = usage(pid);
         let (f0, t0) = (frames.load(Ordering::Relaxed), Instant::now());
-        let threads_loaded = threads(pid);
+        let threads_loaded = threads(&pid.to_string());
         for t in tasks {
             t.await.expect("user task");
         }
@@ -213,7 +193,7 @@ fn round(
     });
     std::thread::sleep(Duration::from_millis(500));
     let (rss_after, _) = usage(pid);
-    let threads_after = threads(pid);
+    let threads_after = threads(&pid.to_string());
     let (rss_loaded, threads_loaded, delivered) = loaded;
     let expected = users as f64 * 100.0 * wall;
     println!(

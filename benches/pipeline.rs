@@ -24,6 +24,8 @@ use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+#[path = "../tests/common/procfs.rs"]
+mod procfs;
 #[path = "../tests/common/unix.rs"]
 mod unix;
 
@@ -91,21 +93,7 @@ async fn read_frames(s: &mut Streaming<AudioChunk>, n: u64) {
 
 /// CPU seconds this process has used (user + system).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the command name: state is field 0; utime and stime are fields 11 and 12.
-    (ticks(11) + ticks(12)) / 100.0
+    procfs::usage("self").1
 }
 
 fn pipeline(c: &mut Criterion) {
