@@ -11,8 +11,7 @@ use livekit_bridge::config::{self, Command, Config, Listen, LogFormat};
 use livekit_bridge::server;
 use livekit_bridge::service::BridgeState;
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 
 /// `EX_USAGE` from sysexits.h: the configuration is wrong.
 const EXIT_CONFIG: u8 = 64;
@@ -72,11 +71,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot bind TCP {addr} (PORT, BRIDGE_HOST)"))?;
             tracing::info!(addr = %listener.local_addr()?, "serving on TCP");
-            let incoming = TcpListenerStream::new(listener).map(|conn| {
-                conn.inspect(|s| {
-                    let _ = s.set_nodelay(true);
-                })
-            });
+            let incoming = server::tcp_incoming(listener);
             server::run(state, incoming, shutdown_signal(), grace).await?;
         }
         Listen::Unix(path) => {

@@ -32,6 +32,19 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Accepted TCP connections with Nagle's algorithm off: audio is many small messages, and a
+/// delayed ACK would hold each back by up to 40 ms.
+pub fn tcp_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    })
+}
+
 /// Serves `state` on `incoming` until `shutdown` resolves, then drains within `grace`.
 pub async fn run<I, IO, IE>(
     state: Arc<BridgeState>,

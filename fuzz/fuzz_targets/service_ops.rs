@@ -17,7 +17,7 @@ use livekit_bridge::server;
 use livekit_bridge::service::{BridgeState, ServiceSettings};
 use livekit_bridge::session::Session;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
@@ -66,7 +66,7 @@ fn harness() -> &'static Harness {
             let addr = listener.local_addr().expect("addr");
             tokio::spawn(server::run(
                 state.clone(),
-                TcpListenerStream::new(listener),
+                server::tcp_incoming(listener),
                 std::future::pending(),
                 Duration::from_secs(1),
             ));

@@ -10,7 +10,7 @@ use livekit_bridge::server;
 use livekit_bridge::service::{BridgeState, ServiceSettings};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
@@ -37,7 +37,7 @@ impl Bridge {
         let (tx, rx) = oneshot::channel::<()>();
         let served = tokio::spawn(server::run(
             state.clone(),
-            TcpListenerStream::new(listener),
+            server::tcp_incoming(listener),
             async {
                 let _ = rx.await;
             },
