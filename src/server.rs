@@ -21,6 +21,11 @@ use crate::service::{Bridge, BridgeState};
 /// The largest message accepted or sent, both ways, as before.
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 
+/// HTTP/2 pings to every client connection, so a backend that vanished without closing its
+/// connection (a partition, a frozen host) is noticed and its sessions closed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How often sessions whose room was lost are checked for expiry.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
@@ -91,6 +96,8 @@ where
     });
 
     let serve = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

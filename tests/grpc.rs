@@ -429,6 +429,14 @@ async fn a_client_that_stops_reading_costs_bounded_memory_and_slows_no_one() {
         "backlog {} is bounded by the ring",
         s.queued()
     );
+
+    // Leaving ends the stuck stream on the bridge's side even though its client reads nothing.
+    drop(live);
+    assert!(leave(&mut c, "stuck").await.success);
+    eventually("the stuck stream to end", || {
+        bridge.state.open_streams() == 0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@
 
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,6 +30,8 @@ use crate::session::{EndReason, Session, StreamLease};
 
 /// Chunks queued between the ring and the HTTP/2 stream.
 const OUTBOUND_QUEUE: usize = 4;
+/// How long the final status may wait for room in a stream whose client is not reading.
+const FINAL_STATUS_WAIT: Duration = Duration::from_secs(1);
 /// The room's audio format, which is also the only format accepted from the client.
 const SAMPLE_RATE: i32 = 16_000;
 /// Trailer naming why a stream ended cleanly.
@@ -187,6 +190,8 @@ async fn pump_room_audio(
             biased;
             () = taken_over.cancelled() => break End::Status(taken_over_status()),
             status = &mut failed => break End::Status(status),
+            // A client that stops reading must not keep a closed session's stream alive.
+            () = session.closed() => break End::Status(session_ended(&session)),
             permit = tx.reserve() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break End::ClientGone,
@@ -214,7 +219,8 @@ async fn pump_room_audio(
     drop(consumer);
     match end {
         End::Status(status) => {
-            let _ = tx.send(Err(status)).await;
+            // A client that reads nothing gets no status; its stream still ends.
+            let _ = tokio::time::timeout(FINAL_STATUS_WAIT, tx.send(Err(status))).await;
         }
         End::ClientGone => client_gone(&state, &session, id, "response stream closed").await,
     }
