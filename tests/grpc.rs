@@ -270,6 +270,16 @@ async fn odd_and_empty_payloads_follow_the_contract_rule() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_target_identity_means_the_user_id() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    let mut req = join_request("ivy", "sim://tone?identity=ivy");
+    req.target_identity.clear();
+    assert!(c.join_room(req).await.expect("join").into_inner().success);
+    open(&mut c, "ivy").await.frame().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participant_count_follows_room_events() {
     let bridge = Bridge::start().await;
     let mut c = bridge.client().await;

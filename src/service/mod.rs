@@ -117,7 +117,13 @@ impl BridgeState {
             url: req.livekit_url,
             token: req.token,
             room_name: req.room_name,
-            target_identity: req.target_identity,
+            // The phone joins under the user's id, which is what the backend sends here; an
+            // empty target falls back to it rather than matching nobody.
+            target_identity: if req.target_identity.is_empty() {
+                req.user_id.clone()
+            } else {
+                req.target_identity
+            },
             timeout: self.settings.connect_timeout,
         };
         let connected = Session::connect(
