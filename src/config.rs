@@ -6,6 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::playback::PlaybackSettings;
+
 use crate::audio::{Overflow, RingConfig};
 use crate::service::ServiceSettings;
 
@@ -67,6 +69,30 @@ pub const SETTINGS: &[Setting] = &[
         env: "BRIDGE_KEEP_ENDED_S",
         default: "600",
         help: "How long GetStatus keeps reporting a session whose room was lost.",
+    },
+    Setting {
+        flag: "--playback-connect-timeout-ms",
+        env: "PLAYBACK_CONNECT_TIMEOUT_MS",
+        default: "5000",
+        help: "PlayAudio: how long connecting to the audio URL's server may take.",
+    },
+    Setting {
+        flag: "--playback-read-timeout-ms",
+        env: "PLAYBACK_READ_TIMEOUT_MS",
+        default: "10000",
+        help: "PlayAudio: the longest the audio server may go without sending a byte.",
+    },
+    Setting {
+        flag: "--playback-max-bytes",
+        env: "PLAYBACK_MAX_BYTES",
+        default: "52428800",
+        help: "PlayAudio: the largest audio file accepted, in bytes.",
+    },
+    Setting {
+        flag: "--playback-max-redirects",
+        env: "PLAYBACK_MAX_REDIRECTS",
+        default: "5",
+        help: "PlayAudio: HTTP redirects followed before giving up.",
     },
     Setting {
         flag: "--shutdown-timeout-ms",
@@ -212,6 +238,13 @@ impl Config {
                 ring: RingConfig::for_duration_ms(ring_ms, overflow),
                 first_chunk_timeout: ms("--first-chunk-timeout-ms", 1, 600_000)?,
                 keep_ended: Duration::from_secs(number(get("--keep-ended-s"), 0, 86_400)?),
+                playback: PlaybackSettings {
+                    connect_timeout: ms("--playback-connect-timeout-ms", 1, 600_000)?,
+                    read_timeout: ms("--playback-read-timeout-ms", 1, 600_000)?,
+                    max_bytes: number(get("--playback-max-bytes"), 1, 1 << 40)?,
+                    max_redirects: number(get("--playback-max-redirects"), 0, 50)? as usize,
+                    ..PlaybackSettings::default()
+                },
             },
             shutdown_timeout: ms("--shutdown-timeout-ms", 0, 600_000)?,
             log_format,

@@ -12,6 +12,9 @@ pub enum BridgeError {
     /// The caller named a session that does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The session exists but is not in a state to do this (its room is not connected).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The session exists but its room is gone.
     #[error("{0}")]
     Unavailable(String),
@@ -35,6 +38,7 @@ impl From<BridgeError> for Status {
         let code = match &e {
             BridgeError::InvalidArgument(_) => Code::InvalidArgument,
             BridgeError::NotFound(_) => Code::NotFound,
+            BridgeError::FailedPrecondition(_) => Code::FailedPrecondition,
             BridgeError::Unavailable(_) => Code::Unavailable,
             BridgeError::Unimplemented(_) => Code::Unimplemented,
             BridgeError::Internal(_) => Code::Internal,

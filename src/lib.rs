@@ -8,6 +8,7 @@
 //!   simulated room (`sim://` URLs).
 //! - `session`: a session (ring halves, room, state, cancellation) and the registry that maps
 //!   user ids to sessions by generation.
+//! - `playback`: PlayAudio's fetch, decode, resample and paced playout, and StopAudio.
 //! - `service`: the gRPC service of the wire contract; `server`: serving it with health,
 //!   reflection and graceful shutdown; `config`: settings from flags and environment.
 #![deny(unsafe_code)]
@@ -19,6 +20,8 @@ mod sync;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod error;
+#[cfg(feature = "server")]
+pub mod playback;
 #[cfg(feature = "server")]
 pub mod proto;
 #[cfg(feature = "server")]

@@ -5,6 +5,7 @@
 //! that does not exist gets NOT_FOUND (LeaveRoom and GetStatus answer in the body, as the
 //! contract says).
 
+mod play;
 mod stream;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::audio::RingConfig;
 use crate::error::BridgeError;
+use crate::playback::{PlaybackSettings, Player};
 use crate::proto::{self, live_kit_bridge_server::LiveKitBridge};
 use crate::room::{Backends, ConnectRequest};
 use crate::session::{EndReason, Registry, Session};
@@ -36,6 +38,8 @@ pub struct ServiceSettings {
     pub first_chunk_timeout: Duration,
     /// How long a session whose room was lost stays visible to GetStatus.
     pub keep_ended: Duration,
+    /// PlayAudio's fetch limits and buffering.
+    pub playback: PlaybackSettings,
 }
 
 impl Default for ServiceSettings {
@@ -45,6 +49,7 @@ impl Default for ServiceSettings {
             ring: RingConfig::default(),
             first_chunk_timeout: Duration::from_secs(10),
             keep_ended: Duration::from_secs(600),
+            playback: PlaybackSettings::default(),
         }
     }
 }
@@ -54,6 +59,7 @@ pub struct BridgeState {
     pub registry: Arc<Registry>,
     pub backends: Backends,
     pub settings: ServiceSettings,
+    pub player: Arc<Player>,
     started: Instant,
     open_streams: AtomicI64,
     draining: AtomicBool,
@@ -66,6 +72,7 @@ impl BridgeState {
         Arc::new(Self {
             registry: Arc::default(),
             backends: Backends::new(),
+            player: Player::new(settings.playback.clone()),
             settings,
             started: Instant::now(),
             open_streams: AtomicI64::new(0),
@@ -265,26 +272,16 @@ impl LiveKitBridge for Bridge {
         &self,
         request: Request<proto::PlayAudioRequest>,
     ) -> Result<Response<Self::PlayAudioStream>, Status> {
-        let req = request.into_inner();
-        let message = "PlayAudio is not available in this build of the bridge";
-        let failed = proto::PlayAudioEvent {
-            r#type: proto::play_audio_event::EventType::Failed as i32,
-            request_id: req.request_id,
-            error: message.into(),
-            ..Default::default()
-        };
-        let events = [Ok(failed), Err(Status::unimplemented(message))];
-        Ok(Response::new(Box::pin(tokio_stream::iter(events))))
+        let events = play::play(&self.state, request.into_inner())?;
+        Ok(Response::new(events))
     }
 
     async fn stop_audio(
         &self,
-        _request: Request<proto::StopAudioRequest>,
+        request: Request<proto::StopAudioRequest>,
     ) -> Result<Response<proto::StopAudioResponse>, Status> {
-        Err(BridgeError::Unimplemented(
-            "StopAudio is not available in this build of the bridge".into(),
-        )
-        .into())
+        let response = play::stop(&self.state, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn health_check(

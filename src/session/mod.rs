@@ -18,6 +18,7 @@ use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
 use crate::audio::{FrameConsumer, RingCloser, RingConfig, RingStats, audio_ring};
+use crate::playback::Playbacks;
 use crate::room::{ConnectRequest, Connected, Room, RoomBackend, RoomError};
 
 /// Why a session ended. The first reason wins.
@@ -105,6 +106,7 @@ pub struct Session {
     stream: Mutex<(u64, CancellationToken)>,
     next_stream: AtomicU64,
     room_released: AtomicBool,
+    playbacks: Playbacks,
 }
 
 /// The exclusive right to a session's room audio, held by one StreamAudio at a time.
@@ -158,6 +160,7 @@ impl Session {
             stream: Mutex::new((0, CancellationToken::new())),
             next_stream: AtomicU64::new(1),
             room_released: AtomicBool::new(false),
+            playbacks: Playbacks::default(),
         });
         tokio::spawn(session.clone().release_room_when_closed());
         Ok(session)
@@ -226,6 +229,12 @@ impl Session {
     /// The room, for publishing client audio.
     pub fn room(&self) -> &dyn Room {
         self.room.as_ref()
+    }
+
+    /// What PlayAudio is playing into the session's tracks. Playbacks stop by themselves when
+    /// the session closes.
+    pub fn playbacks(&self) -> &Playbacks {
+        &self.playbacks
     }
 
     /// Takes the session's audio for a new stream. An earlier stream is told to end and gives

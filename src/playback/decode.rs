@@ -1,0 +1,349 @@
+//! The decode thread: body bytes in, 10 ms frames out.
+//!
+//! Symphonia is synchronous, so each playback decodes on its own named thread. It reads the
+//! body through [`BodyReader`] (blocking on the fetch task's channel) and hands frames to the
+//! playout task through a bounded channel, which is what holds it to a few seconds ahead of
+//! the room. It stops when its cancel flag is raised or either channel closes, and says so
+//! through the `exited` signal, so a stopped playback can wait until it is really gone.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use bytes::{Buf, Bytes};
+use symphonia::core::audio::SampleBuffer;
+use symphonia::core::codecs::{CODEC_TYPE_NULL, DecoderOptions};
+use symphonia::core::errors::Error as SymError;
+use symphonia::core::formats::FormatOptions;
+use symphonia::core::io::{MediaSourceStream, ReadOnlySource};
+use symphonia::core::meta::MetadataOptions;
+use symphonia::core::probe::Hint;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{FrameMaker, Gauge, PlaybackError, PlaybackStats};
+
+/// Decode errors in a row after which the audio counts as corrupt.
+const MAX_BAD_PACKETS: u32 = 8;
+/// Bytes looked at before probing, to tell an error page from audio.
+const SNIFF_BYTES: usize = 64;
+
+/// What the decode thread needs.
+pub struct DecodeJob {
+    pub body: mpsc::Receiver<Result<Bytes, PlaybackError>>,
+    pub content_type: Option<String>,
+    pub extension: Option<String>,
+    pub volume: f32,
+    pub out_rate: u32,
+}
+
+/// What the decode thread sends to the playout task, in order: `Source`, `Frame`s, then `End`
+/// or `Failed`.
+#[derive(Debug)]
+pub enum Decoded {
+    Source(SourceInfo),
+    /// 10 ms of PCM16 LE at the output rate.
+    Frame(Vec<u8>),
+    /// The audio ended; `samples` real samples were sent (padding excluded).
+    End {
+        samples: u64,
+    },
+    Failed(PlaybackError),
+}
+
+/// What the source turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceInfo {
+    pub codec: String,
+    pub sample_rate: u32,
+    pub channels: usize,
+}
+
+/// A running decode thread.
+pub struct DecodeThread {
+    pub cancel: Arc<AtomicBool>,
+    /// Resolves (with an error, the sender being dropped) when the thread has exited.
+    pub exited: oneshot::Receiver<()>,
+}
+
+/// Starts the decode thread.
+pub fn spawn(
+    job: DecodeJob,
+    out: mpsc::Sender<Decoded>,
+    stats: &Arc<PlaybackStats>,
+) -> io::Result<DecodeThread> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (exit_tx, exited) = oneshot::channel::<()>();
+    let running = Gauge::new(stats, |s| &s.decoders);
+    let flag = cancel.clone();
+    std::thread::Builder::new()
+        .name("playback-decode".into())
+        .spawn(move || {
+            let _running = running;
+            let _exit = exit_tx;
+            let mut sink = FrameSink {
+                out: &out,
+                cancel: &flag,
+            };
+            let last = match decode(job, &mut sink) {
+                Ok(samples) => Decoded::End { samples },
+                Err(e) => Decoded::Failed(e),
+            };
+            if !flag.load(Ordering::Relaxed) {
+                // The receiver may be gone already; then nobody is waiting for this.
+                let _ = out.blocking_send(last);
+            }
+        })?;
+    Ok(DecodeThread { cancel, exited })
+}
+
+struct FrameSink<'a> {
+    out: &'a mpsc::Sender<Decoded>,
+    cancel: &'a AtomicBool,
+}
+
+impl FrameSink<'_> {
+    fn send(&mut self, item: Decoded) -> bool {
+        !self.cancel.load(Ordering::Relaxed) && self.out.blocking_send(item).is_ok()
+    }
+
+    fn stopped(&self) -> PlaybackError {
+        PlaybackError::Stopped("playback stopped".into())
+    }
+}
+
+/// Reads the body from the fetch task's channel, blocking. A fetch failure is kept in
+/// `failure` and surfaces as an I/O error to the decoder.
+struct BodyReader {
+    body: mpsc::Receiver<Result<Bytes, PlaybackError>>,
+    current: Bytes,
+    failure: Arc<OnceLock<PlaybackError>>,
+    read: u64,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.body.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => {
+                    let text = e.to_string();
+                    let _ = self.failure.set(e);
+                    return Err(io::Error::other(text));
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Refuses bodies that are plainly not audio: empty, or text such as an HTML error page.
+fn sniff(prefix: &[u8], content_type: Option<&str>) -> Result<(), PlaybackError> {
+    let declared = content_type.unwrap_or("no Content-Type");
+    if prefix.is_empty() {
+        return Err(PlaybackError::Unsupported(format!(
+            "the server sent an empty body ({declared}), not audio"
+        )));
+    }
+    let text = prefix
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace() || **b == 0xEF || **b == 0xBB || **b == 0xBF)
+        .copied()
+        .next();
+    if matches!(text, Some(b'<' | b'{' | b'[')) {
+        let what = if text == Some(b'<') {
+            "HTML or XML"
+        } else {
+            "JSON"
+        };
+        return Err(PlaybackError::Unsupported(format!(
+            "the server sent {what} ({declared}), not audio: {:?}",
+            String::from_utf8_lossy(&prefix[..prefix.len().min(40)])
+        )));
+    }
+    Ok(())
+}
+
+fn at(samples: u64, rate: u32) -> String {
+    format!("{:.2} s", samples as f64 / f64::from(rate.max(1)))
+}
+
+fn decode(job: DecodeJob, sink: &mut FrameSink<'_>) -> Result<u64, PlaybackError> {
+    let failure = Arc::new(OnceLock::new());
+    let mut reader = BodyReader {
+        body: job.body,
+        current: Bytes::new(),
+        failure: failure.clone(),
+        read: 0,
+    };
+    let fetch_failed = |e: &io::Error| {
+        failure
+            .get()
+            .cloned()
+            .unwrap_or_else(|| PlaybackError::Fetch(format!("reading the audio failed: {e}")))
+    };
+
+    let mut prefix = Vec::with_capacity(SNIFF_BYTES);
+    while prefix.len() < SNIFF_BYTES {
+        let mut buf = [0u8; SNIFF_BYTES];
+        let want = SNIFF_BYTES - prefix.len();
+        match reader.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => prefix.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(fetch_failed(&e)),
+        }
+    }
+    sniff(&prefix, job.content_type.as_deref())?;
+
+    let mut hint = Hint::new();
+    if let Some(ext) = &job.extension {
+        hint.with_extension(ext);
+    }
+    if let Some(ct) = &job.content_type {
+        hint.mime_type(ct);
+    }
+    let source = Read::chain(io::Cursor::new(prefix.clone()), reader);
+    let stream = MediaSourceStream::new(Box::new(ReadOnlySource::new(source)), Default::default());
+    let options = FormatOptions {
+        enable_gapless: true,
+        ..Default::default()
+    };
+    let probed = symphonia::default::get_probe()
+        .format(&hint, stream, &options, &MetadataOptions::default())
+        .map_err(|e| match e {
+            SymError::IoError(io) if failure.get().is_some() => fetch_failed(&io),
+            SymError::IoError(_) | SymError::Unsupported(_) => PlaybackError::Unsupported(format!(
+                "not a supported audio format (MP3, WAV, Ogg Vorbis, FLAC); {}, starts with {:02x?}",
+                job.content_type.as_deref().unwrap_or("no Content-Type"),
+                &prefix[..prefix.len().min(12)]
+            )),
+            other => PlaybackError::Corrupt(format!("the audio's header is corrupt: {other}")),
+        })?;
+    let mut format = probed.format;
+    let track = format
+        .tracks()
+        .iter()
+        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+        .ok_or_else(|| PlaybackError::Unsupported("the file has no audio track".into()))?;
+    let track_id = track.id;
+    let params = track.codec_params.clone();
+    let codec = symphonia::default::get_codecs()
+        .get_codec(params.codec)
+        .map_or("unknown", |d| d.short_name)
+        .to_string();
+    let mut decoder = symphonia::default::get_codecs()
+        .make(&params, &DecoderOptions::default())
+        .map_err(|e| PlaybackError::Unsupported(format!("cannot decode {codec} audio: {e}")))?;
+
+    let mut maker: Option<FrameMaker> = None;
+    let mut samples: Option<SampleBuffer<f32>> = None;
+    let mut bad_in_a_row = 0;
+    let mut source_rate = params.sample_rate.unwrap_or(0);
+    loop {
+        let packet = match format.next_packet() {
+            Ok(p) => p,
+            Err(SymError::IoError(e)) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(SymError::IoError(e)) => return Err(fetch_failed(&e)),
+            Err(SymError::ResetRequired) => break,
+            Err(e) => {
+                let pos = maker.as_ref().map_or(0, FrameMaker::input_frames);
+                return Err(PlaybackError::Corrupt(format!(
+                    "the {codec} audio is corrupt at {}: {e}",
+                    at(pos, source_rate)
+                )));
+            }
+        };
+        if packet.track_id() != track_id {
+            continue;
+        }
+        let decoded = match decoder.decode(&packet) {
+            Ok(d) => d,
+            Err(SymError::DecodeError(e)) => {
+                bad_in_a_row += 1;
+                if bad_in_a_row >= MAX_BAD_PACKETS {
+                    let pos = maker.as_ref().map_or(0, FrameMaker::input_frames);
+                    return Err(PlaybackError::Corrupt(format!(
+                        "the {codec} audio is corrupt at {}: {e}",
+                        at(pos, source_rate)
+                    )));
+                }
+                continue;
+            }
+            Err(SymError::IoError(e)) if failure.get().is_some() => return Err(fetch_failed(&e)),
+            Err(e) => {
+                return Err(PlaybackError::Corrupt(format!(
+                    "cannot decode the {codec} audio: {e}"
+                )));
+            }
+        };
+        bad_in_a_row = 0;
+        let spec = *decoded.spec();
+        let channels = spec.channels.count();
+        if maker.is_none() {
+            source_rate = spec.rate;
+            let made = FrameMaker::new(spec.rate, job.out_rate, job.volume)
+                .map_err(PlaybackError::Unsupported)?;
+            maker = Some(made);
+            let info = SourceInfo {
+                codec: codec.clone(),
+                sample_rate: spec.rate,
+                channels,
+            };
+            if !sink.send(Decoded::Source(info)) {
+                return Err(sink.stopped());
+            }
+        }
+        let buffer = match &mut samples {
+            Some(b) if b.capacity() >= decoded.capacity() * channels => b,
+            slot => slot.insert(SampleBuffer::new(decoded.capacity() as u64, spec)),
+        };
+        buffer.copy_interleaved_ref(decoded);
+        let Some(m) = maker.as_mut() else { continue };
+        let mut emit = |frame: &[u8]| sink.send(Decoded::Frame(frame.to_vec()));
+        if !m.push_interleaved(buffer.samples(), channels, &mut emit) {
+            return Err(PlaybackError::Stopped("playback stopped".into()));
+        }
+    }
+    let Some(mut m) = maker else {
+        return Err(PlaybackError::Unsupported(format!(
+            "no audio could be decoded from the {codec} stream"
+        )));
+    };
+    let total = m
+        .finish(&mut |frame: &[u8]| sink.send(Decoded::Frame(frame.to_vec())))
+        .ok_or_else(|| PlaybackError::Stopped("playback stopped".into()))?;
+    if let Some(declared) = params.n_frames {
+        let decoded = m.input_frames();
+        let slack = (declared / 50).max(u64::from(source_rate) / 10);
+        if decoded + slack < declared {
+            return Err(PlaybackError::Corrupt(format!(
+                "the {codec} audio is cut short: it declares {} but ends after {}",
+                at(declared, source_rate),
+                at(decoded, source_rate)
+            )));
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_pages_and_empty_bodies_are_not_audio() {
+        assert!(sniff(b"", Some("audio/mpeg")).is_err());
+        let html = sniff(b"\n  <!DOCTYPE html><html>", Some("audio/mpeg"));
+        assert!(
+            matches!(html, Err(PlaybackError::Unsupported(m)) if m.contains("HTML") && m.contains("audio/mpeg"))
+        );
+        assert!(sniff(b"{\"error\":1}", None).is_err());
+        assert!(sniff(b"ID3\x04\x00", None).is_ok());
+        assert!(sniff(b"RIFF\x24\x00\x00\x00WAVE", None).is_ok());
+        assert!(sniff(&[0xff, 0xfb, 0x90, 0x64], None).is_ok());
+    }
+}

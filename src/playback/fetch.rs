@@ -1,0 +1,249 @@
+//! Fetching a playback's URL: one shared HTTP client (rustls, no system OpenSSL), streamed into
+//! a bounded channel so decoding starts with the first bytes.
+
+use std::error::Error as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use reqwest::{Client, Response, Url, header};
+use tokio::sync::mpsc;
+
+use super::{Gauge, PlaybackError, PlaybackSettings, PlaybackStats};
+
+/// Body chunks in flight between the fetch task and the decoder.
+const BODY_QUEUE: usize = 8;
+
+/// Parses and checks a PlayAudio URL: only absolute `http` and `https` URLs are accepted.
+pub fn parse_url(url: &str) -> Result<Url, PlaybackError> {
+    if url.trim().is_empty() {
+        return Err(PlaybackError::Invalid(
+            "audio_url is required and was empty".into(),
+        ));
+    }
+    let parsed = Url::parse(url.trim()).map_err(|e| {
+        PlaybackError::Invalid(format!("audio_url {url:?} is not a valid URL: {e}"))
+    })?;
+    match parsed.scheme() {
+        "http" | "https" if parsed.host().is_some() => Ok(parsed),
+        "http" | "https" => Err(PlaybackError::Invalid(format!(
+            "audio_url {url:?} has no host"
+        ))),
+        other => Err(PlaybackError::Invalid(format!(
+            "audio_url {url:?} has scheme {other:?}; only http and https are supported"
+        ))),
+    }
+}
+
+/// A response whose headers have arrived and whose body is still to come.
+pub struct Download {
+    response: Response,
+    /// The media type the server declared, without parameters.
+    pub content_type: Option<String>,
+    /// The extension of the final URL's path (query and fragment ignored).
+    pub extension: Option<String>,
+    /// The declared body length.
+    pub length: Option<u64>,
+    pub url: Url,
+}
+
+/// The process's HTTP client for playbacks.
+pub struct Fetcher {
+    client: Client,
+    settings: PlaybackSettings,
+}
+
+impl Fetcher {
+    pub fn new(settings: PlaybackSettings) -> Result<Self, String> {
+        let client = Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .read_timeout(settings.read_timeout)
+            .redirect(reqwest::redirect::Policy::limited(settings.max_redirects))
+            .user_agent(concat!("livekit-bridge/", env!("CARGO_PKG_VERSION")))
+            .no_proxy()
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self { client, settings })
+    }
+
+    pub fn settings(&self) -> &PlaybackSettings {
+        &self.settings
+    }
+
+    /// Sends the request and waits for the response headers. Error statuses and bodies
+    /// declared larger than the limit fail here, before any audio is read.
+    pub async fn open(&self, url: &Url) -> Result<Download, PlaybackError> {
+        let timeout = self.settings.read_timeout + self.settings.connect_timeout;
+        let sent = tokio::time::timeout(timeout, self.client.get(url.clone()).send()).await;
+        let response = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(classify(&e, url, 0)),
+            Err(_) => {
+                return Err(PlaybackError::Timeout(format!(
+                    "no response from {} within {timeout:?}",
+                    host(url)
+                )));
+            }
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return Err(PlaybackError::HttpStatus {
+                status: status.as_u16(),
+                url: response.url().to_string(),
+            });
+        }
+        let length = response.content_length();
+        if let Some(n) = length.filter(|&n| n > self.settings.max_bytes) {
+            return Err(self.too_large(n));
+        }
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .filter(|v| !v.is_empty());
+        let final_url = response.url().clone();
+        let extension = final_url
+            .path_segments()
+            .and_then(|mut s| s.next_back())
+            .and_then(|name| name.rsplit_once('.'))
+            .map(|(_, ext)| ext.to_ascii_lowercase())
+            .filter(|ext| !ext.is_empty() && ext.len() <= 5);
+        Ok(Download {
+            response,
+            content_type,
+            extension,
+            length,
+            url: final_url,
+        })
+    }
+
+    fn too_large(&self, n: u64) -> PlaybackError {
+        PlaybackError::TooLarge(format!(
+            "the audio is {n} bytes, over the limit of {} bytes (PLAYBACK_MAX_BYTES)",
+            self.settings.max_bytes
+        ))
+    }
+
+    /// Streams the body into `tx` until it ends, fails, passes the size limit, or the receiver
+    /// is gone. Errors are sent as the last item.
+    pub async fn pump(
+        &self,
+        download: Download,
+        tx: mpsc::Sender<Result<Bytes, PlaybackError>>,
+        stats: Arc<PlaybackStats>,
+    ) {
+        let _running = Gauge::new(&stats, |s| &s.fetchers);
+        let Download {
+            mut response,
+            url,
+            length,
+            ..
+        } = download;
+        let mut received = 0u64;
+        loop {
+            let item = match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    received += chunk.len() as u64;
+                    if received > self.settings.max_bytes {
+                        Err(self.too_large(received))
+                    } else {
+                        Ok(chunk)
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => Err(match length {
+                    Some(total) if !e.is_timeout() => PlaybackError::Fetch(format!(
+                        "the download from {} broke off after {received} of {total} bytes: {}",
+                        host(&url),
+                        root_cause(&e)
+                    )),
+                    _ => classify(&e, &url, received),
+                }),
+            };
+            let last = item.is_err();
+            if tx.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    }
+}
+
+/// Body chunks from the fetch task, for the decoder.
+pub fn body_channel() -> (
+    mpsc::Sender<Result<Bytes, PlaybackError>>,
+    mpsc::Receiver<Result<Bytes, PlaybackError>>,
+) {
+    mpsc::channel(BODY_QUEUE)
+}
+
+fn host(url: &Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => url.to_string(),
+    }
+}
+
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+fn classify(e: &reqwest::Error, url: &Url, received: u64) -> PlaybackError {
+    if e.is_timeout() {
+        return PlaybackError::Timeout(if received == 0 {
+            format!("{} did not answer in time ({})", host(url), root_cause(e))
+        } else {
+            format!(
+                "{} stopped sending after {received} bytes ({})",
+                host(url),
+                root_cause(e)
+            )
+        });
+    }
+    if e.is_redirect() {
+        return PlaybackError::Fetch(format!(
+            "too many redirects fetching {url} (a redirect loop?)"
+        ));
+    }
+    if e.is_connect() {
+        return PlaybackError::Fetch(format!(
+            "cannot connect to {}: {}",
+            host(url),
+            root_cause(e)
+        ));
+    }
+    let detail = match e.source() {
+        Some(_) => root_cause(e),
+        None => e.to_string(),
+    };
+    PlaybackError::Fetch(format!("fetching {url} failed: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_and_https_urls_with_a_host() {
+        assert!(parse_url("http://h/a.mp3").is_ok());
+        assert!(parse_url("HTTPS://h/a.mp3?x=1.wav").is_ok());
+        for bad in [
+            "",
+            "  ",
+            "file:///etc/passwd",
+            "ftp://h/a.mp3",
+            "h/a.mp3",
+            "http://",
+        ] {
+            assert!(
+                matches!(parse_url(bad), Err(PlaybackError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! PlayAudio and StopAudio: audio from a URL, played into one of a session's tracks.
+//!
+//! One playback is three workers joined by bounded channels, so that playout starts while the
+//! download is still running and nothing runs ahead of the room by more than a few seconds:
+//!
+//! ```text
+//! fetch task (async, HTTP)  --body chunks-->  decode thread (symphonia, rubato)
+//!                                                 --10 ms frames-->  playout task (paced)
+//! ```
+//!
+//! - [`fetch`]: one shared HTTP client (rustls), connect and read timeouts, a size limit, a
+//!   bound on redirects, `http`/`https` only.
+//! - [`decode`]: sniffs the first bytes (an HTML error page is not audio), probes the format
+//!   from the bytes with Content-Type and the URL's extension as hints, decodes, and hands the
+//!   samples to [`frames`].
+//! - [`frames`]: downmix, resample to the track's rate, volume with clipping, 10 ms frames.
+//! - [`player`]: each session's table of playbacks by track, interruption, StopAudio, the
+//!   paced playout and the events.
+//!
+//! Stopping a playback (StopAudio, a newer playback on its track, `stop_other`, the session
+//! closing, the caller cancelling) aborts the fetch task, drops the frame channel and raises
+//! the decoder's cancel flag, then waits for all three to be gone before the FAILED event is
+//! sent and StopAudio answers. [`PlaybackStats`] counts the live workers so that tests and
+//! operators can see that nothing is left running.
+
+pub mod decode;
+pub mod fetch;
+pub mod frames;
+pub mod player;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub use frames::{FrameMaker, measure_tone};
+pub use player::{PlayRequest, Playbacks, Player, StopCause, StopTarget};
+
+/// How playbacks fetch and buffer.
+#[derive(Clone, Debug)]
+pub struct PlaybackSettings {
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout: Duration,
+    /// The longest the server may go without sending a byte, headers included.
+    pub read_timeout: Duration,
+    /// The largest body accepted, in bytes.
+    pub max_bytes: u64,
+    /// Redirects followed before giving up.
+    pub max_redirects: usize,
+    /// Decoded audio held ahead of playout.
+    pub lookahead: Duration,
+    /// The rate of the room's tracks.
+    pub sample_rate: u32,
+}
+
+impl Default for PlaybackSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(10),
+            max_bytes: 50 * 1024 * 1024,
+            max_redirects: 5,
+            lookahead: Duration::from_secs(2),
+            sample_rate: 16_000,
+        }
+    }
+}
+
+/// Why a playback failed, worded for the person reading the FAILED event.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlaybackError {
+    /// The request cannot work as given: the caller must fix it.
+    #[error("{0}")]
+    Invalid(String),
+    /// The server answered with an error status.
+    #[error("HTTP {status} fetching {url}")]
+    HttpStatus { status: u16, url: String },
+    /// The download could not be made or broke off.
+    #[error("{0}")]
+    Fetch(String),
+    /// The server went quiet.
+    #[error("{0}")]
+    Timeout(String),
+    /// The body is larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
+    /// What came is not audio, or not a format the bridge decodes.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The audio is damaged or cut short.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The room would not take the audio.
+    #[error("{0}")]
+    Room(String),
+    /// The playback was stopped before it finished.
+    #[error("{0}")]
+    Stopped(String),
+}
+
+/// Live workers of every playback, and totals. Each worker holds a [`Gauge`] while it runs.
+#[derive(Debug, Default)]
+pub struct PlaybackStats {
+    pub fetchers: AtomicUsize,
+    pub decoders: AtomicUsize,
+    pub playouts: AtomicUsize,
+    pub started: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl PlaybackStats {
+    /// Fetch tasks, decode threads and playout tasks still running.
+    pub fn live_workers(&self) -> usize {
+        self.fetchers.load(Ordering::SeqCst)
+            + self.decoders.load(Ordering::SeqCst)
+            + self.playouts.load(Ordering::SeqCst)
+    }
+
+    pub fn playing(&self) -> usize {
+        self.playouts.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts one running worker until dropped.
+pub(crate) struct Gauge(Arc<PlaybackStats>, fn(&PlaybackStats) -> &AtomicUsize);
+
+impl Gauge {
+    pub(crate) fn new(
+        stats: &Arc<PlaybackStats>,
+        which: fn(&PlaybackStats) -> &AtomicUsize,
+    ) -> Self {
+        which(stats).fetch_add(1, Ordering::SeqCst);
+        Self(stats.clone(), which)
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        (self.1)(&self.0).fetch_sub(1, Ordering::SeqCst);
+    }
+}
