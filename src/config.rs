@@ -139,7 +139,7 @@ pub struct Config {
 /// What the command line asked for.
 #[derive(Debug)]
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     Help,
 }
 
@@ -231,7 +231,7 @@ impl Config {
             _ => return Err(invalid(format_setting, &format, "text or json")),
         };
         let ring_ms = number(get("--ring-ms"), 10, 60_000)? as u32;
-        Ok(Command::Run(Config {
+        Ok(Command::Run(Box::new(Config {
             listen,
             service: ServiceSettings {
                 connect_timeout: ms("--connect-timeout-ms", 1, 600_000)?,
@@ -249,7 +249,7 @@ impl Config {
             shutdown_timeout: ms("--shutdown-timeout-ms", 0, 600_000)?,
             log_format,
             log_filter: get("--log").1,
-        }))
+        })))
     }
 }
 
@@ -311,7 +311,7 @@ mod tests {
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Config {
         match parse(args, env) {
-            Ok(Command::Run(c)) => c,
+            Ok(Command::Run(c)) => *c,
             other => panic!("expected a config, got {other:?}"),
         }
     }

@@ -19,7 +19,7 @@ const EXIT_CONFIG: u8 = 64;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = match Config::parse(&args, &|key| std::env::var(key).ok()) {
-        Ok(Command::Run(config)) => config,
+        Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             print!("{}", config::help());
             return ExitCode::SUCCESS;

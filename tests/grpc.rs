@@ -521,37 +521,6 @@ async fn health_reports_real_numbers_and_not_serving_while_draining() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn play_and_stop_audio_say_they_are_not_available() {
-    let bridge = Bridge::start().await;
-    let mut c = bridge.client().await;
-    let req = proto::PlayAudioRequest {
-        request_id: "r1".into(),
-        user_id: "u".into(),
-        ..Default::default()
-    };
-    let mut events = c.play_audio(req).await.expect("stream").into_inner();
-    let failed = events
-        .message()
-        .await
-        .expect("event")
-        .expect("FAILED first");
-    assert_eq!(
-        failed.r#type,
-        proto::play_audio_event::EventType::Failed as i32
-    );
-    assert_eq!(failed.request_id, "r1");
-    assert_eq!(
-        events.message().await.expect_err("then the status").code(),
-        Code::Unimplemented
-    );
-    let err = c
-        .stop_audio(proto::StopAudioRequest::default())
-        .await
-        .expect_err("stop");
-    assert_eq!(err.code(), Code::Unimplemented);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_the_contract_and_health_services() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use livekit_bridge::playback::fetch::parse_url;
 use livekit_bridge::proto::live_kit_bridge_server::LiveKitBridge;
 use livekit_bridge::proto::{
     BridgeStatusRequest, HealthCheckRequest, JoinRoomRequest, LeaveRoomRequest, PlayAudioRequest,
@@ -32,6 +33,19 @@ fn tame(url: &mut String) {
     if url.to_ascii_lowercase().starts_with("sim://") {
         url.push_str(if url.contains('?') { "&" } else { "?" });
         url.push_str("linger_ms=0&connect_delay_ms=0&pace=realtime");
+    }
+}
+
+/// Points any URL the bridge would fetch at a closed loopback port, parsing it exactly as the
+/// bridge does, so fuzzing never sends traffic anywhere else.
+fn keep_on_loopback(url: &mut String) {
+    if let Ok(mut parsed) = parse_url(url) {
+        let moved = parsed.set_host(Some("127.0.0.1")).is_ok() && parsed.set_port(Some(1)).is_ok();
+        *url = if moved {
+            parsed.to_string()
+        } else {
+            String::new()
+        };
     }
 }
 
@@ -93,17 +107,30 @@ async fn handle(bridge: &Bridge, call: &Call) {
             let Ok(req) = StopAudioRequest::decode(call.bytes.as_slice()) else {
                 return;
             };
-            let s = bridge
-                .stop_audio(Request::new(req))
-                .await
-                .expect_err("not in this build");
-            assert_eq!(s.code(), Code::Unimplemented);
+            let empty = req.user_id.is_empty();
+            match bridge.stop_audio(Request::new(req)).await {
+                Ok(r) => assert!(!empty && r.into_inner().success),
+                Err(s) => assert!(
+                    matches!(s.code(), Code::InvalidArgument | Code::NotFound),
+                    "{s:?}"
+                ),
+            }
         }
         _ => {
-            let Ok(req) = PlayAudioRequest::decode(call.bytes.as_slice()) else {
+            let Ok(mut req) = PlayAudioRequest::decode(call.bytes.as_slice()) else {
                 return;
             };
-            assert!(bridge.play_audio(Request::new(req)).await.is_ok());
+            keep_on_loopback(&mut req.audio_url);
+            match bridge.play_audio(Request::new(req)).await {
+                Ok(_) => {}
+                Err(s) => assert!(
+                    matches!(
+                        s.code(),
+                        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition
+                    ),
+                    "{s:?}"
+                ),
+            }
         }
     }
 }

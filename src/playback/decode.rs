@@ -20,6 +20,7 @@ use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 use tokio::sync::{mpsc, oneshot};
 
+use super::fetch::BodyReceiver;
 use super::{FrameMaker, Gauge, PlaybackError, PlaybackStats};
 
 /// Decode errors in a row after which the audio counts as corrupt.
@@ -27,9 +28,9 @@ const MAX_BAD_PACKETS: u32 = 8;
 /// Bytes looked at before probing, to tell an error page from audio.
 const SNIFF_BYTES: usize = 64;
 
-/// What the decode thread needs.
+/// How to decode: hints about the format, and what to make of it.
+#[derive(Clone, Debug)]
 pub struct DecodeJob {
-    pub body: mpsc::Receiver<Result<Bytes, PlaybackError>>,
     pub content_type: Option<String>,
     pub extension: Option<String>,
     pub volume: f32,
@@ -67,6 +68,7 @@ pub struct DecodeThread {
 
 /// Starts the decode thread.
 pub fn spawn(
+    body: BodyReceiver,
     job: DecodeJob,
     out: mpsc::Sender<Decoded>,
     stats: &Arc<PlaybackStats>,
@@ -80,11 +82,17 @@ pub fn spawn(
         .spawn(move || {
             let _running = running;
             let _exit = exit_tx;
+            let failure = Arc::new(OnceLock::new());
+            let reader = BodyReader {
+                body,
+                current: Bytes::new(),
+                failure: failure.clone(),
+            };
             let mut sink = FrameSink {
                 out: &out,
                 cancel: &flag,
             };
-            let last = match decode(job, &mut sink) {
+            let last = match decode(reader, &failure, &job, &mut |d| sink.send(d)) {
                 Ok(samples) => Decoded::End { samples },
                 Err(e) => Decoded::Failed(e),
             };
@@ -105,19 +113,14 @@ impl FrameSink<'_> {
     fn send(&mut self, item: Decoded) -> bool {
         !self.cancel.load(Ordering::Relaxed) && self.out.blocking_send(item).is_ok()
     }
-
-    fn stopped(&self) -> PlaybackError {
-        PlaybackError::Stopped("playback stopped".into())
-    }
 }
 
 /// Reads the body from the fetch task's channel, blocking. A fetch failure is kept in
 /// `failure` and surfaces as an I/O error to the decoder.
 struct BodyReader {
-    body: mpsc::Receiver<Result<Bytes, PlaybackError>>,
+    body: BodyReceiver,
     current: Bytes,
     failure: Arc<OnceLock<PlaybackError>>,
-    read: u64,
 }
 
 impl Read for BodyReader {
@@ -136,14 +139,14 @@ impl Read for BodyReader {
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current[..n]);
         self.current.advance(n);
-        self.read += n as u64;
         Ok(n)
     }
 }
 
 /// Refuses bodies that are plainly not audio: empty, or text such as an HTML error page.
 fn sniff(prefix: &[u8], content_type: Option<&str>) -> Result<(), PlaybackError> {
-    let declared = content_type.unwrap_or("no Content-Type");
+    let declared =
+        content_type.map_or_else(|| "no Content-Type".into(), |t| format!("Content-Type {t}"));
     if prefix.is_empty() {
         return Err(PlaybackError::Unsupported(format!(
             "the server sent an empty body ({declared}), not audio"
@@ -172,14 +175,21 @@ fn at(samples: u64, rate: u32) -> String {
     format!("{:.2} s", samples as f64 / f64::from(rate.max(1)))
 }
 
-fn decode(job: DecodeJob, sink: &mut FrameSink<'_>) -> Result<u64, PlaybackError> {
-    let failure = Arc::new(OnceLock::new());
-    let mut reader = BodyReader {
-        body: job.body,
-        current: Bytes::new(),
-        failure: failure.clone(),
-        read: 0,
-    };
+fn stopped() -> PlaybackError {
+    PlaybackError::Stopped("playback stopped".into())
+}
+
+/// Decodes `reader` to the end, handing `emit` the source's description, then 10 ms frames.
+/// `emit` returns false to stop. Returns the number of real samples emitted. When `reader`
+/// fails because the download did, `fetch_failure` holds why. Used by the decode thread, and
+/// by the benchmarks on bytes in memory.
+pub fn decode(
+    mut reader: impl Read + Send + Sync + 'static,
+    fetch_failure: &OnceLock<PlaybackError>,
+    job: &DecodeJob,
+    emit: &mut dyn FnMut(Decoded) -> bool,
+) -> Result<u64, PlaybackError> {
+    let failure = fetch_failure;
     let fetch_failed = |e: &io::Error| {
         failure
             .get()
@@ -218,7 +228,9 @@ fn decode(job: DecodeJob, sink: &mut FrameSink<'_>) -> Result<u64, PlaybackError
             SymError::IoError(io) if failure.get().is_some() => fetch_failed(&io),
             SymError::IoError(_) | SymError::Unsupported(_) => PlaybackError::Unsupported(format!(
                 "not a supported audio format (MP3, WAV, Ogg Vorbis, FLAC); {}, starts with {:02x?}",
-                job.content_type.as_deref().unwrap_or("no Content-Type"),
+                job.content_type
+                    .as_deref()
+                    .map_or_else(|| "no Content-Type".into(), |t| format!("Content-Type {t}")),
                 &prefix[..prefix.len().min(12)]
             )),
             other => PlaybackError::Corrupt(format!("the audio's header is corrupt: {other}")),
@@ -293,8 +305,8 @@ fn decode(job: DecodeJob, sink: &mut FrameSink<'_>) -> Result<u64, PlaybackError
                 sample_rate: spec.rate,
                 channels,
             };
-            if !sink.send(Decoded::Source(info)) {
-                return Err(sink.stopped());
+            if !emit(Decoded::Source(info)) {
+                return Err(stopped());
             }
         }
         let buffer = match &mut samples {
@@ -303,9 +315,9 @@ fn decode(job: DecodeJob, sink: &mut FrameSink<'_>) -> Result<u64, PlaybackError
         };
         buffer.copy_interleaved_ref(decoded);
         let Some(m) = maker.as_mut() else { continue };
-        let mut emit = |frame: &[u8]| sink.send(Decoded::Frame(frame.to_vec()));
-        if !m.push_interleaved(buffer.samples(), channels, &mut emit) {
-            return Err(PlaybackError::Stopped("playback stopped".into()));
+        let mut frame = |f: &[u8]| emit(Decoded::Frame(f.to_vec()));
+        if !m.push_interleaved(buffer.samples(), channels, &mut frame) {
+            return Err(stopped());
         }
     }
     let Some(mut m) = maker else {
@@ -314,8 +326,8 @@ fn decode(job: DecodeJob, sink: &mut FrameSink<'_>) -> Result<u64, PlaybackError
         )));
     };
     let total = m
-        .finish(&mut |frame: &[u8]| sink.send(Decoded::Frame(frame.to_vec())))
-        .ok_or_else(|| PlaybackError::Stopped("playback stopped".into()))?;
+        .finish(&mut |f: &[u8]| emit(Decoded::Frame(f.to_vec())))
+        .ok_or_else(stopped)?;
     if let Some(declared) = params.n_frames {
         let decoded = m.input_frames();
         let slack = (declared / 50).max(u64::from(source_rate) / 10);

@@ -13,6 +13,11 @@ use super::{Gauge, PlaybackError, PlaybackSettings, PlaybackStats};
 /// Body chunks in flight between the fetch task and the decoder.
 const BODY_QUEUE: usize = 8;
 
+/// The fetch task's end of the body channel: chunks, then at most one error.
+pub type BodySender = mpsc::Sender<Result<Bytes, PlaybackError>>;
+/// The decoder's end of the body channel.
+pub type BodyReceiver = mpsc::Receiver<Result<Bytes, PlaybackError>>;
+
 /// Parses and checks a PlayAudio URL: only absolute `http` and `https` URLs are accepted.
 pub fn parse_url(url: &str) -> Result<Url, PlaybackError> {
     if url.trim().is_empty() {
@@ -127,12 +132,7 @@ impl Fetcher {
 
     /// Streams the body into `tx` until it ends, fails, passes the size limit, or the receiver
     /// is gone. Errors are sent as the last item.
-    pub async fn pump(
-        &self,
-        download: Download,
-        tx: mpsc::Sender<Result<Bytes, PlaybackError>>,
-        stats: Arc<PlaybackStats>,
-    ) {
+    pub async fn pump(&self, download: Download, tx: BodySender, stats: Arc<PlaybackStats>) {
         let _running = Gauge::new(&stats, |s| &s.fetchers);
         let Download {
             mut response,
@@ -170,10 +170,7 @@ impl Fetcher {
 }
 
 /// Body chunks from the fetch task, for the decoder.
-pub fn body_channel() -> (
-    mpsc::Sender<Result<Bytes, PlaybackError>>,
-    mpsc::Receiver<Result<Bytes, PlaybackError>>,
-) {
+pub fn body_channel() -> (BodySender, BodyReceiver) {
     mpsc::channel(BODY_QUEUE)
 }
 

@@ -320,16 +320,15 @@ impl Player {
         let lookahead = (self.settings.lookahead.as_millis() / FRAME.as_millis()).max(1) as usize;
         let (frames_tx, mut frames) = mpsc::channel(lookahead);
         let job = DecodeJob {
-            body: body_rx,
             content_type: job_hints.0,
             extension: job_hints.1,
             volume: request.volume,
             out_rate: self.settings.sample_rate,
         };
-        workers.decode =
-            Some(decode::spawn(job, frames_tx, &self.stats).map_err(|e| {
-                PlaybackError::Fetch(format!("cannot start a decoder thread: {e}"))
-            })?);
+        workers.decode = Some(
+            decode::spawn(body_rx, job, frames_tx, &self.stats)
+                .map_err(|e| PlaybackError::Fetch(format!("cannot start a decoder thread: {e}")))?,
+        );
 
         let mut source: Option<SourceInfo> = None;
         let mut t0: Option<Instant> = None;

@@ -306,6 +306,14 @@ impl LiveKitBridge for Bridge {
             metadata: HashMap::from([
                 ("version".into(), VERSION.into()),
                 ("registered_sessions".into(), registered.to_string()),
+                (
+                    "playbacks_playing".into(),
+                    self.state.player.stats().playing().to_string(),
+                ),
+                (
+                    "playback_workers".into(),
+                    self.state.player.stats().live_workers().to_string(),
+                ),
             ]),
         }))
     }

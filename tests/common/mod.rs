@@ -1,6 +1,8 @@
 //! An in-process bridge served over a real TCP socket on loopback, and helpers to drive it.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::sync::Arc;
 use std::time::Duration;
 
