@@ -1,5 +1,6 @@
 //! Compiles `proto/` with the pure-Rust `protox` compiler, so no `protoc` is needed, and keeps
-//! the encoded descriptors for gRPC reflection.
+//! the encoded descriptors for gRPC reflection. Also compiles the subset of LiveKit's FFI protocol
+//! (`proto/livekit_ffi/`) that the `ffi` room backend speaks.
 
 fn main() {
     #[cfg(feature = "server")]
@@ -20,5 +21,24 @@ fn compile() -> Result<(), Box<dyn std::error::Error>> {
         fds.encode_to_vec(),
     )?;
     tonic_prost_build::configure().compile_fds(fds)?;
+
+    // LiveKit's FFI protocol: messages only, no services.
+    const FFI: &[&str] = &[
+        "proto/livekit_ffi/handle.proto",
+        "proto/livekit_ffi/participant.proto",
+        "proto/livekit_ffi/track.proto",
+        "proto/livekit_ffi/audio_frame.proto",
+        "proto/livekit_ffi/room.proto",
+        "proto/livekit_ffi/ffi.proto",
+    ];
+    for f in FFI {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let ffi = protox::compile(FFI, ["proto/livekit_ffi"])?;
+    std::fs::write(out.join("livekit_ffi_descriptor.bin"), ffi.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(ffi)?;
     Ok(())
 }

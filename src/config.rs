@@ -71,6 +71,13 @@ pub const SETTINGS: &[Setting] = &[
         help: "How long GetStatus keeps reporting a session whose room was lost.",
     },
     Setting {
+        flag: "--livekit-ffi-lib",
+        env: "LIVEKIT_FFI_LIB",
+        default: "vendor/livekit-ffi/liblivekit_ffi.so",
+        help: "LiveKit's SDK library (liblivekit_ffi.so 1.2.1), needed for ws:// and wss:// \
+               rooms; scripts/fetch-livekit-ffi puts it at the default path.",
+    },
+    Setting {
         flag: "--playback-connect-timeout-ms",
         env: "PLAYBACK_CONNECT_TIMEOUT_MS",
         default: "5000",
@@ -245,6 +252,7 @@ impl Config {
                     max_redirects: number(get("--playback-max-redirects"), 0, 50)? as usize,
                     ..PlaybackSettings::default()
                 },
+                livekit_ffi_lib: PathBuf::from(get("--livekit-ffi-lib").1),
             },
             shutdown_timeout: ms("--shutdown-timeout-ms", 0, 600_000)?,
             log_format,

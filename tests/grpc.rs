@@ -64,6 +64,9 @@ async fn bad_input_gets_the_right_answer_and_other_sessions_carry_on() {
     let settings = ServiceSettings {
         connect_timeout: Duration::from_millis(200),
         first_chunk_timeout: Duration::from_millis(300),
+        // No LiveKit library here: a real URL must fail cleanly, and nothing may leave the
+        // machine.
+        livekit_ffi_lib: "/nonexistent/liblivekit_ffi.so".into(),
         ..Default::default()
     };
     let bridge = Bridge::with(settings).await;
@@ -86,7 +89,8 @@ async fn bad_input_gets_the_right_answer_and_other_sessions_carry_on() {
     for (url, needle) in [
         ("sim://tone?fail=room%20is%20full", "room is full"),
         ("sim://tone?connect_delay_ms=5000", "timed out"),
-        ("wss://livekit.example", "sim://"),
+        ("wss://livekit.invalid", "LIVEKIT_FFI_LIB"),
+        ("ws://livekit.invalid", "scripts/fetch-livekit-ffi"),
     ] {
         let r = join(&mut c, "u", url).await;
         assert!(!r.success && r.error.contains(needle), "{url}: {r:?}");

@@ -5,8 +5,9 @@
 //! possibly after disconnect was asked for, possibly for a session that has since been replaced.
 //! Sessions are written so that all of that is harmless (see [`crate::audio::ring`]).
 //! [`Backends`] picks the backend from the URL's scheme: `sim://` is the simulated room in
-//! [`sim`]; `ws://` and `wss://` belong to LiveKit's own SDK library.
+//! [`sim`]; `ws://` and `wss://` go to LiveKit's own SDK library through [`ffi`].
 
+pub mod ffi;
 pub mod sim;
 
 use std::future::Future;
@@ -111,12 +112,15 @@ pub enum RoomError {
 /// The backends of this process, chosen by URL scheme.
 pub struct Backends {
     pub sim: Arc<sim::SimBackend>,
+    pub ffi: Arc<ffi::FfiBackend>,
 }
 
 impl Backends {
-    pub fn new() -> Self {
+    /// The backends, with LiveKit's SDK library expected at `ffi_library`.
+    pub fn new(ffi_library: std::path::PathBuf) -> Self {
         Self {
             sim: Arc::new(sim::SimBackend::default()),
+            ffi: Arc::new(ffi::FfiBackend::new(ffi_library)),
         }
     }
 
@@ -125,11 +129,7 @@ impl Backends {
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         match scheme.as_deref() {
             Some("sim") => Ok(self.sim.clone()),
-            Some("ws" | "wss") => Err(RoomError::Unavailable(
-                "ws:// and wss:// LiveKit URLs need the LiveKit SDK backend, which this build \
-                 does not include yet; use a sim:// URL (see the README)"
-                    .into(),
-            )),
+            Some("ws" | "wss") => Ok(self.ffi.clone()),
             _ => Err(RoomError::InvalidUrl(format!(
                 "{url:?} must start with ws://, wss:// or sim://"
             ))),
@@ -139,7 +139,7 @@ impl Backends {
 
 impl Default for Backends {
     fn default() -> Self {
-        Self::new()
+        Self::new(ffi::library::DEFAULT_PATH.into())
     }
 }
 
@@ -169,13 +169,11 @@ mod tests {
 
     #[test]
     fn schemes_choose_backends() {
-        let b = Backends::new();
+        let b = Backends::default();
         assert!(b.for_url("sim://tone").is_ok());
         assert!(b.for_url("SIM://tone").is_ok());
-        assert!(matches!(
-            b.for_url("wss://x"),
-            Err(RoomError::Unavailable(_))
-        ));
+        assert!(b.for_url("wss://x").is_ok());
+        assert!(b.for_url("ws://x").is_ok());
         assert!(matches!(
             b.for_url("http://x"),
             Err(RoomError::InvalidUrl(_))

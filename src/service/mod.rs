@@ -40,6 +40,8 @@ pub struct ServiceSettings {
     pub keep_ended: Duration,
     /// PlayAudio's fetch limits and buffering.
     pub playback: PlaybackSettings,
+    /// Where LiveKit's SDK library is, for ws:// and wss:// rooms.
+    pub livekit_ffi_lib: std::path::PathBuf,
 }
 
 impl Default for ServiceSettings {
@@ -50,6 +52,7 @@ impl Default for ServiceSettings {
             first_chunk_timeout: Duration::from_secs(10),
             keep_ended: Duration::from_secs(600),
             playback: PlaybackSettings::default(),
+            livekit_ffi_lib: crate::room::ffi::library::DEFAULT_PATH.into(),
         }
     }
 }
@@ -71,7 +74,7 @@ impl BridgeState {
     pub fn new(settings: ServiceSettings) -> Arc<Self> {
         Arc::new(Self {
             registry: Arc::default(),
-            backends: Backends::new(),
+            backends: Backends::new(settings.livekit_ffi_lib.clone()),
             player: Player::new(settings.playback.clone()),
             settings,
             started: Instant::now(),

@@ -1,0 +1,210 @@
+//! Loading `liblivekit_ffi.so`, LiveKit's Rust SDK compiled with libwebrtc, and its C ABI.
+//!
+//! The library is opened at run time, not linked, so the bridge builds and runs without it;
+//! only a `ws://`/`wss://` JoinRoom needs it. Before anything of it runs, the file's sha256 is
+//! checked against the pinned build (from the PyPI wheel `livekit==1.2.1`), because the FFI
+//! protocol's field numbers in `proto/livekit_ffi/` are only known to match that build.
+//!
+//! This is the only module of the crate that uses `unsafe`: calling foreign functions and
+//! reading memory the library lends us. Each block says why it is sound.
+#![allow(unsafe_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use sha2::{Digest, Sha256};
+
+use super::packet::{DataPacketRef, read_data_packet};
+
+/// The pinned library: version and sha256 of `liblivekit_ffi.so` in the wheel.
+pub const LIB_VERSION: &str = "1.2.1";
+pub const LIB_SHA256: &str = "b0e3b91dcf42b486045b6acca4863b132e3c4d114d5701b5759c7661c04ea1eb";
+/// Where `scripts/fetch-livekit-ffi` puts it, relative to the project.
+pub const DEFAULT_PATH: &str = "vendor/livekit-ffi/liblivekit_ffi.so";
+
+/// `void (*)(const uint8_t *data, size_t len)`: receives each encoded `FfiEvent`.
+pub type EventCallback = extern "C" fn(*const u8, usize);
+type InitializeFn = unsafe extern "C" fn(EventCallback, bool, *const i8, *const i8);
+type RequestFn = unsafe extern "C" fn(*const u8, usize, *mut *const u8, *mut usize) -> u64;
+type DropHandleFn = unsafe extern "C" fn(u64) -> bool;
+
+/// The opened library and its entry points.
+pub struct Library {
+    request: RequestFn,
+    drop_handle: DropHandleFn,
+    initialize: InitializeFn,
+    // Keeps the code above mapped. Never unloaded: the library's threads live until exit.
+    _lib: libloading::Library,
+    pub path: PathBuf,
+}
+
+/// Why the library cannot be used, worded for the operator.
+pub fn unavailable(path: &Path, why: &str) -> String {
+    format!(
+        "LiveKit's SDK library is not usable at {} ({why}); run scripts/fetch-livekit-ffi \
+         or point LIVEKIT_FFI_LIB (--livekit-ffi-lib) at liblivekit_ffi.so {LIB_VERSION}",
+        path.display()
+    )
+}
+
+fn sha256_of(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+impl Library {
+    /// Opens the library at `path` after checking it is the pinned build.
+    pub fn open(path: &Path) -> Result<Self, String> {
+        let digest = sha256_of(path).map_err(|e| unavailable(path, &e.to_string()))?;
+        if digest != LIB_SHA256 {
+            return Err(unavailable(
+                path,
+                &format!("sha256 {digest} is not the pinned {LIB_VERSION} build"),
+            ));
+        }
+        // SAFETY: the file is the pinned build of LiveKit's library (checked above); loading
+        // it runs its initialisers, which only set up its own state.
+        let lib = unsafe { libloading::Library::new(path) }
+            .map_err(|e| unavailable(path, &e.to_string()))?;
+        // SAFETY: the symbol types are the C ABI of the pinned build (its livekit_ffi.h and the
+        // official SDKs' bindings agree), and the pointers are kept alive by `_lib`.
+        let (initialize, request, drop_handle) = unsafe {
+            let i = *lib
+                .get::<InitializeFn>(b"livekit_ffi_initialize\0")
+                .map_err(|e| unavailable(path, &e.to_string()))?;
+            let r = *lib
+                .get::<RequestFn>(b"livekit_ffi_request\0")
+                .map_err(|e| unavailable(path, &e.to_string()))?;
+            let d = *lib
+                .get::<DropHandleFn>(b"livekit_ffi_drop_handle\0")
+                .map_err(|e| unavailable(path, &e.to_string()))?;
+            (i, r, d)
+        };
+        Ok(Self {
+            request,
+            drop_handle,
+            initialize,
+            _lib: lib,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Registers `callback` for every event. Called once per process.
+    pub fn initialize(&self, callback: EventCallback) {
+        let sdk = c"rust-bridge";
+        let version = c"0.1.0";
+        // SAFETY: `callback` is a plain `extern "C"` function that lives forever; the strings
+        // are NUL-terminated statics. No logs are captured (`false`), so no log events come.
+        unsafe { (self.initialize)(callback, false, sdk.as_ptr(), version.as_ptr()) }
+    }
+
+    /// Sends one encoded `FfiRequest` and returns the encoded `FfiResponse`.
+    pub fn request(&self, request: &[u8]) -> Result<Vec<u8>, String> {
+        let mut ptr: *const u8 = std::ptr::null();
+        let mut len: usize = 0;
+        // SAFETY: `request` is a live slice for the duration of the call; `ptr` and `len` are
+        // valid places for the library to write the response's location.
+        let handle = unsafe { (self.request)(request.as_ptr(), request.len(), &mut ptr, &mut len) };
+        if handle == 0 || ptr.is_null() {
+            return Err("the LiveKit library refused the request".into());
+        }
+        // SAFETY: the library guarantees `ptr..ptr+len` stays valid until `handle` is dropped,
+        // which happens right after this copy.
+        let response = unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec();
+        self.drop_handle(handle);
+        Ok(response)
+    }
+
+    /// Releases a handle the library gave us (room, participant, track, buffer, ...).
+    pub fn drop_handle(&self, handle: u64) -> bool {
+        if handle == 0 {
+            return false;
+        }
+        // SAFETY: dropping takes a plain integer; an unknown handle is reported as false.
+        unsafe { (self.drop_handle)(handle) }
+    }
+}
+
+/// Where the library's events go.
+pub trait EventSink: Send + Sync + 'static {
+    /// A user data packet; `payload` is borrowed from the library for this call only. The hot
+    /// path: must not allocate, block, or take a lock anything slow can hold.
+    fn data_packet(&self, packet: &DataPacketRef<'_>, payload: &[u8]);
+    /// Any other event, encoded.
+    fn other(&self, event: &[u8]);
+}
+
+static LIBRARY: OnceLock<Library> = OnceLock::new();
+static SINK: OnceLock<Box<dyn EventSink>> = OnceLock::new();
+static OPENING: Mutex<()> = Mutex::new(());
+
+/// The process's library, opened and initialised on first use with `sink` receiving its
+/// events. The library can be initialised once per process: later calls get the same one,
+/// whatever path they name.
+pub fn global(
+    path: &Path,
+    sink: impl FnOnce() -> Box<dyn EventSink>,
+) -> Result<&'static Library, String> {
+    if let Some(lib) = LIBRARY.get() {
+        return Ok(lib);
+    }
+    let _one_at_a_time = OPENING.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(lib) = LIBRARY.get() {
+        return Ok(lib);
+    }
+    let lib = Library::open(path)?;
+    let _ = SINK.set(sink());
+    let lib = LIBRARY.get_or_init(|| lib);
+    lib.initialize(on_event);
+    Ok(lib)
+}
+
+/// The library's event callback, on its own worker threads.
+extern "C" fn on_event(data: *const u8, len: usize) {
+    // A panic must not unwind into the library; there is nothing to do with one but drop the
+    // event (it is a bug, and would be logged by the panic hook).
+    let _ = std::panic::catch_unwind(|| {
+        let (Some(lib), Some(sink)) = (LIBRARY.get(), SINK.get()) else {
+            return;
+        };
+        if data.is_null() {
+            return;
+        }
+        // SAFETY: the library passes an encoded FfiEvent that is valid for this call.
+        let event = unsafe { std::slice::from_raw_parts(data, len) };
+        match read_data_packet(event) {
+            Some(packet) => {
+                let payload = if packet.data_ptr == 0 || packet.data_len == 0 {
+                    &[][..]
+                } else {
+                    // SAFETY: `data_ptr`/`data_len` describe the OwnedBuffer this very event
+                    // hands us; the buffer lives until its handle is dropped, which happens
+                    // only after the sink has copied what it needs, two lines down.
+                    unsafe {
+                        std::slice::from_raw_parts(
+                            packet.data_ptr as usize as *const u8,
+                            packet.data_len as usize,
+                        )
+                    }
+                };
+                sink.data_packet(&packet, payload);
+                lib.drop_handle(packet.buffer_handle);
+            }
+            None => sink.other(event),
+        }
+    });
+}

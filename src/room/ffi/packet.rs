@@ -1,0 +1,208 @@
+//! The hot path's view of an event: a zero-copy read of `FfiEvent.room_event.
+//! data_packet_received.user`, the only event that arrives a hundred times a second per user.
+//!
+//! Decoding the whole `FfiEvent` with prost would allocate (strings, boxed messages) on the
+//! library's callback thread for every audio frame. This reader walks the protobuf wire format
+//! of just the fields the hot path needs, borrowing the identity and topic from the event's own
+//! bytes, and allocates nothing. It follows prost's reading of the same bytes (as generated
+//! from `proto/livekit_ffi/`): the last value of a repeated scalar wins, repeated sub-messages
+//! merge, a later member of a oneof replaces an earlier one. Whenever prost would decode a user
+//! data packet, this returns the same fields; `fuzz/fuzz_targets/ffi_event.rs` checks that.
+
+/// A user data packet in a room event, borrowing from the event's bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataPacketRef<'a> {
+    pub room_handle: u64,
+    /// `DataPacketKind`: 0 lossy, 1 reliable.
+    pub kind: i32,
+    pub identity: &'a str,
+    pub topic: &'a str,
+    /// The `OwnedBuffer`'s handle, to drop once the payload has been copied.
+    pub buffer_handle: u64,
+    pub data_ptr: u64,
+    pub data_len: u64,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+enum Value<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Other,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let byte = *self.buf.get(self.pos)?;
+            self.pos += 1;
+            value |= u64::from(byte & 0x7F) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let bytes = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(bytes)
+    }
+
+    /// The next field: number and value. `None` at the end or on malformed input.
+    fn field(&mut self) -> Option<Option<(u32, Value<'a>)>> {
+        if self.pos >= self.buf.len() {
+            return Some(None);
+        }
+        let key = self.varint()?;
+        let number = u32::try_from(key >> 3).ok()?;
+        if number == 0 {
+            return None;
+        }
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => {
+                self.take(8)?;
+                Value::Other
+            }
+            2 => {
+                let len = usize::try_from(self.varint()?).ok()?;
+                Value::Bytes(self.take(len)?)
+            }
+            5 => {
+                self.take(4)?;
+                Value::Other
+            }
+            // Groups (3, 4) are not used by this protocol; prost rejects them here too.
+            _ => return None,
+        };
+        Some(Some((number, value)))
+    }
+}
+
+/// Oneof members of the generated types, by field number.
+const FFI_EVENT_ONEOF: &[u32] = &[1, 5, 7, 8, 9, 10, 13, 20];
+const ROOM_EVENT_ONEOF: &[u32] = &[2, 3, 4, 21, 22, 27];
+
+/// What has been read so far, with the oneof bookkeeping prost's merge rules need: a member
+/// that reappears merges into what is there; a different member replaces it.
+#[derive(Default)]
+struct State<'a> {
+    out: DataPacketRef<'a>,
+    event_member: u32,
+    room_member: u32,
+    user_seen: bool,
+}
+
+impl<'a> State<'a> {
+    fn reset_packet(&mut self) {
+        let room_handle = self.out.room_handle;
+        self.out = DataPacketRef {
+            room_handle,
+            ..Default::default()
+        };
+        self.user_seen = false;
+    }
+}
+
+/// Reads a user data packet out of an encoded `FfiEvent`, or `None` if the event is anything
+/// else (or malformed).
+pub fn read_data_packet(event: &[u8]) -> Option<DataPacketRef<'_>> {
+    let mut st = State::default();
+    let mut r = Reader::new(event);
+    while let Some((number, value)) = r.field()? {
+        if FFI_EVENT_ONEOF.contains(&number) && number != st.event_member {
+            // A different member: what was read of the room event is gone.
+            st = State {
+                event_member: number,
+                ..Default::default()
+            };
+        }
+        if let (1, Value::Bytes(room_event)) = (number, value) {
+            room(room_event, &mut st)?;
+        }
+    }
+    (st.event_member == 1 && st.room_member == 27 && st.user_seen).then_some(st.out)
+}
+
+fn room<'a>(bytes: &'a [u8], st: &mut State<'a>) -> Option<()> {
+    let mut r = Reader::new(bytes);
+    while let Some((number, value)) = r.field()? {
+        if ROOM_EVENT_ONEOF.contains(&number) && number != st.room_member {
+            st.room_member = number;
+            st.reset_packet();
+        }
+        match (number, value) {
+            (1, Value::Varint(v)) => st.out.room_handle = v,
+            (27, Value::Bytes(b)) => packet(b, st)?,
+            _ => {}
+        }
+    }
+    Some(())
+}
+
+fn packet<'a>(bytes: &'a [u8], st: &mut State<'a>) -> Option<()> {
+    let mut r = Reader::new(bytes);
+    while let Some((number, value)) = r.field()? {
+        match (number, value) {
+            (1, Value::Varint(v)) => st.out.kind = v as i32,
+            (2, Value::Bytes(b)) => st.out.identity = std::str::from_utf8(b).ok()?,
+            (4, Value::Bytes(b)) => {
+                st.user_seen = true;
+                user(b, &mut st.out)?;
+            }
+            _ => {}
+        }
+    }
+    Some(())
+}
+
+fn user<'a>(bytes: &'a [u8], out: &mut DataPacketRef<'a>) -> Option<()> {
+    let mut r = Reader::new(bytes);
+    while let Some((number, value)) = r.field()? {
+        match (number, value) {
+            (1, Value::Bytes(b)) => owned_buffer(b, out)?,
+            (2, Value::Bytes(b)) => out.topic = std::str::from_utf8(b).ok()?,
+            _ => {}
+        }
+    }
+    Some(())
+}
+
+fn owned_buffer(bytes: &[u8], out: &mut DataPacketRef<'_>) -> Option<()> {
+    let mut r = Reader::new(bytes);
+    while let Some((number, value)) = r.field()? {
+        match (number, value) {
+            (1, Value::Bytes(handle)) => {
+                let mut h = Reader::new(handle);
+                while let Some((n, v)) = h.field()? {
+                    if let (1, Value::Varint(id)) = (n, v) {
+                        out.buffer_handle = id;
+                    }
+                }
+            }
+            (2, Value::Bytes(info)) => {
+                let mut i = Reader::new(info);
+                while let Some((n, v)) = i.field()? {
+                    match (n, v) {
+                        (1, Value::Varint(p)) => out.data_ptr = p,
+                        (2, Value::Varint(l)) => out.data_len = l,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(())
+}
