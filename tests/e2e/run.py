@@ -1,0 +1,436 @@
+"""End-to-end scenarios: the release bridge binary, with LiveKit's real client library inside it,
+against the mock SFU (mock_sfu.py), driven by a Python grpcio client over the bridge's Unix
+socket, as the backend would. TEST-ONLY CODE.
+
+Run by tests/e2e.rs as `unshare -n python run.py <bridge binary> <scenario>`: each run gets a
+private network namespace in which this script brings up loopback and a veth pair with
+10.99.0.1/24 and 10.99.0.2/24 (libwebrtc gathers no candidates on loopback, and no test may use
+the machine's real interface). Exits non-zero, with the reason, if any check fails. Prints
+`RESULT key=value` lines with what it measured.
+"""
+
+import asyncio
+import math
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import grpc  # noqa: E402
+from grpc_tools import protoc  # noqa: E402
+from livekit.protocol import models  # noqa: E402
+
+from mock_sfu import MockSfu, make_token  # noqa: E402
+
+SFU_HOST = "10.99.0.1"
+SFU_PORT = 7880
+
+
+def result(key, value):
+    print(f"RESULT {key}={value}", flush=True)
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def netns_setup():
+    cmds = [
+        "ip link set lo up",
+        "ip link add veth0 type veth peer name veth1",
+        f"ip addr add {SFU_HOST}/24 dev veth0",
+        "ip addr add 10.99.0.2/24 dev veth1",
+        "ip link set veth0 up",
+        "ip link set veth1 up",
+    ]
+    for c in cmds:
+        subprocess.run(c.split(), check=True)
+    # Everything this namespace can reach: loopback and the veth pair, nothing else.
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True)
+    check("default" not in routes.stdout, f"unexpected default route: {routes.stdout}")
+
+
+def load_stubs(tmp):
+    proto_dir = os.path.join(ROOT, "proto")
+    rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={tmp}", f"--grpc_python_out={tmp}",
+                      os.path.join(proto_dir, "livekit_bridge.proto")])
+    check(rc == 0, "protoc failed")
+    sys.path.insert(0, tmp)
+    import livekit_bridge_pb2 as pb  # noqa: E402
+    import livekit_bridge_pb2_grpc as pbg  # noqa: E402
+    return pb, pbg
+
+
+class Bridge:
+    """The release binary in this namespace, serving on a Unix socket."""
+
+    def __init__(self, binary, tmp):
+        self.socket = os.path.join(tmp, "bridge.sock")
+        env = dict(os.environ)
+        env.update({
+            "LIVEKIT_GRPC_SOCKET": self.socket,
+            "LIVEKIT_FFI_LIB": os.path.join(ROOT, "vendor/livekit-ffi/liblivekit_ffi.so"),
+            "RUST_LOG": os.environ.get("BRIDGE_LOG", "warn"),
+        })
+        self.log = open(os.path.join(tmp, "bridge.log"), "w")
+        self.proc = subprocess.Popen([binary], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    async def wait_ready(self):
+        for _ in range(200):
+            if os.path.exists(self.socket):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("bridge socket never appeared")
+
+    def status_of(self):
+        """(RSS KiB, threads) of the bridge process."""
+        rss = threads = 0
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("Threads:"):
+                    threads = int(line.split()[1])
+        return rss, threads
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+        return self.proc.returncode
+
+
+def payload_rule(p: bytes) -> bytes:
+    """The contract's rule: drop the first byte of an odd payload, then the last if still odd."""
+    if len(p) % 2:
+        p = p[1:]
+    if len(p) % 2:
+        p = p[:-1]
+    return p
+
+
+def tone(hz, seconds, rate=16000, amp=0.5):
+    n = int(rate * seconds)
+    out = bytearray()
+    for i in range(n):
+        v = int(round(amp * 32767 * math.sin(2 * math.pi * hz * i / rate)))
+        out += v.to_bytes(2, "little", signed=True)
+    return bytes(out)
+
+
+def measure(samples, rate):
+    """Frequency (zero crossings, interpolated) and RMS of mono float samples."""
+    rms = math.sqrt(sum(s * s for s in samples) / max(1, len(samples)))
+    crossings = []
+    for i in range(1, len(samples)):
+        a, b = samples[i - 1], samples[i]
+        if a < 0 <= b and b != a:
+            crossings.append(i - 1 + (-a) / (b - a))
+    if len(crossings) < 2:
+        return 0.0, rms
+    return (len(crossings) - 1) * rate / (crossings[-1] - crossings[0]), rms
+
+
+class Ctx:
+    def __init__(self, pb, pbg, bridge, sfu):
+        self.pb, self.pbg, self.bridge, self.sfu = pb, pbg, bridge, sfu
+        # grpcio would send the socket path as :authority, which is not a valid authority.
+        self.channel = grpc.aio.insecure_channel(
+            f"unix://{bridge.socket}", options=[("grpc.default_authority", "localhost")])
+        self.stub = pbg.LiveKitBridgeStub(self.channel)
+
+    async def join(self, user, identity=None):
+        identity = identity or f"cloud-agent:{user}"
+        r = await self.stub.JoinRoom(self.pb.JoinRoomRequest(
+            user_id=user, room_name=user, token=make_token(identity, user),
+            livekit_url=self.sfu.url, target_identity="target"), timeout=20)
+        return r
+
+    async def joined(self, user):
+        r = await self.join(user)
+        check(r.success, f"JoinRoom failed: {r.error}")
+        return r
+
+    def stream(self, user):
+        queue = asyncio.Queue()
+        first = self.pb.AudioChunk(user_id=user, sample_rate=16000, channels=1,
+                                   timestamp_ms=int(time.time() * 1000))
+        queue.put_nowait(first)
+
+        async def requests():
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                yield item
+
+        call = self.stub.StreamAudio(requests())
+        return call, queue
+
+    async def participant(self, user):
+        """The mock's view of the bridge's participant for `user` (the latest to join)."""
+        identity = f"cloud-agent:{user}"
+        for _ in range(200):
+            p = self.sfu.participants.get(identity)
+            if p is not None:
+                return p
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{identity} never joined the mock SFU")
+
+
+async def read_chunks(call, count, timeout=10.0):
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count:
+        left = deadline - time.monotonic()
+        check(left > 0, f"only {len(out)} of {count} chunks arrived")
+        chunk = await asyncio.wait_for(call.read(), left)
+        check(chunk is not grpc.aio.EOF, f"stream ended after {len(out)} chunks")
+        out.append(chunk)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Scenarios
+
+
+async def data_packets(ctx: Ctx):
+    """Packets from the target identity reach the client byte-exact after the payload rule;
+    packets from anyone else, or with a topic, do not."""
+    r = await ctx.joined("alice")
+    check(r.participant_count == 2, f"participant_count {r.participant_count} (bridge + target)")
+    call, _ = ctx.stream("alice")
+    p = await ctx.participant("alice")
+    rng = random.Random(7)
+    sent = []
+    for i in range(300):
+        n = rng.choice([0, 1, 2, 3, 320, 321, 641, 200])
+        payload = bytes(rng.getrandbits(8) for _ in range(n))
+        # Interleave noise that must not arrive: another identity, and a topic.
+        await p.send_data("someone-else", b"\x01" + bytes(320))
+        await p.send_data("target", b"\x02" + bytes(320), topic="chat")
+        await p.send_data("target", payload, reliable=(i % 3 == 0))
+        if payload_rule(payload):
+            sent.append(payload_rule(payload))
+        if i % 20 == 0:
+            await asyncio.sleep(0.01)
+    got = await read_chunks(call, len(sent))
+    for i, (want, chunk) in enumerate(zip(sent, got)):
+        check(chunk.pcm_data == want, f"chunk {i}: {len(chunk.pcm_data)} bytes, wanted {len(want)}")
+        check(chunk.sample_rate == 16000 and chunk.channels == 1, "format")
+    # Nothing else arrives.
+    try:
+        extra = await asyncio.wait_for(call.read(), 0.5)
+        check(False, f"unexpected chunk of {len(extra.pcm_data)} bytes")
+    except asyncio.TimeoutError:
+        pass
+    result("data_packets_checked", len(sent))
+    call.cancel()
+
+
+async def publish_tone(ctx: Ctx):
+    """A 440 Hz tone sent on StreamAudio comes out of the mock's decoded track at 440 Hz, at the
+    right level, without gaps."""
+    await ctx.joined("bob")
+    call, queue = ctx.stream("bob")
+    p = await ctx.participant("bob")
+    pcm = tone(440, 3.0, amp=0.5)
+    t0 = time.monotonic()
+    for i in range(0, len(pcm), 640):  # 20 ms chunks, paced like a real client
+        await queue.put(ctx.pb.AudioChunk(pcm_data=pcm[i:i + 640], sample_rate=16000, channels=1,
+                                          track_id=0))
+        await asyncio.sleep(max(0, t0 + (i // 640 + 1) * 0.02 - time.monotonic()))
+    await asyncio.sleep(1.0)
+    track = p.tracks.get("speaker")
+    check(track is not None and track.frames, f"no decoded audio; tracks {list(p.tracks)}")
+    samples, rate = track.pcm_mono()
+    # Skip the first and last 300 ms (encoder start-up and the tail).
+    active = [s for s in samples]
+    nz = [i for i, s in enumerate(active) if abs(s) > 0.05]
+    check(nz, "the decoded track is silent")
+    body = active[nz[0] + int(0.3 * rate): nz[-1] - int(0.3 * rate)]
+    hz, rms = measure(body, rate)
+    want_rms = 0.5 / math.sqrt(2)
+    gaps = track.gaps()
+    result("tone_hz", f"{hz:.1f}")
+    result("tone_rms", f"{rms:.4f}")
+    result("tone_decoded_seconds", f"{len(samples) / rate:.2f}")
+    result("tone_gaps", len(gaps))
+    check(abs(hz - 440) <= 440 * 0.02, f"measured {hz:.1f} Hz")
+    check(abs(rms - want_rms) <= want_rms * 0.1, f"level {rms:.4f}, wanted {want_rms:.4f}")
+    check(not gaps, f"timestamp gaps in the decoded track: {gaps[:10]}")
+    await queue.put(None)
+    call.cancel()
+
+
+async def server_disconnect(ctx: Ctx):
+    """The server removing the room ends the stream with UNAVAILABLE; GetStatus says why."""
+    await ctx.joined("carol")
+    call, _ = ctx.stream("carol")
+    p = await ctx.participant("carol")
+    await p.send_data("target", b"\x00" + bytes(320))
+    await read_chunks(call, 1)
+    await p.server_disconnect(models.DisconnectReason.ROOM_DELETED)
+    try:
+        while True:
+            chunk = await asyncio.wait_for(call.read(), 10)
+            check(chunk is not grpc.aio.EOF, "stream ended OK; wanted UNAVAILABLE")
+    except grpc.aio.AioRpcError as e:
+        check(e.code() == grpc.StatusCode.UNAVAILABLE, f"stream ended with {e.code()}")
+    status = await ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id="carol"))
+    check(not status.connected, "still connected")
+    check("ROOM_DELETED" in status.last_disconnect_reason, status.last_disconnect_reason)
+    result("disconnect_reason", repr(status.last_disconnect_reason))
+
+
+async def churn(ctx: Ctx, cycles: int):
+    """The original crash, on the real library: sessions left, replaced and rejoined while the
+    server keeps sending packets; no panic, no frame from a closed session, and memory and
+    threads back where they started."""
+    user = "dave"
+    stop = asyncio.Event()
+    sent = {"n": 0}
+
+    async def pump():
+        # Packets to whichever participant is current, as fast as the channel takes them. Each
+        # carries the join counter, so a frame can be traced to the session it was sent to.
+        while not stop.is_set():
+            p = ctx.sfu.participants.get(f"cloud-agent:{user}")
+            if p is not None and not p.closed.is_set() and p.channels_open.is_set():
+                tag = ctx.sfu.joins.to_bytes(4, "little")
+                try:
+                    await p.send_data("target", b"\x00" + tag + bytes(316))
+                    sent["n"] += 1
+                except Exception:
+                    pass
+            await asyncio.sleep(0.002)
+
+    pumper = asyncio.ensure_future(pump())
+    await ctx.joined(user)
+    await asyncio.sleep(0.5)
+    base_rss, base_threads = ctx.bridge.status_of()
+    frames = 0
+    for i in range(cycles):
+        generation = ctx.sfu.joins
+        call, _ = ctx.stream(user)
+        got = await read_chunks(call, 3, timeout=15)
+        for c in got:
+            check(int.from_bytes(c.pcm_data[:4], "little") == generation,
+                  f"cycle {i}: a frame of join {int.from_bytes(c.pcm_data[:4], 'little')} "
+                  f"reached the session of join {generation}")
+        frames += len(got)
+        way = i % 3
+        if way == 0:
+            r = await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="churn"))
+            check(r.success, r.error)
+            await ctx.joined(user)
+        elif way == 1:
+            await ctx.joined(user)  # replaces the session while packets flow
+        else:
+            call.cancel()  # the client goes away: its session closes
+            await asyncio.sleep(0.05)
+            await ctx.joined(user)
+        # The old stream must end, and never deliver a frame of a newer session.
+        try:
+            while True:
+                chunk = await asyncio.wait_for(call.read(), 5)
+                if chunk is grpc.aio.EOF:
+                    break
+                tag = int.from_bytes(chunk.pcm_data[:4], "little")
+                check(tag == generation, f"cycle {i}: old stream got a frame of join {tag}")
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+    stop.set()
+    await pumper
+    r = await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
+    check(r.success, r.error)
+    await asyncio.sleep(2.0)
+    rss, threads = ctx.bridge.status_of()
+    result("churn_cycles", cycles)
+    result("churn_frames_checked", frames)
+    result("churn_packets_sent", sent["n"])
+    result("churn_rss_kib_before_after", f"{base_rss}/{rss}")
+    result("churn_threads_before_after", f"{base_threads}/{threads}")
+    check(ctx.bridge.proc.poll() is None, "the bridge died")
+    check(threads <= base_threads + 2, f"threads {base_threads} -> {threads}")
+    check(rss <= base_rss + 64 * 1024, f"RSS {base_rss} -> {rss} KiB")
+
+
+async def room_cost(ctx: Ctx, rooms: int):
+    """Memory and threads of real rooms: idle, with `rooms` joined, and after leaving them."""
+    await asyncio.sleep(0.5)
+    # Load the library with one join and leave, so the baseline includes its fixed cost.
+    await ctx.joined("warmup")
+    await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id="warmup", reason="warmup"))
+    await asyncio.sleep(1.0)
+    rss0, threads0 = ctx.bridge.status_of()
+    for i in range(rooms):
+        await ctx.joined(f"user{i}")
+    await asyncio.sleep(1.0)
+    rss1, threads1 = ctx.bridge.status_of()
+    for i in range(rooms):
+        await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=f"user{i}", reason="done"))
+    await asyncio.sleep(2.0)
+    rss2, threads2 = ctx.bridge.status_of()
+    result("rooms", rooms)
+    result("rss_kib_idle_joined_left", f"{rss0}/{rss1}/{rss2}")
+    result("threads_idle_joined_left", f"{threads0}/{threads1}/{threads2}")
+    result("per_room_kib", (rss1 - rss0) // rooms)
+    result("per_room_threads", f"{(threads1 - threads0) / rooms:.2f}")
+    check(threads2 <= threads0 + 2, f"threads {threads0} -> {threads2}")
+
+
+SCENARIOS = {
+    "data_packets": data_packets,
+    "publish_tone": publish_tone,
+    "server_disconnect": server_disconnect,
+    "churn": lambda ctx: churn(ctx, int(os.environ.get("E2E_CYCLES", "200"))),
+    "room_cost": lambda ctx: room_cost(ctx, int(os.environ.get("E2E_ROOMS", "20"))),
+}
+
+
+async def main(binary, names):
+    netns_setup()
+    with tempfile.TemporaryDirectory() as tmp:
+        pb, pbg = load_stubs(tmp)
+        sfu = MockSfu(SFU_HOST, SFU_PORT)
+        await sfu.start()
+        bridge = Bridge(binary, tmp)
+        failed = None
+        try:
+            await bridge.wait_ready()
+            ctx = Ctx(pb, pbg, bridge, sfu)
+            for name in names:
+                started = time.monotonic()
+                await asyncio.wait_for(SCENARIOS[name](ctx), 600)
+                result(f"{name}_seconds", f"{time.monotonic() - started:.1f}")
+            check(bridge.proc.poll() is None, "the bridge exited")
+            await ctx.channel.close()
+        except BaseException as e:  # report, then show the bridge's log
+            failed = e
+        finally:
+            code = bridge.stop()
+            await sfu.stop()
+            with open(os.path.join(tmp, "bridge.log")) as f:
+                log = f.read()
+        if failed is not None or "panicked" in log:
+            print("---- bridge log (tail) ----\n" + log[-6000:], flush=True)
+            raise failed or AssertionError("the bridge panicked")
+        check(code == 0, f"the bridge exited with {code} on SIGTERM")
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+    asyncio.run(main(sys.argv[1], sys.argv[2:]))
