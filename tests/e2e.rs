@@ -1,0 +1,70 @@
+//! End to end on LiveKit's real client library: the release binary joins rooms on the mock SFU
+//! (`tests/e2e/mock_sfu.py`) inside a private network namespace made by each test, driven by a
+//! Python grpcio client over the bridge's Unix socket (`tests/e2e/run.py` has the scenarios and
+//! their checks). Needs root (for `unshare -n`), and `scripts/setup` (the library and the Python
+//! environment).
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// One scenario at a time: they measure timing, memory and threads of one bridge process.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const PYTHON: &str = "vendor/e2e-venv/bin/python";
+
+fn run(scenarios: &[&str], env: &[(&str, &str)]) -> String {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for need in [PYTHON, "vendor/livekit-ffi/liblivekit_ffi.so"] {
+        assert!(Path::new(need).exists(), "{need} is missing: run scripts/setup");
+    }
+    let out = Command::new("unshare")
+        .arg("-n")
+        .arg(PYTHON)
+        .arg("tests/e2e/run.py")
+        .arg(env!("CARGO_BIN_EXE_livekit-bridge"))
+        .args(scenarios)
+        .envs(env.iter().copied())
+        .output()
+        .expect("unshare (util-linux) runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let results: Vec<&str> = stdout.lines().filter(|l| l.starts_with("RESULT ")).collect();
+    eprintln!("{}", results.join("\n"));
+    assert!(
+        out.status.success(),
+        "scenarios {scenarios:?} failed:\n{stdout}\n{}",
+        &stderr[stderr.len().saturating_sub(8000)..]
+    );
+    stdout
+}
+
+#[test]
+fn data_packets_from_the_target_arrive_byte_exact_and_others_do_not() {
+    let out = run(&["data_packets"], &[]);
+    assert!(out.contains("RESULT data_packets_checked="));
+}
+
+#[test]
+fn client_audio_comes_out_of_the_room_as_the_same_tone() {
+    let out = run(&["publish_tone"], &[]);
+    assert!(out.contains("RESULT tone_hz="));
+}
+
+#[test]
+fn a_server_disconnect_ends_the_stream_unavailable_with_the_reason() {
+    let out = run(&["server_disconnect"], &[]);
+    assert!(out.contains("ROOM_DELETED"));
+}
+
+#[test]
+fn sessions_closed_and_replaced_while_packets_flow_on_the_real_library() {
+    let out = run(&["churn"], &[("E2E_CYCLES", "300")]);
+    assert!(out.contains("RESULT churn_cycles=300"));
+}
+
+#[test]
+fn rooms_cost_bounded_memory_and_threads_and_give_them_back() {
+    let out = run(&["room_cost"], &[("E2E_ROOMS", "20"), ("E2E_ROUNDS", "5")]);
+    assert!(out.contains("RESULT per_room_kib="));
+}
