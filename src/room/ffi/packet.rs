@@ -59,6 +59,35 @@ impl<'a> Reader<'a> {
         Some(bytes)
     }
 
+    /// Skips a (deprecated, but legal) group up to its end-group tag, as prost does.
+    fn skip_group(&mut self, number: u32, depth: u32) -> Option<()> {
+        if depth > 100 {
+            return None;
+        }
+        loop {
+            let key = self.varint()?;
+            let inner = u32::try_from(key >> 3).ok()?;
+            match key & 7 {
+                0 => {
+                    self.varint()?;
+                }
+                1 => {
+                    self.take(8)?;
+                }
+                2 => {
+                    let len = usize::try_from(self.varint()?).ok()?;
+                    self.take(len)?;
+                }
+                3 => self.skip_group(inner, depth + 1)?,
+                4 if inner == number => return Some(()),
+                5 => {
+                    self.take(4)?;
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// The next field: number and value. `None` at the end or on malformed input.
     fn field(&mut self) -> Option<Option<(u32, Value<'a>)>> {
         if self.pos >= self.buf.len() {
@@ -83,7 +112,11 @@ impl<'a> Reader<'a> {
                 self.take(4)?;
                 Value::Other
             }
-            // Groups (3, 4) are not used by this protocol; prost rejects them here too.
+            3 => {
+                self.skip_group(number, 0)?;
+                Value::Other
+            }
+            // An end-group with no start, or an unknown wire type.
             _ => return None,
         };
         Some(Some((number, value)))
@@ -205,4 +238,92 @@ fn owned_buffer(bytes: &[u8], out: &mut DataPacketRef<'_>) -> Option<()> {
         }
     }
     Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::room::ffi::proto::{self, ffi_event, room_event};
+
+    fn event(identity: &str, topic: Option<&str>, kind: i32) -> proto::FfiEvent {
+        proto::FfiEvent {
+            message: Some(ffi_event::Message::RoomEvent(proto::RoomEvent {
+                room_handle: 42,
+                message: Some(room_event::Message::DataPacketReceived(
+                    proto::DataPacketReceived {
+                        kind,
+                        participant_identity: identity.into(),
+                        value: Some(proto::data_packet_received::Value::User(proto::UserPacket {
+                            data: proto::OwnedBuffer {
+                                handle: proto::FfiOwnedHandle { id: 7 },
+                                data: proto::BufferInfo {
+                                    data_ptr: 0xdead_beef,
+                                    data_len: 321,
+                                },
+                            },
+                            topic: topic.map(str::to_string),
+                        })),
+                    },
+                )),
+            })),
+        }
+    }
+
+    #[test]
+    fn reads_what_prost_wrote() {
+        let bytes = event("user-1", None, 0).encode_to_vec();
+        let p = read_data_packet(&bytes).expect("a data packet");
+        assert_eq!(
+            p,
+            DataPacketRef {
+                room_handle: 42,
+                kind: 0,
+                identity: "user-1",
+                topic: "",
+                buffer_handle: 7,
+                data_ptr: 0xdead_beef,
+                data_len: 321,
+            }
+        );
+        let bytes = event("x", Some("chat"), 1).encode_to_vec();
+        let p = read_data_packet(&bytes).expect("a data packet");
+        assert_eq!((p.kind, p.topic), (1, "chat"));
+    }
+
+    #[test]
+    fn other_events_are_not_data_packets() {
+        let disconnected = proto::FfiEvent {
+            message: Some(ffi_event::Message::RoomEvent(proto::RoomEvent {
+                room_handle: 1,
+                message: Some(room_event::Message::Disconnected(proto::Disconnected {
+                    reason: 5,
+                })),
+            })),
+        };
+        assert_eq!(read_data_packet(&disconnected.encode_to_vec()), None);
+        let panic = proto::FfiEvent {
+            message: Some(ffi_event::Message::Panic(proto::Panic {
+                message: "x".into(),
+            })),
+        };
+        assert_eq!(read_data_packet(&panic.encode_to_vec()), None);
+        assert_eq!(read_data_packet(&[]), None);
+        assert_eq!(read_data_packet(&[0x0a, 0x05, 0x08]), None, "truncated");
+    }
+
+    #[test]
+    fn a_later_oneof_member_replaces_the_packet_as_prost_does() {
+        let mut bytes = event("a", None, 0).encode_to_vec();
+        let panic = proto::FfiEvent {
+            message: Some(ffi_event::Message::Panic(proto::Panic {
+                message: "x".into(),
+            })),
+        };
+        bytes.extend(panic.encode_to_vec());
+        assert_eq!(read_data_packet(&bytes), None);
+        let decoded = proto::FfiEvent::decode(bytes.as_slice()).expect("valid");
+        assert!(matches!(decoded.message, Some(ffi_event::Message::Panic(_))));
+    }
 }
