@@ -1,20 +1,28 @@
 //! The hot path allocates nothing: a counting global allocator watches the room-side push (and
 //! the writer-side pop into a reused buffer) for thousands of frames in steady state, including
-//! full-ring drops and pushes after close.
+//! full-ring drops and pushes after close, and the zero-copy read of the LiveKit library's data
+//! packet events that comes before the push.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 
 use livekit_bridge::audio::{Overflow, Pop, PushOutcome, RingConfig, audio_ring};
 
 struct Counting;
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+// Counted per thread, so the test harness's own allocations on other threads do not count.
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    ALLOCATIONS.with(|a| a.set(a.get() + 1));
+}
 
 // SAFETY: forwards to the system allocator unchanged; only counts calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        count();
         // SAFETY: same contract as our caller's.
         unsafe { System.alloc(layout) }
     }
@@ -25,7 +33,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        count();
         // SAFETY: same contract as our caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -34,8 +42,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Allocations made by this thread so far.
 fn allocations() -> u64 {
-    ALLOCATIONS.load(Ordering::SeqCst)
+    ALLOCATIONS.with(Cell::get)
 }
 
 #[test]
@@ -70,4 +79,49 @@ fn push_and_pop_allocate_nothing_per_frame() {
             "the ring filled up, so the full path was exercised too"
         );
     }
+}
+
+#[test]
+fn reading_a_data_packet_event_allocates_nothing() {
+    use livekit_bridge::room::ffi::packet::read_data_packet;
+    use livekit_bridge::room::ffi::proto::{self, data_packet_received, ffi_event, room_event};
+    use prost::Message;
+
+    let event = proto::FfiEvent {
+        message: Some(ffi_event::Message::RoomEvent(proto::RoomEvent {
+            room_handle: 9,
+            message: Some(room_event::Message::DataPacketReceived(
+                proto::DataPacketReceived {
+                    kind: 0,
+                    participant_identity: "user-1".into(),
+                    value: Some(data_packet_received::Value::User(proto::UserPacket {
+                        data: proto::OwnedBuffer {
+                            handle: proto::FfiOwnedHandle { id: 3 },
+                            data: proto::BufferInfo {
+                                data_ptr: 0x1000,
+                                data_len: 321,
+                            },
+                        },
+                        topic: None,
+                    })),
+                },
+            )),
+        })),
+    }
+    .encode_to_vec();
+    let before = allocations();
+    let mut found = 0;
+    for _ in 0..10_000 {
+        if let Some(p) = read_data_packet(std::hint::black_box(&event)) {
+            found += usize::from(p.identity == "user-1" && p.data_len == 321);
+        }
+    }
+    assert_eq!(allocations() - before, 0, "the event reader allocated");
+    assert_eq!(found, 10_000);
+    // The general decoder, for contrast, allocates for every event.
+    let before = allocations();
+    for _ in 0..100 {
+        let _ = std::hint::black_box(proto::FfiEvent::decode(event.as_slice()));
+    }
+    assert!(allocations() - before >= 100);
 }

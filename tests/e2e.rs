@@ -16,7 +16,10 @@ const PYTHON: &str = "vendor/e2e-venv/bin/python";
 fn run(scenarios: &[&str], env: &[(&str, &str)]) -> String {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for need in [PYTHON, "vendor/livekit-ffi/liblivekit_ffi.so"] {
-        assert!(Path::new(need).exists(), "{need} is missing: run scripts/setup");
+        assert!(
+            Path::new(need).exists(),
+            "{need} is missing: run scripts/setup"
+        );
     }
     let out = Command::new("unshare")
         .arg("-n")
@@ -29,7 +32,10 @@ fn run(scenarios: &[&str], env: &[(&str, &str)]) -> String {
         .expect("unshare (util-linux) runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let results: Vec<&str> = stdout.lines().filter(|l| l.starts_with("RESULT ")).collect();
+    let results: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("RESULT "))
+        .collect();
     eprintln!("{}", results.join("\n"));
     assert!(
         out.status.success(),

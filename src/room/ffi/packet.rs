@@ -255,16 +255,18 @@ mod tests {
                     proto::DataPacketReceived {
                         kind,
                         participant_identity: identity.into(),
-                        value: Some(proto::data_packet_received::Value::User(proto::UserPacket {
-                            data: proto::OwnedBuffer {
-                                handle: proto::FfiOwnedHandle { id: 7 },
-                                data: proto::BufferInfo {
-                                    data_ptr: 0xdead_beef,
-                                    data_len: 321,
+                        value: Some(proto::data_packet_received::Value::User(
+                            proto::UserPacket {
+                                data: proto::OwnedBuffer {
+                                    handle: proto::FfiOwnedHandle { id: 7 },
+                                    data: proto::BufferInfo {
+                                        data_ptr: 0xdead_beef,
+                                        data_len: 321,
+                                    },
                                 },
+                                topic: topic.map(str::to_string),
                             },
-                            topic: topic.map(str::to_string),
-                        })),
+                        )),
                     },
                 )),
             })),
@@ -324,6 +326,9 @@ mod tests {
         bytes.extend(panic.encode_to_vec());
         assert_eq!(read_data_packet(&bytes), None);
         let decoded = proto::FfiEvent::decode(bytes.as_slice()).expect("valid");
-        assert!(matches!(decoded.message, Some(ffi_event::Message::Panic(_))));
+        assert!(matches!(
+            decoded.message,
+            Some(ffi_event::Message::Panic(_))
+        ));
     }
 }
