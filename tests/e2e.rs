@@ -58,9 +58,15 @@ fn client_audio_comes_out_of_the_room_as_the_same_tone() {
 }
 
 #[test]
-fn a_server_disconnect_ends_the_stream_unavailable_with_the_reason() {
-    let out = run(&["server_disconnect"], &[]);
-    assert!(out.contains("ROOM_DELETED"));
+fn participant_count_follows_and_a_server_disconnect_ends_the_stream_with_the_reason() {
+    let out = run(&["participants_and_server_disconnect"], &[]);
+    assert!(out.contains("ROOM_DELETED") && out.contains("DUPLICATE_IDENTITY"));
+}
+
+#[test]
+fn play_audio_from_a_url_comes_out_of_the_room() {
+    let out = run(&["play_url"], &[]);
+    assert!(out.contains("RESULT play_hz="));
 }
 
 #[test]

@@ -204,6 +204,13 @@ class Participant:
         packet = models.DataPacket(kind=kind, participant_identity=identity, user=user)
         (self.reliable if reliable else self.lossy).send(packet.SerializeToString())
 
+    async def participant_update(self, identity, joined):
+        """Another participant joins (or leaves) the room, as the server tells its clients."""
+        state = models.ParticipantInfo.ACTIVE if joined else models.ParticipantInfo.DISCONNECTED
+        info = models.ParticipantInfo(sid=f"PA_{identity}", identity=identity, name=identity,
+                                      state=state)
+        await self.send(update=rtc.ParticipantUpdate(participants=[info]))
+
     async def server_disconnect(self, reason):
         await self.send(leave=rtc.LeaveRequest(reason=reason, action=rtc.LeaveRequest.DISCONNECT,
                                                can_reconnect=False))
@@ -228,6 +235,7 @@ class MockSfu:
         self.joined = asyncio.Queue()
         self.joins = 0
         self.runner = None
+        self.files = {}  # path -> (content type, bytes), served over plain HTTP for PlayAudio
 
     @property
     def url(self):
@@ -237,6 +245,7 @@ class MockSfu:
         app = web.Application()
         app.router.add_get("/rtc", self.rtc)
         app.router.add_get("/rtc/validate", self.validate)
+        app.router.add_get("/files/{name}", self.file)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, self.host, self.port).start()
@@ -249,6 +258,16 @@ class MockSfu:
 
     async def validate(self, request):
         return web.Response(text="ok")
+
+    async def file(self, request):
+        found = self.files.get(request.match_info["name"])
+        if found is None:
+            return web.Response(status=404)
+        content_type, body = found
+        return web.Response(body=body, content_type=content_type)
+
+    def file_url(self, name):
+        return f"http://{self.host}:{self.port}/files/{name}"
 
     async def rtc(self, request):
         ws = web.WebSocketResponse(max_msg_size=0)

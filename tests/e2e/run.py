@@ -288,24 +288,90 @@ async def publish_tone(ctx: Ctx):
     call.cancel()
 
 
-async def server_disconnect(ctx: Ctx):
-    """The server removing the room ends the stream with UNAVAILABLE; GetStatus says why."""
-    await ctx.joined("carol")
-    call, _ = ctx.stream("carol")
-    p = await ctx.participant("carol")
-    await p.send_data("target", b"\x00" + bytes(320))
-    await read_chunks(call, 1)
-    await p.server_disconnect(models.DisconnectReason.ROOM_DELETED)
-    try:
-        while True:
-            chunk = await asyncio.wait_for(call.read(), 10)
-            check(chunk is not grpc.aio.EOF, "stream ended OK; wanted UNAVAILABLE")
-    except grpc.aio.AioRpcError as e:
-        check(e.code() == grpc.StatusCode.UNAVAILABLE, f"stream ended with {e.code()}")
-    status = await ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id="carol"))
-    check(not status.connected, "still connected")
-    check("ROOM_DELETED" in status.last_disconnect_reason, status.last_disconnect_reason)
-    result("disconnect_reason", repr(status.last_disconnect_reason))
+async def participants_and_server_disconnect(ctx: Ctx):
+    """participant_count follows joins and leaves; the server removing the room (or another
+    client taking the identity) ends the stream with UNAVAILABLE, and GetStatus says why."""
+    for user, reason, name in [("carol", models.DisconnectReason.ROOM_DELETED, "ROOM_DELETED"),
+                               ("erin", models.DisconnectReason.DUPLICATE_IDENTITY,
+                                "DUPLICATE_IDENTITY")]:
+        r = await ctx.joined(user)
+        check(r.participant_count == 2, f"participant_count {r.participant_count}")
+        call, queue = ctx.stream(user)
+        p = await ctx.participant(user)
+        await p.send_data("target", b"\x00" + bytes(320))
+        await read_chunks(call, 1)
+        await p.participant_update("visitor", joined=True)
+        await wait_for_count(ctx, user, 3)
+        await p.participant_update("visitor", joined=False)
+        await wait_for_count(ctx, user, 2)
+        await p.server_disconnect(reason)
+        try:
+            while True:
+                chunk = await asyncio.wait_for(call.read(), 10)
+                check(chunk is not grpc.aio.EOF, "stream ended OK; wanted UNAVAILABLE")
+        except grpc.aio.AioRpcError as e:
+            check(e.code() == grpc.StatusCode.UNAVAILABLE, f"stream ended with {e.code()}")
+        status = await ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id=user))
+        check(not status.connected, "still connected")
+        check(name in status.last_disconnect_reason, status.last_disconnect_reason)
+        result(f"disconnect_reason_{name}", repr(status.last_disconnect_reason))
+        queue.put_nowait(None)
+    result("participant_count_followed", "2->3->2")
+
+
+async def wait_for_count(ctx, user, want):
+    for _ in range(100):
+        status = await ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id=user))
+        if status.participant_count == want:
+            return
+        await asyncio.sleep(0.05)
+    check(False, f"participant_count stayed {status.participant_count}, wanted {want}")
+
+
+async def play_url(ctx: Ctx):
+    """PlayAudio into a real room: a 1 kHz WAV (44.1 kHz stereo) served over HTTP comes out of
+    the mock's Opus decoder at 1 kHz and the requested volume, with no gaps, and COMPLETED
+    reports the audio's length."""
+    import io
+    import wave
+    rate, seconds = 44100, 2.0
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        frames = bytearray()
+        for i in range(int(rate * seconds)):
+            v = int(round(0.5 * 32767 * math.sin(2 * math.pi * 1000 * i / rate)))
+            frames += v.to_bytes(2, "little", signed=True) * 2
+        w.writeframes(bytes(frames))
+    ctx.sfu.files["tone.wav"] = ("audio/wav", buf.getvalue())
+    await ctx.joined("frank")
+    p = await ctx.participant("frank")
+    events = []
+    async for e in ctx.stub.PlayAudio(ctx.pb.PlayAudioRequest(
+            request_id="r1", audio_url=ctx.sfu.file_url("tone.wav"), volume=0.5,
+            user_id="frank", track_id=2)):
+        events.append(e)
+    kinds = [ctx.pb.PlayAudioEvent.EventType.Name(e.type) for e in events]
+    check(kinds[0] == "STARTED" and kinds[-1] == "COMPLETED", f"events {kinds}: {events[-1]}")
+    check(abs(events[-1].duration_ms - 2000) <= 10, f"duration_ms {events[-1].duration_ms}")
+    await asyncio.sleep(0.5)
+    track = p.tracks.get("tts")
+    check(track is not None and track.frames, f"no decoded audio on tts; {list(p.tracks)}")
+    samples, srate = track.pcm_mono()
+    nz = [i for i, s in enumerate(samples) if abs(s) > 0.05]
+    check(nz, "the decoded track is silent")
+    body = samples[nz[0] + int(0.3 * srate): nz[-1] - int(0.3 * srate)]
+    hz, rms = measure(body, srate)
+    want = 0.25 / math.sqrt(2)
+    result("play_hz", f"{hz:.1f}")
+    result("play_rms", f"{rms:.4f}")
+    result("play_start_latency_ms", events[0].metadata["start_latency_ms"])
+    result("play_gaps", len(track.gaps()))
+    check(abs(hz - 1000) <= 20, f"measured {hz:.1f} Hz")
+    check(abs(rms - want) <= want * 0.1, f"level {rms:.4f}, wanted {want:.4f}")
+    check(not track.gaps(), f"gaps {track.gaps()[:10]}")
 
 
 async def churn(ctx: Ctx, cycles: int):
@@ -424,7 +490,8 @@ async def room_cost(ctx: Ctx, rooms: int, rounds: int = 3):
 SCENARIOS = {
     "data_packets": data_packets,
     "publish_tone": publish_tone,
-    "server_disconnect": server_disconnect,
+    "participants_and_server_disconnect": participants_and_server_disconnect,
+    "play_url": play_url,
     "churn": lambda ctx: churn(ctx, int(os.environ.get("E2E_CYCLES", "200"))),
     "room_cost": lambda ctx: room_cost(ctx, int(os.environ.get("E2E_ROOMS", "20")),
                                        int(os.environ.get("E2E_ROUNDS", "3"))),
