@@ -9,7 +9,8 @@
 //!
 //! Threads: the library calls [`library::EventSink`] on its own worker threads. A data packet
 //! is read without allocating, its room found under a read lock that writers hold only to
-//! insert or remove one entry (a `ShardedLock`, so readers on different threads do not contend),
+//! insert or remove one entry (a `ShardedLock`: readers on different threads do not contend;
+//! a thread's first read registers it once, later reads take only their own shard),
 //! and pushed into the session's ring; the buffer handle is dropped after the copy. Other
 //! events (connect results, participant changes, disconnects, capture acknowledgements) are
 //! decoded with prost and handed to waiting tasks through oneshot channels or atomics. Nothing
@@ -162,12 +163,16 @@ impl Dispatch {
                 route.events.on_participants(n);
             }
             Some(M::ParticipantDisconnected(_)) => {
-                let n = route
+                // Never below 1: the bridge itself is in the room.
+                let before = route
                     .participants
-                    .fetch_sub(1, Ordering::SeqCst)
-                    .saturating_sub(1)
-                    .max(1);
-                route.events.on_participants(n);
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                        Some(n.saturating_sub(1).max(1))
+                    })
+                    .unwrap_or(1);
+                route
+                    .events
+                    .on_participants(before.saturating_sub(1).max(1));
             }
             Some(M::Disconnected(d)) => {
                 route.events.on_disconnected(Disconnect {
@@ -324,7 +329,18 @@ impl RoomBackend for FfiBackend {
         let path = self.library.clone();
         Box::pin(async move {
             let client = client(&path).map_err(RoomError::Unavailable)?;
-            connect(client, request, events).await
+            // The session layer may give up waiting (its own timeout, or the caller leaving)
+            // while the library is still connecting. The connect runs on its own task, so a
+            // room that connects after nobody wants it is left again, not leaked.
+            let (tx, rx) = oneshot::channel();
+            tokio::spawn(async move {
+                let connected = connect(client, request, events).await;
+                if let Err(Ok(unwanted)) = tx.send(connected) {
+                    unwanted.room.disconnect().await;
+                }
+            });
+            rx.await
+                .unwrap_or_else(|_| Err(RoomError::ConnectFailed("the connect task failed".into())))
         })
     }
 }
@@ -352,7 +368,9 @@ async fn connect(
                     request_async_id: Some(id),
                 })
             },
-            request.timeout + Duration::from_secs(1),
+            // The library gives up after `connect_timeout_ms`; this only guards against it never
+            // answering at all.
+            request.timeout + CALL_TIMEOUT,
         )
         .await?;
     let ffi_event::Message::Connect(callback) = answer else {
@@ -396,9 +414,13 @@ async fn connect(
         tracks: Mutex::new(HashMap::new()),
         left: AtomicBool::new(false),
     };
-    client.request(ffi_request::Message::ReadyForRoomEvent(
+    let ready = client.request(ffi_request::Message::ReadyForRoomEvent(
         proto::ReadyForRoomEventRequest { room_handle },
-    ))?;
+    ));
+    if let Err(e) = ready {
+        room.disconnect().await;
+        return Err(e);
+    }
     tracing::info!(room = %request.room_name, room_handle, participant_id, "joined LiveKit room");
     Ok(Connected {
         room: Box::new(room),
