@@ -80,8 +80,10 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("playback-decode".into())
         .spawn(move || {
-            let _running = running;
+            // Dropped in reverse order: the gauge first, then the exit signal, so whoever waits
+            // for the signal sees the thread uncounted.
             let _exit = exit_tx;
+            let _running = running;
             let failure = Arc::new(OnceLock::new());
             let reader = BodyReader {
                 body,

@@ -287,9 +287,11 @@ impl Player {
                 tracing::info!(request_id = %request.request_id, track = %request.track, error = %e, "playback failed");
             }
         }
+        // The playout is over before its report goes out, so a caller that has the final
+        // event sees no worker of this playback counted any more.
+        drop(running);
         let _ = tokio::time::timeout(FINAL_EVENT_WAIT, events.send(event)).await;
         drop(events);
-        drop(running);
         control.done.cancel();
     }
 
