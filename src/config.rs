@@ -102,6 +102,13 @@ pub const SETTINGS: &[Setting] = &[
         help: "PlayAudio: HTTP redirects followed before giving up.",
     },
     Setting {
+        flag: "--playback-ca-file",
+        env: "PLAYBACK_CA_FILE",
+        default: "",
+        help: "PlayAudio: a PEM file of extra root certificates to trust for https URLs \
+               (an internal CA), besides the built-in web roots.",
+    },
+    Setting {
         flag: "--shutdown-timeout-ms",
         env: "BRIDGE_SHUTDOWN_TIMEOUT_MS",
         default: "5000",
@@ -250,6 +257,9 @@ impl Config {
                     read_timeout: ms("--playback-read-timeout-ms", 1, 600_000)?,
                     max_bytes: number(get("--playback-max-bytes"), 1, 1 << 40)?,
                     max_redirects: number(get("--playback-max-redirects"), 0, 50)? as usize,
+                    ca_file: Some(get("--playback-ca-file").1)
+                        .filter(|p| !p.is_empty())
+                        .map(PathBuf::from),
                     ..PlaybackSettings::default()
                 },
                 livekit_ffi_lib: PathBuf::from(get("--livekit-ffi-lib").1),

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use livekit_bridge::config::{self, Command, Config, Listen, LogFormat};
+use livekit_bridge::playback::fetch::Fetcher;
 use livekit_bridge::server;
 use livekit_bridge::service::BridgeState;
 use tokio::net::{TcpListener, UnixListener};
@@ -29,6 +30,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // PlayAudio's HTTP client comes from settings (PLAYBACK_CA_FILE): refuse to start with one
+    // that cannot be built rather than fail every PlayAudio later.
+    if let Err(e) = Fetcher::new(config.service.playback.clone()) {
+        eprintln!("livekit-bridge: invalid configuration: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if let Err(e) = init_logging(&config) {
         eprintln!("livekit-bridge: invalid configuration: RUST_LOG (--log): {e}");
         return ExitCode::from(EXIT_CONFIG);

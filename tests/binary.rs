@@ -68,6 +68,9 @@ fn bad_configuration_exits_64_naming_the_setting() {
         ("PORT", "http"),
         ("BRIDGE_OVERFLOW", "sometimes"),
         ("LOG_FORMAT", "xml"),
+        ("PLAYBACK_CA_FILE", "/nonexistent/ca.pem"),
+        ("PLAYBACK_CA_FILE", "Cargo.toml"),
+        ("PLAYBACK_MAX_BYTES", "0"),
     ] {
         let out = Command::new(BIN)
             .env_clear()

@@ -779,3 +779,98 @@ async fn interrupts_and_stops_leave_nothing_running() {
     eventually("downloads closed", || http.open_connections() == 0).await;
     assert!(http.requests() >= 9);
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made by openssl.
+fn test_pki() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let d = work_dir();
+    let p = |n: &str| d.join(n).to_str().expect("path").to_string();
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bridge test CA",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.pem"),
+        ],
+    );
+    run(
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &p("server.key"),
+            "-out",
+            &p("server.csr"),
+        ],
+    );
+    std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &p("server.csr"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &p("ext.cnf"),
+            "-out",
+            &p("server.pem"),
+        ],
+    );
+    (d.join("ca.pem"), d.join("server.pem"), d.join("server.key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_urls_play_when_their_certificate_is_trusted_and_fail_clearly_when_not() {
+    let (ca, cert, key) = test_pki();
+    let https = HttpServer::start_tls(&cert, &key).await;
+    let wav = sine("tls.wav", 16_000, 1, 0.3, &["-b", "16"]);
+    https.route(
+        "/tls.wav",
+        Route::File {
+            body: wav,
+            content_type: "audio/wav".into(),
+        },
+    );
+    let url = https.url("/tls.wav");
+    assert!(url.starts_with("https://127.0.0.1:"));
+
+    let trusted = PlaybackSettings {
+        ca_file: Some(ca),
+        ..Default::default()
+    };
+    let (_bridge, mut client) = bridge_with(trusted).await;
+    join_ok(&mut client, "u", "sim://echo").await;
+    let mut events = Events::open(&mut client, play_request("u", "tls", &url, 0.0, 0)).await;
+    events.expect(EventType::Started).await;
+    let done = events.expect(EventType::Completed).await;
+    assert_eq!(done.duration_ms, 300);
+
+    // The built-in web roots do not include the test CA: the handshake fails, and says so.
+    let (_bridge, mut client) = bridge_with(PlaybackSettings::default()).await;
+    join_ok(&mut client, "u", "sim://echo").await;
+    let mut events = Events::open(&mut client, play_request("u", "untrusted", &url, 0.0, 0)).await;
+    let failed = events.failed_with("certificate").await;
+    eprintln!("untrusted: {}", failed.error);
+}

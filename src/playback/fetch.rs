@@ -59,7 +59,23 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new(settings: PlaybackSettings) -> Result<Self, String> {
-        let client = Client::builder()
+        let mut builder = Client::builder();
+        if let Some(path) = &settings.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("PLAYBACK_CA_FILE {}: {e}", path.display()))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("PLAYBACK_CA_FILE {}: {e}", path.display()))?;
+            if roots.is_empty() {
+                return Err(format!(
+                    "PLAYBACK_CA_FILE {}: no PEM certificate in it",
+                    path.display()
+                ));
+            }
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+        let client = builder
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.read_timeout)
             .redirect(reqwest::redirect::Policy::limited(settings.max_redirects))

@@ -50,6 +50,8 @@ pub struct PlaybackSettings {
     pub lookahead: Duration,
     /// The rate of the room's tracks.
     pub sample_rate: u32,
+    /// Extra root certificates (PEM) trusted for https URLs, besides the built-in web roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PlaybackSettings {
@@ -61,6 +63,7 @@ impl Default for PlaybackSettings {
             max_redirects: 5,
             lookahead: Duration::from_secs(2),
             sample_rate: 16_000,
+            ca_file: None,
         }
     }
 }

@@ -198,6 +198,12 @@ impl Player {
         })
     }
 
+    /// Why playbacks cannot work in this process (the HTTP client could not be built from the
+    /// settings), if so.
+    pub fn unusable(&self) -> Option<&str> {
+        self.fetcher.as_ref().err().map(String::as_str)
+    }
+
     pub fn stats(&self) -> &Arc<PlaybackStats> {
         &self.stats
     }

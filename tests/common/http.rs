@@ -8,8 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// What the server does for a path (the query string is ignored when routing).
 #[derive(Clone, Debug)]
@@ -45,6 +49,7 @@ struct Shared {
 pub struct HttpServer {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
+    scheme: &'static str,
 }
 
 struct Open(Arc<Shared>);
@@ -57,18 +62,55 @@ impl Drop for Open {
 
 impl HttpServer {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// HTTPS with the certificate chain and key in these PEM files.
+    pub async fn start_tls(cert_pem: &std::path::Path, key_pem: &std::path::Path) -> Self {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_pem)
+            .expect("cert file")
+            .collect::<Result<_, _>>()
+            .expect("certs");
+        let key = PrivateKeyDer::from_pem_file(key_pem).expect("key");
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server certificate");
+        Self::start_with(Some(TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
+                let _ = conn.set_nodelay(true);
                 s.open.fetch_add(1, Ordering::SeqCst);
                 let guard = Open(s.clone());
-                tokio::spawn(serve(conn, s.clone(), guard));
+                let (s, tls) = (s.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        None => serve(conn, s, guard).await,
+                        Some(tls) => {
+                            if let Ok(conn) = tls.accept(conn).await {
+                                serve(conn, s, guard).await;
+                            }
+                        }
+                    }
+                });
             }
         });
-        Self { addr, shared }
+        Self {
+            addr,
+            shared,
+            scheme,
+        }
     }
 
     pub fn route(&self, path: &str, route: Route) {
@@ -80,7 +122,7 @@ impl HttpServer {
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
-        format!("http://{}{path_and_query}", self.addr)
+        format!("{}://{}{path_and_query}", self.scheme, self.addr)
     }
 
     /// Connections the server still has open.
@@ -93,8 +135,7 @@ impl HttpServer {
     }
 }
 
-async fn serve(mut conn: TcpStream, shared: Arc<Shared>, _open: Open) {
-    let _ = conn.set_nodelay(true);
+async fn serve(mut conn: impl AsyncRead + AsyncWrite + Unpin, shared: Arc<Shared>, _open: Open) {
     loop {
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
@@ -127,7 +168,7 @@ fn headers(status: &str, content_type: &str, length: Option<usize>) -> Vec<u8> {
 }
 
 /// Writes one response; false when the connection must close afterwards.
-async fn respond(conn: &mut TcpStream, route: Option<Route>) -> bool {
+async fn respond(conn: &mut (impl AsyncRead + AsyncWrite + Unpin), route: Option<Route>) -> bool {
     let result: std::io::Result<bool> = async {
         match route {
             None | Some(Route::Status(_)) => {
