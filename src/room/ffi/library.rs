@@ -105,11 +105,14 @@ impl Library {
 
     /// Registers `callback` for every event. Called once per process.
     pub fn initialize(&self, callback: EventCallback) {
-        let sdk = c"rust-bridge";
+        // Reported to the LiveKit server as the client SDK; it knows "rust" (the library is
+        // LiveKit's Rust SDK).
+        let sdk = c"rust";
         let version = c"0.1.0";
         // SAFETY: `callback` is a plain `extern "C"` function that lives forever; the strings
-        // are NUL-terminated statics. No logs are captured (`false`), so no log events come.
-        unsafe { (self.initialize)(callback, false, sdk.as_ptr(), version.as_ptr()) }
+        // are NUL-terminated statics. Logs are captured (`true`): the library sends them as
+        // events, which go to the bridge's own logging (and its JSON format) instead of stderr.
+        unsafe { (self.initialize)(callback, true, sdk.as_ptr(), version.as_ptr()) }
     }
 
     /// Sends one encoded `FfiRequest` and returns the encoded `FfiResponse`.

@@ -122,6 +122,12 @@ impl EventSink for Dispatch {
                 self.room_event(e);
                 None
             }
+            ffi_event::Message::Logs(batch) => {
+                for r in &batch.records {
+                    log_record(r);
+                }
+                None
+            }
             ffi_event::Message::Panic(p) => {
                 tracing::error!(message = %p.message, "the LiveKit library panicked");
                 None
@@ -188,6 +194,19 @@ impl Dispatch {
             }
             _ => {}
         }
+    }
+}
+
+/// One of the library's log records, into the bridge's logs under the target `livekit_ffi`.
+fn log_record(r: &proto::LogRecord) {
+    use proto::LogLevel as L;
+    let (module, message) = (r.target.as_str(), r.message.as_str());
+    match L::try_from(r.level) {
+        Ok(L::LogError) => tracing::error!(target: "livekit_ffi", module, "{message}"),
+        Ok(L::LogWarn) => tracing::warn!(target: "livekit_ffi", module, "{message}"),
+        Ok(L::LogInfo) => tracing::info!(target: "livekit_ffi", module, "{message}"),
+        Ok(L::LogDebug) => tracing::debug!(target: "livekit_ffi", module, "{message}"),
+        _ => tracing::trace!(target: "livekit_ffi", module, "{message}"),
     }
 }
 

@@ -124,7 +124,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Oneof members of the generated types, by field number.
-const FFI_EVENT_ONEOF: &[u32] = &[1, 5, 7, 8, 9, 10, 13, 20];
+const FFI_EVENT_ONEOF: &[u32] = &[1, 5, 7, 8, 9, 10, 13, 18, 20];
 const ROOM_EVENT_ONEOF: &[u32] = &[2, 3, 4, 21, 22, 27];
 
 /// What has been read so far, with the oneof bookkeeping prost's merge rules need: a member
