@@ -39,7 +39,15 @@ impl<'a> Reader<'a> {
         Self { buf, pos: 0 }
     }
 
+    #[inline]
     fn varint(&mut self) -> Option<u64> {
+        // One byte is the common case (tags, small numbers).
+        if let Some(&b) = self.buf.get(self.pos)
+            && b & 0x80 == 0
+        {
+            self.pos += 1;
+            return Some(u64::from(b));
+        }
         let mut value = 0u64;
         for i in 0..10 {
             let byte = *self.buf.get(self.pos)?;
@@ -52,6 +60,7 @@ impl<'a> Reader<'a> {
         None
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.pos.checked_add(n)?;
         let bytes = self.buf.get(self.pos..end)?;
@@ -89,6 +98,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next field: number and value. `None` at the end or on malformed input.
+    #[inline]
     fn field(&mut self) -> Option<Option<(u32, Value<'a>)>> {
         if self.pos >= self.buf.len() {
             return Some(None);
@@ -124,8 +134,13 @@ impl<'a> Reader<'a> {
 }
 
 /// Oneof members of the generated types, by field number.
-const FFI_EVENT_ONEOF: &[u32] = &[1, 5, 7, 8, 9, 10, 13, 18, 20];
-const ROOM_EVENT_ONEOF: &[u32] = &[2, 3, 4, 21, 22, 27];
+fn ffi_event_member(n: u32) -> bool {
+    matches!(n, 1 | 5 | 7 | 8 | 9 | 10 | 13 | 18 | 20)
+}
+
+fn room_event_member(n: u32) -> bool {
+    matches!(n, 2 | 3 | 4 | 21 | 22 | 27)
+}
 
 /// What has been read so far, with the oneof bookkeeping prost's merge rules need: a member
 /// that reappears merges into what is there; a different member replaces it.
@@ -154,7 +169,7 @@ pub fn read_data_packet(event: &[u8]) -> Option<DataPacketRef<'_>> {
     let mut st = State::default();
     let mut r = Reader::new(event);
     while let Some((number, value)) = r.field()? {
-        if FFI_EVENT_ONEOF.contains(&number) && number != st.event_member {
+        if ffi_event_member(number) && number != st.event_member {
             // A different member: what was read of the room event is gone.
             st = State {
                 event_member: number,
@@ -171,7 +186,7 @@ pub fn read_data_packet(event: &[u8]) -> Option<DataPacketRef<'_>> {
 fn room<'a>(bytes: &'a [u8], st: &mut State<'a>) -> Option<()> {
     let mut r = Reader::new(bytes);
     while let Some((number, value)) = r.field()? {
-        if ROOM_EVENT_ONEOF.contains(&number) && number != st.room_member {
+        if room_event_member(number) && number != st.room_member {
             st.room_member = number;
             st.reset_packet();
         }
