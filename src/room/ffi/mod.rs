@@ -260,13 +260,11 @@ impl Client {
         let bytes = self
             .lib
             .request(&request.encode_to_vec())
-            .map_err(RoomError::ConnectFailed)?;
+            .map_err(|e| RoomError::Unavailable(format!("LiveKit library: {e}")))?;
         proto::FfiResponse::decode(bytes.as_slice())
             .ok()
             .and_then(|r| r.message)
-            .ok_or_else(|| {
-                RoomError::ConnectFailed("undecodable response from the LiveKit library".into())
-            })
+            .ok_or_else(|| RoomError::Unavailable("LiveKit library: undecodable response".into()))
     }
 
     /// An asynchronous request: `build` gets the async id to put in the request; the result
