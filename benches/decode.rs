@@ -93,6 +93,7 @@ fn decode_to_frames(c: &mut Criterion) {
     group.sample_size(20);
     for (name, bytes, mime, ext) in files {
         let job = DecodeJob {
+            status: 200,
             content_type: Some(mime.into()),
             extension: Some(ext.into()),
             volume: 0.8,

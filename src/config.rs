@@ -9,6 +9,8 @@ use std::time::Duration;
 use crate::playback::PlaybackSettings;
 
 use crate::audio::{Overflow, RingConfig};
+use crate::listener::ConnectionLimits;
+pub use crate::logging::LogFormat;
 use crate::service::ServiceSettings;
 
 /// One setting: its flag, its environment variable, its default and what it does.
@@ -38,6 +40,18 @@ pub const SETTINGS: &[Setting] = &[
         env: "BRIDGE_HOST",
         default: "0.0.0.0",
         help: "Address to bind the TCP port on.",
+    },
+    Setting {
+        flag: "--max-connections",
+        env: "BRIDGE_MAX_CONNECTIONS",
+        default: "1024",
+        help: "Client connections open at once; one more is closed as soon as it is accepted.",
+    },
+    Setting {
+        flag: "--handshake-timeout-ms",
+        env: "BRIDGE_HANDSHAKE_TIMEOUT_MS",
+        default: "5000",
+        help: "A new connection that has not started HTTP/2 within this long is closed.",
     },
     Setting {
         flag: "--connect-timeout-ms",
@@ -90,6 +104,13 @@ pub const SETTINGS: &[Setting] = &[
         help: "PlayAudio: the longest the audio server may go without sending a byte.",
     },
     Setting {
+        flag: "--playback-max-stall-ms",
+        env: "PLAYBACK_MAX_STALL_MS",
+        default: "5000",
+        help: "PlayAudio: how far playout may fall behind waiting for the download (and how long \
+               the first audio may take after the response headers) before it fails as too slow.",
+    },
+    Setting {
         flag: "--playback-max-bytes",
         env: "PLAYBACK_MAX_BYTES",
         default: "52428800",
@@ -135,15 +156,10 @@ pub enum Listen {
     Tcp(SocketAddr),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: Listen,
+    pub limits: ConnectionLimits,
     pub service: ServiceSettings,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
@@ -247,6 +263,10 @@ impl Config {
         let ring_ms = number(get("--ring-ms"), 10, 60_000)? as u32;
         Ok(Command::Run(Box::new(Config {
             listen,
+            limits: ConnectionLimits {
+                max_connections: number(get("--max-connections"), 1, 1_000_000)? as usize,
+                handshake_timeout: ms("--handshake-timeout-ms", 100, 600_000)?,
+            },
             service: ServiceSettings {
                 connect_timeout: ms("--connect-timeout-ms", 1, 600_000)?,
                 ring: RingConfig::for_duration_ms(ring_ms, overflow),
@@ -255,6 +275,7 @@ impl Config {
                 playback: PlaybackSettings {
                     connect_timeout: ms("--playback-connect-timeout-ms", 1, 600_000)?,
                     read_timeout: ms("--playback-read-timeout-ms", 1, 600_000)?,
+                    max_stall: ms("--playback-max-stall-ms", 100, 600_000)?,
                     max_bytes: number(get("--playback-max-bytes"), 1, 1 << 40)?,
                     max_redirects: number(get("--playback-max-redirects"), 0, 50)? as usize,
                     ca_file: Some(get("--playback-ca-file").1)
@@ -341,6 +362,7 @@ mod tests {
         assert_eq!(c.service.connect_timeout, Duration::from_secs(10));
         assert_eq!(c.service.ring, RingConfig::default());
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits, ConnectionLimits::default());
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //!   user ids to sessions by generation.
 //! - `playback`: PlayAudio's fetch, decode, resample and paced playout, and StopAudio.
 //! - `service`: the gRPC service of the wire contract; `server`: serving it with health,
-//!   reflection and graceful shutdown; `config`: settings from flags and environment.
+//!   reflection and graceful shutdown; `listener`: the accept loop (back-off, connection
+//!   limit, handshake deadline) and the Unix socket's ownership; `config`: settings from flags
+//!   and environment.
 #![deny(unsafe_code)]
 
 pub mod audio;
@@ -20,6 +22,10 @@ mod sync;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod error;
+#[cfg(feature = "server")]
+pub mod listener;
+#[cfg(feature = "server")]
+pub mod logging;
 #[cfg(feature = "server")]
 pub mod playback;
 #[cfg(feature = "server")]

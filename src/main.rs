@@ -1,21 +1,24 @@
 //! `livekit-bridge`: parse settings, set up logging, bind, serve until SIGTERM or SIGINT.
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use livekit_bridge::config::{self, Command, Config, Listen, LogFormat};
+use livekit_bridge::config::{self, Command, Config, Listen};
+use livekit_bridge::listener::{self, OwnedSocket};
+use livekit_bridge::logging;
 use livekit_bridge::playback::fetch::Fetcher;
 use livekit_bridge::server;
 use livekit_bridge::service::BridgeState;
-use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio::net::TcpListener;
 
 /// `EX_USAGE` from sysexits.h: the configuration is wrong.
 const EXIT_CONFIG: u8 = 64;
+/// How long past the drain deadline the process may live before it is ended regardless.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+/// The Unix socket's mode: any local user may connect, as with the old service.
+const SOCKET_MODE: u32 = 0o666;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,7 +39,7 @@ fn main() -> ExitCode {
         eprintln!("livekit-bridge: invalid configuration: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    if let Err(e) = init_logging(&config) {
+    if let Err(e) = logging::init(config.log_format, &config.log_filter) {
         eprintln!("livekit-bridge: invalid configuration: RUST_LOG (--log): {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -47,26 +50,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let served = runtime.block_on(serve(config));
+    // Whatever is still running (a room still connecting, a download) is abandoned, not
+    // waited for: the drain deadline has been spent already.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    }
-    .map_err(|e| anyhow::anyhow!(e))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -78,22 +72,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot bind TCP {addr} (PORT, BRIDGE_HOST)"))?;
             tracing::info!(addr = %listener.local_addr()?, "serving on TCP");
-            let incoming = server::tcp_incoming(listener);
-            server::run(state, incoming, shutdown_signal(), grace).await?;
+            let incoming = listener::incoming(listener, config.limits);
+            server::run(state, incoming, shutdown_signal(grace, None), grace).await?;
         }
         Listen::Unix(path) => {
-            let listener = bind_unix(path)?;
+            let (unix, socket) = OwnedSocket::bind(path, SOCKET_MODE)?;
             tracing::info!(path = %path.display(), "serving on Unix socket");
-            let served = server::run(
-                state,
-                UnixListenerStream::new(listener),
-                shutdown_signal(),
-                grace,
-            )
-            .await;
-            if let Err(e) = std::fs::remove_file(path) {
-                tracing::warn!(path = %path.display(), error = %e, "could not remove the socket file");
-            }
+            let incoming = listener::incoming(unix, config.limits);
+            let stop = shutdown_signal(grace, Some(socket.clone()));
+            let served = server::run(state, incoming, stop, grace).await;
+            socket.remove();
             served?;
         }
     }
@@ -101,38 +89,32 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds a Unix socket as the old service did: stale file removed, directory created, 0666.
-fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {} (LIVEKIT_GRPC_SOCKET)", dir.display()))?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => tracing::info!(path = %path.display(), "removed a stale socket file"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot remove stale {}", path.display()));
-        }
-    }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("cannot bind {} (LIVEKIT_GRPC_SOCKET)", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-        .with_context(|| format!("cannot chmod {}", path.display()))?;
-    Ok(listener)
-}
-
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT, and arms the drain's last resort: if the process is still
+/// alive a second after the drain deadline (a runtime too busy to finish in time), a plain
+/// thread removes the socket file, if still ours, and exits.
+async fn shutdown_signal(grace: Duration, socket: Option<OwnedSocket>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        },
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT will stop the bridge");
             let _ = tokio::signal::ctrl_c().await;
-            return;
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+    let armed = std::thread::Builder::new()
+        .name("drain-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(grace + DEADLINE_MARGIN);
+            tracing::error!(?grace, "the drain overran its deadline; exiting now");
+            if let Some(socket) = socket {
+                socket.remove();
+            }
+            std::process::exit(1);
+        });
+    if let Err(e) = armed {
+        tracing::warn!(error = %e, "cannot arm the drain deadline's last resort");
     }
 }

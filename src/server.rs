@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tonic_health::ServingStatus;
 
+use crate::listener::{self, Conn, ConnectionLimits};
 use crate::proto::{self, live_kit_bridge_server::LiveKitBridgeServer};
 use crate::service::{Bridge, BridgeState};
 
@@ -37,17 +38,11 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Accepted TCP connections with Nagle's algorithm off: audio is many small messages, and a
-/// delayed ACK would hold each back by up to 40 ms.
+/// Accepted TCP connections (Nagle off) within the default [`ConnectionLimits`].
 pub fn tcp_incoming(
     listener: tokio::net::TcpListener,
-) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    })
+) -> impl Stream<Item = std::io::Result<Conn<tokio::net::TcpStream>>> + Send + 'static {
+    listener::incoming(listener, ConnectionLimits::default())
 }
 
 /// Serves `state` on `incoming` until `shutdown` resolves, then drains within `grace`.

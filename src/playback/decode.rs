@@ -21,16 +21,25 @@ use symphonia::core::probe::Hint;
 use tokio::sync::{mpsc, oneshot};
 
 use super::fetch::BodyReceiver;
+use super::frames::{MAX_RATE, MIN_RATE};
 use super::{FrameMaker, Gauge, PlaybackError, PlaybackStats};
 
 /// Decode errors in a row after which the audio counts as corrupt.
 const MAX_BAD_PACKETS: u32 = 8;
 /// Bytes looked at before probing, to tell an error page from audio.
 const SNIFF_BYTES: usize = 64;
+/// The most channels a source may have (as many as symphonia can describe).
+pub const MAX_CHANNELS: usize = 32;
+/// The most samples (frames x channels) one decoded packet may hold: a FLAC block of the
+/// largest legal size in 8 channels fits; MP3 needs 2,304, Vorbis at most 8,192 per channel.
+/// The decoder's and our own packet buffers are sized from this, never from the file alone.
+pub const MAX_PACKET_SAMPLES: u64 = 1 << 19;
 
 /// How to decode: hints about the format, and what to make of it.
 #[derive(Clone, Debug)]
 pub struct DecodeJob {
+    /// The HTTP status the body came with, for error messages.
+    pub status: u16,
     pub content_type: Option<String>,
     pub extension: Option<String>,
     pub volume: f32,
@@ -94,9 +103,17 @@ pub fn spawn(
                 out: &out,
                 cancel: &flag,
             };
-            let last = match decode(reader, &failure, &job, &mut |d| sink.send(d)) {
-                Ok(samples) => Decoded::End { samples },
-                Err(e) => Decoded::Failed(e),
+            // The decoders are third-party code fed hostile bytes: a panic in one must end
+            // this playback with an error, never the process or the caller's wait.
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                decode(reader, &failure, &job, &mut |d| sink.send(d))
+            }));
+            let last = match decoded {
+                Ok(Ok(samples)) => Decoded::End { samples },
+                Ok(Err(e)) => Decoded::Failed(e),
+                Err(_) => Decoded::Failed(PlaybackError::Corrupt(
+                    "the decoder failed on this audio (a damaged or hostile file)".into(),
+                )),
             };
             if !flag.load(Ordering::Relaxed) {
                 // The receiver may be gone already; then nobody is waiting for this.
@@ -145,10 +162,19 @@ impl Read for BodyReader {
     }
 }
 
+/// How the server described the body, for error messages. Never the body itself: the URL may
+/// point into a network the caller cannot see, and its answers must not leak through us.
+fn declared(job: &DecodeJob) -> String {
+    let kind = job
+        .content_type
+        .as_deref()
+        .map_or_else(|| "no Content-Type".into(), |t| format!("Content-Type {t}"));
+    format!("HTTP {}, {kind}", job.status)
+}
+
 /// Refuses bodies that are plainly not audio: empty, or text such as an HTML error page.
-fn sniff(prefix: &[u8], content_type: Option<&str>) -> Result<(), PlaybackError> {
-    let declared =
-        content_type.map_or_else(|| "no Content-Type".into(), |t| format!("Content-Type {t}"));
+fn sniff(prefix: &[u8], job: &DecodeJob) -> Result<(), PlaybackError> {
+    let declared = declared(job);
     if prefix.is_empty() {
         return Err(PlaybackError::Unsupported(format!(
             "the server sent an empty body ({declared}), not audio"
@@ -166,8 +192,46 @@ fn sniff(prefix: &[u8], content_type: Option<&str>) -> Result<(), PlaybackError>
             "JSON"
         };
         return Err(PlaybackError::Unsupported(format!(
-            "the server sent {what} ({declared}), not audio: {:?}",
-            String::from_utf8_lossy(&prefix[..prefix.len().min(40)])
+            "the server sent {what} ({declared}), not audio"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks what the file's header says before anything is sized from it: symphonia's decoders
+/// allocate their buffers from these values when they are made.
+fn check_params(
+    params: &symphonia::core::codecs::CodecParameters,
+    codec: &str,
+) -> Result<(), PlaybackError> {
+    let bad = |what: String| PlaybackError::Unsupported(format!("the {codec} audio {what}"));
+    match params.sample_rate {
+        Some(rate) if (MIN_RATE..=MAX_RATE).contains(&rate) => {}
+        Some(rate) => {
+            return Err(bad(format!(
+                "declares a sample rate of {rate} Hz; rates from {MIN_RATE} to {MAX_RATE} Hz \
+                 are supported"
+            )));
+        }
+        None => return Err(bad("declares no sample rate".into())),
+    }
+    let channels = params.channels.map_or(1, |c| c.count());
+    if !(1..=MAX_CHANNELS).contains(&channels) {
+        return Err(bad(format!(
+            "declares {channels} channels; 1 to {MAX_CHANNELS} are supported"
+        )));
+    }
+    if let Some(frames) = params.max_frames_per_packet {
+        check_packet(frames, channels, codec)?;
+    }
+    Ok(())
+}
+
+fn check_packet(frames: u64, channels: usize, codec: &str) -> Result<(), PlaybackError> {
+    if frames.saturating_mul(channels as u64) > MAX_PACKET_SAMPLES {
+        return Err(PlaybackError::Unsupported(format!(
+            "the {codec} audio declares packets of {frames} frames x {channels} channels; at \
+             most {MAX_PACKET_SAMPLES} samples per packet are supported"
         )));
     }
     Ok(())
@@ -209,7 +273,7 @@ pub fn decode(
             Err(e) => return Err(fetch_failed(&e)),
         }
     }
-    sniff(&prefix, job.content_type.as_deref())?;
+    sniff(&prefix, job)?;
 
     let mut hint = Hint::new();
     if let Some(ext) = &job.extension {
@@ -229,11 +293,8 @@ pub fn decode(
         .map_err(|e| match e {
             SymError::IoError(io) if failure.get().is_some() => fetch_failed(&io),
             SymError::IoError(_) | SymError::Unsupported(_) => PlaybackError::Unsupported(format!(
-                "not a supported audio format (MP3, WAV, Ogg Vorbis, FLAC); {}, starts with {:02x?}",
-                job.content_type
-                    .as_deref()
-                    .map_or_else(|| "no Content-Type".into(), |t| format!("Content-Type {t}")),
-                &prefix[..prefix.len().min(12)]
+                "not a supported audio format (MP3, WAV, Ogg Vorbis, FLAC) ({})",
+                declared(job)
             )),
             other => PlaybackError::Corrupt(format!("the audio's header is corrupt: {other}")),
         })?;
@@ -249,6 +310,7 @@ pub fn decode(
         .get_codec(params.codec)
         .map_or("unknown", |d| d.short_name)
         .to_string();
+    check_params(&params, &codec)?;
     let mut decoder = symphonia::default::get_codecs()
         .make(&params, &DecoderOptions::default())
         .map_err(|e| PlaybackError::Unsupported(format!("cannot decode {codec} audio: {e}")))?;
@@ -297,6 +359,7 @@ pub fn decode(
         bad_in_a_row = 0;
         let spec = *decoded.spec();
         let channels = spec.channels.count();
+        check_packet(decoded.capacity() as u64, channels, &codec)?;
         if maker.is_none() {
             source_rate = spec.rate;
             let made = FrameMaker::new(spec.rate, job.out_rate, job.volume)
@@ -348,16 +411,36 @@ pub fn decode(
 mod tests {
     use super::*;
 
+    fn job(content_type: Option<&str>) -> DecodeJob {
+        DecodeJob {
+            status: 200,
+            content_type: content_type.map(str::to_string),
+            extension: None,
+            volume: 1.0,
+            out_rate: 16_000,
+        }
+    }
+
     #[test]
     fn error_pages_and_empty_bodies_are_not_audio() {
-        assert!(sniff(b"", Some("audio/mpeg")).is_err());
-        let html = sniff(b"\n  <!DOCTYPE html><html>", Some("audio/mpeg"));
+        let mpeg = job(Some("audio/mpeg"));
+        assert!(sniff(b"", &mpeg).is_err());
+        let html = sniff(b"\n  <!DOCTYPE html><html>secret", &mpeg);
         assert!(
-            matches!(html, Err(PlaybackError::Unsupported(m)) if m.contains("HTML") && m.contains("audio/mpeg"))
+            matches!(&html, Err(PlaybackError::Unsupported(m)) if m.contains("HTML") && m.contains("audio/mpeg") && m.contains("HTTP 200")),
+            "{html:?}"
         );
-        assert!(sniff(b"{\"error\":1}", None).is_err());
-        assert!(sniff(b"ID3\x04\x00", None).is_ok());
-        assert!(sniff(b"RIFF\x24\x00\x00\x00WAVE", None).is_ok());
-        assert!(sniff(&[0xff, 0xfb, 0x90, 0x64], None).is_ok());
+        let json = sniff(b"{\"token\":\"secret\"}", &job(None));
+        assert!(matches!(&json, Err(PlaybackError::Unsupported(m)) if m.contains("JSON")));
+        for e in [html, json] {
+            let text = e.expect_err("refused").to_string();
+            assert!(
+                !text.contains("secret") && !text.contains("DOCTYPE"),
+                "{text}"
+            );
+        }
+        assert!(sniff(b"ID3\x04\x00", &job(None)).is_ok());
+        assert!(sniff(b"RIFF\x24\x00\x00\x00WAVE", &job(None)).is_ok());
+        assert!(sniff(&[0xff, 0xfb, 0x90, 0x64], &job(None)).is_ok());
     }
 }

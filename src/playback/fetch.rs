@@ -39,6 +39,17 @@ pub fn parse_url(url: &str) -> Result<Url, PlaybackError> {
     }
 }
 
+/// `url` as it may be shown in logs and errors: any user name and password replaced by `***`.
+pub fn redacted(url: &Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut shown = url.clone();
+    let _ = shown.set_username("***");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
 /// A response whose headers have arrived and whose body is still to come.
 pub struct Download {
     response: Response,
@@ -48,6 +59,8 @@ pub struct Download {
     pub extension: Option<String>,
     /// The declared body length.
     pub length: Option<u64>,
+    /// The response's status (a success).
+    pub status: u16,
     pub url: Url,
 }
 
@@ -109,7 +122,7 @@ impl Fetcher {
         if !status.is_success() {
             return Err(PlaybackError::HttpStatus {
                 status: status.as_u16(),
-                url: response.url().to_string(),
+                url: redacted(response.url()),
             });
         }
         let length = response.content_length();
@@ -131,6 +144,7 @@ impl Fetcher {
             .map(|(_, ext)| ext.to_ascii_lowercase())
             .filter(|ext| !ext.is_empty() && ext.len() <= 5);
         Ok(Download {
+            status: status.as_u16(),
             response,
             content_type,
             extension,
@@ -190,11 +204,12 @@ pub fn body_channel() -> (BodySender, BodyReceiver) {
     mpsc::channel(BODY_QUEUE)
 }
 
-fn host(url: &Url) -> String {
+/// `host:port` of `url`, for messages.
+pub fn host(url: &Url) -> String {
     match (url.host_str(), url.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_string(),
-        _ => url.to_string(),
+        _ => redacted(url),
     }
 }
 
@@ -220,7 +235,8 @@ fn classify(e: &reqwest::Error, url: &Url, received: u64) -> PlaybackError {
     }
     if e.is_redirect() {
         return PlaybackError::Fetch(format!(
-            "too many redirects fetching {url} (a redirect loop?)"
+            "too many redirects fetching {} (a redirect loop?)",
+            redacted(url)
         ));
     }
     if e.is_connect() {
@@ -234,12 +250,20 @@ fn classify(e: &reqwest::Error, url: &Url, received: u64) -> PlaybackError {
         Some(_) => root_cause(e),
         None => e.to_string(),
     };
-    PlaybackError::Fetch(format!("fetching {url} failed: {detail}"))
+    PlaybackError::Fetch(format!("fetching {} failed: {detail}", redacted(url)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_show() {
+        let url = parse_url("http://user:hunter2@h:81/a.mp3?x=1").expect("valid");
+        assert_eq!(redacted(&url), "http://***@h:81/a.mp3?x=1");
+        let plain = parse_url("https://h/a.mp3").expect("valid");
+        assert_eq!(redacted(&plain), "https://h/a.mp3");
+    }
 
     #[test]
     fn only_http_and_https_urls_with_a_host() {

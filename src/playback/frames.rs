@@ -5,11 +5,27 @@
 //! delay is skipped at the start and flushed at the end, and the last frame is padded with
 //! silence to a whole 10 ms. So the length of what is played is the length of the audio, to the
 //! sample, and the padding is never counted in it.
+//!
+//! Memory is bounded whatever rate a file declares. Rates outside [`MIN_RATE`]..=[`MAX_RATE`]
+//! are refused. Within them, the FFT resampler is used only when the two rates share a large
+//! common factor (every common rate does: 44.1 kHz to 16 kHz is 441:160); its buffers grow with
+//! `rate / gcd`, so an odd rate (44 101 Hz, or 1 Hz, which would need hundreds of megabytes) goes
+//! to a windowed-sinc resampler whose memory does not depend on the rates at all.
 
-use rubato::{FftFixedIn, Resampler};
+use rubato::{
+    FftFixedIn, Resampler, SincFixedIn, SincInterpolationParameters, SincInterpolationType,
+    WindowFunction,
+};
 
 /// Input frames handed to the resampler per call.
 const RESAMPLE_CHUNK: usize = 1024;
+/// The lowest source rate accepted, in Hz.
+pub const MIN_RATE: u32 = 1_000;
+/// The highest source rate accepted, in Hz.
+pub const MAX_RATE: u32 = 384_000;
+/// The largest FFT (input plus output points) the FFT resampler may use; beyond it the sinc
+/// resampler is used. Common rates need at most about 2,200.
+const MAX_FFT_POINTS: usize = 8_192;
 
 /// Turns decoded audio into 10 ms PCM16 frames at one output rate.
 pub struct FrameMaker {
@@ -26,8 +42,39 @@ pub struct FrameMaker {
     emitted: u64,
 }
 
+/// The two resamplers (rubato's trait is not object safe).
+enum Engine {
+    Fft(FftFixedIn<f32>),
+    Sinc(SincFixedIn<f32>),
+}
+
+impl Engine {
+    fn output_delay(&self) -> usize {
+        match self {
+            Self::Fft(r) => r.output_delay(),
+            Self::Sinc(r) => r.output_delay(),
+        }
+    }
+
+    fn output_frames_max(&self) -> usize {
+        match self {
+            Self::Fft(r) => r.output_frames_max(),
+            Self::Sinc(r) => r.output_frames_max(),
+        }
+    }
+
+    /// Resamples one mono chunk into `output`; how many samples it produced.
+    fn process(&mut self, input: &[f32], output: &mut [f32]) -> Option<usize> {
+        let done = match self {
+            Self::Fft(r) => r.process_into_buffer(&[input], &mut [output], None),
+            Self::Sinc(r) => r.process_into_buffer(&[input], &mut [output], None),
+        };
+        done.ok().map(|(_, produced)| produced)
+    }
+}
+
 struct Resampled {
-    inner: FftFixedIn<f32>,
+    inner: Engine,
     input: Vec<f32>,
     output: Vec<f32>,
     /// Leading output samples that are the resampler's own delay.
@@ -37,22 +84,20 @@ struct Resampled {
 impl FrameMaker {
     /// A frame maker from `in_rate` to `out_rate` (both in Hz) at `volume` (1.0 = unchanged).
     pub fn new(in_rate: u32, out_rate: u32, volume: f32) -> Result<Self, String> {
-        if in_rate == 0 || out_rate < 100 || out_rate % 100 != 0 {
+        if !(MIN_RATE..=MAX_RATE).contains(&in_rate) {
             return Err(format!(
-                "cannot resample from {in_rate} Hz to {out_rate} Hz"
+                "the audio declares a sample rate of {in_rate} Hz; rates from {MIN_RATE} to \
+                 {MAX_RATE} Hz are supported"
             ));
+        }
+        if !(MIN_RATE..=MAX_RATE).contains(&out_rate) || out_rate % 100 != 0 {
+            return Err(format!("cannot resample to {out_rate} Hz"));
         }
         let resampler = if in_rate == out_rate {
             None
         } else {
-            let inner = FftFixedIn::<f32>::new(
-                in_rate as usize,
-                out_rate as usize,
-                RESAMPLE_CHUNK,
-                2,
-                1,
-            )
-            .map_err(|e| format!("cannot resample from {in_rate} Hz to {out_rate} Hz: {e}"))?;
+            let inner = resampler(in_rate, out_rate)
+                .map_err(|e| format!("cannot resample from {in_rate} Hz to {out_rate} Hz: {e}"))?;
             Some(Resampled {
                 skip: inner.output_delay(),
                 output: vec![0.0; inner.output_frames_max()],
@@ -72,6 +117,11 @@ impl FrameMaker {
             input_frames: 0,
             emitted: 0,
         })
+    }
+
+    /// Whether this maker uses the FFT resampler (for tests and benchmarks).
+    pub fn uses_fft(&self) -> bool {
+        self.resampler.is_some() && fft_points(self.in_rate, self.out_rate) <= MAX_FFT_POINTS
     }
 
     /// Feeds interleaved samples with `channels` channels. `emit` gets every whole frame (10 ms
@@ -116,14 +166,10 @@ impl FrameMaker {
             return true;
         };
         r.input.resize(RESAMPLE_CHUNK, 0.0);
-        let produced = match r
-            .inner
-            .process_into_buffer(&[&r.input], &mut [&mut r.output], None)
-        {
-            Ok((_, produced)) => produced,
-            // The buffers are sized by the resampler itself, so this cannot happen; treat it
-            // as the end of the audio rather than panic.
-            Err(_) => return false,
+        // The buffers are sized by the resampler itself, so this cannot fail; if it did, it
+        // would end the audio rather than panic.
+        let Some(produced) = r.inner.process(&r.input, &mut r.output) else {
+            return false;
         };
         r.input.clear();
         let out = &r.output[..produced];
@@ -201,6 +247,42 @@ impl FrameMaker {
         }
         Some(self.emitted)
     }
+}
+
+/// Input plus output points of the FFT that `FftFixedIn` would plan for these rates with
+/// [`RESAMPLE_CHUNK`] in two sub-chunks (its own sizing rule, computed without allocating).
+fn fft_points(in_rate: u32, out_rate: u32) -> usize {
+    let g = gcd(in_rate, out_rate) as usize;
+    let (per_in, per_out) = (in_rate as usize / g, out_rate as usize / g);
+    let chunks = (RESAMPLE_CHUNK / 2).div_ceil(per_in);
+    chunks.saturating_mul(per_in + per_out)
+}
+
+fn gcd(mut a: u32, mut b: u32) -> u32 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// The FFT resampler when the rates' FFT is small, else a windowed-sinc one (bounded memory:
+/// `sinc_len * oversampling` coefficients and one chunk of buffers).
+fn resampler(in_rate: u32, out_rate: u32) -> Result<Engine, rubato::ResamplerConstructionError> {
+    if fft_points(in_rate, out_rate) <= MAX_FFT_POINTS {
+        let fft =
+            FftFixedIn::<f32>::new(in_rate as usize, out_rate as usize, RESAMPLE_CHUNK, 2, 1)?;
+        return Ok(Engine::Fft(fft));
+    }
+    let params = SincInterpolationParameters {
+        sinc_len: 128,
+        f_cutoff: 0.95,
+        oversampling_factor: 128,
+        interpolation: SincInterpolationType::Cubic,
+        window: WindowFunction::BlackmanHarris2,
+    };
+    let ratio = f64::from(out_rate) / f64::from(in_rate);
+    let sinc = SincFixedIn::<f32>::new(ratio, 1.0, params, RESAMPLE_CHUNK, 1)?;
+    Ok(Engine::Sinc(sinc))
 }
 
 /// The peak-normalised frequency and RMS level of PCM16 LE audio, for tests and diagnostics:
@@ -326,7 +408,46 @@ mod tests {
 
     #[test]
     fn impossible_rates_are_refused() {
-        assert!(FrameMaker::new(0, 16_000, 1.0).is_err());
+        for rate in [0, 1, 999, 384_001, 1 << 31, u32::MAX] {
+            let err = FrameMaker::new(rate, 16_000, 1.0).err();
+            assert!(
+                err.is_some_and(|e| e.contains("1000 to 384000 Hz")),
+                "{rate}"
+            );
+        }
         assert!(FrameMaker::new(44_100, 0, 1.0).is_err());
+    }
+
+    #[test]
+    fn common_rates_use_the_fft_and_odd_rates_a_bounded_sinc() {
+        for rate in [
+            8_000, 11_025, 22_050, 24_000, 32_000, 44_100, 48_000, 96_000, 192_000,
+        ] {
+            let maker = FrameMaker::new(rate, 16_000, 1.0).expect("supported");
+            assert!(maker.uses_fft(), "{rate}");
+        }
+        // 1 Hz needed an 8-million-point FFT before; these are coprime with 16 kHz.
+        for rate in [1_001, 44_101, 383_999] {
+            assert!(fft_points(rate, 16_000) > MAX_FFT_POINTS, "{rate}");
+            let maker = FrameMaker::new(rate, 16_000, 1.0).expect("supported");
+            assert!(!maker.uses_fft(), "{rate}");
+        }
+    }
+
+    #[test]
+    fn odd_rates_still_give_the_tone_at_the_exact_length() {
+        for rate in [1_001, 7_919, 44_101] {
+            let input = tone(rate, 440.0, 1.0, 1, 0.5);
+            let mut maker = FrameMaker::new(rate, 16_000, 1.0).expect("supported");
+            let (out, samples) = run(&mut maker, &input, 1);
+            let want = (u64::from(rate) * 16_000 + u64::from(rate) / 2) / u64::from(rate);
+            assert_eq!(samples, want, "{rate} Hz");
+            let (hz, rms) = measure_tone(&out[640..out.len() - 640], 16_000);
+            assert!((hz - 440.0).abs() < 3.0, "{rate} Hz: {hz}");
+            assert!(
+                (rms - 0.5 / 2f64.sqrt()).abs() < 0.02,
+                "{rate} Hz: rms {rms}"
+            );
+        }
     }
 }

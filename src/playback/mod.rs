@@ -48,6 +48,9 @@ pub struct PlaybackSettings {
     pub max_redirects: usize,
     /// Decoded audio held ahead of playout.
     pub lookahead: Duration,
+    /// How long playout may wait for audio past when it is due (the first frame: after the
+    /// response headers) before the download counts as unable to keep up.
+    pub max_stall: Duration,
     /// The rate of the room's tracks.
     pub sample_rate: u32,
     /// Extra root certificates (PEM) trusted for https URLs, besides the built-in web roots.
@@ -62,6 +65,7 @@ impl Default for PlaybackSettings {
             max_bytes: 50 * 1024 * 1024,
             max_redirects: 5,
             lookahead: Duration::from_secs(2),
+            max_stall: Duration::from_secs(5),
             sample_rate: 16_000,
             ca_file: None,
         }

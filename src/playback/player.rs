@@ -316,7 +316,11 @@ impl Player {
             .as_ref()
             .map_err(|e| PlaybackError::Fetch(e.clone()))?;
         let download = fetcher.open(&request.url).await?;
-        let job_hints = (download.content_type.clone(), download.extension.clone());
+        let job_hints = (
+            download.status,
+            download.content_type.clone(),
+            download.extension.clone(),
+        );
         let (body_tx, body_rx) = fetch::body_channel();
         let player = self.clone();
         workers.fetch = Some(tokio::spawn(async move {
@@ -328,8 +332,9 @@ impl Player {
         let lookahead = (self.settings.lookahead.as_millis() / FRAME.as_millis()).max(1) as usize;
         let (frames_tx, mut frames) = mpsc::channel(lookahead);
         let job = DecodeJob {
-            content_type: job_hints.0,
-            extension: job_hints.1,
+            status: job_hints.0,
+            content_type: job_hints.1,
+            extension: job_hints.2,
             volume: request.volume,
             out_rate: self.settings.sample_rate,
         };
@@ -340,7 +345,23 @@ impl Player {
 
         let mut source: Option<SourceInfo> = None;
         let mut t0: Option<Instant> = None;
-        while let Some(item) = frames.recv().await {
+        let opened = Instant::now();
+        let max_stall = self.settings.max_stall;
+        loop {
+            // The next frame is due now (before the first) or on the playout's schedule; a
+            // download that leaves playout waiting past that by `max_stall` cannot keep up
+            // (a body trickling a byte at a time never trips the read timeout).
+            let due = t0.map_or(opened, |t0| t0 + FRAME * progress.frames as u32);
+            let waited = tokio::time::timeout_at((due + max_stall).into(), frames.recv()).await;
+            let Ok(item) = waited else {
+                return Err(PlaybackError::Timeout(format!(
+                    "the download from {} cannot keep up with playback: playout waited {:.1} s \
+                     for audio (PLAYBACK_MAX_STALL_MS)",
+                    fetch::host(&request.url),
+                    due.elapsed().as_secs_f64()
+                )));
+            };
+            let Some(item) = item else { break };
             match item {
                 Decoded::Source(info) => source = Some(info),
                 Decoded::Frame(pcm) => {

@@ -83,7 +83,12 @@ impl SimSpec {
         let mode = match mode.trim_end_matches('/') {
             "tone" => Mode::Tone,
             "echo" => Mode::Echo,
-            "silent" | "" => Mode::Silent,
+            "silent" => Mode::Silent,
+            "" => {
+                return Err(bad(
+                    "no mode: use sim://tone, sim://echo or sim://silent".into()
+                ));
+            }
             other => return Err(bad(format!("unknown mode {other:?} (tone, echo, silent)"))),
         };
         let mut spec = SimSpec {
@@ -102,8 +107,15 @@ impl SimSpec {
             fail: None,
             connect_delay_ms: 0,
         };
+        let mut seen: Vec<&str> = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+            // Each parameter once: a repeat is a mistake (which one was meant?), and refusing it
+            // also bounds the work a URL can ask for to the few known parameters.
+            if seen.contains(&key) {
+                return Err(bad(format!("parameter {key:?} is given more than once")));
+            }
+            seen.push(key);
             let value = percent_decode(raw).ok_or_else(|| bad(format!("bad escape in {key}")))?;
             let num = |lo: u64, hi: u64| {
                 value
@@ -210,7 +222,7 @@ impl RoomBackend for SimBackend {
             if let Some(why) = &spec.fail {
                 return Err(RoomError::ConnectFailed(format!("sim: {why}")));
             }
-            let room = SimRoom::start(spec.clone(), request, events, tracks, live);
+            let room = SimRoom::start(spec.clone(), request, events, tracks, live)?;
             Ok(Connected {
                 participant_id: room.participant_id.clone(),
                 participant_count: spec.participants,
@@ -264,7 +276,7 @@ impl SimRoom {
         events: Arc<dyn RoomEvents>,
         tracks: Arc<Mutex<HashMap<String, Vec<String>>>>,
         live: Arc<AtomicUsize>,
-    ) -> Self {
+    ) -> Result<Self, RoomError> {
         let n = ROOMS.fetch_add(1, Ordering::Relaxed);
         let life = Arc::new(Lifetime {
             started: Instant::now(),
@@ -273,34 +285,41 @@ impl SimRoom {
         });
         let identity = spec.identity.clone().unwrap_or(request.target_identity);
         lock(&tracks).insert(request.room_name.clone(), Vec::new());
-        let mut echo = None;
         let ctx = Ctx {
             spec,
             identity,
             events,
             life: life.clone(),
         };
-        match ctx.spec.mode {
-            Mode::Tone => spawn(&live, "sim-lossy", ctx.clone(), Ctx::tone),
+        let (echo_tx, echo_rx) = match ctx.spec.mode {
             Mode::Echo => {
                 let (tx, rx) = mpsc::channel(64);
-                echo = Some(tx);
-                spawn(&live, "sim-lossy", ctx.clone(), move |c| c.echo(rx));
+                (Some(tx), Some(rx))
             }
-            Mode::Silent => {}
-        }
-        spawn(&live, "sim-reliable", ctx, Ctx::reliable);
-        SimRoom {
+            _ => (None, None),
+        };
+        // Built first, so that a thread that cannot start drops it, which stops the others.
+        let room = SimRoom {
             participant_id: format!("PA_sim{n}"),
             room_name: request.room_name,
             life,
-            echo: Mutex::new(echo),
+            echo: Mutex::new(echo_tx),
             tracks,
+        };
+        let started = match (ctx.spec.mode, echo_rx) {
+            (Mode::Tone, _) => spawn(&live, "sim-lossy", ctx.clone(), Ctx::tone),
+            (Mode::Echo, Some(rx)) => spawn(&live, "sim-lossy", ctx.clone(), move |c| c.echo(rx)),
+            _ => Ok(()),
+        };
+        if let Err(e) = started.and_then(|()| spawn(&live, "sim-reliable", ctx, Ctx::reliable)) {
+            lock(&room.tracks).remove(&room.room_name);
+            return Err(e);
         }
+        Ok(room)
     }
 }
 
-fn spawn<F>(live: &Arc<AtomicUsize>, name: &str, ctx: Ctx, body: F)
+fn spawn<F>(live: &Arc<AtomicUsize>, name: &str, ctx: Ctx, body: F) -> Result<(), RoomError>
 where
     F: FnOnce(Ctx) + Send + 'static,
 {
@@ -316,9 +335,9 @@ where
         let _alive = alive;
         body(ctx);
     });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "sim: could not start a callback thread");
-    }
+    spawned.map(drop).map_err(|e| {
+        RoomError::ConnectFailed(format!("sim: cannot start the room's {name} thread: {e}"))
+    })
 }
 
 /// What a callback thread of a simulated room works with.
@@ -497,6 +516,9 @@ mod tests {
         assert_eq!(SimSpec::parse("sim://echo").map(|s| s.mode), Ok(Mode::Echo));
         for bad in [
             "sim://noise",
+            "sim://",
+            "sim://?hz=440",
+            "sim://tone?hz=440&hz=441",
             "sim://tone?frame_ms=0",
             "sim://tone?hz=abc",
             "sim://tone?colour=red",

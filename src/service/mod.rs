@@ -5,6 +5,7 @@
 //! that does not exist gets NOT_FOUND (LeaveRoom and GetStatus answer in the body, as the
 //! contract says).
 
+pub mod checks;
 mod play;
 mod stream;
 
@@ -26,6 +27,7 @@ use crate::room::{Backends, ConnectRequest};
 use crate::session::{EndReason, Registry, Session};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+const SHUTTING_DOWN: &str = "the bridge is shutting down; retry on another instance";
 
 /// What the service is tuned with.
 #[derive(Clone, Debug)]
@@ -106,9 +108,7 @@ impl BridgeState {
 
     fn refuse_if_draining(&self) -> Result<(), BridgeError> {
         if self.is_draining() {
-            return Err(BridgeError::Unavailable(
-                "the bridge is shutting down; retry on another instance".into(),
-            ));
+            return Err(BridgeError::Unavailable(SHUTTING_DOWN.into()));
         }
         Ok(())
     }
@@ -169,6 +169,11 @@ impl BridgeState {
                     ]),
                 })
             }
+            // The drain voids joins in flight as a later request would; say which it was.
+            Err(_) if self.is_draining() => {
+                session.close(EndReason::Shutdown).await;
+                Ok(join_failed(SHUTTING_DOWN.into()))
+            }
             Err(_) => {
                 session.close(EndReason::Superseded).await;
                 Ok(join_failed(EndReason::Superseded.describe()))
@@ -203,13 +208,6 @@ fn clamp_i32(n: impl TryInto<i32>) -> i32 {
     n.try_into().unwrap_or(i32::MAX)
 }
 
-fn require(value: &str, field: &str) -> Result<(), BridgeError> {
-    if value.is_empty() {
-        return Err(BridgeError::missing(field));
-    }
-    Ok(())
-}
-
 /// The gRPC face of [`BridgeState`].
 #[derive(Clone)]
 pub struct Bridge {
@@ -242,8 +240,7 @@ impl LiveKitBridge for Bridge {
         request: Request<proto::JoinRoomRequest>,
     ) -> Result<Response<proto::JoinRoomResponse>, Status> {
         let req = request.into_inner();
-        require(&req.user_id, "user_id")?;
-        require(&req.livekit_url, "livekit_url")?;
+        checks::join(&req)?;
         self.state.refuse_if_draining()?;
         // On its own task, so a caller that goes away mid-connect cannot leave a room behind.
         let joined = tokio::spawn(self.state.clone().join(req)).await;
@@ -256,7 +253,7 @@ impl LiveKitBridge for Bridge {
         request: Request<proto::LeaveRoomRequest>,
     ) -> Result<Response<proto::LeaveRoomResponse>, Status> {
         let req = request.into_inner();
-        require(&req.user_id, "user_id")?;
+        checks::leave(&req)?;
         let Some(session) = self.state.registry.leave(&req.user_id) else {
             return Ok(Response::new(proto::LeaveRoomResponse {
                 success: false,
@@ -292,7 +289,9 @@ impl LiveKitBridge for Bridge {
         request: Request<proto::HealthCheckRequest>,
     ) -> Result<Response<proto::HealthCheckResponse>, Status> {
         use proto::health_check_response::ServingStatus;
-        let service = request.into_inner().service;
+        let req = request.into_inner();
+        checks::health(&req)?;
+        let service = req.service;
         let status = if !service.is_empty() && service != proto::SERVICE_NAME {
             ServingStatus::ServiceUnknown
         } else if self.state.is_draining() {
@@ -326,7 +325,7 @@ impl LiveKitBridge for Bridge {
         request: Request<proto::BridgeStatusRequest>,
     ) -> Result<Response<proto::BridgeStatusResponse>, Status> {
         let req = request.into_inner();
-        require(&req.user_id, "user_id")?;
+        checks::status(&req)?;
         let mut status = proto::BridgeStatusResponse {
             server_version: VERSION.into(),
             ..Default::default()

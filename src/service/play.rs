@@ -14,9 +14,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::{BridgeState, EventStream, require};
+use super::{BridgeState, EventStream, checks};
 use crate::error::BridgeError;
-use crate::playback::fetch::parse_url;
+use crate::playback::fetch::{parse_url, redacted};
 use crate::playback::{PlayRequest, PlaybackError, StopCause, StopTarget};
 use crate::proto::{self, play_audio_event::EventType};
 use crate::room::track_name;
@@ -57,7 +57,7 @@ pub(super) fn play(
     state: &Arc<BridgeState>,
     req: proto::PlayAudioRequest,
 ) -> Result<EventStream<proto::PlayAudioEvent>, Status> {
-    require(&req.user_id, "user_id")?;
+    checks::play(&req)?;
     let checked = parse_url(&req.audio_url).and_then(|url| Ok((url, volume(req.volume)?)));
     let (url, volume) = match checked {
         Ok(c) => c,
@@ -94,7 +94,7 @@ pub(super) fn play(
         track: track_name(req.track_id),
         stop_other: req.stop_other,
     };
-    tracing::info!(user_id = %req.user_id, request_id = %request.request_id, track = %request.track, url = %request.url, "playing");
+    tracing::info!(user_id = %req.user_id, request_id = %request.request_id, track = %request.track, url = %redacted(&request.url), "playing");
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     state.player.start(session, request, tx);
     Ok(Box::pin(ReceiverStream::new(rx).map(Ok)))
@@ -104,7 +104,7 @@ pub(super) async fn stop(
     state: &Arc<BridgeState>,
     req: proto::StopAudioRequest,
 ) -> Result<proto::StopAudioResponse, BridgeError> {
-    require(&req.user_id, "user_id")?;
+    checks::stop(&req)?;
     let session = state.registry.get(&req.user_id).ok_or_else(|| {
         BridgeError::NotFound(format!("no session for user_id {:?}", req.user_id))
     })?;

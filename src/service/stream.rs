@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status, Streaming};
 
-use super::{BridgeState, EventStream, OpenStream, require};
+use super::{BridgeState, EventStream, OpenStream, checks};
 use crate::error::BridgeError;
 use crate::proto::AudioChunk;
 use crate::room::track_name;
@@ -55,7 +55,7 @@ pub(super) async fn open(
                 "the stream closed before its first AudioChunk, which must name the session in user_id".into(),
             )
         })?;
-    require(&first.user_id, "user_id of the first AudioChunk")?;
+    checks::first_chunk(&first)?;
     let session = state.registry.get(&first.user_id).ok_or_else(|| {
         BridgeError::NotFound(format!(
             "no session for user_id {:?}: call JoinRoom first",
@@ -94,6 +94,7 @@ fn validate(chunk: &AudioChunk) -> Result<Option<&[u8]>, BridgeError> {
     if chunk.pcm_data.is_empty() {
         return Ok(None);
     }
+    checks::track(chunk.track_id)?;
     if chunk.sample_rate != 0 && chunk.sample_rate != SAMPLE_RATE {
         return Err(BridgeError::InvalidArgument(format!(
             "sample_rate {} is not supported: send 16000 Hz mono PCM16",
@@ -270,6 +271,17 @@ async fn forward_client_audio(
             Ok(Some(chunk)) => next = Some(chunk),
             // The client has nothing more to send; room audio keeps flowing to it.
             Ok(None) => return,
+            // A chunk over the message limit is a bad chunk, not a client that went away: the
+            // stream ends OUT_OF_RANGE and the session stays for the next stream.
+            Err(status) if status.code() == Code::OutOfRange => {
+                let limit = crate::server::MAX_MESSAGE_BYTES;
+                let _ = fail.send(Status::out_of_range(format!(
+                    "an AudioChunk is over the {limit}-byte message limit ({}); send audio in \
+                     chunks of at most a few seconds",
+                    status.message()
+                )));
+                return;
+            }
             Err(status) => {
                 client_gone(&state, &session, stream_id, status.message()).await;
                 return;
