@@ -283,12 +283,17 @@ pub enum SocketError {
     },
 }
 
-/// A Unix socket path this process bound, and the inode that proves it is still ours.
+/// A Unix socket path this process bound, and what proves it is still ours: its inode and
+/// change time (an inode number alone is reused at once when a file is deleted and another
+/// created).
 #[derive(Clone, Debug)]
 pub struct OwnedSocket {
     path: PathBuf,
-    dev: u64,
-    ino: u64,
+    identity: (u64, u64, i64, i64),
+}
+
+fn identity(meta: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
 }
 
 impl OwnedSocket {
@@ -326,8 +331,7 @@ impl OwnedSocket {
         let meta = std::fs::symlink_metadata(path).map_err(|e| fail("cannot inspect", e))?;
         let owned = Self {
             path: path.to_path_buf(),
-            dev: meta.dev(),
-            ino: meta.ino(),
+            identity: identity(&meta),
         };
         Ok((listener, owned))
     }
@@ -340,7 +344,7 @@ impl OwnedSocket {
     /// process has bound since is left alone. Returns whether it removed it.
     pub fn remove(&self) -> bool {
         let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino);
+            .is_ok_and(|m| identity(&m) == self.identity);
         if !ours {
             tracing::warn!(path = %self.path.display(), "the socket path is no longer ours; leaving it");
             return false;
