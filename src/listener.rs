@@ -343,8 +343,8 @@ impl OwnedSocket {
     /// Removes the socket file if it is still the one this process bound; a path that another
     /// process has bound since is left alone. Returns whether it removed it.
     pub fn remove(&self) -> bool {
-        let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| identity(&m) == self.identity);
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| identity(&m) == self.identity);
         if !ours {
             tracing::warn!(path = %self.path.display(), "the socket path is no longer ours; leaving it");
             return false;

@@ -1,0 +1,810 @@
+//! The release binary against hostile callers, files and connections: nothing one caller sends
+//! may take the process down, starve other clients, steal another bridge's socket, forge a
+//! log line, or leak what a URL returned. Each test failed before the fix it covers.
+
+mod common;
+#[path = "common/procfs.rs"]
+mod procfs;
+#[path = "common/unix.rs"]
+mod unix;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::http::{HttpServer, Route};
+use livekit_bridge::proto::live_kit_bridge_client::LiveKitBridgeClient;
+use livekit_bridge::proto::play_audio_event::EventType;
+use livekit_bridge::proto::{self, AudioChunk};
+use tonic::Code;
+use tonic::transport::Channel;
+use unix::unix_channel;
+
+const BIN: &str = env!("CARGO_BIN_EXE_livekit-bridge");
+
+type Client = LiveKitBridgeClient<Channel>;
+
+/// A bridge process with its stderr in a file.
+struct Proc {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Proc {
+    /// Starts the bridge on a Unix socket in a fresh directory, under `wrapper` (e.g. prlimit).
+    fn start(name: &str, wrapper: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!("lkb-hard-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let socket = dir.join("bridge.sock");
+        let child = Self::spawn(
+            &dir,
+            wrapper,
+            &[&[("LIVEKIT_GRPC_SOCKET", path(&socket))], env].concat(),
+        );
+        let proc = Self { child, dir, socket };
+        wait_for("the socket", || proc.socket.exists());
+        proc
+    }
+
+    fn spawn(dir: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> Child {
+        let log = std::fs::File::create(dir.join("stderr.log")).expect("log file");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.env_clear()
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("start the bridge")
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    async fn client(&self) -> Client {
+        LiveKitBridgeClient::new(unix_channel(&self.socket).await)
+            .max_encoding_message_size(64 << 20)
+            .max_decoding_message_size(64 << 20)
+    }
+
+    /// SIGTERM, then the exit status and how long it took.
+    fn stop(&mut self) -> (std::process::ExitStatus, Duration) {
+        let _ = Command::new("kill").args(["-TERM", &self.pid()]).status();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return (status, start.elapsed());
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = self.child.kill();
+                panic!("the bridge did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
+fn join_request(user: &str, url: &str) -> proto::JoinRoomRequest {
+    proto::JoinRoomRequest {
+        user_id: user.into(),
+        room_name: user.into(),
+        livekit_url: url.into(),
+        target_identity: user.into(),
+        token: "t".into(),
+    }
+}
+
+async fn join(client: &mut Client, user: &str, url: &str) -> proto::JoinRoomResponse {
+    client
+        .join_room(join_request(user, url))
+        .await
+        .expect("JoinRoom")
+        .into_inner()
+}
+
+/// A WAV file with these header fields and `data` as its data chunk (sizes as declared).
+fn wav(
+    rate: u32,
+    channels: u16,
+    bits: u16,
+    block_align: u16,
+    data_len: u32,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut w = Vec::new();
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    w.extend_from_slice(&16u32.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes());
+    w.extend_from_slice(&channels.to_le_bytes());
+    w.extend_from_slice(&rate.to_le_bytes());
+    w.extend_from_slice(&rate.wrapping_mul(u32::from(block_align)).to_le_bytes());
+    w.extend_from_slice(&block_align.to_le_bytes());
+    w.extend_from_slice(&bits.to_le_bytes());
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&data_len.to_le_bytes());
+    w.extend_from_slice(data);
+    w
+}
+
+fn tone_wav(rate: u32, seconds: f64) -> Vec<u8> {
+    let n = (f64::from(rate) * seconds) as usize;
+    let pcm: Vec<u8> = (0..n)
+        .flat_map(|i| {
+            let v = (2.0 * std::f64::consts::PI * 440.0 * i as f64 / f64::from(rate)).sin();
+            ((v * 12_000.0) as i16).to_le_bytes()
+        })
+        .collect();
+    wav(rate, 1, 16, 2, pcm.len() as u32, &pcm)
+}
+
+/// Plays `url` and returns the FAILED error, or None if it completed.
+async fn play(client: &mut Client, user: &str, id: &str, url: &str) -> Option<String> {
+    let req = proto::PlayAudioRequest {
+        request_id: id.into(),
+        audio_url: url.into(),
+        user_id: user.into(),
+        ..Default::default()
+    };
+    let mut events = client
+        .play_audio(req)
+        .await
+        .expect("PlayAudio")
+        .into_inner();
+    let mut last = None;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), events.message()).await;
+        match next.expect("PlayAudio event within 30 s") {
+            Ok(Some(e)) => last = Some(e),
+            Ok(None) => break,
+            Err(status) => panic!("{id}: the PlayAudio stream broke: {status:?}"),
+        }
+    }
+    let last = last.expect("at least one event");
+    match EventType::try_from(last.r#type) {
+        Ok(EventType::Completed) => None,
+        Ok(EventType::Failed) => Some(last.error),
+        other => panic!("{id}: unexpected last event {other:?}"),
+    }
+}
+
+/// Room audio of one session, read until `stop`: frames received and the longest gap between
+/// consecutive ones.
+async fn listen(
+    mut client: Client,
+    user: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (u64, Duration) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(AudioChunk {
+        user_id: user.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("first");
+    let mut stream = client
+        .stream_audio(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("StreamAudio")
+        .into_inner();
+    let started = Instant::now();
+    let (mut frames, mut gap, mut last) = (0u64, Duration::ZERO, Instant::now());
+    while !*stop.borrow() {
+        let m = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+        let Ok(Ok(Some(_))) = m else {
+            panic!("the listening session's audio stopped: {m:?}")
+        };
+        frames += 1;
+        gap = gap.max(last.elapsed());
+        last = Instant::now();
+    }
+    drop(tx);
+    // Frames the room sent while we listened (one per 10 ms), less those we are owed.
+    let expected = started.elapsed().as_millis() as u64 / 10;
+    assert!(
+        frames + 30 >= expected,
+        "the listening session heard {frames} of {expected} frames"
+    );
+    (frames, gap)
+}
+
+fn rss_kib(pid: &str) -> u64 {
+    procfs::usage(pid).0
+}
+
+#[test]
+fn hostile_files_fail_their_playback_and_nothing_else() {
+    // An address-space limit turns any attempt to size a buffer from a lying header into an
+    // allocation failure, which aborts the process: every user would be dropped.
+    let mut bridge = Proc::start("files", &["prlimit", "--as=4294967296", "--"], &[]);
+    let rt = rt();
+    let secret = "internal-secret-token";
+    let (failures, frames, gap) = rt.block_on(async {
+        let http = HttpServer::start().await;
+        let good = tone_wav(16_000, 0.3);
+        let silence = vec![0u8; 4_000];
+        let hostile: Vec<(&str, Vec<u8>)> = vec![
+            ("rate-0", wav(0, 1, 16, 2, 4_000, &silence)),
+            ("rate-1", wav(1, 1, 16, 2, 2_000, &silence[..2_000])),
+            ("rate-2^31", wav(1 << 31, 1, 16, 2, 4_000, &silence)),
+            ("rate-2^32-1", wav(u32::MAX, 1, 16, 2, 4_000, &silence)),
+            ("rate-44101", tone_wav(44_101, 0.2)),
+            ("channels-0", wav(16_000, 0, 16, 0, 4_000, &silence)),
+            (
+                "channels-65535",
+                wav(16_000, u16::MAX, 16, u16::MAX - 1, 4_000, &silence),
+            ),
+            ("bits-0", wav(16_000, 1, 0, 0, 4_000, &silence)),
+            (
+                "block-align-65535",
+                wav(16_000, 1, 16, u16::MAX, 4_000, &silence),
+            ),
+            ("data-4GiB", wav(16_000, 1, 16, 2, u32::MAX, &silence)),
+        ];
+        for (name, body) in &hostile {
+            http.route(
+                &format!("/{name}.wav"),
+                Route::File {
+                    body: body.clone(),
+                    content_type: "audio/wav".into(),
+                },
+            );
+        }
+        let html = format!("<html><body>{secret}</body></html>").into_bytes();
+        let json = format!("{{\"token\":\"{secret}\"}}").into_bytes();
+        http.route(
+            "/page.mp3",
+            Route::File {
+                body: html,
+                content_type: "audio/mpeg".into(),
+            },
+        );
+        http.route(
+            "/api.wav",
+            Route::File {
+                body: json,
+                content_type: "audio/wav".into(),
+            },
+        );
+        http.route(
+            "/good.wav",
+            Route::File {
+                body: good,
+                content_type: "audio/wav".into(),
+            },
+        );
+
+        let mut client = bridge.client().await;
+        assert!(join(&mut client, "listener", "sim://tone").await.success);
+        assert!(join(&mut client, "player", "sim://echo").await.success);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let listening = tokio::spawn(listen(bridge.client().await, "listener", stop_rx));
+        // Warm up, then take the baseline with a session streaming and one good playback done.
+        assert_eq!(
+            play(&mut client, "player", "warm", &http.url("/good.wav")).await,
+            None
+        );
+        let baseline = rss_kib(&bridge.pid());
+        let mut failures = Vec::new();
+        for (name, _) in &hostile {
+            let url = http.url(&format!("/{name}.wav"));
+            failures.push((
+                name.to_string(),
+                play(&mut client, "player", name, &url).await,
+            ));
+            assert!(bridge.alive(), "the bridge died on {name}");
+        }
+        for (name, path) in [("html", "/page.mp3"), ("json", "/api.wav")] {
+            failures.push((
+                name.to_string(),
+                play(&mut client, "player", name, &http.url(path)).await,
+            ));
+        }
+        assert_eq!(
+            play(&mut client, "player", "after", &http.url("/good.wav")).await,
+            None,
+            "a good file still plays"
+        );
+        let grown = rss_kib(&bridge.pid()).saturating_sub(baseline);
+        assert!(
+            grown < 64 * 1024,
+            "RSS grew by {grown} KiB over the hostile files"
+        );
+        stop_tx.send(true).expect("stop");
+        let (frames, gap) = listening.await.expect("listener");
+        (failures, frames, gap)
+    });
+    for (name, failure) in &failures {
+        // 44,101 Hz is odd but legal: it plays, resampled with bounded memory.
+        if name == "rate-44101" {
+            assert_eq!(failure, &None, "{name}");
+            continue;
+        }
+        let error = failure
+            .as_deref()
+            .unwrap_or_else(|| panic!("{name} should fail"));
+        assert!(
+            !error.contains(secret) && !error.contains("<html"),
+            "{name} echoed the body: {error}"
+        );
+        // A rate of 0 panics inside symphonia's WAV reader, before any header reaches us: the
+        // panic is caught and reported; the other rates are refused by name.
+        if name == "rate-0" {
+            assert!(error.contains("the decoder failed"), "{name}: {error}");
+        } else if name.starts_with("rate-") {
+            assert!(error.contains("1000 to 384000 Hz"), "{name}: {error}");
+        }
+    }
+    assert!(frames > 50, "the listening session heard {frames} frames");
+    assert!(
+        gap < Duration::from_millis(500),
+        "the listening session's audio paused for {gap:?}"
+    );
+    assert!(bridge.alive());
+    assert!(
+        !bridge.log().contains("panicked at"),
+        "a panic was printed raw"
+    );
+}
+
+/// Raw TCP connections that never speak HTTP/2, `n` of them.
+fn raw_connections(addr: &str, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn tcp_bridge(name: &str, nofile: Option<&str>, env: &[(&str, &str)]) -> (Proc, String) {
+    let dir = std::env::temp_dir().join(format!("lkb-hard-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port().to_string();
+    let limit = nofile.map(|n| format!("--nofile={n}"));
+    let wrapper: Vec<&str> = match &limit {
+        Some(l) => vec!["prlimit", l.as_str(), "--"],
+        None => vec![],
+    };
+    let env = [
+        &[("PORT", port.as_str()), ("BRIDGE_HOST", "127.0.0.1")],
+        env,
+    ]
+    .concat();
+    let child = Proc::spawn(&dir, &wrapper, &env);
+    let addr = format!("127.0.0.1:{port}");
+    wait_for("the TCP port", || TcpStream::connect(&addr).is_ok());
+    let socket = dir.join("unused");
+    (Proc { child, dir, socket }, addr)
+}
+
+async fn tcp_health(addr: &str) -> Result<(), String> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = LiveKitBridgeClient::new(channel);
+    client
+        .health_check(proto::HealthCheckRequest::default())
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Whether the server closed `conn` (read returns end of file or an error) within `within`.
+fn closed_by_server(conn: &mut TcpStream, within: Duration) -> bool {
+    let _ = conn.set_read_timeout(Some(within));
+    let mut buf = [0u8; 256];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return true,
+            // The server's HTTP/2 SETTINGS may come first.
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
+    let (mut bridge, addr) = tcp_bridge(
+        "fds",
+        Some("128"),
+        &[("BRIDGE_HANDSHAKE_TIMEOUT_MS", "1500")],
+    );
+    let pid = bridge.pid();
+    let mut raw = raw_connections(&addr, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, cpu_before) = procfs::usage(&pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, cpu_after) = procfs::usage(&pid);
+    let busy = cpu_after - cpu_before;
+    assert!(
+        busy < 0.3,
+        "the accept loop spun: {busy:.2} s of CPU in 1 s with descriptors exhausted"
+    );
+    // The handshake deadline frees the descriptors; the ones held are closed by the server.
+    let first = raw.first_mut().expect("a raw connection");
+    assert!(
+        closed_by_server(first, Duration::from_secs(5)),
+        "a silent connection was held past its handshake deadline"
+    );
+    drop(raw);
+    let rt = rt();
+    let started = Instant::now();
+    let mut last = Err(String::new());
+    while started.elapsed() < Duration::from_secs(8) {
+        last = rt.block_on(tcp_health(&addr));
+        if last.is_ok() {
+            break;
+        }
+    }
+    assert_eq!(
+        last,
+        Ok(()),
+        "a new client could not get in after the flood"
+    );
+    assert!(bridge.alive());
+    let log = bridge.log();
+    let warnings = log.matches("cannot accept connections").count();
+    assert!(
+        (1..=3).contains(&warnings),
+        "expected one warning per burst, got {warnings}:\n{log}"
+    );
+    assert!(log.contains("accepting connections again"), "{log}");
+}
+
+#[test]
+fn connections_beyond_the_limit_are_closed_at_once() {
+    let (mut bridge, addr) = tcp_bridge(
+        "maxconn",
+        None,
+        &[
+            ("BRIDGE_MAX_CONNECTIONS", "8"),
+            ("BRIDGE_HANDSHAKE_TIMEOUT_MS", "60000"),
+        ],
+    );
+    let mut held = raw_connections(&addr, 8);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = TcpStream::connect(&addr).expect("connect");
+    assert!(
+        closed_by_server(&mut extra, Duration::from_secs(2)),
+        "the ninth connection was kept"
+    );
+    let first = held.first_mut().expect("held");
+    assert!(
+        !closed_by_server(first, Duration::from_millis(300)),
+        "a connection within the limit was closed"
+    );
+    drop(held);
+    let rt = rt();
+    let ok = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        rt.block_on(tcp_health(&addr)).is_ok()
+    });
+    assert!(
+        ok,
+        "the bridge took no client after the held connections closed"
+    );
+    assert!(bridge.alive());
+    assert!(bridge.log().contains("BRIDGE_MAX_CONNECTIONS"));
+}
+
+#[test]
+fn a_second_instance_never_takes_a_live_socket_or_deletes_a_file() {
+    let mut first = Proc::start("owner", &[], &[]);
+    let socket = first.socket.clone();
+    let mut second = Proc::spawn(&first.dir, &[], &[("LIVEKIT_GRPC_SOCKET", path(&socket))]);
+    let status = second.wait().expect("wait");
+    assert!(
+        !status.success(),
+        "the second instance started on a live socket"
+    );
+    let log = std::fs::read_to_string(first.dir.join("stderr.log")).unwrap_or_default();
+    assert!(log.contains("another process is serving on"), "{log}");
+    let rt = rt();
+    rt.block_on(async {
+        let mut client = first.client().await;
+        client
+            .health_check(proto::HealthCheckRequest::default())
+            .await
+            .expect("the first still serves");
+    });
+    let file = first.dir.join("not-a-socket");
+    std::fs::write(&file, b"keep me").expect("write");
+    let mut third = Proc::spawn(&first.dir, &[], &[("LIVEKIT_GRPC_SOCKET", path(&file))]);
+    assert!(!third.wait().expect("wait").success());
+    assert_eq!(
+        std::fs::read(&file).expect("the file is still there"),
+        b"keep me"
+    );
+    let (status, _) = first.stop();
+    assert!(status.success());
+    assert!(!socket.exists(), "the owner removes its own socket");
+}
+
+#[test]
+fn an_oversized_chunk_is_out_of_range_and_the_session_stays() {
+    let bridge = Proc::start("chunk", &[], &[]);
+    let rt = rt();
+    rt.block_on(async {
+        let mut client = bridge.client().await;
+        assert!(join(&mut client, "u", "sim://silent").await.success);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(AudioChunk {
+            user_id: "u".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("first");
+        let mut stream = client
+            .stream_audio(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("StreamAudio")
+            .into_inner();
+        let big = AudioChunk {
+            user_id: "u".into(),
+            pcm_data: vec![0; 11 << 20],
+            ..Default::default()
+        };
+        tx.send(big).await.expect("send");
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .expect("an end")
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) => break Code::Ok,
+                Err(s) => break s.code(),
+            }
+        };
+        assert_eq!(end, Code::OutOfRange);
+        let status = client
+            .get_status(proto::BridgeStatusRequest {
+                user_id: "u".into(),
+            })
+            .await
+            .expect("GetStatus")
+            .into_inner();
+        assert!(
+            status.connected,
+            "the session was closed by an oversized chunk"
+        );
+    });
+}
+
+#[test]
+fn callers_cannot_forge_or_flood_log_lines_or_read_credentials_from_them() {
+    let mut bridge = Proc::start("logs", &[], &[]);
+    let rt = rt();
+    rt.block_on(async {
+        let mut client = bridge.client().await;
+        for bad in [
+            "u\n2026-11-25T00:00:00Z ERROR forged line",
+            "nul\0",
+            "esc\u{1b}[31mred",
+        ] {
+            let err = client
+                .join_room(join_request(bad, "sim://silent"))
+                .await
+                .expect_err("refused");
+            assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
+        }
+        let huge = "x".repeat(1 << 20);
+        let err = client
+            .join_room(join_request(&huge, "sim://silent"))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().len() < 200,
+            "the refusal echoes the id: {} bytes",
+            err.message().len()
+        );
+        assert!(join(&mut client, "u", "sim://silent").await.success);
+        let req = proto::PlayAudioRequest {
+            request_id: "r".into(),
+            audio_url: "http://operator:hunter2@127.0.0.1:9/x.wav".into(),
+            user_id: "u".into(),
+            ..Default::default()
+        };
+        let mut events = client
+            .play_audio(req)
+            .await
+            .expect("PlayAudio")
+            .into_inner();
+        while let Ok(Some(_)) = events.message().await {}
+        let leave = proto::LeaveRoomRequest {
+            user_id: "u".into(),
+            reason: "bye\nERROR forged\u{1b}[2J".into(),
+        };
+        assert!(
+            client
+                .leave_room(leave)
+                .await
+                .expect("leave")
+                .into_inner()
+                .success
+        );
+    });
+    bridge.stop();
+    let log = bridge.log();
+    assert!(
+        log.contains("bye\\nERROR forged\\u{1b}[2J"),
+        "the reason is logged escaped:\n{log}"
+    );
+    for line in log.lines() {
+        assert!(
+            !line.starts_with("ERROR forged") && !line.starts_with("2026-11-25T00:00:00Z"),
+            "forged: {line}"
+        );
+        assert!(line.len() < 4096, "a {}-byte log line", line.len());
+        assert!(
+            !line.contains('\u{1b}') && !line.contains('\0'),
+            "raw control character: {line:?}"
+        );
+    }
+    assert!(
+        !log.contains("hunter2"),
+        "URL credentials were logged:\n{log}"
+    );
+}
+
+#[test]
+fn sim_urls_are_strict() {
+    let bridge = Proc::start("sim", &[], &[]);
+    let rt = rt();
+    rt.block_on(async {
+        let mut client = bridge.client().await;
+        let repeated = format!("sim://tone?{}", "hz=440&".repeat(5_000));
+        for url in [
+            "sim://",
+            "sim://?hz=440",
+            "sim://tone?hz=440&hz=441",
+            repeated.as_str(),
+        ] {
+            let err = client
+                .join_room(join_request("u", url))
+                .await
+                .expect_err(url);
+            assert_eq!(
+                err.code(),
+                Code::InvalidArgument,
+                "{}",
+                &url[..url.len().min(40)]
+            );
+        }
+    });
+}
+
+#[test]
+fn a_download_that_cannot_keep_up_fails_instead_of_stuttering_forever() {
+    let bridge = Proc::start("trickle", &[], &[("PLAYBACK_MAX_STALL_MS", "1500")]);
+    let rt = rt();
+    rt.block_on(async {
+        let http = HttpServer::start().await;
+        http.route(
+            "/slow.wav",
+            Route::Drip {
+                body: tone_wav(16_000, 2.0),
+                content_type: "audio/wav".into(),
+                chunk: 1,
+                every: Duration::from_secs(2),
+            },
+        );
+        let mut client = bridge.client().await;
+        assert!(join(&mut client, "u", "sim://silent").await.success);
+        let started = Instant::now();
+        let error = play(&mut client, "u", "slow", &http.url("/slow.wav"))
+            .await
+            .expect("fails");
+        assert!(error.contains("cannot keep up"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "took {:?}",
+            started.elapsed()
+        );
+    });
+}
+
+#[test]
+fn shutdown_answers_joins_in_flight_as_shutdown_and_holds_its_deadline_under_a_flood() {
+    let mut bridge = Proc::start("drain", &[], &[("BRIDGE_SHUTDOWN_TIMEOUT_MS", "1000")]);
+    let rt = rt();
+    let (answers, took) = rt.block_on(async {
+        let mut joins = Vec::new();
+        for i in 0..200 {
+            let mut client = bridge.client().await;
+            joins.push(tokio::spawn(async move {
+                let url = "sim://tone?connect_delay_ms=500&pace=max";
+                client
+                    .join_room(join_request(&format!("u{i}"), url))
+                    .await
+                    .map(|r| r.into_inner())
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, took) = bridge.stop();
+        assert!(status.code().is_some(), "killed by a signal: {status:?}");
+        let mut answers = Vec::new();
+        for j in joins {
+            answers.push(j.await.expect("join task"));
+        }
+        (answers, took)
+    });
+    assert!(
+        took < Duration::from_millis(2_500),
+        "the 1 s drain took {took:?}"
+    );
+    for answer in answers.iter().flatten() {
+        if !answer.success {
+            assert!(!answer.error.contains("superseded"), "{}", answer.error);
+            assert!(answer.error.contains("shutting down"), "{}", answer.error);
+        }
+    }
+    assert!(!bridge.socket.exists());
+}
