@@ -103,17 +103,9 @@ pub fn spawn(
                 out: &out,
                 cancel: &flag,
             };
-            // The decoders are third-party code fed hostile bytes: a panic in one must end
-            // this playback with an error, never the process or the caller's wait.
-            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                decode(reader, &failure, &job, &mut |d| sink.send(d))
-            }));
-            let last = match decoded {
-                Ok(Ok(samples)) => Decoded::End { samples },
-                Ok(Err(e)) => Decoded::Failed(e),
-                Err(_) => Decoded::Failed(PlaybackError::Corrupt(
-                    "the decoder failed on this audio (a damaged or hostile file)".into(),
-                )),
+            let last = match decode_contained(reader, &failure, &job, &mut |d| sink.send(d)) {
+                Ok(samples) => Decoded::End { samples },
+                Err(e) => Decoded::Failed(e),
             };
             if !flag.load(Ordering::Relaxed) {
                 // The receiver may be gone already; then nobody is waiting for this.
@@ -243,6 +235,25 @@ fn at(samples: u64, rate: u32) -> String {
 
 fn stopped() -> PlaybackError {
     PlaybackError::Stopped("playback stopped".into())
+}
+
+/// [`decode`], with a panic inside it (the decoders are third-party code fed hostile bytes;
+/// symphonia panics on some, e.g. a WAV declaring 0 Hz) turned into this playback's error,
+/// never the process's or the caller's problem. What the decode thread and the fuzz target run.
+pub fn decode_contained(
+    reader: impl Read + Send + Sync + 'static,
+    fetch_failure: &OnceLock<PlaybackError>,
+    job: &DecodeJob,
+    emit: &mut dyn FnMut(Decoded) -> bool,
+) -> Result<u64, PlaybackError> {
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode(reader, fetch_failure, job, emit)
+    }));
+    decoded.unwrap_or_else(|_| {
+        Err(PlaybackError::Corrupt(
+            "the decoder failed on this audio (a damaged or hostile file)".into(),
+        ))
+    })
 }
 
 /// Decodes `reader` to the end, handing `emit` the source's description, then 10 ms frames.
