@@ -325,9 +325,25 @@ impl OwnedSocket {
                 Err(e) => return Err(fail("cannot check who serves on", e)),
             },
         }
-        let listener = UnixListener::bind(path).map_err(|e| fail("cannot bind", e))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| fail("cannot chmod", e))?;
+        // Bound and given its mode under a temporary name, then renamed into place, so that
+        // the socket appears at the path only once it is ready and has the right mode.
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let temporary = path.with_file_name(format!(
+            ".{}.{}.binding",
+            name.unwrap_or_default(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&temporary);
+        let listener = UnixListener::bind(&temporary).map_err(|e| fail("cannot bind", e))?;
+        let placed = std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| fail("cannot chmod", e))
+            .and_then(|()| {
+                std::fs::rename(&temporary, path).map_err(|e| fail("cannot move into place", e))
+            });
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(e);
+        }
         let meta = std::fs::symlink_metadata(path).map_err(|e| fail("cannot inspect", e))?;
         let owned = Self {
             path: path.to_path_buf(),

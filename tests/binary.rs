@@ -107,11 +107,13 @@ fn the_backends_own_grpc_client_drives_the_bridge_over_a_unix_socket() {
         "the Node gRPC client is not installed: run scripts/setup (npm ci in tests/node)"
     );
     let dir = scratch_dir("node");
-    // A stale file where the socket goes, as a crashed predecessor would leave.
+    // A stale socket where the socket goes, as a crashed predecessor would leave: bound, then
+    // closed without being removed, so nobody answers on it.
     std::fs::create_dir_all(&dir).expect("mkdir");
     let socket = dir.join("run/bridge.sock");
     std::fs::create_dir_all(socket.parent().expect("parent")).expect("mkdir");
-    std::fs::write(&socket, b"stale").expect("stale file");
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+    assert!(socket.exists());
     let mut bridge = spawn_on_socket(&socket, &[]);
     wait_for("the socket", || {
         std::fs::symlink_metadata(&socket).is_ok_and(|m| {
