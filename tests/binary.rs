@@ -115,11 +115,9 @@ fn the_backends_own_grpc_client_drives_the_bridge_over_a_unix_socket() {
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
     assert!(socket.exists());
     let mut bridge = spawn_on_socket(&socket, &[]);
+    // The stale socket is a socket too: wait for one that answers.
     wait_for("the socket", || {
-        std::fs::symlink_metadata(&socket).is_ok_and(|m| {
-            use std::os::unix::fs::FileTypeExt;
-            m.file_type().is_socket()
-        })
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
     });
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&socket)
