@@ -111,6 +111,13 @@ pub const SETTINGS: &[Setting] = &[
                the first audio may take after the response headers) before it fails as too slow.",
     },
     Setting {
+        flag: "--playback-decoder-memory-mb",
+        env: "PLAYBACK_DECODER_MEMORY_MB",
+        default: "512",
+        help: "PlayAudio: the address space (MiB) of the child process that decodes each \
+               playback; a file that needs more fails its playback and nothing else.",
+    },
+    Setting {
         flag: "--playback-max-bytes",
         env: "PLAYBACK_MAX_BYTES",
         default: "52428800",
@@ -162,6 +169,8 @@ pub struct Config {
     pub limits: ConnectionLimits,
     pub service: ServiceSettings,
     pub shutdown_timeout: Duration,
+    /// The decoder child's address-space limit, MiB (the binary sets up the child).
+    pub decoder_memory_mib: u64,
     pub log_format: LogFormat,
     pub log_filter: String,
 }
@@ -286,6 +295,7 @@ impl Config {
                 livekit_ffi_lib: PathBuf::from(get("--livekit-ffi-lib").1),
             },
             shutdown_timeout: ms("--shutdown-timeout-ms", 0, 600_000)?,
+            decoder_memory_mib: number(get("--playback-decoder-memory-mb"), 64, 65_536)?,
             log_format,
             log_filter: get("--log").1,
         })))

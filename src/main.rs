@@ -9,6 +9,7 @@ use livekit_bridge::config::{self, Command, Config, Listen};
 use livekit_bridge::listener::{self, OwnedSocket};
 use livekit_bridge::logging;
 use livekit_bridge::playback::fetch::Fetcher;
+use livekit_bridge::playback::worker::{self, DecoderProcess};
 use livekit_bridge::server;
 use livekit_bridge::service::BridgeState;
 use tokio::net::TcpListener;
@@ -22,7 +23,10 @@ const SOCKET_MODE: u32 = 0o666;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let config = match Config::parse(&args, &|key| std::env::var(key).ok()) {
+    if args.first().map(String::as_str) == Some(worker::SUBCOMMAND) {
+        return ExitCode::from(worker::serve(&args[1..]));
+    }
+    let mut config = match Config::parse(&args, &|key| std::env::var(key).ok()) {
         Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             print!("{}", config::help());
@@ -33,6 +37,19 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Each playback decodes in a child: this binary, run as `decode-worker`.
+    match std::env::current_exe() {
+        Ok(exe) => {
+            config.service.playback.decoder_process = Some(DecoderProcess {
+                exe,
+                memory_mib: config.decoder_memory_mib,
+            });
+        }
+        Err(e) => {
+            eprintln!("livekit-bridge: cannot find its own binary to decode audio in: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     // PlayAudio's HTTP client comes from settings (PLAYBACK_CA_FILE): refuse to start with one
     // that cannot be built rather than fail every PlayAudio later.
     if let Err(e) = Fetcher::new(config.service.playback.clone()) {

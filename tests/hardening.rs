@@ -176,6 +176,18 @@ fn wav(
     w
 }
 
+/// A real FLAC file (sox) with a metadata block inserted after STREAMINFO that declares a
+/// `len` of about 4 GiB for one of its fields, which the decoder allocates before reading.
+fn flac_with_lying_block(block_type: u8, body: &[u8]) -> Vec<u8> {
+    let seed = include_bytes!("../fuzz/seeds/tone.flac");
+    let mut file = seed[..42].to_vec();
+    file.push(block_type);
+    file.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    file.extend_from_slice(body);
+    file.extend_from_slice(&seed[42..]);
+    file
+}
+
 fn tone_wav(rate: u32, seconds: f64) -> Vec<u8> {
     let n = (f64::from(rate) * seconds) as usize;
     let pcm: Vec<u8> = (0..n)
@@ -290,6 +302,28 @@ fn hostile_files_fail_their_playback_and_nothing_else() {
             ),
             ("data-4GiB", wav(16_000, 1, 16, 2, u32::MAX, &silence)),
         ];
+        // Lengths symphonia allocates before reading (only a decoder process with its own
+        // address-space limit contains these).
+        let mut picture = 3u32.to_be_bytes().to_vec();
+        picture.extend_from_slice(&0xFFFF_FFF0u32.to_be_bytes());
+        picture.extend_from_slice(&[0; 8]);
+        let mut comment = 0u32.to_le_bytes().to_vec();
+        comment.extend_from_slice(&1u32.to_le_bytes());
+        comment.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        comment.extend_from_slice(&[b'a'; 8]);
+        let metadata: Vec<(&str, Vec<u8>)> = vec![
+            ("flac-picture-4GiB", flac_with_lying_block(6, &picture)),
+            ("flac-comment-4GiB", flac_with_lying_block(4, &comment)),
+        ];
+        for (name, body) in &metadata {
+            http.route(
+                &format!("/{name}.flac"),
+                Route::File {
+                    body: body.clone(),
+                    content_type: "audio/flac".into(),
+                },
+            );
+        }
         for (name, body) in &hostile {
             http.route(
                 &format!("/{name}.wav"),
@@ -343,6 +377,14 @@ fn hostile_files_fail_their_playback_and_nothing_else() {
             ));
             assert!(bridge.alive(), "the bridge died on {name}");
         }
+        for (name, _) in &metadata {
+            let url = http.url(&format!("/{name}.flac"));
+            failures.push((
+                name.to_string(),
+                play(&mut client, "player", name, &url).await,
+            ));
+            assert!(bridge.alive(), "the bridge died on {name}");
+        }
         for (name, path) in [("html", "/page.mp3"), ("json", "/api.wav")] {
             failures.push((
                 name.to_string(),
@@ -380,6 +422,8 @@ fn hostile_files_fail_their_playback_and_nothing_else() {
         // panic is caught and reported; the other rates are refused by name.
         if name == "rate-0" {
             assert!(error.contains("the decoder failed"), "{name}: {error}");
+        } else if name.starts_with("flac-") {
+            assert!(error.contains("within its 512 MiB"), "{name}: {error}");
         } else if name.starts_with("rate-") {
             assert!(error.contains("1000 to 384000 Hz"), "{name}: {error}");
         }

@@ -19,6 +19,7 @@ use symphonia::core::io::{MediaSourceStream, ReadOnlySource};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::fetch::BodyReceiver;
 use super::frames::{MAX_RATE, MIN_RATE};
@@ -68,11 +69,35 @@ pub struct SourceInfo {
     pub channels: usize,
 }
 
-/// A running decode thread.
+/// A running decoder (a thread, or a child process: `worker`).
 pub struct DecodeThread {
+    /// Raised when the playback stops: the decoder's result is not wanted any more.
     pub cancel: Arc<AtomicBool>,
-    /// Resolves (with an error, the sender being dropped) when the thread has exited.
+    /// Cancelled with `cancel`, for decoders that wait asynchronously.
+    pub stop: CancellationToken,
+    /// Resolves (with an error, the sender being dropped) when the decoder has exited.
     pub exited: oneshot::Receiver<()>,
+}
+
+impl DecodeThread {
+    pub(super) fn new() -> Self {
+        Self {
+            cancel: Arc::default(),
+            stop: CancellationToken::new(),
+            exited: oneshot::channel().1,
+        }
+    }
+
+    pub(super) fn with_exit(mut self, exited: oneshot::Receiver<()>) -> Self {
+        self.exited = exited;
+        self
+    }
+
+    /// Tells the decoder to stop.
+    pub fn request_stop(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.stop.cancel();
+    }
 }
 
 /// Starts the decode thread.
@@ -82,10 +107,10 @@ pub fn spawn(
     out: mpsc::Sender<Decoded>,
     stats: &Arc<PlaybackStats>,
 ) -> io::Result<DecodeThread> {
-    let cancel = Arc::new(AtomicBool::new(false));
+    let handle = DecodeThread::new();
     let (exit_tx, exited) = oneshot::channel::<()>();
     let running = Gauge::new(stats, |s| &s.decoders);
-    let flag = cancel.clone();
+    let flag = handle.cancel.clone();
     std::thread::Builder::new()
         .name("playback-decode".into())
         .spawn(move || {
@@ -112,7 +137,7 @@ pub fn spawn(
                 let _ = out.blocking_send(last);
             }
         })?;
-    Ok(DecodeThread { cancel, exited })
+    Ok(handle.with_exit(exited))
 }
 
 struct FrameSink<'a> {

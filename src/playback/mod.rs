@@ -14,6 +14,8 @@
 //!   from the bytes with Content-Type and the URL's extension as hints, decodes, and hands the
 //!   samples to [`frames`].
 //! - [`frames`]: downmix, resample to the track's rate, volume with clipping, 10 ms frames.
+//! - [`worker`]: the same decode in a child process with an address-space limit, which is
+//!   how the release binary runs it: no file can take the bridge's memory.
 //! - [`player`]: each session's table of playbacks by track, interruption, StopAudio, the
 //!   paced playout and the events.
 //!
@@ -27,6 +29,7 @@ pub mod decode;
 pub mod fetch;
 pub mod frames;
 pub mod player;
+pub mod worker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -55,6 +58,9 @@ pub struct PlaybackSettings {
     pub sample_rate: u32,
     /// Extra root certificates (PEM) trusted for https URLs, besides the built-in web roots.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Decode each playback in a child process with this binary and memory limit
+    /// ([`worker`]); `None` decodes on a thread of this process (tests, benchmarks).
+    pub decoder_process: Option<worker::DecoderProcess>,
 }
 
 impl Default for PlaybackSettings {
@@ -68,6 +74,7 @@ impl Default for PlaybackSettings {
             max_stall: Duration::from_secs(5),
             sample_rate: 16_000,
             ca_file: None,
+            decoder_process: None,
         }
     }
 }

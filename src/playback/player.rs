@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::decode::{self, DecodeJob, DecodeThread, Decoded, SourceInfo};
 use super::fetch::{self, Fetcher};
+use super::worker;
 use super::{Gauge, PlaybackError, PlaybackSettings, PlaybackStats};
 use crate::proto::PlayAudioEvent;
 use crate::proto::play_audio_event::EventType;
@@ -338,9 +339,12 @@ impl Player {
             volume: request.volume,
             out_rate: self.settings.sample_rate,
         };
+        let decoder = match &self.settings.decoder_process {
+            Some(process) => worker::spawn(process, body_rx, job, frames_tx, &self.stats),
+            None => decode::spawn(body_rx, job, frames_tx, &self.stats),
+        };
         workers.decode = Some(
-            decode::spawn(body_rx, job, frames_tx, &self.stats)
-                .map_err(|e| PlaybackError::Fetch(format!("cannot start a decoder thread: {e}")))?,
+            decoder.map_err(|e| PlaybackError::Fetch(format!("cannot start a decoder: {e}")))?,
         );
 
         let mut source: Option<SourceInfo> = None;
@@ -444,7 +448,7 @@ struct Workers {
 impl Workers {
     async fn shutdown(&mut self) {
         if let Some(decode) = &self.decode {
-            decode.cancel.store(true, Ordering::Relaxed);
+            decode.request_stop();
         }
         if let Some(fetch) = self.fetch.take() {
             fetch.abort();
