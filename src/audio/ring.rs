@@ -661,13 +661,16 @@ mod tests {
         let mut last = -1i64;
         loop {
             out.clear();
+            // Read before the pop: empty after the producer finished means nothing is left
+            // (read after it, the producer could push between the pop and the check).
+            let finished = producer.is_finished();
             match c.try_pop(&mut out) {
                 Pop::Frame { arrived_ms } => {
                     assert!(arrived_ms > last, "frames stay in order");
                     assert_eq!(out.len(), 320);
                     last = arrived_ms;
                 }
-                Pop::Empty if producer.is_finished() => break,
+                Pop::Empty if finished => break,
                 Pop::Empty => std::hint::spin_loop(),
                 Pop::Closed => panic!("nobody closed the ring"),
             }
