@@ -852,3 +852,82 @@ fn shutdown_answers_joins_in_flight_as_shutdown_and_holds_its_deadline_under_a_f
     }
     assert!(!bridge.socket.exists());
 }
+
+#[test]
+fn a_room_whose_threads_cannot_start_is_a_failed_join_not_a_broken_session() {
+    // Root is exempt from RLIMIT_NPROC, so the bridge runs as `nobody` with a small process
+    // limit, from a copy of the binary that user can reach; simulated rooms need a thread or
+    // two each, and soon one cannot start.
+    let dir = std::env::temp_dir().join(format!("lkb-hard-nproc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let bin = dir.join("livekit-bridge");
+    std::fs::copy(BIN, &bin).expect("copy the binary");
+    let socket = dir.join("bridge.sock");
+    let log = std::fs::File::create(dir.join("stderr.log")).expect("log");
+    let child = Command::new("prlimit")
+        .args([
+            "--nproc=24",
+            "--",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .arg(&bin)
+        .env_clear()
+        .env("LIVEKIT_GRPC_SOCKET", &socket)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the bridge");
+    let mut bridge = Proc {
+        child,
+        dir: dir.clone(),
+        socket: socket.clone(),
+    };
+    wait_for("the socket", || socket.exists());
+    let rt = rt();
+    let (joined, refused) = rt.block_on(async {
+        let mut client = bridge.client().await;
+        let (mut joined, mut refused) = (0, 0);
+        for i in 0..40 {
+            let user = format!("u{i}");
+            let answer = join(&mut client, &user, "sim://tone").await;
+            if answer.success {
+                joined += 1;
+                // A session reported as joined must stream.
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tx.send(AudioChunk {
+                    user_id: user.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("first");
+                let mut stream = client
+                    .stream_audio(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .expect("a joined session streams")
+                    .into_inner();
+                let frame = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+                assert!(matches!(frame, Ok(Ok(Some(_)))), "{user}: {frame:?}");
+            } else {
+                assert!(answer.error.contains("cannot start"), "{}", answer.error);
+                refused += 1;
+            }
+        }
+        let health = client
+            .health_check(proto::HealthCheckRequest::default())
+            .await;
+        assert!(health.is_ok(), "{health:?}");
+        (joined, refused)
+    });
+    assert!(
+        joined > 0 && refused > 0,
+        "joined {joined}, refused {refused}"
+    );
+    assert!(bridge.alive(), "{}", bridge.log());
+}
