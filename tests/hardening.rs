@@ -236,18 +236,7 @@ async fn listen(
     user: &str,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> (u64, Duration) {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(AudioChunk {
-        user_id: user.into(),
-        ..Default::default()
-    })
-    .await
-    .expect("first");
-    let mut stream = client
-        .stream_audio(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("StreamAudio")
-        .into_inner();
+    let common::Stream { tx, rx: mut stream } = common::open(&mut client, user).await;
     let started = Instant::now();
     let (mut frames, mut gap, mut last) = (0u64, Duration::ZERO, Instant::now());
     while !*stop.borrow() {
@@ -638,18 +627,7 @@ fn an_oversized_chunk_is_out_of_range_and_the_session_stays() {
     rt.block_on(async {
         let mut client = bridge.client().await;
         assert!(join(&mut client, "u", "sim://silent").await.success);
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(AudioChunk {
-            user_id: "u".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("first");
-        let mut stream = client
-            .stream_audio(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .expect("StreamAudio")
-            .into_inner();
+        let common::Stream { tx, rx: mut stream } = common::open(&mut client, "u").await;
         let big = AudioChunk {
             user_id: "u".into(),
             pcm_data: vec![0; 11 << 20],
@@ -900,19 +878,8 @@ fn a_room_whose_threads_cannot_start_is_a_failed_join_not_a_broken_session() {
             if answer.success {
                 joined += 1;
                 // A session reported as joined must stream.
-                let (tx, rx) = tokio::sync::mpsc::channel(1);
-                tx.send(AudioChunk {
-                    user_id: user.clone(),
-                    ..Default::default()
-                })
-                .await
-                .expect("first");
-                let mut stream = client
-                    .stream_audio(tokio_stream::wrappers::ReceiverStream::new(rx))
-                    .await
-                    .expect("a joined session streams")
-                    .into_inner();
-                let frame = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+                let mut stream = common::open(&mut client, &user).await;
+                let frame = tokio::time::timeout(Duration::from_secs(5), stream.rx.message()).await;
                 assert!(matches!(frame, Ok(Ok(Some(_)))), "{user}: {frame:?}");
             } else {
                 assert!(answer.error.contains("cannot start"), "{}", answer.error);
