@@ -18,16 +18,7 @@ const MAX_FRAMES: u32 = 500;
 
 #[derive(Arbitrary, Debug)]
 enum Input {
-    Wav {
-        format: u16,
-        channels: u16,
-        rate: u32,
-        byte_rate: u32,
-        block_align: u16,
-        bits: u16,
-        data_len: u32,
-        data: Vec<u8>,
-    },
+    Wav(Wav),
     /// The MP3's first 512 bytes: its Xing/LAME frame and the first frames' headers.
     Mp3(Vec<(u16, u8)>),
     /// FLAC's STREAMINFO block: block sizes, frame sizes, rate, channels, bits, total samples.
@@ -37,7 +28,20 @@ enum Input {
     Ogg(Vec<(u16, u8)>),
 }
 
-fn wav(f: &InputWav) -> Vec<u8> {
+/// A WAV file's fmt and data chunk fields, every one as the file would declare it.
+#[derive(Arbitrary, Debug)]
+struct Wav {
+    format: u16,
+    channels: u16,
+    rate: u32,
+    byte_rate: u32,
+    block_align: u16,
+    bits: u16,
+    data_len: u32,
+    data: Vec<u8>,
+}
+
+fn wav(f: &Wav) -> Vec<u8> {
     let mut w = Vec::with_capacity(44 + f.data.len());
     w.extend_from_slice(b"RIFF");
     w.extend_from_slice(&(36 + f.data.len() as u32).to_le_bytes());
@@ -53,17 +57,6 @@ fn wav(f: &InputWav) -> Vec<u8> {
     w.extend_from_slice(&f.data_len.to_le_bytes());
     w.extend_from_slice(&f.data);
     w
-}
-
-struct InputWav {
-    format: u16,
-    channels: u16,
-    rate: u32,
-    byte_rate: u32,
-    block_align: u16,
-    bits: u16,
-    data_len: u32,
-    data: Vec<u8>,
 }
 
 /// `seed` with `patches` applied inside `region` (offsets wrap into it).
@@ -94,28 +87,7 @@ fn ogg_crc(page: &[u8]) -> u32 {
 
 fn file(input: Input) -> (Vec<u8>, &'static str) {
     match input {
-        Input::Wav {
-            format,
-            channels,
-            rate,
-            byte_rate,
-            block_align,
-            bits,
-            data_len,
-            data,
-        } => {
-            let f = InputWav {
-                format,
-                channels,
-                rate,
-                byte_rate,
-                block_align,
-                bits,
-                data_len,
-                data,
-            };
-            (wav(&f), "wav")
-        }
+        Input::Wav(f) => (wav(&f), "wav"),
         Input::Mp3(p) => (
             patched(include_bytes!("../seeds/tone.mp3"), 0..512, &p),
             "mp3",
