@@ -37,7 +37,7 @@ struct Bridge {
 async fn start(socket: PathBuf) -> Bridge {
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
-    let state = BridgeState::new(ServiceSettings::default());
+    let state = BridgeState::new(ServiceSettings::default()).expect("default settings");
     tokio::spawn(server::run(
         state.clone(),
         UnixListenerStream::new(listener),

@@ -2,13 +2,13 @@
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use livekit_bridge::config::{self, Command, Config, Listen};
 use livekit_bridge::listener::{self, OwnedSocket};
 use livekit_bridge::logging;
-use livekit_bridge::playback::fetch::Fetcher;
 use livekit_bridge::playback::worker::{self, DecoderProcess};
 use livekit_bridge::server;
 use livekit_bridge::service::BridgeState;
@@ -52,10 +52,13 @@ fn main() -> ExitCode {
     }
     // PlayAudio's HTTP client comes from settings (PLAYBACK_CA_FILE): refuse to start with one
     // that cannot be built rather than fail every PlayAudio later.
-    if let Err(e) = Fetcher::new(config.service.playback.clone()) {
-        eprintln!("livekit-bridge: invalid configuration: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    let state = match BridgeState::new(config.service.clone()) {
+        Ok(state) => state,
+        Err(e) => {
+            eprintln!("livekit-bridge: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if let Err(e) = logging::init(config.log_format, &config.log_filter) {
         eprintln!("livekit-bridge: invalid configuration: RUST_LOG (--log): {e}");
         return ExitCode::from(EXIT_CONFIG);
@@ -67,7 +70,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let served = runtime.block_on(serve(config));
+    let served = runtime.block_on(serve(config, state));
     // Whatever is still running (a room still connecting, a download) is abandoned, not
     // waited for: the drain deadline has been spent already.
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -80,8 +83,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let state = BridgeState::new(config.service.clone());
+async fn serve(config: Config, state: Arc<BridgeState>) -> anyhow::Result<()> {
     let grace = config.shutdown_timeout;
     match &config.listen {
         Listen::Tcp(addr) => {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::http::{HttpServer, Route};
 use common::*;
-use livekit_bridge::playback::{PlaybackSettings, measure_tone};
+use livekit_bridge::playback::{Output, PlaybackSettings, measure_tone};
 use livekit_bridge::proto::play_audio_event::EventType;
 use livekit_bridge::proto::{self, PlayAudioEvent};
 use livekit_bridge::service::ServiceSettings;

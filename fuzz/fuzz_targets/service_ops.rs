@@ -58,7 +58,8 @@ fn harness() -> &'static Harness {
             connect_timeout: Duration::from_millis(200),
             first_chunk_timeout: Duration::from_millis(200),
             ..Default::default()
-        });
+        })
+        .expect("valid settings");
         let client = rt.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await

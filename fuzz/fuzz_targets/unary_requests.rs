@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use livekit_bridge::playback::fetch::parse_url;
+use livekit_bridge::service::checks::audio_url;
 use livekit_bridge::proto::live_kit_bridge_server::LiveKitBridge;
 use livekit_bridge::proto::{
     BridgeStatusRequest, HealthCheckRequest, JoinRoomRequest, LeaveRoomRequest, PlayAudioRequest,
@@ -39,7 +39,7 @@ fn tame(url: &mut String) {
 /// Points any URL the bridge would fetch at a closed loopback port, parsing it exactly as the
 /// bridge does, so fuzzing never sends traffic anywhere else.
 fn keep_on_loopback(url: &mut String) {
-    if let Ok(mut parsed) = parse_url(url) {
+    if let Ok(mut parsed) = audio_url(url) {
         let moved = parsed.set_host(Some("127.0.0.1")).is_ok() && parsed.set_port(Some(1)).is_ok();
         *url = if moved {
             parsed.to_string()
@@ -143,7 +143,7 @@ fuzz_target!(|calls: Vec<Call>| {
             livekit_ffi_lib: "/nonexistent/liblivekit_ffi.so".into(),
             ..Default::default()
         };
-        let state = BridgeState::new(settings);
+        let state = BridgeState::new(settings).expect("valid settings");
         let bridge = Bridge::new(state.clone());
         for call in calls.iter().take(16) {
             handle(&bridge, call).await;

@@ -2,6 +2,7 @@
 //! Nothing here knows of tokio, gRPC or LiveKit; `loom-tests/` model-checks it.
 
 mod bytes;
+pub mod format;
 pub mod payload;
 pub mod ring;
 mod waker;

@@ -65,6 +65,7 @@ use std::task::{Context, Poll};
 use crossbeam_utils::CachePadded;
 
 use super::bytes::{ByteReader, ByteWriter, byte_ring};
+use super::format;
 use super::payload::sample_aligned;
 use super::waker::AtomicWaker;
 use super::weaken;
@@ -77,9 +78,6 @@ const LAGGED: usize = 0b1000;
 
 /// Bytes in front of every frame: payload length (u32 LE) and arrival time (i64 LE, unix ms).
 pub const FRAME_HEADER: usize = 12;
-
-/// Bytes of one second of 16 kHz mono PCM16.
-pub const BYTES_PER_SECOND: usize = 32_000;
 
 /// What happens when a frame arrives and the ring is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,11 +100,11 @@ pub struct RingConfig {
 }
 
 impl RingConfig {
-    /// A ring holding about `ms` milliseconds of 10 ms (320-byte) frames.
+    /// A ring holding about `ms` milliseconds of 10 ms frames.
     pub fn for_duration_ms(ms: u32, overflow: Overflow) -> Self {
-        let frames = (ms as usize).div_ceil(10).max(1);
+        let frames = (ms as usize).div_ceil(format::FRAME.as_millis() as usize).max(1);
         Self {
-            capacity_bytes: frames * (320 + FRAME_HEADER),
+            capacity_bytes: frames * (format::FRAME_BYTES + FRAME_HEADER),
             overflow,
         }
     }

@@ -16,8 +16,11 @@
 //! - [`frames`]: downmix, resample to the track's rate, volume with clipping, 10 ms frames.
 //! - [`worker`]: the same decode in a child process with an address-space limit, which is
 //!   how the release binary runs it: no file can take the bridge's memory.
-//! - [`player`]: each session's table of playbacks by track, interruption, StopAudio, the
-//!   paced playout and the events.
+//! - [`table`]: a session's playbacks by track, interruption and StopAudio.
+//! - [`playout`]: one playback from request to final event, and the paced playout.
+//!
+//! Playback knows nothing of sessions or of gRPC: it plays into an [`Output`] (a session
+//! implements it) and reports [`PlayEvent`]s, which the service turns into the wire's events.
 //!
 //! Stopping a playback (StopAudio, a newer playback on its track, `stop_other`, the session
 //! closing, the caller cancelling) aborts the fetch task, drops the frame channel and raises
@@ -28,15 +31,55 @@
 pub mod decode;
 pub mod fetch;
 pub mod frames;
-pub mod player;
+pub mod playout;
+pub mod table;
 pub mod worker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+pub use decode::SourceInfo;
 pub use frames::{FrameMaker, measure_tone};
-pub use player::{PlayRequest, Playbacks, Player, StopCause, StopTarget};
+pub use playout::{PlayRequest, Player};
+pub use table::{Playbacks, StopCause, StopTarget};
+
+use crate::room::{BoxFuture, RoomError};
+
+/// What a playback plays into, seen only through what playback needs. A session is one.
+pub trait Output: Send + Sync + 'static {
+    /// Publishes 10 ms of 16 kHz mono PCM16 to the audio track `track`, resolving when the
+    /// room has taken it (see [`crate::room::Room::publish`]).
+    fn publish<'a>(&'a self, track: &'a str, pcm: &'a [u8])
+    -> BoxFuture<'a, Result<(), RoomError>>;
+    /// Resolves when the output closes, with why, worded for a FAILED event.
+    fn closed(&self) -> BoxFuture<'_, String>;
+    /// The output's playbacks.
+    fn playbacks(&self) -> &Playbacks;
+}
+
+/// What a playback reports, in this order: `Started`, `Progress` about once a second of audio,
+/// then `Completed` or `Failed`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlayEvent {
+    /// The first frame was handed to the track, `latency` after the request.
+    Started {
+        latency: Duration,
+        source: Option<SourceInfo>,
+    },
+    Progress {
+        position: Duration,
+    },
+    /// The last frame was handed over and its time has passed.
+    Completed {
+        duration: Duration,
+    },
+    /// The playback ended early: `position` is how far it got.
+    Failed {
+        error: PlaybackError,
+        position: Duration,
+    },
+}
 
 /// How playbacks fetch and buffer.
 #[derive(Clone, Debug)]
@@ -72,7 +115,7 @@ impl Default for PlaybackSettings {
             max_redirects: 5,
             lookahead: Duration::from_secs(2),
             max_stall: Duration::from_secs(5),
-            sample_rate: 16_000,
+            sample_rate: crate::audio::format::SAMPLE_RATE,
             ca_file: None,
             decoder_process: None,
         }
@@ -82,9 +125,6 @@ impl Default for PlaybackSettings {
 /// Why a playback failed, worded for the person reading the FAILED event.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlaybackError {
-    /// The request cannot work as given: the caller must fix it.
-    #[error("{0}")]
-    Invalid(String),
     /// The server answered with an error status.
     #[error("HTTP {status} fetching {url}")]
     HttpStatus { status: u16, url: String },

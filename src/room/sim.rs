@@ -36,7 +36,7 @@ use super::{
     BoxFuture, ConnectRequest, Connected, DataKind, Disconnect, Room, RoomBackend, RoomError,
     RoomEvents,
 };
-use crate::audio::PushOutcome;
+use crate::audio::{PushOutcome, format};
 
 /// What a simulated room does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -351,7 +351,7 @@ struct Ctx {
 
 impl Ctx {
     fn frame_bytes(&self) -> usize {
-        16 * self.spec.frame_ms as usize * 2
+        format::samples_in_ms(self.spec.frame_ms as usize) * format::BYTES_PER_SAMPLE
     }
 
     /// Sends one packet; under `pace=max` a packet that finds the ring full is retried.
@@ -371,9 +371,8 @@ impl Ctx {
     }
 
     fn tone(self) {
-        let samples = self.frame_bytes() / 2;
-        let mut packet = vec![0u8; 1 + samples * 2];
-        let step = std::f64::consts::TAU * self.spec.hz / 16_000.0;
+        let mut packet = vec![0u8; 1 + self.frame_bytes()];
+        let step = std::f64::consts::TAU * self.spec.hz / f64::from(format::SAMPLE_RATE);
         let amplitude = self.spec.level * f64::from(i16::MAX);
         let period = Duration::from_millis(self.spec.frame_ms.into());
         let mut phase = 0f64;

@@ -3,8 +3,12 @@
 //! the field, the bound and what was sent (its length, never the value itself when that is
 //! too long or unprintable, so one request cannot flood the logs or the reply).
 
+use reqwest::Url;
+
 use crate::error::BridgeError;
+use crate::playback::PlayRequest;
 use crate::proto;
+use crate::room::track_name;
 
 /// A string field of a request and its bounds.
 struct Field {
@@ -33,6 +37,8 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const MAX_URL_BYTES: usize = 8 * 1024;
 /// LeaveRoom's and StopAudio's free-text `reason`.
 pub const MAX_REASON_BYTES: usize = 1024;
+/// The loudest PlayAudio gain accepted.
+pub const MAX_VOLUME: f32 = 16.0;
 /// Track ids a session may publish on: `0..MAX_TRACKS` (StopAudio also takes -1, all tracks).
 pub const MAX_TRACKS: i32 = 64;
 
@@ -127,14 +133,68 @@ pub fn first_chunk(chunk: &proto::AudioChunk) -> Result<(), BridgeError> {
     check(&id("user_id of the first AudioChunk", true), &chunk.user_id)
 }
 
-/// PlayAudio's identifiers and URL length (the URL's form and the volume are checked by
-/// playback, which reports them in a FAILED event).
-pub fn play(req: &proto::PlayAudioRequest) -> Result<(), BridgeError> {
-    check(&USER_ID, &req.user_id)?;
-    check(&REQUEST_ID, &req.request_id)?;
-    // An empty URL is reported by playback, as a FAILED event before the status.
-    check(&url("audio_url", false), &req.audio_url)?;
-    track(req.track_id)
+/// A PlayAudio the bridge will not start. `error` is the status it ends with; with
+/// `failed_event` the contract wants a FAILED event first (the audio URL or the volume cannot
+/// work; ids and lengths out of bounds get the status alone).
+#[derive(Debug)]
+pub struct PlayRefused {
+    pub error: BridgeError,
+    pub failed_event: bool,
+}
+
+/// PlayAudio, whole: its ids and lengths, its URL and its volume.
+pub fn play(req: &proto::PlayAudioRequest) -> Result<PlayRequest, PlayRefused> {
+    let status = |error| PlayRefused {
+        error,
+        failed_event: false,
+    };
+    check(&USER_ID, &req.user_id).map_err(status)?;
+    check(&REQUEST_ID, &req.request_id).map_err(status)?;
+    // An empty URL is reported as a FAILED event before the status, below.
+    check(&url("audio_url", false), &req.audio_url).map_err(status)?;
+    track(req.track_id).map_err(status)?;
+    let event = |error| PlayRefused {
+        error,
+        failed_event: true,
+    };
+    Ok(PlayRequest {
+        request_id: req.request_id.clone(),
+        url: audio_url(&req.audio_url).map_err(event)?,
+        volume: volume(req.volume).map_err(event)?,
+        track_id: req.track_id,
+        track: track_name(req.track_id),
+        stop_other: req.stop_other,
+    })
+}
+
+/// A PlayAudio URL: only absolute `http` and `https` URLs with a host.
+pub fn audio_url(url: &str) -> Result<Url, BridgeError> {
+    let invalid = |why: String| BridgeError::InvalidArgument(format!("audio_url {url:?} {why}"));
+    if url.trim().is_empty() {
+        return Err(BridgeError::missing("audio_url"));
+    }
+    let parsed = Url::parse(url.trim()).map_err(|e| invalid(format!("is not a valid URL: {e}")))?;
+    match parsed.scheme() {
+        "http" | "https" if parsed.host().is_some() => Ok(parsed),
+        "http" | "https" => Err(invalid("has no host".into())),
+        other => Err(invalid(format!(
+            "has scheme {other:?}; only http and https are supported"
+        ))),
+    }
+}
+
+/// The contract's volume: 0 is unset (1.0), as proto3 cannot tell the two apart and the
+/// backend leaves it unset for full volume; otherwise a finite gain in (0, 16].
+fn volume(v: f32) -> Result<f32, BridgeError> {
+    if v == 0.0 {
+        Ok(1.0)
+    } else if v.is_finite() && v > 0.0 && v <= MAX_VOLUME {
+        Ok(v)
+    } else {
+        Err(BridgeError::InvalidArgument(format!(
+            "volume {v} is not valid: use 0 < volume <= {MAX_VOLUME} (0 means 1.0)"
+        )))
+    }
 }
 
 pub fn stop(req: &proto::StopAudioRequest) -> Result<(), BridgeError> {
@@ -179,6 +239,52 @@ mod tests {
         assert!(leave(&leave_req).is_ok());
         leave_req.reason = "r".repeat(MAX_REASON_BYTES + 1);
         assert!(leave(&leave_req).is_err());
+    }
+
+    #[test]
+    fn volume_zero_is_full_volume_and_nonsense_is_refused() {
+        assert_eq!(volume(0.0).ok(), Some(1.0));
+        assert_eq!(volume(0.25).ok(), Some(0.25));
+        assert_eq!(volume(16.0).ok(), Some(16.0));
+        for bad in [-0.5, 16.5, f32::NAN, f32::INFINITY] {
+            assert!(volume(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_http_and_https_urls_with_a_host() {
+        assert!(audio_url("http://h/a.mp3").is_ok());
+        assert!(audio_url("HTTPS://h/a.mp3?x=1.wav").is_ok());
+        for bad in [
+            "",
+            "  ",
+            "file:///etc/passwd",
+            "ftp://h/a.mp3",
+            "h/a.mp3",
+            "http://",
+        ] {
+            assert!(audio_url(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_url_or_volume_is_reported_as_an_event_and_bad_ids_are_not() {
+        let mut req = proto::PlayAudioRequest {
+            user_id: "u".into(),
+            request_id: "r".into(),
+            audio_url: "https://h/a.wav".into(),
+            track_id: 2,
+            ..Default::default()
+        };
+        let ok = play(&req).expect("valid");
+        assert_eq!((ok.track.as_str(), ok.volume), ("tts", 1.0));
+        req.volume = -1.0;
+        assert!(play(&req).expect_err("bad volume").failed_event);
+        req.volume = 0.0;
+        req.audio_url = "ftp://h/a.wav".into();
+        assert!(play(&req).expect_err("bad scheme").failed_event);
+        req.request_id = "a\nb".into();
+        assert!(!play(&req).expect_err("bad id").failed_event);
     }
 
     #[test]

@@ -73,17 +73,19 @@ pub struct BridgeState {
 }
 
 impl BridgeState {
-    pub fn new(settings: ServiceSettings) -> Arc<Self> {
-        Arc::new(Self {
+    /// The service's state, or why `settings` cannot work (PlayAudio's HTTP client cannot
+    /// be built from `PLAYBACK_CA_FILE`).
+    pub fn new(settings: ServiceSettings) -> Result<Arc<Self>, String> {
+        Ok(Arc::new(Self {
             registry: Arc::default(),
             backends: Backends::new(settings.livekit_ffi_lib.clone()),
-            player: Player::new(settings.playback.clone()),
+            player: Player::new(settings.playback.clone())?,
             settings,
             started: Instant::now(),
             open_streams: AtomicI64::new(0),
             draining: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
-        })
+        }))
     }
 
     pub fn open_streams(&self) -> i64 {
@@ -104,6 +106,15 @@ impl BridgeState {
             closing.spawn(async move { session.close(EndReason::Shutdown).await });
         }
         while closing.join_next().await.is_some() {}
+    }
+
+    /// The session of `user_id`, or NOT_FOUND saying what to do.
+    fn session(&self, user_id: &str) -> Result<Arc<Session>, BridgeError> {
+        self.registry.get(user_id).ok_or_else(|| {
+            BridgeError::NotFound(format!(
+                "no session for user_id {user_id:?}: call JoinRoom first"
+            ))
+        })
     }
 
     fn refuse_if_draining(&self) -> Result<(), BridgeError> {

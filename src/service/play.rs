@@ -1,12 +1,12 @@
-//! PlayAudio and StopAudio: checking the request, finding the session, and handing over to
-//! [`crate::playback`].
+//! PlayAudio and StopAudio: the checked request goes to [`crate::playback`], and playback's
+//! events come back as the wire's `PlayAudioEvent`s.
 //!
 //! Answers, as the contract has them: an empty or non-http(s) URL, or a volume that is not a
-//! finite number in 0..=16, gets a FAILED event and then INVALID_ARGUMENT; a user without a
-//! session gets NOT_FOUND; a session whose room is not connected gets FAILED_PRECONDITION.
-//! `volume: 0` means unset, i.e. 1.0: proto3 cannot tell the two apart, and the backend leaves
-//! it unset for full volume.
+//! finite number in 0..=16, gets a FAILED event and then INVALID_ARGUMENT (see
+//! [`checks::play`]); a user without a session gets NOT_FOUND; a session whose room is not
+//! connected gets FAILED_PRECONDITION.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -14,68 +14,40 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::{BridgeState, EventStream, checks};
+use super::checks::{self, PlayRefused};
+use super::{BridgeState, EventStream};
 use crate::error::BridgeError;
-use crate::playback::fetch::{parse_url, redacted};
-use crate::playback::{PlayRequest, PlaybackError, StopCause, StopTarget};
-use crate::proto::{self, play_audio_event::EventType};
-use crate::room::track_name;
+use crate::playback::fetch::redacted;
+use crate::playback::{Output, PlayEvent, PlayRequest, StopCause, StopTarget};
+use crate::proto::{self, PlayAudioEvent, play_audio_event::EventType};
 
 /// Events queued for a PlayAudio caller.
 const EVENT_QUEUE: usize = 8;
-/// The loudest gain accepted.
-const MAX_VOLUME: f32 = 16.0;
-
-/// The contract's volume: 0 is unset (1.0); otherwise a finite gain in (0, 16].
-fn volume(v: f32) -> Result<f32, PlaybackError> {
-    if v == 0.0 {
-        Ok(1.0)
-    } else if v.is_finite() && v > 0.0 && v <= MAX_VOLUME {
-        Ok(v)
-    } else {
-        Err(PlaybackError::Invalid(format!(
-            "volume {v} is not valid: use 0 < volume <= {MAX_VOLUME} (0 means 1.0)"
-        )))
-    }
-}
-
-fn failed_then(
-    request_id: &str,
-    error: &str,
-    status: Status,
-) -> EventStream<proto::PlayAudioEvent> {
-    let failed = proto::PlayAudioEvent {
-        r#type: EventType::Failed as i32,
-        request_id: request_id.to_string(),
-        error: error.to_string(),
-        ..Default::default()
-    };
-    Box::pin(tokio_stream::iter([Ok(failed), Err(status)]))
-}
 
 pub(super) fn play(
     state: &Arc<BridgeState>,
     req: proto::PlayAudioRequest,
-) -> Result<EventStream<proto::PlayAudioEvent>, Status> {
-    checks::play(&req)?;
-    let checked = parse_url(&req.audio_url).and_then(|url| Ok((url, volume(req.volume)?)));
-    let (url, volume) = match checked {
-        Ok(c) => c,
-        Err(e) => {
-            let text = e.to_string();
-            return Ok(failed_then(
-                &req.request_id,
-                &text,
-                BridgeError::InvalidArgument(text.clone()).into(),
-            ));
+) -> Result<EventStream<PlayAudioEvent>, Status> {
+    let request = match checks::play(&req) {
+        Ok(request) => request,
+        Err(PlayRefused {
+            error,
+            failed_event: false,
+        }) => return Err(error.into()),
+        Err(PlayRefused {
+            error,
+            failed_event: true,
+        }) => {
+            let failed = PlayAudioEvent {
+                r#type: EventType::Failed as i32,
+                request_id: req.request_id,
+                error: error.to_string(),
+                ..Default::default()
+            };
+            return Ok(Box::pin(tokio_stream::iter([Ok(failed), Err(error.into())])));
         }
     };
-    let session = state.registry.get(&req.user_id).ok_or_else(|| {
-        BridgeError::NotFound(format!(
-            "no session for user_id {:?}: call JoinRoom first",
-            req.user_id
-        ))
-    })?;
+    let session = state.session(&req.user_id)?;
     if !session.is_connected() {
         let why = session
             .ended()
@@ -86,18 +58,66 @@ pub(super) fn play(
         ))
         .into());
     }
-    let request = PlayRequest {
-        request_id: req.request_id,
-        url,
-        volume,
-        track_id: req.track_id,
-        track: track_name(req.track_id),
-        stop_other: req.stop_other,
-    };
     tracing::info!(user_id = %req.user_id, request_id = %request.request_id, track = %request.track, url = %redacted(&request.url), "playing");
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    let wire = WireEvent::of(&request);
     state.player.start(session, request, tx);
-    Ok(Box::pin(ReceiverStream::new(rx).map(Ok)))
+    Ok(Box::pin(
+        ReceiverStream::new(rx).map(move |e| Ok(wire.convert(e))),
+    ))
+}
+
+/// What every event of one playback carries.
+struct WireEvent {
+    request_id: String,
+    track: String,
+}
+
+impl WireEvent {
+    fn of(request: &PlayRequest) -> Self {
+        Self {
+            request_id: request.request_id.clone(),
+            track: request.track.clone(),
+        }
+    }
+
+    /// The wire's event for `event`: STARTED carries the start latency and the source's codec,
+    /// rate and channels in its metadata; every event names its track.
+    fn convert(&self, event: PlayEvent) -> PlayAudioEvent {
+        let mut wire = PlayAudioEvent {
+            request_id: self.request_id.clone(),
+            metadata: HashMap::from([("track".to_string(), self.track.clone())]),
+            ..Default::default()
+        };
+        let (kind, position) = match event {
+            PlayEvent::Started { latency, source } => {
+                let m = &mut wire.metadata;
+                m.insert("start_latency_ms".into(), latency.as_millis().to_string());
+                if let Some(s) = source {
+                    m.insert("codec".into(), s.codec);
+                    m.insert("source_sample_rate".into(), s.sample_rate.to_string());
+                    m.insert("source_channels".into(), s.channels.to_string());
+                }
+                (EventType::Started, None)
+            }
+            PlayEvent::Progress { position } => (EventType::Progress, Some(position)),
+            PlayEvent::Completed { duration } => {
+                wire.duration_ms = millis(duration);
+                (EventType::Completed, Some(duration))
+            }
+            PlayEvent::Failed { error, position } => {
+                wire.error = error.to_string();
+                (EventType::Failed, Some(position))
+            }
+        };
+        wire.r#type = kind as i32;
+        wire.position_ms = position.map_or(0, millis);
+        wire
+    }
+}
+
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 pub(super) async fn stop(
@@ -105,9 +125,7 @@ pub(super) async fn stop(
     req: proto::StopAudioRequest,
 ) -> Result<proto::StopAudioResponse, BridgeError> {
     checks::stop(&req)?;
-    let session = state.registry.get(&req.user_id).ok_or_else(|| {
-        BridgeError::NotFound(format!("no session for user_id {:?}", req.user_id))
-    })?;
+    let session = state.session(&req.user_id)?;
     let target = if !req.request_id.is_empty() {
         StopTarget::Request(req.request_id)
     } else if req.track_id == -1 {
@@ -125,19 +143,4 @@ pub(super) async fn stop(
         error: String::new(),
         stopped_request_id: stopped.join(","),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn volume_zero_is_full_volume_and_nonsense_is_refused() {
-        assert_eq!(volume(0.0), Ok(1.0));
-        assert_eq!(volume(0.25), Ok(0.25));
-        assert_eq!(volume(16.0), Ok(16.0));
-        for bad in [-0.5, 16.5, f32::NAN, f32::INFINITY] {
-            assert!(volume(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -23,6 +23,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status, Streaming};
 
 use super::{BridgeState, EventStream, OpenStream, checks};
+use crate::audio::format;
 use crate::error::BridgeError;
 use crate::proto::AudioChunk;
 use crate::room::track_name;
@@ -33,7 +34,7 @@ const OUTBOUND_QUEUE: usize = 4;
 /// How long the final status may wait for room in a stream whose client is not reading.
 const FINAL_STATUS_WAIT: Duration = Duration::from_secs(1);
 /// The room's audio format, which is also the only format accepted from the client.
-const SAMPLE_RATE: i32 = 16_000;
+const SAMPLE_RATE: i32 = format::SAMPLE_RATE as i32;
 /// Trailer naming why a stream ended cleanly.
 pub const END_REASON_TRAILER: &str = "x-bridge-end-reason";
 
@@ -56,12 +57,7 @@ pub(super) async fn open(
             )
         })?;
     checks::first_chunk(&first)?;
-    let session = state.registry.get(&first.user_id).ok_or_else(|| {
-        BridgeError::NotFound(format!(
-            "no session for user_id {:?}: call JoinRoom first",
-            first.user_id
-        ))
-    })?;
+    let session = state.session(&first.user_id)?;
     if let Some((reason, _)) = session.ended() {
         return Err(BridgeError::Unavailable(format!(
             "{}; call JoinRoom again",
@@ -101,13 +97,13 @@ fn validate(chunk: &AudioChunk) -> Result<Option<&[u8]>, BridgeError> {
             chunk.sample_rate
         )));
     }
-    if chunk.channels > 1 || chunk.channels < 0 {
+    if chunk.channels < 0 || chunk.channels as u32 > format::CHANNELS {
         return Err(BridgeError::InvalidArgument(format!(
             "channels {} is not supported: send mono (1) PCM16",
             chunk.channels
         )));
     }
-    if chunk.pcm_data.len() % 2 != 0 {
+    if chunk.pcm_data.len() % format::BYTES_PER_SAMPLE != 0 {
         return Err(BridgeError::InvalidArgument(format!(
             "pcm_data must hold whole 16-bit samples; got {} bytes",
             chunk.pcm_data.len()
@@ -198,7 +194,7 @@ async fn pump_room_audio(
                 Err(_) => break End::ClientGone,
             },
         };
-        let mut pcm = Vec::with_capacity(640);
+        let mut pcm = Vec::with_capacity(2 * format::FRAME_BYTES);
         let popped = tokio::select! {
             biased;
             () = taken_over.cancelled() => break End::Status(taken_over_status()),
@@ -212,7 +208,7 @@ async fn pump_room_audio(
         permit.send(Ok(AudioChunk {
             pcm_data: pcm,
             sample_rate: SAMPLE_RATE,
-            channels: 1,
+            channels: format::CHANNELS as i32,
             timestamp_ms: arrived_ms,
             ..Default::default()
         }));

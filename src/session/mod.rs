@@ -18,8 +18,8 @@ use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
 use crate::audio::{FrameConsumer, RingCloser, RingConfig, RingStats, audio_ring};
-use crate::playback::Playbacks;
-use crate::room::{ConnectRequest, Connected, Room, RoomBackend, RoomError};
+use crate::playback::{Output, Playbacks};
+use crate::room::{BoxFuture, ConnectRequest, Connected, Room, RoomBackend, RoomError};
 
 /// Why a session ended. The first reason wins.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,12 +231,6 @@ impl Session {
         self.room.as_ref()
     }
 
-    /// What PlayAudio is playing into the session's tracks. Playbacks stop by themselves when
-    /// the session closes.
-    pub fn playbacks(&self) -> &Playbacks {
-        &self.playbacks
-    }
-
     /// Takes the session's audio for a new stream. An earlier stream is told to end and gives
     /// the ring up before this one gets it, so frames are never split between two streams.
     pub async fn attach_stream(&self) -> Option<StreamLease> {
@@ -256,6 +250,29 @@ impl Session {
     /// Whether stream `id` still owns the session's audio.
     pub fn owns_stream(&self, id: u64) -> bool {
         self.stream.lock().unwrap_or_else(PoisonError::into_inner).0 == id
+    }
+}
+
+/// PlayAudio plays into a session's room; its playbacks stop by themselves when it closes.
+impl Output for Session {
+    fn publish<'a>(
+        &'a self,
+        track: &'a str,
+        pcm: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), RoomError>> {
+        self.room.publish(track, pcm)
+    }
+
+    fn closed(&self) -> BoxFuture<'_, String> {
+        Box::pin(async move {
+            self.core.closed.cancelled().await;
+            self.ended()
+                .map_or_else(|| "closed".into(), |(reason, _)| reason.describe())
+        })
+    }
+
+    fn playbacks(&self) -> &Playbacks {
+        &self.playbacks
     }
 }
 

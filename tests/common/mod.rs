@@ -35,7 +35,7 @@ impl Bridge {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let state = BridgeState::new(settings);
+        let state = BridgeState::new(settings).expect("valid settings");
         let (tx, rx) = oneshot::channel::<()>();
         let served = tokio::spawn(server::run(
             state.clone(),
