@@ -14,6 +14,7 @@
 //!   limit, handshake deadline) and the Unix socket's ownership; `config`: settings from flags
 //!   and environment.
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod audio;
 mod sync;

@@ -102,7 +102,9 @@ pub struct RingConfig {
 impl RingConfig {
     /// A ring holding about `ms` milliseconds of 10 ms frames.
     pub fn for_duration_ms(ms: u32, overflow: Overflow) -> Self {
-        let frames = (ms as usize).div_ceil(format::FRAME.as_millis() as usize).max(1);
+        let frames = (ms as usize)
+            .div_ceil(format::FRAME.as_millis() as usize)
+            .max(1);
         Self {
             capacity_bytes: frames * (format::FRAME_BYTES + FRAME_HEADER),
             overflow,

@@ -68,9 +68,10 @@ impl Player {
         events: mpsc::Sender<PlayEvent>,
     ) {
         let received = Instant::now();
-        let begun = output
-            .playbacks()
-            .begin(request.track_id, &request.request_id, request.stop_other);
+        let begun =
+            output
+                .playbacks()
+                .begin(request.track_id, &request.request_id, request.stop_other);
         let running = Gauge::new(&self.stats, |s| &s.playouts);
         tokio::spawn(self.clone().run(Run {
             output,

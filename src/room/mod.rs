@@ -107,6 +107,9 @@ pub enum RoomError {
     /// The backend this URL needs is not available in this process.
     #[error("{0}")]
     Unavailable(String),
+    /// The LiveKit library failed a request or answered one unexpectedly.
+    #[error("LiveKit library: {0}")]
+    Library(String),
 }
 
 /// The backends of this process, chosen by URL scheme.

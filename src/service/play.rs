@@ -44,7 +44,10 @@ pub(super) fn play(
                 error: error.to_string(),
                 ..Default::default()
             };
-            return Ok(Box::pin(tokio_stream::iter([Ok(failed), Err(error.into())])));
+            return Ok(Box::pin(tokio_stream::iter([
+                Ok(failed),
+                Err(error.into()),
+            ])));
         }
     };
     let session = state.session(&req.user_id)?;

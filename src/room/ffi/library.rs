@@ -5,17 +5,20 @@
 //! checked against the pinned build (from the PyPI wheel `livekit==1.2.1`), because the FFI
 //! protocol's field numbers in `proto/livekit_ffi/` are only known to match that build.
 //!
-//! This is the only module of the crate that uses `unsafe`: calling foreign functions and
-//! reading memory the library lends us. Each block says why it is sound.
+//! This is the only module of the LiveKit adapter that uses `unsafe` or hands the library an
+//! address: calling foreign functions, reading memory the library lends us, and lending it
+//! the samples of a captured frame. Each says why it is sound.
 #![allow(unsafe_code)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
+use prost::Message;
 use sha2::{Digest, Sha256};
 
 use super::packet::{DataPacketRef, read_data_packet};
+use super::proto;
 
 /// The pinned library: version and sha256 of `liblivekit_ffi.so` in the wheel.
 pub const LIB_VERSION: &str = "1.2.1";
@@ -130,6 +133,39 @@ impl Library {
         let response = unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec();
         self.drop_handle(handle);
         Ok(response)
+    }
+
+    /// Sends a `CaptureAudioFrame` request, call `async_id`, handing `samples` (mono, at
+    /// `sample_rate`) to the audio source `source`; returns the encoded `FfiResponse`.
+    ///
+    /// The request carries the samples' address, not the samples. That is sound because the
+    /// library reads exactly `num_channels * samples_per_channel` samples, both set here from
+    /// `samples` itself, and copies them before the request returns (livekit-ffi's
+    /// `FfiAudioSource::capture_frame` copies the buffer, then spawns the capture), so the
+    /// borrow of `samples` for this call covers every read.
+    pub fn capture_frame(
+        &self,
+        source: u64,
+        samples: &[i16],
+        sample_rate: u32,
+        async_id: u64,
+    ) -> Result<Vec<u8>, String> {
+        let request = proto::FfiRequest {
+            message: Some(proto::ffi_request::Message::CaptureAudioFrame(
+                proto::CaptureAudioFrameRequest {
+                    source_handle: source,
+                    buffer: proto::AudioFrameBufferInfo {
+                        data_ptr: samples.as_ptr() as u64,
+                        num_channels: 1,
+                        sample_rate,
+                        samples_per_channel: u32::try_from(samples.len())
+                            .map_err(|_| "an audio frame of over 2^32 samples".to_string())?,
+                    },
+                    request_async_id: Some(async_id),
+                },
+            )),
+        };
+        self.request(&request.encode_to_vec())
     }
 
     /// Releases a handle the library gave us (room, participant, track, buffer, ...).

@@ -1,0 +1,257 @@
+//! A joined LiveKit room: its published tracks (created on first use, fed 10 ms frames with
+//! backpressure from the library's audio source queue) and leaving it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use super::client::{Client, decode_response, unexpected};
+use super::proto::{self, ffi_event, ffi_request, ffi_response};
+use super::reframe::Reframer;
+use crate::audio::format;
+use crate::room::{BoxFuture, Room, RoomError};
+
+/// Audio the library queues per published track before capture applies backpressure.
+const SOURCE_QUEUE_MS: u32 = 500;
+/// How long leaving a room may take before its handles are released anyway.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long any other call into the library may take.
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One published track: its audio source, track and publication, and the frame being filled.
+struct Track {
+    source: u64,
+    track: u64,
+    publication: u64,
+    sid: String,
+    frames: Reframer,
+}
+
+/// A joined LiveKit room.
+pub(super) struct FfiRoom {
+    client: &'static Client,
+    room_handle: u64,
+    local_handle: u64,
+    /// Tracks by name; `None` once the room is left. Leaving takes the map, then each track
+    /// under its slot's lock; a publish checks for `None` under both locks in turn, so it
+    /// either finishes with its track before the leave takes it, or sees the room left and
+    /// never creates a track in a room being left.
+    tracks: Mutex<Option<HashMap<String, Slot>>>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Track>>>;
+
+impl FfiRoom {
+    pub fn new(client: &'static Client, room_handle: u64, local_handle: u64) -> Self {
+        Self {
+            client,
+            room_handle,
+            local_handle,
+            tracks: Mutex::new(Some(HashMap::new())),
+        }
+    }
+
+    fn tracks(&self) -> std::sync::MutexGuard<'_, Option<HashMap<String, Slot>>> {
+        self.tracks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn create_track(&self, name: &str) -> Result<Track, RoomError> {
+        let c = self.client;
+        let answer = c.request(ffi_request::Message::NewAudioSource(
+            proto::NewAudioSourceRequest {
+                r#type: proto::AudioSourceType::AudioSourceNative as i32,
+                options: Some(proto::AudioSourceOptions {
+                    echo_cancellation: false,
+                    noise_suppression: false,
+                    auto_gain_control: false,
+                }),
+                sample_rate: Some(format::SAMPLE_RATE),
+                num_channels: Some(format::CHANNELS),
+                queue_size_ms: Some(SOURCE_QUEUE_MS),
+            },
+        ))?;
+        let ffi_response::Message::NewAudioSource(r) = answer else {
+            return Err(unexpected("NewAudioSource", answer));
+        };
+        let source = r.source.handle.id;
+        let answer = c.request(ffi_request::Message::CreateAudioTrack(
+            proto::CreateAudioTrackRequest {
+                name: name.to_string(),
+                source_handle: source,
+            },
+        ));
+        let track = match answer {
+            Ok(ffi_response::Message::CreateAudioTrack(r)) => r.track.handle.id,
+            other => {
+                c.lib.drop_handle(source);
+                return Err(other.and_then(|a| Err(unexpected("CreateAudioTrack", a)))?);
+            }
+        };
+        let publication = match self.publish_track(track).await {
+            Ok(p) => p,
+            Err(e) => {
+                c.lib.drop_handle(track);
+                c.lib.drop_handle(source);
+                return Err(match e {
+                    RoomError::NotConnected(why) => {
+                        RoomError::NotConnected(format!("publishing track {name}: {why}"))
+                    }
+                    e => e,
+                });
+            }
+        };
+        tracing::info!(
+            room_handle = self.room_handle,
+            track = name,
+            "published track"
+        );
+        Ok(Track {
+            source,
+            track,
+            publication: publication.handle.id,
+            sid: publication.info.sid,
+            frames: Reframer::default(),
+        })
+    }
+
+    async fn publish_track(&self, track: u64) -> Result<proto::OwnedTrackPublication, RoomError> {
+        let local = self.local_handle;
+        let answer = self
+            .client
+            .call(
+                move |id| {
+                    ffi_request::Message::PublishTrack(proto::PublishTrackRequest {
+                        local_participant_handle: local,
+                        track_handle: track,
+                        options: proto::TrackPublishOptions {
+                            dtx: Some(false),
+                            red: Some(true),
+                            source: Some(proto::TrackSource::SourceMicrophone as i32),
+                        },
+                        request_async_id: Some(id),
+                    })
+                },
+                CALL_TIMEOUT,
+            )
+            .await?;
+        use proto::publish_track_callback::Message as M;
+        match answer {
+            ffi_event::Message::PublishTrack(cb) => match cb.message {
+                Some(M::Publication(p)) => Ok(p),
+                Some(M::Error(e)) => Err(RoomError::NotConnected(e)),
+                None => Err(unexpected("PublishTrack", "an empty callback")),
+            },
+            other => Err(unexpected("PublishTrack", other)),
+        }
+    }
+
+    /// Hands one 10 ms frame to the track's source and waits until the library takes more.
+    async fn capture(&self, source: u64, frame: &[i16]) -> Result<(), RoomError> {
+        let c = self.client;
+        let send = |id| {
+            let response = c
+                .lib
+                .capture_frame(source, frame, format::SAMPLE_RATE, id)
+                .map_err(RoomError::Library)?;
+            decode_response(&response).map(drop)
+        };
+        match c.call_with(send, CALL_TIMEOUT).await? {
+            ffi_event::Message::CaptureAudioFrame(cb) => match cb.error {
+                Some(e) if !e.is_empty() => Err(RoomError::NotConnected(format!("capture: {e}"))),
+                _ => Ok(()),
+            },
+            other => Err(unexpected("CaptureAudioFrame", other)),
+        }
+    }
+
+    async fn unpublish(&self, t: Track) {
+        let (local, sid) = (self.local_handle, t.sid.clone());
+        let _ = self
+            .client
+            .call(
+                move |id| {
+                    ffi_request::Message::UnpublishTrack(proto::UnpublishTrackRequest {
+                        local_participant_handle: local,
+                        track_sid: sid,
+                        stop_on_unpublish: true,
+                        request_async_id: Some(id),
+                    })
+                },
+                LEAVE_TIMEOUT,
+            )
+            .await;
+        for h in [t.publication, t.track, t.source] {
+            self.client.lib.drop_handle(h);
+        }
+    }
+}
+
+impl Room for FfiRoom {
+    fn publish<'a>(
+        &'a self,
+        track: &'a str,
+        pcm: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), RoomError>> {
+        Box::pin(async move {
+            let left = || RoomError::NotConnected("the room was left".into());
+            let slot = match self.tracks().as_mut() {
+                Some(tracks) => tracks.entry(track.to_string()).or_default().clone(),
+                None => return Err(left()),
+            };
+            let mut slot = slot.lock().await;
+            if self.tracks().is_none() {
+                return Err(left());
+            }
+            let t = match slot.as_mut() {
+                Some(t) => t,
+                None => slot.insert(self.create_track(track).await?),
+            };
+            let mut rest = pcm;
+            loop {
+                let took = t.frames.fill(rest);
+                rest = &rest[took..];
+                if let Some(frame) = t.frames.full() {
+                    let sent = self.capture(t.source, frame).await;
+                    t.frames.clear();
+                    sent?;
+                } else if rest.is_empty() {
+                    return Ok(());
+                }
+            }
+        })
+    }
+
+    fn disconnect(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(tracks) = self.tracks().take() else {
+                return;
+            };
+            let c = self.client;
+            for slot in tracks.into_values() {
+                if let Some(t) = slot.lock().await.take() {
+                    self.unpublish(t).await;
+                }
+            }
+            let room = self.room_handle;
+            let left = c
+                .call(
+                    move |id| {
+                        ffi_request::Message::Disconnect(proto::DisconnectRequest {
+                            room_handle: room,
+                            request_async_id: Some(id),
+                            reason: Some(proto::DisconnectReason::ClientInitiated as i32),
+                        })
+                    },
+                    LEAVE_TIMEOUT,
+                )
+                .await;
+            if let Err(e) = left {
+                tracing::warn!(room_handle = room, error = %e, "leaving the LiveKit room did not finish");
+            }
+            c.shared.remove_route(room);
+            c.lib.drop_handle(self.local_handle);
+            c.lib.drop_handle(room);
+            tracing::info!(room_handle = room, "left LiveKit room");
+        })
+    }
+}

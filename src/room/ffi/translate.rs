@@ -1,0 +1,53 @@
+//! The library's words in the bridge's: disconnect reasons and log records.
+
+use super::proto;
+
+/// What a server-initiated disconnect means, for GetStatus and the logs.
+pub(super) fn disconnect_reason(reason: i32) -> String {
+    use proto::DisconnectReason as R;
+    let text = match R::try_from(reason) {
+        Ok(R::ClientInitiated) => "the bridge left the room",
+        Ok(R::DuplicateIdentity) => "another participant joined with the same identity",
+        Ok(R::ServerShutdown) => "the LiveKit server shut down",
+        Ok(R::ParticipantRemoved) => "the participant was removed from the room",
+        Ok(R::RoomDeleted) => "the room was deleted",
+        Ok(R::StateMismatch) => "the server and client disagreed on state",
+        Ok(R::JoinFailure) => "joining failed",
+        Ok(R::Migration) => "the session migrated",
+        Ok(R::SignalClose) => "the signalling connection closed (token expired or network lost)",
+        Ok(R::RoomClosed) => "the room was closed",
+        Ok(R::ConnectionTimeout) => "the connection timed out",
+        Ok(R::MediaFailure) => "media failed",
+        _ => "disconnected",
+    };
+    let name = R::try_from(reason).map_or_else(|_| reason.to_string(), |r| r.as_str_name().into());
+    format!("{text} ({name})")
+}
+
+/// One of the library's log records, into the bridge's logs under the target `livekit_ffi`.
+pub(super) fn log_record(r: &proto::LogRecord) {
+    use proto::LogLevel as L;
+    let (module, message) = (r.target.as_str(), r.message.as_str());
+    match L::try_from(r.level) {
+        Ok(L::LogError) => tracing::error!(target: "livekit_ffi", module, "{message}"),
+        Ok(L::LogWarn) => tracing::warn!(target: "livekit_ffi", module, "{message}"),
+        Ok(L::LogInfo) => tracing::info!(target: "livekit_ffi", module, "{message}"),
+        Ok(L::LogDebug) => tracing::debug!(target: "livekit_ffi", module, "{message}"),
+        _ => tracing::trace!(target: "livekit_ffi", module, "{message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_worded_and_named() {
+        let dup = disconnect_reason(proto::DisconnectReason::DuplicateIdentity as i32);
+        assert_eq!(
+            dup,
+            "another participant joined with the same identity (DUPLICATE_IDENTITY)"
+        );
+        assert_eq!(disconnect_reason(9999), "disconnected (9999)");
+    }
+}
