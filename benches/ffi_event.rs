@@ -6,32 +6,21 @@
 //! Run: `cargo bench --bench ffi_event`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use livekit_bridge::room::ffi::packet::read_data_packet;
-use livekit_bridge::room::ffi::proto::{self, data_packet_received, ffi_event, room_event};
+use livekit_bridge::room::ffi::packet::{DataPacketRef, read_data_packet};
+use livekit_bridge::room::ffi::proto::{self, ffi_event};
 use prost::Message;
 
 fn event() -> Vec<u8> {
-    proto::FfiEvent {
-        message: Some(ffi_event::Message::RoomEvent(proto::RoomEvent {
-            room_handle: 17,
-            message: Some(room_event::Message::DataPacketReceived(
-                proto::DataPacketReceived {
-                    kind: 0,
-                    participant_identity: "user-7f3a9c21".into(),
-                    value: Some(data_packet_received::Value::User(proto::UserPacket {
-                        data: proto::OwnedBuffer {
-                            handle: proto::FfiOwnedHandle { id: 123_456 },
-                            data: proto::BufferInfo {
-                                data_ptr: 0x7f12_3456_7890,
-                                data_len: 321,
-                            },
-                        },
-                        topic: None,
-                    })),
-                },
-            )),
-        })),
+    DataPacketRef {
+        room_handle: 17,
+        kind: 0,
+        identity: "user-7f3a9c21",
+        topic: "",
+        buffer_handle: 123_456,
+        data_ptr: 0x7f12_3456_7890,
+        data_len: 321,
     }
+    .to_event()
     .encode_to_vec()
 }
 

@@ -16,13 +16,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use client::{Client, Stream};
 use livekit_bridge::proto::live_kit_bridge_client::LiveKitBridgeClient;
-use livekit_bridge::proto::{AudioChunk, JoinRoomRequest, LeaveRoomRequest};
 use livekit_bridge::session::unix_ms;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
+#[path = "../tests/common/client.rs"]
+mod client;
 #[path = "../tests/common/procfs.rs"]
 mod procfs;
 #[path = "../tests/common/unix.rs"]
@@ -63,7 +62,7 @@ fn start_bridge(socket: &Path) -> Child {
     child
 }
 
-async fn connect(socket: &Path) -> LiveKitBridgeClient<Channel> {
+async fn connect(socket: &Path) -> Client {
     LiveKitBridgeClient::new(unix::unix_channel(socket).await)
 }
 
@@ -98,35 +97,14 @@ impl Histogram {
 }
 
 async fn user(
-    mut client: LiveKitBridgeClient<Channel>,
+    mut client: Client,
     name: String,
     until: Instant,
     frames: Arc<AtomicU64>,
     delays: Arc<Histogram>,
 ) {
-    let join = JoinRoomRequest {
-        user_id: name.clone(),
-        room_name: name.clone(),
-        livekit_url: "sim://tone?hz=440".into(),
-        target_identity: name.clone(),
-        ..Default::default()
-    };
-    let joined = client.join_room(join).await.expect("join").into_inner();
-    assert!(joined.success, "{}", joined.error);
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(AudioChunk {
-        user_id: name.clone(),
-        sample_rate: 16_000,
-        channels: 1,
-        ..Default::default()
-    })
-    .await
-    .expect("first chunk");
-    let mut stream = client
-        .stream_audio(ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    client::join_ok(&mut client, &name, "sim://tone?hz=440").await;
+    let Stream { tx, rx: mut stream } = client::open(&mut client, &name).await;
     while Instant::now() < until {
         match tokio::time::timeout_at(until.into(), stream.message()).await {
             Ok(Ok(Some(chunk))) => {
@@ -137,18 +115,7 @@ async fn user(
             Err(_) => break,
         }
     }
-    let leave = LeaveRoomRequest {
-        user_id: name,
-        reason: "loadgen done".into(),
-    };
-    assert!(
-        client
-            .leave_room(leave)
-            .await
-            .expect("leave")
-            .into_inner()
-            .success
-    );
+    assert!(client::leave(&mut client, &name).await.success);
     drop(tx);
 }
 

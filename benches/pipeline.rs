@@ -13,17 +13,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use client::{Client, Stream};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use livekit_bridge::proto::AudioChunk;
 use livekit_bridge::proto::live_kit_bridge_client::LiveKitBridgeClient;
-use livekit_bridge::proto::{AudioChunk, JoinRoomRequest};
 use livekit_bridge::server;
 use livekit_bridge::service::{BridgeState, ServiceSettings};
 use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
+#[path = "../tests/common/client.rs"]
+mod client;
 #[path = "../tests/common/procfs.rs"]
 mod procfs;
 #[path = "../tests/common/unix.rs"]
@@ -50,38 +51,14 @@ async fn start(socket: PathBuf) -> Bridge {
     }
 }
 
-async fn client(socket: PathBuf) -> LiveKitBridgeClient<Channel> {
+async fn connect(socket: PathBuf) -> Client {
     LiveKitBridgeClient::new(unix::unix_channel(&socket).await)
 }
 
-/// Joins `url` as `user` and opens its stream; the sender keeps the request side open.
-async fn stream(
-    c: &mut LiveKitBridgeClient<Channel>,
-    user: &str,
-    url: &str,
-) -> (mpsc::Sender<AudioChunk>, Streaming<AudioChunk>) {
-    let join = JoinRoomRequest {
-        user_id: user.into(),
-        room_name: user.into(),
-        livekit_url: url.into(),
-        target_identity: user.into(),
-        ..Default::default()
-    };
-    let joined = c.join_room(join).await.expect("join").into_inner();
-    assert!(joined.success, "{}", joined.error);
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(AudioChunk {
-        user_id: user.into(),
-        ..Default::default()
-    })
-    .await
-    .expect("first chunk");
-    let s = c
-        .stream_audio(ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
-    (tx, s)
+/// Joins `url` as `user` and opens its stream.
+async fn stream(c: &mut Client, user: &str, url: &str) -> Stream {
+    client::join_ok(c, user, url).await;
+    client::open(c, user).await
 }
 
 async fn read_frames(s: &mut Streaming<AudioChunk>, n: u64) {
@@ -101,8 +78,11 @@ fn pipeline(c: &mut Criterion) {
     let socket =
         std::env::temp_dir().join(format!("livekit-bridge-bench-{}.sock", std::process::id()));
     let bridge = rt.block_on(start(socket.clone()));
-    let mut client = rt.block_on(client(bridge.socket.clone()));
-    let (_tx, mut frames) = rt.block_on(stream(&mut client, "bench", "sim://tone?pace=max"));
+    let mut client = rt.block_on(connect(bridge.socket.clone()));
+    let Stream {
+        tx: _tx,
+        rx: mut frames,
+    } = rt.block_on(stream(&mut client, "bench", "sim://tone?pace=max"));
     rt.block_on(read_frames(&mut frames, 100)); // works before it is timed
 
     let mut group = c.benchmark_group("pipeline");
@@ -149,8 +129,8 @@ fn pipeline(c: &mut Criterion) {
 }
 
 /// Sends 10 ms chunks one at a time through an echo room and times each until it comes back.
-async fn echo_round_trips(c: &mut LiveKitBridgeClient<Channel>, n: usize) -> Vec<Duration> {
-    let (tx, mut s) = stream(c, "echo", "sim://echo").await;
+async fn echo_round_trips(c: &mut Client, n: usize) -> Vec<Duration> {
+    let Stream { tx, rx: mut s } = stream(c, "echo", "sim://echo").await;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let pcm: Vec<u8> = (0..320).map(|j| (i + j) as u8).collect();

@@ -83,31 +83,19 @@ fn push_and_pop_allocate_nothing_per_frame() {
 
 #[test]
 fn reading_a_data_packet_event_allocates_nothing() {
-    use livekit_bridge::room::ffi::packet::read_data_packet;
-    use livekit_bridge::room::ffi::proto::{self, data_packet_received, ffi_event, room_event};
+    use livekit_bridge::room::ffi::packet::{DataPacketRef, read_data_packet};
+    use livekit_bridge::room::ffi::proto;
     use prost::Message;
 
-    let event = proto::FfiEvent {
-        message: Some(ffi_event::Message::RoomEvent(proto::RoomEvent {
-            room_handle: 9,
-            message: Some(room_event::Message::DataPacketReceived(
-                proto::DataPacketReceived {
-                    kind: 0,
-                    participant_identity: "user-1".into(),
-                    value: Some(data_packet_received::Value::User(proto::UserPacket {
-                        data: proto::OwnedBuffer {
-                            handle: proto::FfiOwnedHandle { id: 3 },
-                            data: proto::BufferInfo {
-                                data_ptr: 0x1000,
-                                data_len: 321,
-                            },
-                        },
-                        topic: None,
-                    })),
-                },
-            )),
-        })),
+    let event = DataPacketRef {
+        room_handle: 9,
+        identity: "user-1",
+        buffer_handle: 3,
+        data_ptr: 0x1000,
+        data_len: 321,
+        ..Default::default()
     }
+    .to_event()
     .encode_to_vec();
     let before = allocations();
     let mut found = 0;

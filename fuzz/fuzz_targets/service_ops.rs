@@ -12,14 +12,16 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use livekit_bridge::proto::live_kit_bridge_client::LiveKitBridgeClient;
-use livekit_bridge::proto::{AudioChunk, BridgeStatusRequest, JoinRoomRequest, LeaveRoomRequest};
+use livekit_bridge::proto::{AudioChunk, BridgeStatusRequest, LeaveRoomRequest};
 use livekit_bridge::server;
 use livekit_bridge::service::{BridgeState, ServiceSettings};
 use livekit_bridge::session::Session;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
+
+#[path = "../../tests/common/client.rs"]
+mod client;
 
 #[derive(Arbitrary, Debug, Clone, Copy, PartialEq)]
 enum Room {
@@ -127,18 +129,7 @@ async fn run(ops: &[Op]) {
         match *op {
             Op::Join(u, room) => {
                 let u = u % USERS;
-                let req = JoinRoomRequest {
-                    user_id: name(u),
-                    room_name: name(u),
-                    livekit_url: url(room).into(),
-                    target_identity: name(u),
-                    ..Default::default()
-                };
-                let r = client
-                    .join_room(req)
-                    .await
-                    .expect("JoinRoom status")
-                    .into_inner();
+                let r = client::join(&mut client, &name(u), url(room)).await;
                 let user = users.entry(u).or_default();
                 if room == Room::Fail {
                     assert!(!r.success && r.error.contains("refused"), "{r:?}");
@@ -154,23 +145,20 @@ async fn run(ops: &[Op]) {
             }
             Op::Open(u) => {
                 let u = u % USERS;
-                let (tx, rx) = mpsc::channel(4);
                 let first = AudioChunk {
                     user_id: name(u),
                     ..Default::default()
                 };
-                let _ = tx.send(first).await;
-                let opened = client.stream_audio(ReceiverStream::new(rx)).await;
+                let opened = client::open_with(&mut client, first).await;
                 let user = users.entry(u).or_default();
                 match (&user.session, opened) {
                     (None, Err(s)) => assert_eq!(s.code(), Code::NotFound),
                     (Some((_, Room::Drop)), Err(s)) => assert_eq!(s.code(), Code::Unavailable),
-                    (Some((s, _)), Ok(r)) => {
-                        user.stream = Some((tx, r.into_inner(), s.generation()))
-                    }
+                    (Some((s, _)), Ok(r)) => user.stream = Some((r.tx, r.rx, s.generation())),
                     (session, other) => panic!(
                         "StreamAudio for {session:?}: {other:?}",
-                        session = session.is_some()
+                        session = session.is_some(),
+                        other = other.map(|_| "an open stream"),
                     ),
                 }
             }

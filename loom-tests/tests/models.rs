@@ -6,7 +6,7 @@
 
 use std::task::{Context, Poll, Wake, Waker};
 
-use livekit_bridge::audio::{Overflow, Pop, PushOutcome, RingConfig, audio_ring};
+use livekit_bridge::audio::{Overflow, Pop, PushOutcome, RingConfig, WakeCounter, audio_ring};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
@@ -109,31 +109,22 @@ fn wakeup_by_close() {
     });
 }
 
-struct CountWakes(AtomicUsize);
-
-impl Wake for CountWakes {
-    fn wake(self: std::sync::Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 /// A consumer that has gone is never woken afterwards.
 #[test]
 fn no_wakeup_after_the_consumer_is_gone() {
     loom::model(|| {
         let (p, mut c, _closer) = audio_ring(config());
-        let wakes = std::sync::Arc::new(CountWakes(AtomicUsize::new(0)));
+        let (wakes, waker) = WakeCounter::waker();
         let producer = thread::spawn(move || {
             p.push(1, &[1, 2]);
             p
         });
-        let waker = Waker::from(wakes.clone());
         let parked = c.poll_pop(&mut Context::from_waker(&waker), &mut Vec::new());
         drop(c);
-        let at_drop = wakes.0.load(Ordering::SeqCst);
+        let at_drop = wakes.wakes();
         drop(producer.join().expect("producer"));
         assert_eq!(
-            wakes.0.load(Ordering::SeqCst),
+            wakes.wakes(),
             at_drop,
             "woken after it had gone"
         );
@@ -257,8 +248,7 @@ fn a_replaced_session_never_leaks_into_its_successor() {
 fn registered_consumer_is_woken_exactly_when_needed() {
     loom::model(|| {
         let (p, mut c, _closer) = audio_ring(config());
-        let wakes = std::sync::Arc::new(CountWakes(AtomicUsize::new(0)));
-        let waker = Waker::from(wakes.clone());
+        let (wakes, waker) = WakeCounter::waker();
         let mut out = Vec::new();
         let producer = thread::spawn(move || {
             p.push(3, &[5, 6]);
@@ -268,7 +258,7 @@ fn registered_consumer_is_woken_exactly_when_needed() {
         let p = producer.join().expect("producer");
         if first == Poll::Pending {
             assert!(
-                wakes.0.load(Ordering::SeqCst) >= 1,
+                wakes.wakes() >= 1,
                 "registered, then a push: woken"
             );
             assert_eq!(

@@ -13,3 +13,4 @@ pub use ring::{
     FrameConsumer, FrameProducer, Overflow, Pop, PushOutcome, RingCloser, RingConfig, RingStats,
     audio_ring,
 };
+pub use waker::WakeCounter;

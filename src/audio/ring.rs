@@ -525,8 +525,7 @@ fn parse_header(header: &[u8; FRAME_HEADER]) -> (usize, i64) {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize as StdUsize;
-    use std::task::{Wake, Waker};
+    use crate::audio::WakeCounter;
 
     fn small(overflow: Overflow) -> RingConfig {
         RingConfig {
@@ -622,27 +621,19 @@ mod tests {
         assert_eq!(c.try_pop(&mut Vec::new()), Pop::Empty);
     }
 
-    struct Count(StdUsize);
-    impl Wake for Count {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
     #[test]
     fn a_waiting_consumer_is_woken_by_push_and_by_close() {
         let (p, mut c, closer) = audio_ring(RingConfig::default());
-        let count = std::sync::Arc::new(Count(StdUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = WakeCounter::waker();
         let mut cx = Context::from_waker(&waker);
         let mut out = Vec::new();
         assert!(c.poll_pop(&mut cx, &mut out).is_pending());
         p.push(7, &[1, 2]);
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.wakes(), 1);
         assert_eq!(c.poll_pop(&mut cx, &mut out), Poll::Ready(Some(7)));
         assert!(c.poll_pop(&mut cx, &mut out).is_pending());
         closer.close();
-        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(count.wakes(), 2);
         assert_eq!(c.poll_pop(&mut cx, &mut out), Poll::Ready(None));
     }
 

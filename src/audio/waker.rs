@@ -132,37 +132,52 @@ impl AtomicWaker {
     }
 }
 
+/// A `Waker` that counts its wakes: what the ring's tests and the loom models of its wakeup
+/// protocol observe. Its counter is the core's atomic, so under loom the model checks it too.
+#[derive(Debug, Default)]
+pub struct WakeCounter(AtomicUsize);
+
+impl WakeCounter {
+    /// A counter and a waker that increments it.
+    pub fn waker() -> (std::sync::Arc<Self>, Waker) {
+        let counter = std::sync::Arc::new(Self::default());
+        (counter.clone(), Waker::from(counter))
+    }
+
+    /// Wakes so far.
+    pub fn wakes(&self) -> usize {
+        // SeqCst: a test reads it after the wake it expects, in any thread.
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl std::task::Wake for WakeCounter {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::AtomicWaker;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Wake, Waker};
-
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use super::{AtomicWaker, WakeCounter};
 
     #[test]
     fn wake_reaches_the_registered_waker_once() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let (count, waker) = WakeCounter::waker();
         let slot = AtomicWaker::new();
-        slot.register(&Waker::from(count.clone()));
+        slot.register(&waker);
         slot.wake();
         slot.wake();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.wakes(), 1);
     }
 
     #[test]
     fn clear_empties_the_slot() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let (count, waker) = WakeCounter::waker();
         let slot = AtomicWaker::new();
-        slot.register(&Waker::from(count.clone()));
+        slot.register(&waker);
         slot.clear();
         slot.wake();
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.wakes(), 0);
     }
 }

@@ -9,6 +9,8 @@
 //! merge, a later member of a oneof replaces an earlier one. Whenever prost would decode a user
 //! data packet, this returns the same fields; `fuzz/fuzz_targets/ffi_event.rs` checks that.
 
+use super::proto;
+
 /// A user data packet in a room event, borrowing from the event's bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DataPacketRef<'a> {
@@ -21,6 +23,37 @@ pub struct DataPacketRef<'a> {
     pub buffer_handle: u64,
     pub data_ptr: u64,
     pub data_len: u64,
+}
+
+impl DataPacketRef<'_> {
+    /// The event the library sends for this packet (an empty topic is an absent one): what
+    /// tests, benchmarks and fuzz seeds feed the reader.
+    pub fn to_event(&self) -> proto::FfiEvent {
+        use proto::{data_packet_received, ffi_event, room_event};
+        let user = proto::UserPacket {
+            data: proto::OwnedBuffer {
+                handle: proto::FfiOwnedHandle {
+                    id: self.buffer_handle,
+                },
+                data: proto::BufferInfo {
+                    data_ptr: self.data_ptr,
+                    data_len: self.data_len,
+                },
+            },
+            topic: (!self.topic.is_empty()).then(|| self.topic.to_string()),
+        };
+        let packet = proto::DataPacketReceived {
+            kind: self.kind,
+            participant_identity: self.identity.to_string(),
+            value: Some(data_packet_received::Value::User(user)),
+        };
+        proto::FfiEvent {
+            message: Some(ffi_event::Message::RoomEvent(proto::RoomEvent {
+                room_handle: self.room_handle,
+                message: Some(room_event::Message::DataPacketReceived(packet)),
+            })),
+        }
+    }
 }
 
 struct Reader<'a> {
@@ -260,53 +293,29 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::room::ffi::proto::{self, ffi_event, room_event};
+    use crate::room::ffi::proto::{ffi_event, room_event};
 
-    fn event(identity: &str, topic: Option<&str>, kind: i32) -> proto::FfiEvent {
-        proto::FfiEvent {
-            message: Some(ffi_event::Message::RoomEvent(proto::RoomEvent {
-                room_handle: 42,
-                message: Some(room_event::Message::DataPacketReceived(
-                    proto::DataPacketReceived {
-                        kind,
-                        participant_identity: identity.into(),
-                        value: Some(proto::data_packet_received::Value::User(
-                            proto::UserPacket {
-                                data: proto::OwnedBuffer {
-                                    handle: proto::FfiOwnedHandle { id: 7 },
-                                    data: proto::BufferInfo {
-                                        data_ptr: 0xdead_beef,
-                                        data_len: 321,
-                                    },
-                                },
-                                topic: topic.map(str::to_string),
-                            },
-                        )),
-                    },
-                )),
-            })),
-        }
-    }
+    const PACKET: DataPacketRef<'static> = DataPacketRef {
+        room_handle: 42,
+        kind: 0,
+        identity: "user-1",
+        topic: "",
+        buffer_handle: 7,
+        data_ptr: 0xdead_beef,
+        data_len: 321,
+    };
 
     #[test]
     fn reads_what_prost_wrote() {
-        let bytes = event("user-1", None, 0).encode_to_vec();
-        let p = read_data_packet(&bytes).expect("a data packet");
-        assert_eq!(
-            p,
-            DataPacketRef {
-                room_handle: 42,
-                kind: 0,
-                identity: "user-1",
-                topic: "",
-                buffer_handle: 7,
-                data_ptr: 0xdead_beef,
-                data_len: 321,
-            }
-        );
-        let bytes = event("x", Some("chat"), 1).encode_to_vec();
-        let p = read_data_packet(&bytes).expect("a data packet");
-        assert_eq!((p.kind, p.topic), (1, "chat"));
+        let bytes = PACKET.to_event().encode_to_vec();
+        assert_eq!(read_data_packet(&bytes), Some(PACKET));
+        let reliable = DataPacketRef {
+            kind: 1,
+            topic: "chat",
+            ..PACKET
+        };
+        let bytes = reliable.to_event().encode_to_vec();
+        assert_eq!(read_data_packet(&bytes), Some(reliable));
     }
 
     #[test]
@@ -332,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_later_oneof_member_replaces_the_packet_as_prost_does() {
-        let mut bytes = event("a", None, 0).encode_to_vec();
+        let mut bytes = PACKET.to_event().encode_to_vec();
         let panic = proto::FfiEvent {
             message: Some(ffi_event::Message::Panic(proto::Panic {
                 message: "x".into(),
