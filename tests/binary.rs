@@ -3,50 +3,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+#[path = "common/process.rs"]
+mod process;
 #[path = "common/unix.rs"]
 mod unix;
 
-const BIN: &str = env!("CARGO_BIN_EXE_livekit-bridge");
+use process::{BIN, sigterm, wait_exit, wait_for};
 
 fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("livekit-bridge-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "kill -TERM");
-}
-
-/// Waits for the process to exit; its status and how long it took.
-fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return (status, start.elapsed());
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("the bridge did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn spawn_on_socket(socket: &Path, extra_env: &[(&str, &str)]) -> Child {

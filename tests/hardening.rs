@@ -3,6 +3,8 @@
 //! log line, or leak what a URL returned. Each test failed before the fix it covers.
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 #[path = "common/procfs.rs"]
 mod procfs;
 #[path = "common/unix.rs"]
@@ -16,15 +18,14 @@ use std::time::{Duration, Instant};
 
 use common::http::{HttpServer, Route};
 use livekit_bridge::proto::live_kit_bridge_client::LiveKitBridgeClient;
-use livekit_bridge::proto::play_audio_event::EventType;
 use livekit_bridge::proto::{self, AudioChunk};
 use tonic::Code;
 use tonic::transport::Channel;
 use unix::unix_channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_livekit-bridge");
-
-type Client = LiveKitBridgeClient<Channel>;
+use common::play::outcome as play;
+use common::{Client, join, join_request};
+use process::{BIN, sigterm, wait_exit, wait_for};
 
 /// A bridge process with its stderr in a file.
 struct Proc {
@@ -90,18 +91,8 @@ impl Proc {
 
     /// SIGTERM, then the exit status and how long it took.
     fn stop(&mut self) -> (std::process::ExitStatus, Duration) {
-        let _ = Command::new("kill").args(["-TERM", &self.pid()]).status();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return (status, start.elapsed());
-            }
-            if start.elapsed() > Duration::from_secs(15) {
-                let _ = self.child.kill();
-                panic!("the bridge did not exit");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        sigterm(&self.child);
+        wait_exit(&mut self.child, Duration::from_secs(15))
     }
 }
 
@@ -117,37 +108,8 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().expect("runtime")
-}
-
-fn join_request(user: &str, url: &str) -> proto::JoinRoomRequest {
-    proto::JoinRoomRequest {
-        user_id: user.into(),
-        room_name: user.into(),
-        livekit_url: url.into(),
-        target_identity: user.into(),
-        token: "t".into(),
-    }
-}
-
-async fn join(client: &mut Client, user: &str, url: &str) -> proto::JoinRoomResponse {
-    client
-        .join_room(join_request(user, url))
-        .await
-        .expect("JoinRoom")
-        .into_inner()
 }
 
 /// A WAV file with these header fields and `data` as its data chunk (sizes as declared).
@@ -197,36 +159,6 @@ fn tone_wav(rate: u32, seconds: f64) -> Vec<u8> {
         })
         .collect();
     wav(rate, 1, 16, 2, pcm.len() as u32, &pcm)
-}
-
-/// Plays `url` and returns the FAILED error, or None if it completed.
-async fn play(client: &mut Client, user: &str, id: &str, url: &str) -> Option<String> {
-    let req = proto::PlayAudioRequest {
-        request_id: id.into(),
-        audio_url: url.into(),
-        user_id: user.into(),
-        ..Default::default()
-    };
-    let mut events = client
-        .play_audio(req)
-        .await
-        .expect("PlayAudio")
-        .into_inner();
-    let mut last = None;
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(30), events.message()).await;
-        match next.expect("PlayAudio event within 30 s") {
-            Ok(Some(e)) => last = Some(e),
-            Ok(None) => break,
-            Err(status) => panic!("{id}: the PlayAudio stream broke: {status:?}"),
-        }
-    }
-    let last = last.expect("at least one event");
-    match EventType::try_from(last.r#type) {
-        Ok(EventType::Completed) => None,
-        Ok(EventType::Failed) => Some(last.error),
-        other => panic!("{id}: unexpected last event {other:?}"),
-    }
 }
 
 /// Room audio of one session, read until `stop`: frames received and the longest gap between

@@ -4,80 +4,17 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::files::{sine, sine_mp3, test_pki};
 use common::http::{HttpServer, Route};
+use common::play::{Events, play_request};
 use common::*;
 use livekit_bridge::playback::{Output, PlaybackSettings, measure_tone};
+use livekit_bridge::proto;
 use livekit_bridge::proto::play_audio_event::EventType;
-use livekit_bridge::proto::{self, PlayAudioEvent};
 use livekit_bridge::service::ServiceSettings;
-use tonic::{Code, Status, Streaming};
-
-// ---------------------------------------------------------------------------------------------
-// Audio files, made once per test process by Debian's sox and lame.
-
-fn work_dir() -> &'static std::path::Path {
-    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("livekit-bridge-playback-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        dir
-    })
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("{cmd} is needed for these tests (scripts/setup installs it): {e}")
-        });
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A 1 kHz sine at half scale, made by sox. `format` is the file extension; `encoding` adds
-/// sox's `-b`/`-e` options.
-fn sine(name: &str, rate: u32, channels: u32, seconds: f64, encoding: &[&str]) -> Vec<u8> {
-    let path = work_dir().join(name);
-    let (rate, channels, secs) = (rate.to_string(), channels.to_string(), seconds.to_string());
-    let mut args = vec!["-n", "-r", &rate, "-c", &channels];
-    args.extend_from_slice(encoding);
-    let path_str = path.to_str().expect("utf-8 path");
-    args.extend_from_slice(&[path_str, "synth", &secs, "sine", "1000", "vol", "0.5"]);
-    run("sox", &args);
-    std::fs::read(&path).expect("read sox output")
-}
-
-/// The same sine as an MP3, encoded by lame (VBR, with the LAME tag that makes it gapless).
-fn sine_mp3(name: &str, rate: u32, channels: u32, seconds: f64) -> Vec<u8> {
-    sine(
-        &format!("{name}.wav"),
-        rate,
-        channels,
-        seconds,
-        &["-b", "16"],
-    );
-    let wav = work_dir().join(format!("{name}.wav"));
-    let mp3 = work_dir().join(name);
-    run(
-        "lame",
-        &[
-            "--quiet",
-            "-V",
-            "2",
-            wav.to_str().expect("path"),
-            mp3.to_str().expect("path"),
-        ],
-    );
-    std::fs::read(&mp3).expect("read lame output")
-}
+use tonic::Code;
 
 // ---------------------------------------------------------------------------------------------
 // Driving a playback and hearing it back.
@@ -90,104 +27,6 @@ async fn bridge_with(playback: PlaybackSettings) -> (Bridge, Client) {
     .await;
     let client = bridge.client().await;
     (bridge, client)
-}
-
-fn play_request(
-    user: &str,
-    id: &str,
-    url: &str,
-    volume: f32,
-    track_id: i32,
-) -> proto::PlayAudioRequest {
-    proto::PlayAudioRequest {
-        request_id: id.into(),
-        audio_url: url.into(),
-        volume,
-        stop_other: false,
-        user_id: user.into(),
-        track_id,
-    }
-}
-
-/// Events of one PlayAudio, with when each arrived, and how its stream ended.
-struct Events {
-    stream: Streaming<PlayAudioEvent>,
-    seen: Vec<(Instant, PlayAudioEvent)>,
-}
-
-impl Events {
-    async fn open(client: &mut Client, req: proto::PlayAudioRequest) -> Self {
-        let stream = client
-            .play_audio(req)
-            .await
-            .expect("PlayAudio")
-            .into_inner();
-        Self {
-            stream,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next event, or the end (Ok(None)) or the status.
-    async fn next(&mut self) -> Result<Option<PlayAudioEvent>, Status> {
-        let item = tokio::time::timeout(Duration::from_secs(20), self.stream.message())
-            .await
-            .expect("no PlayAudio event within 20 s")?;
-        if let Some(e) = &item {
-            self.seen.push((Instant::now(), e.clone()));
-        }
-        Ok(item)
-    }
-
-    async fn expect(&mut self, kind: EventType) -> PlayAudioEvent {
-        loop {
-            let e = self
-                .next()
-                .await
-                .expect("event status")
-                .unwrap_or_else(|| panic!("stream ended before {kind:?}: {:?}", self.seen));
-            if e.r#type == EventType::Progress as i32 && kind != EventType::Progress {
-                continue;
-            }
-            assert_eq!(e.r#type, kind as i32, "{e:?}");
-            return e;
-        }
-    }
-
-    /// Reads to the end: the last event must be FAILED containing `text`, then a clean end.
-    /// STARTED and PROGRESS may come first (a cut-short file plays what it has).
-    async fn failed_with(&mut self, text: &str) -> PlayAudioEvent {
-        let e = loop {
-            let e = self
-                .next()
-                .await
-                .expect("event status")
-                .unwrap_or_else(|| panic!("stream ended before FAILED: {:?}", self.seen));
-            if e.r#type == EventType::Started as i32 || e.r#type == EventType::Progress as i32 {
-                continue;
-            }
-            break e;
-        };
-        assert_eq!(e.r#type, EventType::Failed as i32, "{e:?}");
-        assert!(
-            e.error.contains(text),
-            "FAILED error {:?} should contain {text:?}",
-            e.error
-        );
-        assert!(
-            self.next().await.expect("clean end").is_none(),
-            "FAILED is the last event"
-        );
-        e
-    }
-
-    fn at(&self, kind: EventType) -> Instant {
-        self.seen
-            .iter()
-            .find(|(_, e)| e.r#type == kind as i32)
-            .map(|(t, _)| *t)
-            .unwrap_or_else(|| panic!("no {kind:?} in {:?}", self.seen))
-    }
 }
 
 /// Plays `url` for `user` (already joined to `sim://echo`, with `stream` open) and collects
@@ -778,67 +617,6 @@ async fn interrupts_and_stops_leave_nothing_running() {
     // And every download was really abandoned: the server has no connection left.
     eventually("downloads closed", || http.open_connections() == 0).await;
     assert!(http.requests() >= 9);
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it, made by openssl.
-fn test_pki() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let d = work_dir();
-    let p = |n: &str| d.join(n).to_str().expect("path").to_string();
-    run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=bridge test CA",
-            "-keyout",
-            &p("ca.key"),
-            "-out",
-            &p("ca.pem"),
-        ],
-    );
-    run(
-        "openssl",
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            &p("server.key"),
-            "-out",
-            &p("server.csr"),
-        ],
-    );
-    std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
-    run(
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &p("server.csr"),
-            "-CA",
-            &p("ca.pem"),
-            "-CAkey",
-            &p("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &p("ext.cnf"),
-            "-out",
-            &p("server.pem"),
-        ],
-    );
-    (d.join("ca.pem"), d.join("server.pem"), d.join("server.key"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

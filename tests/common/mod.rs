@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod files;
 pub mod http;
+pub mod play;
 
 pub use client::*;
 
