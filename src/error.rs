@@ -1,4 +1,5 @@
-//! The service's one error type: whose fault it is, and its one conversion to a gRPC status.
+//! The service's one error type: whose fault it is and what the caller can do, and its one
+//! conversion to a gRPC status.
 
 use tonic::{Code, Status};
 
@@ -7,21 +8,23 @@ use crate::room::RoomError;
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     /// The caller sent something that cannot work; the message says what to fix.
+    /// INVALID_ARGUMENT.
     #[error("{0}")]
-    InvalidArgument(String),
-    /// The caller named a session that does not exist.
+    BadRequest(String),
+    /// The caller named a user without a session: JoinRoom first. NOT_FOUND.
     #[error("{0}")]
-    NotFound(String),
-    /// The session exists but is not in a state to do this (its room is not connected).
+    NoSession(String),
+    /// The session's room is not connected: JoinRoom again. FAILED_PRECONDITION.
     #[error("{0}")]
-    FailedPrecondition(String),
-    /// The session exists but its room is gone.
+    RoomNotConnected(String),
+    /// The session ended, its room gone on LiveKit's side: a new JoinRoom can succeed.
+    /// UNAVAILABLE.
     #[error("{0}")]
-    Unavailable(String),
-    /// The RPC exists in the contract but not in this build.
-    #[error("{0}")]
-    Unimplemented(String),
-    /// A fault of the bridge itself.
+    SessionEnded(String),
+    /// This bridge is draining: another one can take the request. UNAVAILABLE.
+    #[error("the bridge is shutting down; retry on another instance")]
+    ShuttingDown,
+    /// A fault of the bridge itself. INTERNAL.
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -29,18 +32,17 @@ pub enum BridgeError {
 impl BridgeError {
     /// An empty required field.
     pub fn missing(field: &str) -> Self {
-        Self::InvalidArgument(format!("{field} is required and was empty"))
+        Self::BadRequest(format!("{field} is required and was empty"))
     }
 }
 
 impl From<BridgeError> for Status {
     fn from(e: BridgeError) -> Self {
         let code = match &e {
-            BridgeError::InvalidArgument(_) => Code::InvalidArgument,
-            BridgeError::NotFound(_) => Code::NotFound,
-            BridgeError::FailedPrecondition(_) => Code::FailedPrecondition,
-            BridgeError::Unavailable(_) => Code::Unavailable,
-            BridgeError::Unimplemented(_) => Code::Unimplemented,
+            BridgeError::BadRequest(_) => Code::InvalidArgument,
+            BridgeError::NoSession(_) => Code::NotFound,
+            BridgeError::RoomNotConnected(_) => Code::FailedPrecondition,
+            BridgeError::SessionEnded(_) | BridgeError::ShuttingDown => Code::Unavailable,
             BridgeError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
@@ -52,8 +54,8 @@ impl From<RoomError> for BridgeError {
     /// response body, as the contract says, and never reach here.
     fn from(e: RoomError) -> Self {
         match e {
-            RoomError::InvalidUrl(_) => Self::InvalidArgument(e.to_string()),
-            _ => Self::Unavailable(e.to_string()),
+            RoomError::InvalidUrl(_) => Self::BadRequest(e.to_string()),
+            _ => Self::SessionEnded(e.to_string()),
         }
     }
 }

@@ -21,9 +21,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("RUST_LOG (--log): {0}")]
+    Filter(#[from] tracing_subscriber::filter::ParseError),
+    #[error("a logger is already installed: {0}")]
+    Installed(String),
+}
+
 /// Installs the process's subscriber (once) and the panic hook.
-pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -34,7 +43,7 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
             .try_init(),
         LogFormat::Json => builder.json().try_init(),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| LoggingError::Installed(e.to_string()))?;
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         let backtrace = std::backtrace::Backtrace::capture();

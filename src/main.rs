@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         }
     };
     if let Err(e) = logging::init(config.log_format, &config.log_filter) {
-        eprintln!("livekit-bridge: invalid configuration: RUST_LOG (--log): {e}");
+        eprintln!("livekit-bridge: invalid configuration: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
     let runtime = match tokio::runtime::Runtime::new() {

@@ -398,9 +398,7 @@ pub fn decode(
         check_packet(decoded.capacity() as u64, channels, &codec)?;
         if maker.is_none() {
             source_rate = spec.rate;
-            let made = FrameMaker::new(spec.rate, job.out_rate, job.volume)
-                .map_err(PlaybackError::Unsupported)?;
-            maker = Some(made);
+            maker = Some(FrameMaker::new(spec.rate, job.out_rate, job.volume)?);
             let info = SourceInfo {
                 codec: codec.clone(),
                 sample_rate: spec.rate,

@@ -43,6 +43,18 @@ pub struct Download {
     pub url: Url,
 }
 
+/// Why the HTTP client cannot be built from the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("PLAYBACK_CA_FILE {}: {why}", path.display())]
+    CaFile {
+        path: std::path::PathBuf,
+        why: String,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Build(#[from] reqwest::Error),
+}
+
 /// The process's HTTP client for playbacks.
 pub struct Fetcher {
     client: Client,
@@ -50,18 +62,17 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    pub fn new(settings: PlaybackSettings) -> Result<Self, String> {
+    pub fn new(settings: PlaybackSettings) -> Result<Self, ClientError> {
         let mut builder = Client::builder();
         if let Some(path) = &settings.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("PLAYBACK_CA_FILE {}: {e}", path.display()))?;
-            let roots = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("PLAYBACK_CA_FILE {}: {e}", path.display()))?;
+            let bad = |why: &dyn std::fmt::Display| ClientError::CaFile {
+                path: path.clone(),
+                why: why.to_string(),
+            };
+            let pem = std::fs::read(path).map_err(|e| bad(&e))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(&e))?;
             if roots.is_empty() {
-                return Err(format!(
-                    "PLAYBACK_CA_FILE {}: no PEM certificate in it",
-                    path.display()
-                ));
+                return Err(bad(&"no PEM certificate in it"));
             }
             for root in roots {
                 builder = builder.add_root_certificate(root);
@@ -73,8 +84,7 @@ impl Fetcher {
             .redirect(reqwest::redirect::Policy::limited(settings.max_redirects))
             .user_agent(concat!("livekit-bridge/", env!("CARGO_PKG_VERSION")))
             .no_proxy()
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .build()?;
         Ok(Self { client, settings })
     }
 

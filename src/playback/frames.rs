@@ -12,6 +12,7 @@
 //! `rate / gcd`, so an odd rate (44 101 Hz, or 1 Hz, which would need hundreds of megabytes) goes
 //! to a windowed-sinc resampler whose memory does not depend on the rates at all.
 
+use super::PlaybackError;
 use rubato::{
     FftFixedIn, Resampler, SincFixedIn, SincInterpolationParameters, SincInterpolationType,
     WindowFunction,
@@ -83,21 +84,25 @@ struct Resampled {
 
 impl FrameMaker {
     /// A frame maker from `in_rate` to `out_rate` (both in Hz) at `volume` (1.0 = unchanged).
-    pub fn new(in_rate: u32, out_rate: u32, volume: f32) -> Result<Self, String> {
+    pub fn new(in_rate: u32, out_rate: u32, volume: f32) -> Result<Self, PlaybackError> {
+        let unsupported = |why: String| Err(PlaybackError::Unsupported(why));
         if !(MIN_RATE..=MAX_RATE).contains(&in_rate) {
-            return Err(format!(
+            return unsupported(format!(
                 "the audio declares a sample rate of {in_rate} Hz; rates from {MIN_RATE} to \
                  {MAX_RATE} Hz are supported"
             ));
         }
         if !(MIN_RATE..=MAX_RATE).contains(&out_rate) || out_rate % 100 != 0 {
-            return Err(format!("cannot resample to {out_rate} Hz"));
+            return unsupported(format!("cannot resample to {out_rate} Hz"));
         }
         let resampler = if in_rate == out_rate {
             None
         } else {
-            let inner = resampler(in_rate, out_rate)
-                .map_err(|e| format!("cannot resample from {in_rate} Hz to {out_rate} Hz: {e}"))?;
+            let inner = resampler(in_rate, out_rate).map_err(|e| {
+                PlaybackError::Unsupported(format!(
+                    "cannot resample from {in_rate} Hz to {out_rate} Hz: {e}"
+                ))
+            })?;
             Some(Resampled {
                 skip: inner.output_delay(),
                 output: vec![0.0; inner.output_frames_max()],
@@ -411,7 +416,7 @@ mod tests {
         for rate in [0, 1, 999, 384_001, 1 << 31, u32::MAX] {
             let err = FrameMaker::new(rate, 16_000, 1.0).err();
             assert!(
-                err.is_some_and(|e| e.contains("1000 to 384000 Hz")),
+                err.is_some_and(|e| e.to_string().contains("1000 to 384000 Hz")),
                 "{rate}"
             );
         }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 
 use super::decode::{self, DecodeJob, DecodeThread, Decoded, SourceInfo};
-use super::fetch::{self, Fetcher};
+use super::fetch::{self, ClientError, Fetcher};
 use super::table::Begun;
 use super::{Gauge, Output, PlayEvent, PlaybackError, PlaybackSettings, PlaybackStats, worker};
 use crate::audio::format::FRAME;
@@ -47,7 +47,7 @@ pub struct Player {
 
 impl Player {
     /// The player, or why its HTTP client cannot be built from `settings` (`PLAYBACK_CA_FILE`).
-    pub fn new(settings: PlaybackSettings) -> Result<Arc<Self>, String> {
+    pub fn new(settings: PlaybackSettings) -> Result<Arc<Self>, ClientError> {
         Ok(Arc::new(Self {
             fetcher: Arc::new(Fetcher::new(settings.clone())?),
             settings,

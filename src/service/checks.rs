@@ -62,12 +62,7 @@ const REASON: Field = Field {
 };
 
 fn check(field: &Field, value: &str) -> Result<(), BridgeError> {
-    let invalid = |what: String| {
-        Err(BridgeError::InvalidArgument(format!(
-            "{} {what}",
-            field.name
-        )))
-    };
+    let invalid = |what: String| Err(BridgeError::BadRequest(format!("{} {what}", field.name)));
     if value.is_empty() {
         return if field.required {
             Err(BridgeError::missing(field.name))
@@ -93,7 +88,7 @@ pub fn track(track_id: i32) -> Result<(), BridgeError> {
     if (0..MAX_TRACKS).contains(&track_id) {
         return Ok(());
     }
-    Err(BridgeError::InvalidArgument(format!(
+    Err(BridgeError::BadRequest(format!(
         "track_id {track_id} is out of range: use 0..={} (0 speaker, 1 app_audio, 2 tts)",
         MAX_TRACKS - 1
     )))
@@ -169,7 +164,7 @@ pub fn play(req: &proto::PlayAudioRequest) -> Result<PlayRequest, PlayRefused> {
 
 /// A PlayAudio URL: only absolute `http` and `https` URLs with a host.
 pub fn audio_url(url: &str) -> Result<Url, BridgeError> {
-    let invalid = |why: String| BridgeError::InvalidArgument(format!("audio_url {url:?} {why}"));
+    let invalid = |why: String| BridgeError::BadRequest(format!("audio_url {url:?} {why}"));
     if url.trim().is_empty() {
         return Err(BridgeError::missing("audio_url"));
     }
@@ -191,7 +186,7 @@ fn volume(v: f32) -> Result<f32, BridgeError> {
     } else if v.is_finite() && v > 0.0 && v <= MAX_VOLUME {
         Ok(v)
     } else {
-        Err(BridgeError::InvalidArgument(format!(
+        Err(BridgeError::BadRequest(format!(
             "volume {v} is not valid: use 0 < volume <= {MAX_VOLUME} (0 means 1.0)"
         )))
     }

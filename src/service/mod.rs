@@ -21,13 +21,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::audio::RingConfig;
 use crate::error::BridgeError;
+use crate::playback::fetch::ClientError;
 use crate::playback::{PlaybackSettings, Player};
 use crate::proto::{self, live_kit_bridge_server::LiveKitBridge};
 use crate::room::{Backends, ConnectRequest};
 use crate::session::{EndReason, Registry, Session};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-const SHUTTING_DOWN: &str = "the bridge is shutting down; retry on another instance";
 
 /// What the service is tuned with.
 #[derive(Clone, Debug)]
@@ -75,7 +75,7 @@ pub struct BridgeState {
 impl BridgeState {
     /// The service's state, or why `settings` cannot work (PlayAudio's HTTP client cannot
     /// be built from `PLAYBACK_CA_FILE`).
-    pub fn new(settings: ServiceSettings) -> Result<Arc<Self>, String> {
+    pub fn new(settings: ServiceSettings) -> Result<Arc<Self>, ClientError> {
         Ok(Arc::new(Self {
             registry: Arc::default(),
             backends: Backends::new(settings.livekit_ffi_lib.clone()),
@@ -111,7 +111,7 @@ impl BridgeState {
     /// The session of `user_id`, or NOT_FOUND saying what to do.
     fn session(&self, user_id: &str) -> Result<Arc<Session>, BridgeError> {
         self.registry.get(user_id).ok_or_else(|| {
-            BridgeError::NotFound(format!(
+            BridgeError::NoSession(format!(
                 "no session for user_id {user_id:?}: call JoinRoom first"
             ))
         })
@@ -119,7 +119,7 @@ impl BridgeState {
 
     fn refuse_if_draining(&self) -> Result<(), BridgeError> {
         if self.is_draining() {
-            return Err(BridgeError::Unavailable(SHUTTING_DOWN.into()));
+            return Err(BridgeError::ShuttingDown);
         }
         Ok(())
     }
@@ -183,7 +183,7 @@ impl BridgeState {
             // The drain voids joins in flight as a later request would; say which it was.
             Err(_) if self.is_draining() => {
                 session.close(EndReason::Shutdown).await;
-                Ok(join_failed(SHUTTING_DOWN.into()))
+                Ok(join_failed(BridgeError::ShuttingDown.to_string()))
             }
             Err(_) => {
                 session.close(EndReason::Superseded).await;

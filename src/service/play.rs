@@ -55,7 +55,7 @@ pub(super) fn play(
         let why = session
             .ended()
             .map_or_else(|| "not connected".into(), |(r, _)| r.describe());
-        return Err(BridgeError::FailedPrecondition(format!(
+        return Err(BridgeError::RoomNotConnected(format!(
             "the room of user_id {:?} is not connected ({why}): call JoinRoom again",
             req.user_id
         ))

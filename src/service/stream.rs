@@ -47,19 +47,19 @@ pub(super) async fn open(
     let first = tokio::time::timeout(wait, inbound.message())
         .await
         .map_err(|_| {
-            BridgeError::InvalidArgument(format!(
+            BridgeError::BadRequest(format!(
                 "no AudioChunk within {wait:?}: the first chunk must name the session in user_id"
             ))
         })??
         .ok_or_else(|| {
-            BridgeError::InvalidArgument(
+            BridgeError::BadRequest(
                 "the stream closed before its first AudioChunk, which must name the session in user_id".into(),
             )
         })?;
     checks::first_chunk(&first)?;
     let session = state.session(&first.user_id)?;
     if let Some((reason, _)) = session.ended() {
-        return Err(BridgeError::Unavailable(format!(
+        return Err(BridgeError::SessionEnded(format!(
             "{}; call JoinRoom again",
             reason.describe()
         ))
@@ -92,19 +92,19 @@ fn validate(chunk: &AudioChunk) -> Result<Option<&[u8]>, BridgeError> {
     }
     checks::track(chunk.track_id)?;
     if chunk.sample_rate != 0 && chunk.sample_rate != SAMPLE_RATE {
-        return Err(BridgeError::InvalidArgument(format!(
+        return Err(BridgeError::BadRequest(format!(
             "sample_rate {} is not supported: send 16000 Hz mono PCM16",
             chunk.sample_rate
         )));
     }
     if chunk.channels < 0 || chunk.channels as u32 > format::CHANNELS {
-        return Err(BridgeError::InvalidArgument(format!(
+        return Err(BridgeError::BadRequest(format!(
             "channels {} is not supported: send mono (1) PCM16",
             chunk.channels
         )));
     }
     if chunk.pcm_data.len() % format::BYTES_PER_SAMPLE != 0 {
-        return Err(BridgeError::InvalidArgument(format!(
+        return Err(BridgeError::BadRequest(format!(
             "pcm_data must hold whole 16-bit samples; got {} bytes",
             chunk.pcm_data.len()
         )));

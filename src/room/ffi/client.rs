@@ -91,7 +91,7 @@ pub(super) struct Client {
 static CLIENT: OnceLock<Client> = OnceLock::new();
 
 /// The client, opening the library at `path` on first use.
-pub(super) fn client(path: &Path) -> Result<&'static Client, String> {
+pub(super) fn client(path: &Path) -> Result<&'static Client, library::LibraryError> {
     if let Some(c) = CLIENT.get() {
         return Ok(c);
     }
@@ -121,7 +121,7 @@ impl Client {
         let bytes = self
             .lib
             .request(&request.encode_to_vec())
-            .map_err(RoomError::Library)?;
+            .map_err(|e| RoomError::Library(e.to_string()))?;
         decode_response(&bytes)
     }
 

@@ -42,13 +42,29 @@ pub struct Library {
     pub path: PathBuf,
 }
 
-/// Why the library cannot be used, worded for the operator.
-pub fn unavailable(path: &Path, why: &str) -> String {
-    format!(
+/// What went wrong with the library, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    /// The file is missing, not the pinned build, or does not load.
+    #[error(
         "LiveKit's SDK library is not usable at {} ({why}); run scripts/fetch-livekit-ffi \
          or point LIVEKIT_FFI_LIB (--livekit-ffi-lib) at liblivekit_ffi.so {LIB_VERSION}",
         path.display()
-    )
+    )]
+    Unusable { path: PathBuf, why: String },
+    /// The library answered a request with no response.
+    #[error("it refused the request")]
+    Refused,
+    /// A frame too long to describe to the library.
+    #[error("an audio frame of {0} samples is too long")]
+    FrameTooLong(usize),
+}
+
+fn unusable(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> LibraryError + '_ {
+    move |why| LibraryError::Unusable {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+    }
 }
 
 fn sha256_of(path: &Path) -> std::io::Result<String> {
@@ -71,30 +87,28 @@ fn sha256_of(path: &Path) -> std::io::Result<String> {
 
 impl Library {
     /// Opens the library at `path` after checking it is the pinned build.
-    pub fn open(path: &Path) -> Result<Self, String> {
-        let digest = sha256_of(path).map_err(|e| unavailable(path, &e.to_string()))?;
+    pub fn open(path: &Path) -> Result<Self, LibraryError> {
+        let unusable = unusable(path);
+        let digest = sha256_of(path).map_err(|e| unusable(&e))?;
         if digest != LIB_SHA256 {
-            return Err(unavailable(
-                path,
-                &format!("sha256 {digest} is not the pinned {LIB_VERSION} build"),
-            ));
+            let why = format!("sha256 {digest} is not the pinned {LIB_VERSION} build");
+            return Err(unusable(&why));
         }
         // SAFETY: the file is the pinned build of LiveKit's library (checked above); loading
         // it runs its initialisers, which only set up its own state.
-        let lib = unsafe { libloading::Library::new(path) }
-            .map_err(|e| unavailable(path, &e.to_string()))?;
+        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| unusable(&e))?;
         // SAFETY: the symbol types are the C ABI of the pinned build (its livekit_ffi.h and the
         // official SDKs' bindings agree), and the pointers are kept alive by `_lib`.
         let (initialize, request, drop_handle) = unsafe {
             let i = *lib
                 .get::<InitializeFn>(b"livekit_ffi_initialize\0")
-                .map_err(|e| unavailable(path, &e.to_string()))?;
+                .map_err(|e| unusable(&e))?;
             let r = *lib
                 .get::<RequestFn>(b"livekit_ffi_request\0")
-                .map_err(|e| unavailable(path, &e.to_string()))?;
+                .map_err(|e| unusable(&e))?;
             let d = *lib
                 .get::<DropHandleFn>(b"livekit_ffi_drop_handle\0")
-                .map_err(|e| unavailable(path, &e.to_string()))?;
+                .map_err(|e| unusable(&e))?;
             (i, r, d)
         };
         Ok(Self {
@@ -119,14 +133,14 @@ impl Library {
     }
 
     /// Sends one encoded `FfiRequest` and returns the encoded `FfiResponse`.
-    pub fn request(&self, request: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn request(&self, request: &[u8]) -> Result<Vec<u8>, LibraryError> {
         let mut ptr: *const u8 = std::ptr::null();
         let mut len: usize = 0;
         // SAFETY: `request` is a live slice for the duration of the call; `ptr` and `len` are
         // valid places for the library to write the response's location.
         let handle = unsafe { (self.request)(request.as_ptr(), request.len(), &mut ptr, &mut len) };
         if handle == 0 || ptr.is_null() {
-            return Err("the LiveKit library refused the request".into());
+            return Err(LibraryError::Refused);
         }
         // SAFETY: the library guarantees `ptr..ptr+len` stays valid until `handle` is dropped,
         // which happens right after this copy.
@@ -149,7 +163,7 @@ impl Library {
         samples: &[i16],
         sample_rate: u32,
         async_id: u64,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, LibraryError> {
         let request = proto::FfiRequest {
             message: Some(proto::ffi_request::Message::CaptureAudioFrame(
                 proto::CaptureAudioFrameRequest {
@@ -159,7 +173,7 @@ impl Library {
                         num_channels: 1,
                         sample_rate,
                         samples_per_channel: u32::try_from(samples.len())
-                            .map_err(|_| "an audio frame of over 2^32 samples".to_string())?,
+                            .map_err(|_| LibraryError::FrameTooLong(samples.len()))?,
                     },
                     request_async_id: Some(async_id),
                 },
@@ -197,7 +211,7 @@ static OPENING: Mutex<()> = Mutex::new(());
 pub fn global(
     path: &Path,
     sink: impl FnOnce() -> Box<dyn EventSink>,
-) -> Result<&'static Library, String> {
+) -> Result<&'static Library, LibraryError> {
     if let Some(lib) = LIBRARY.get() {
         return Ok(lib);
     }

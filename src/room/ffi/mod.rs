@@ -82,7 +82,8 @@ impl RoomBackend for FfiBackend {
     ) -> BoxFuture<'static, Result<Connected, RoomError>> {
         let path = self.library.clone();
         Box::pin(async move {
-            let client = client::client(&path).map_err(RoomError::Unavailable)?;
+            let client =
+                client::client(&path).map_err(|e| RoomError::Unavailable(e.to_string()))?;
             // The session layer may give up waiting (its own timeout, or the caller leaving)
             // while the library is still connecting. The connect runs on its own task, so a
             // room that connects after nobody wants it is left again, not leaked.

@@ -152,7 +152,7 @@ impl FfiRoom {
             let response = c
                 .lib
                 .capture_frame(source, frame, format::SAMPLE_RATE, id)
-                .map_err(RoomError::Library)?;
+                .map_err(|e| RoomError::Library(e.to_string()))?;
             decode_response(&response).map(drop)
         };
         match c.call_with(send, CALL_TIMEOUT).await? {
