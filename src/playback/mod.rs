@@ -152,6 +152,10 @@ pub enum PlaybackError {
 }
 
 /// Live workers of every playback, and totals. Each worker holds a [`Gauge`] while it runs.
+///
+/// Relaxed throughout: a playback's gauge drops before its final event is sent, and the event
+/// channel orders the two, so a caller that has the final event reads a count without it
+/// (a load that happens after a write sees it, whatever the orderings).
 #[derive(Debug, Default)]
 pub struct PlaybackStats {
     pub fetchers: AtomicUsize,
@@ -165,13 +169,13 @@ pub struct PlaybackStats {
 impl PlaybackStats {
     /// Fetch tasks, decode threads and playout tasks still running.
     pub fn live_workers(&self) -> usize {
-        self.fetchers.load(Ordering::SeqCst)
-            + self.decoders.load(Ordering::SeqCst)
-            + self.playouts.load(Ordering::SeqCst)
+        self.fetchers.load(Ordering::Relaxed)
+            + self.decoders.load(Ordering::Relaxed)
+            + self.playouts.load(Ordering::Relaxed)
     }
 
     pub fn playing(&self) -> usize {
-        self.playouts.load(Ordering::SeqCst)
+        self.playouts.load(Ordering::Relaxed)
     }
 }
 
@@ -183,13 +187,13 @@ impl Gauge {
         stats: &Arc<PlaybackStats>,
         which: fn(&PlaybackStats) -> &AtomicUsize,
     ) -> Self {
-        which(stats).fetch_add(1, Ordering::SeqCst);
+        which(stats).fetch_add(1, Ordering::Relaxed);
         Self(stats.clone(), which)
     }
 }
 
 impl Drop for Gauge {
     fn drop(&mut self) {
-        (self.1)(&self.0).fetch_sub(1, Ordering::SeqCst);
+        (self.1)(&self.0).fetch_sub(1, Ordering::Relaxed);
     }
 }

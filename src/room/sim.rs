@@ -200,7 +200,8 @@ impl SimBackend {
 
     /// Callback threads of simulated rooms that have not exited yet.
     pub fn live_threads(&self) -> usize {
-        self.live_threads.load(Ordering::SeqCst)
+        // Relaxed: a gauge; a thread's exit is ordered with whoever waits for it by the wait.
+        self.live_threads.load(Ordering::Relaxed)
     }
 }
 
@@ -233,7 +234,8 @@ impl RoomBackend for SimBackend {
 }
 
 /// When the room's threads stop: `linger_ms` after disconnect was asked for or the server
-/// dropped the room.
+/// dropped the room. Its atomic is Relaxed: the threads poll it for its own value, and nothing
+/// else is published through it.
 struct Lifetime {
     started: Instant,
     /// Milliseconds after `started` when the stop was asked for; `u64::MAX` while running.
@@ -244,17 +246,20 @@ struct Lifetime {
 impl Lifetime {
     fn ask_stop(&self) {
         let now = self.started.elapsed().as_millis() as u64;
-        let _ =
-            self.stop_asked_ms
-                .compare_exchange(u64::MAX, now, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self.stop_asked_ms.compare_exchange(
+            u64::MAX,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     fn stopping(&self) -> bool {
-        self.stop_asked_ms.load(Ordering::SeqCst) != u64::MAX
+        self.stop_asked_ms.load(Ordering::Relaxed) != u64::MAX
     }
 
     fn over(&self) -> bool {
-        let asked = self.stop_asked_ms.load(Ordering::SeqCst);
+        let asked = self.stop_asked_ms.load(Ordering::Relaxed);
         asked != u64::MAX && self.started.elapsed().as_millis() as u64 >= asked + self.linger_ms
     }
 }
@@ -326,10 +331,10 @@ where
     struct Alive(Arc<AtomicUsize>);
     impl Drop for Alive {
         fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::SeqCst);
+            self.0.fetch_sub(1, Ordering::Relaxed);
         }
     }
-    live.fetch_add(1, Ordering::SeqCst);
+    live.fetch_add(1, Ordering::Relaxed);
     let alive = Alive(live.clone());
     let spawned = thread::Builder::new().name(name.into()).spawn(move || {
         let _alive = alive;

@@ -89,17 +89,19 @@ impl BridgeState {
     }
 
     pub fn open_streams(&self) -> i64 {
-        self.open_streams.load(Ordering::SeqCst)
+        self.open_streams.load(Ordering::Relaxed)
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        // Relaxed: a fast refusal. What orders joins against the drain is the registry's lock
+        // (`Registry::drain`), not this flag.
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Starts the drain: refuse new joins and streams, close every session (which ends every
     /// stream cleanly) and disconnect every room.
     pub async fn drain(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.draining.store(true, Ordering::Relaxed);
         self.shutdown.cancel();
         let mut closing = tokio::task::JoinSet::new();
         for session in self.registry.drain() {
@@ -133,7 +135,10 @@ impl BridgeState {
             Err(e @ crate::room::RoomError::InvalidUrl(_)) => return Err(e.into()),
             Err(e) => return Ok(join_failed(e.to_string())),
         };
-        let ticket = self.registry.begin_join(&req.user_id);
+        let ticket = self
+            .registry
+            .begin_join(&req.user_id)
+            .map_err(|_| BridgeError::ShuttingDown)?;
         let request = ConnectRequest {
             url: req.livekit_url,
             token: req.token,
@@ -193,7 +198,7 @@ impl BridgeState {
     }
 
     fn stream_opened(self: &Arc<Self>) -> OpenStream {
-        self.open_streams.fetch_add(1, Ordering::SeqCst);
+        self.open_streams.fetch_add(1, Ordering::Relaxed);
         OpenStream(self.clone())
     }
 }
@@ -203,7 +208,7 @@ struct OpenStream(Arc<BridgeState>);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.open_streams.fetch_sub(1, Ordering::SeqCst);
+        self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

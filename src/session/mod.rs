@@ -8,7 +8,7 @@
 mod registry;
 mod sink;
 
-pub use registry::{JoinTicket, Registry, Superseded};
+pub use registry::{Drained, JoinTicket, Registry, Superseded};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -74,6 +74,9 @@ pub fn unix_ms() -> i64 {
 pub(crate) struct SessionCore {
     user_id: String,
     generation: u64,
+    /// `connected` and `participant_count` are status read on its own (GetStatus, HealthCheck,
+    /// PlayAudio's precondition): Relaxed. What must never race, audio after close, is the
+    /// ring's close protocol and the `closed` token's, not these.
     connected: AtomicBool,
     participant_count: AtomicU32,
     end: OnceLock<(EndReason, i64, Instant)>,
@@ -89,7 +92,7 @@ impl SessionCore {
         if self.end.set((reason, unix_ms(), Instant::now())).is_err() {
             return false;
         }
-        self.connected.store(false, Ordering::SeqCst);
+        self.connected.store(false, Ordering::Relaxed);
         self.closer.close();
         self.closed.cancel();
         true
@@ -150,8 +153,8 @@ impl Session {
             core.closer.close();
         })?;
         core.participant_count
-            .store(participant_count, Ordering::SeqCst);
-        core.connected.store(true, Ordering::SeqCst);
+            .store(participant_count, Ordering::Relaxed);
+        core.connected.store(true, Ordering::Relaxed);
         let session = Arc::new(Session {
             core,
             room,
@@ -174,7 +177,8 @@ impl Session {
     }
 
     async fn release_room(&self) {
-        if !self.room_released.swap(true, Ordering::SeqCst) {
+        // Relaxed: only which call wins matters, and a swap is atomic under any ordering.
+        if !self.room_released.swap(true, Ordering::Relaxed) {
             self.room.disconnect().await;
         }
     }
@@ -200,11 +204,11 @@ impl Session {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.core.connected.load(Ordering::SeqCst)
+        self.core.connected.load(Ordering::Relaxed)
     }
 
     pub fn participant_count(&self) -> u32 {
-        self.core.participant_count.load(Ordering::SeqCst)
+        self.core.participant_count.load(Ordering::Relaxed)
     }
 
     /// Why and when (unix ms) the session ended, if it has.
@@ -234,7 +238,8 @@ impl Session {
     /// Takes the session's audio for a new stream. An earlier stream is told to end and gives
     /// the ring up before this one gets it, so frames are never split between two streams.
     pub async fn attach_stream(&self) -> Option<StreamLease> {
-        let id = self.next_stream.fetch_add(1, Ordering::SeqCst);
+        // Relaxed: ids only have to be unique; the `stream` mutex orders the takeover.
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let taken_over = CancellationToken::new();
         {
             let mut owner = self.stream.lock().unwrap_or_else(PoisonError::into_inner);

@@ -7,7 +7,7 @@
 //! The map's mutex is held only for map operations, never across an await or a room call.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -32,7 +32,15 @@ impl Slot {
 pub struct Registry {
     slots: Mutex<HashMap<String, Slot>>,
     generations: AtomicU64,
+    /// Set by `drain`: no JoinRoom may start afterwards. Read and written only under the
+    /// slots' lock (Relaxed: the lock orders it), so a join either starts before the drain,
+    /// which then voids it, or is refused.
+    drained: AtomicBool,
 }
+
+/// The registry has been drained (the bridge is shutting down); no JoinRoom may start.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Drained;
 
 /// A later JoinRoom or a LeaveRoom for the same user came first; this join's room must close.
 #[derive(Debug, PartialEq, Eq)]
@@ -93,20 +101,25 @@ impl Registry {
     }
 
     fn next_generation(&self) -> u64 {
-        self.generations.fetch_add(1, Ordering::SeqCst) + 1
+        // Relaxed: always drawn under the slots' lock, which orders it with the slots.
+        self.generations.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Starts a JoinRoom for `user_id`, drawing its generation.
-    pub fn begin_join(self: &Arc<Self>, user_id: &str) -> JoinTicket {
+    /// Starts a JoinRoom for `user_id`, drawing its generation, unless the registry has been
+    /// drained.
+    pub fn begin_join(self: &Arc<Self>, user_id: &str) -> Result<JoinTicket, Drained> {
         let mut slots = self.lock();
+        if self.drained.load(Ordering::Relaxed) {
+            return Err(Drained);
+        }
         let generation = self.next_generation();
         slots.entry(user_id.to_string()).or_default().pending += 1;
-        JoinTicket {
+        Ok(JoinTicket {
             registry: self.clone(),
             user_id: user_id.to_string(),
             generation,
             done: false,
-        }
+        })
     }
 
     /// LeaveRoom: takes the user's session out, and voids JoinRooms still connecting.
@@ -153,9 +166,11 @@ impl Registry {
             .collect()
     }
 
-    /// Takes every session out and voids every JoinRoom in flight (shutdown).
+    /// Takes every session out, voids every JoinRoom in flight and refuses later ones
+    /// (shutdown).
     pub fn drain(&self) -> Vec<Arc<Session>> {
         let mut slots = self.lock();
+        self.drained.store(true, Ordering::Relaxed);
         let floor = self.next_generation();
         let sessions = slots.values_mut().filter_map(|s| {
             s.floor = floor;
@@ -197,5 +212,101 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::RingConfig;
+    use crate::room::ConnectRequest;
+    use crate::room::sim::SimBackend;
+    use crate::session::EndReason;
+
+    async fn session(user: &str, generation: u64) -> Arc<Session> {
+        let request = ConnectRequest {
+            url: "sim://silent".into(),
+            token: String::new(),
+            room_name: user.into(),
+            target_identity: user.into(),
+            timeout: Duration::from_secs(5),
+        };
+        let backend = SimBackend::default();
+        Session::connect(user, generation, &backend, request, RingConfig::default())
+            .await
+            .expect("a simulated room connects")
+    }
+
+    fn registry() -> Arc<Registry> {
+        Arc::new(Registry::default())
+    }
+
+    #[tokio::test]
+    async fn the_latest_join_wins_whichever_connects_first() {
+        let r = registry();
+        let first = r.begin_join("u").expect("open");
+        let second = r.begin_join("u").expect("open");
+        assert!(second.generation() > first.generation());
+        let (g1, g2) = (first.generation(), second.generation());
+        let newer = session("u", g2).await;
+        assert!(second.install(newer).expect("installs").is_none());
+        let older = session("u", g1).await;
+        assert_eq!(first.install(older.clone()).err(), Some(Superseded));
+        older.close(EndReason::Superseded).await;
+        assert_eq!(r.get("u").map(|s| s.generation()), Some(g2));
+
+        let third = r.begin_join("u").expect("open");
+        let g3 = third.generation();
+        let replaced = third.install(session("u", g3).await).expect("installs");
+        assert_eq!(replaced.map(|s| s.generation()), Some(g2));
+        assert_eq!(r.counts(), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn removal_is_by_session_never_by_user() {
+        let r = registry();
+        let t1 = r.begin_join("u").expect("open");
+        let s1 = session("u", t1.generation()).await;
+        assert!(t1.install(s1.clone()).expect("installs").is_none());
+        let t2 = r.begin_join("u").expect("open");
+        let s2 = session("u", t2.generation()).await;
+        assert!(t2.install(s2.clone()).expect("installs").is_some());
+        assert!(
+            !r.remove(&s1),
+            "a replaced session cannot remove its successor"
+        );
+        assert_eq!(r.get("u").map(|s| s.generation()), Some(s2.generation()));
+        assert!(r.remove(&s2));
+        assert!(r.is_empty());
+    }
+
+    #[tokio::test]
+    async fn leave_voids_joins_in_flight_and_failed_joins_are_forgotten() {
+        let r = registry();
+        let in_flight = r.begin_join("u").expect("open");
+        assert!(r.leave("u").is_none(), "nothing installed yet");
+        let late = session("u", in_flight.generation()).await;
+        assert_eq!(in_flight.install(late).err(), Some(Superseded));
+        assert!(r.is_empty());
+
+        let failed = r.begin_join("v").expect("open");
+        assert_eq!(r.len(), 1);
+        drop(failed);
+        assert!(r.is_empty(), "a join that failed leaves nothing behind");
+    }
+
+    #[tokio::test]
+    async fn a_drained_registry_refuses_new_joins_and_voids_those_in_flight() {
+        let r = registry();
+        let t = r.begin_join("u").expect("open");
+        let installed = session("u", t.generation()).await;
+        assert!(t.install(installed).expect("installs").is_none());
+        let in_flight = r.begin_join("v").expect("open");
+        let drained = r.drain();
+        assert_eq!(drained.len(), 1);
+        assert_eq!(r.begin_join("w").err(), Some(Drained));
+        let late = session("v", in_flight.generation()).await;
+        assert_eq!(in_flight.install(late).err(), Some(Superseded));
+        assert!(r.is_empty());
     }
 }

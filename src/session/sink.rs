@@ -41,7 +41,7 @@ impl RoomEvents for SessionSink {
     }
 
     fn on_participants(&self, count: u32) {
-        self.core.participant_count.store(count, Ordering::SeqCst);
+        self.core.participant_count.store(count, Ordering::Relaxed);
     }
 
     fn on_disconnected(&self, why: Disconnect) {
