@@ -8,7 +8,9 @@
 //!   simulated room (`sim://` URLs).
 //! - `session`: a session (ring halves, room, state, cancellation) and the registry that maps
 //!   user ids to sessions by generation.
-//! - `playback`: PlayAudio's fetch, decode, resample and paced playout, and StopAudio.
+//! - `playback`: PlayAudio's fetch, decode, resample and paced playout, and StopAudio, into
+//!   an `Output` (a session is one), reporting its own events: it knows nothing of sessions
+//!   or gRPC.
 //! - `service`: the gRPC service of the wire contract; `server`: serving it with health,
 //!   reflection and graceful shutdown; `listener`: the accept loop (back-off, connection
 //!   limit, handshake deadline) and the Unix socket's ownership; `config`: settings from flags
