@@ -169,13 +169,20 @@ fn sigterm_ends_open_streams_and_exits_within_the_deadline() {
                     drop(tx);
                     return (tonic::Code::Ok, reason);
                 }
-                Err(s) => return (s.code(), None),
+                Err(s) => {
+                    let reason = s.metadata().get("x-bridge-end-reason");
+                    return (
+                        s.code(),
+                        reason.and_then(|v| v.to_str().ok().map(String::from)),
+                    );
+                }
             }
         }
     });
     assert_eq!(
         (code, reason.as_deref()),
-        (tonic::Code::Ok, Some("shutdown"))
+        (tonic::Code::Unavailable, Some("shutdown")),
+        "a drained stream ends with an error status, so the backend rejoins elsewhere"
     );
     let (status, took) = wait_exit(&mut bridge, Duration::from_secs(5));
     assert!(status.success(), "{status:?}");

@@ -60,7 +60,15 @@ fn client_audio_comes_out_of_the_room_as_the_same_tone() {
 #[test]
 fn participant_count_follows_and_a_server_disconnect_ends_the_stream_with_the_reason() {
     let out = run(&["participants_and_server_disconnect"], &[]);
-    assert!(out.contains("ROOM_DELETED") && out.contains("DUPLICATE_IDENTITY"));
+    assert!(out.contains("RESULT disconnect_end_DUPLICATE_IDENTITY=OK replaced_elsewhere"));
+    assert!(out.contains("RESULT disconnect_end_SERVER_SHUTDOWN=UNAVAILABLE room_lost"));
+}
+
+#[test]
+fn a_replacement_here_ends_ok_replaced_whichever_of_the_kick_and_the_close_comes_first() {
+    let out = run(&["replaced_here"], &[]);
+    assert!(out.contains("RESULT replaced_kick_after_0.0s=OK replaced"));
+    assert!(out.contains("RESULT replaced_kick_after_1.0s=OK replaced"));
 }
 
 #[test]

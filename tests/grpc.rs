@@ -347,6 +347,97 @@ async fn replacing_a_session_ends_its_stream_cleanly_and_the_new_one_works() {
     }
 }
 
+/// LiveKit kicks the older participant of an identity when a newer one joins. A replacement
+/// here ends the old stream OK `replaced` whichever comes first: the kick (it lands before the
+/// newer join answers) or the local close (the kick is delayed past it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_here_ends_ok_replaced_whether_the_kick_or_the_close_comes_first() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    for delay_ms in [0, 300] {
+        let user = format!("kicked-{delay_ms}");
+        join_ok(&mut c, &user, "sim://tone").await;
+        let mut old = open(&mut c, &user).await;
+        old.frame().await;
+        let newer = format!("sim://tone?hz=3000&kick_delay_ms={delay_ms}");
+        join_ok(&mut c, &user, &newer).await;
+        let (code, _, reason) = old.end().await;
+        assert_eq!(
+            (code, reason.as_deref()),
+            (Code::Ok, Some("replaced")),
+            "kick {delay_ms} ms after the newer join"
+        );
+        let mut new = open(&mut c, &user).await;
+        let until = std::time::Instant::now() + Duration::from_millis(500);
+        while std::time::Instant::now() < until {
+            let hz = zero_crossing_hz(&new.frame().await.pcm_data);
+            assert!(
+                (2700.0..=3300.0).contains(&hz),
+                "the new room plays on: {hz} Hz"
+            );
+        }
+    }
+}
+
+/// Two bridges joined as the same identity: the newer takes the room, the older's stream ends
+/// OK `replaced_elsewhere` (so its backend does not rejoin), and nothing kicks back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_bridge_taking_the_identity_ends_this_stream_ok_and_nothing_fights_back() {
+    let (a, b) = (Bridge::start().await, Bridge::start().await);
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let url = "sim://tone?server=two-bridges";
+    join_ok(&mut ca, "frank", url).await;
+    let mut on_a = open(&mut ca, "frank").await;
+    on_a.frame().await;
+    join_ok(&mut cb, "frank", url).await;
+    let (code, _, reason) = on_a.end().await;
+    assert_eq!(
+        (code, reason.as_deref()),
+        (Code::Ok, Some("replaced_elsewhere"))
+    );
+    let st = status(&mut ca, "frank").await;
+    assert!(!st.connected, "{st:?}");
+    assert!(
+        st.last_disconnect_reason.contains("DUPLICATE_IDENTITY"),
+        "{st:?}"
+    );
+    // A client that opens the stream again is told the same, OK: no reason to rejoin.
+    let mut again = open(&mut ca, "frank").await;
+    let (code, _, reason) = again.end().await;
+    assert_eq!(
+        (code, reason.as_deref()),
+        (Code::Ok, Some("replaced_elsewhere"))
+    );
+    let mut on_b = open(&mut cb, "frank").await;
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < until {
+        on_b.frame().await;
+    }
+    assert!(status(&mut cb, "frank").await.connected);
+}
+
+/// What the server says when it closes the room decides the ending: an operator's removal or
+/// deletion and another bridge's identity end OK; anything a rejoin can fix ends UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_disconnects_end_ok_when_a_rejoin_would_fight_and_unavailable_when_it_can_work() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    for (cause, code, reason) in [
+        ("removed", Code::Ok, "removed"),
+        ("deleted", Code::Ok, "room_deleted"),
+        ("duplicate_identity", Code::Ok, "replaced_elsewhere"),
+        ("lost", Code::Unavailable, "room_lost"),
+    ] {
+        let user = format!("closed-{cause}");
+        let url = format!("sim://tone?drop_after_ms=100&drop_reason={cause}");
+        join_ok(&mut c, &user, &url).await;
+        let mut s = open(&mut c, &user).await;
+        let (got, _, why) = s.end().await;
+        assert_eq!((got, why.as_deref()), (code, Some(reason)), "{cause}");
+        assert!(!status(&mut c, &user).await.connected);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_joins_leave_exactly_one_live_room() {
     let bridge = Bridge::start().await;
@@ -514,7 +605,11 @@ async fn health_reports_real_numbers_and_not_serving_while_draining() {
         watch.message().await.expect("watch").map(|r| r.status),
         Some(not_serving)
     );
-    assert_eq!(s.end().await.2.as_deref(), Some("shutdown"));
+    let (code, _, reason) = s.end().await;
+    assert_eq!(
+        (code, reason.as_deref()),
+        (Code::Unavailable, Some("shutdown"))
+    );
     // Once clients let go of their last streams the server stops at once, not at the deadline.
     drop((watch, std_health, s, c));
     let served = tokio::time::timeout(Duration::from_secs(2), &mut bridge.served).await;

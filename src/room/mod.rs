@@ -48,7 +48,24 @@ pub enum DataKind {
 /// Why a room went away without the bridge asking.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Disconnect {
+    pub cause: DisconnectCause,
+    /// What the server said, worded for GetStatus and the logs.
     pub reason: String,
+}
+
+/// What a server-initiated disconnect means for the session, by who caused it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectCause {
+    /// Another participant joined with the same identity: another bridge, or this one's own
+    /// newer JoinRoom (LiveKit's `DUPLICATE_IDENTITY`).
+    DuplicateIdentity,
+    /// An operator removed the participant (`PARTICIPANT_REMOVED`).
+    Removed,
+    /// An operator deleted the room (`ROOM_DELETED`).
+    RoomDeleted,
+    /// Anything else: the server shutting down, the connection lost and not resumed, a failed
+    /// join, a refused token. A new join can succeed.
+    Lost,
 }
 
 /// Callbacks from a backend's threads into a session. Implementations must not block, take a

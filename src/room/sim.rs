@@ -20,7 +20,16 @@
 //! - `participants` (2): the participant count reported on join.
 //! - `join_after_ms`: one more participant joins after this long (a participant event).
 //! - `linger_ms` (20): how long callbacks keep coming after disconnect.
-//! - `drop_after_ms`: the server closes the room after this long.
+//! - `drop_after_ms`: the server closes the room after this long, for `drop_reason`: `lost`
+//!   (default: the server went away, a new join can succeed), `removed` (an operator removed
+//!   the participant), `deleted` (an operator deleted the room) or `duplicate_identity`.
+//! - Identities are kicked as LiveKit kicks them. Each bridge's simulated rooms form one
+//!   simulated server, or, with `server=<name>`, the rooms of every bridge in the process that
+//!   name it do; the bridge's identity is its join's token (a sim room has no JWT to read one
+//!   from). A join to a room name where that identity is already connected kicks the older
+//!   participant with `DUPLICATE_IDENTITY`: its callback thread delivers the kick
+//!   `kick_delay_ms` (a parameter of the newer join, default 0) after the newer join; with 0
+//!   the newer join completes only once the kick has been delivered.
 //! - `fail`: the connection fails with this text. `connect_delay_ms` (0): connecting takes
 //!   this long (to exercise the join timeout).
 
@@ -33,8 +42,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::{
-    BoxFuture, ConnectRequest, Connected, DataKind, Disconnect, Room, RoomBackend, RoomError,
-    RoomEvents,
+    BoxFuture, ConnectRequest, Connected, DataKind, Disconnect, DisconnectCause, Room, RoomBackend,
+    RoomError, RoomEvents,
 };
 use crate::audio::{PushOutcome, format};
 
@@ -67,6 +76,9 @@ pub struct SimSpec {
     pub join_after_ms: Option<u64>,
     pub linger_ms: u64,
     pub drop_after_ms: Option<u64>,
+    pub drop_reason: DisconnectCause,
+    pub kick_delay_ms: u64,
+    pub server: Option<String>,
     pub fail: Option<String>,
     pub connect_delay_ms: u64,
 }
@@ -104,6 +116,9 @@ impl SimSpec {
             join_after_ms: None,
             linger_ms: 20,
             drop_after_ms: None,
+            drop_reason: DisconnectCause::Lost,
+            kick_delay_ms: 0,
+            server: None,
             fail: None,
             connect_delay_ms: 0,
         };
@@ -156,6 +171,22 @@ impl SimSpec {
                 "join_after_ms" => spec.join_after_ms = Some(num(0, DAY_MS)?),
                 "linger_ms" => spec.linger_ms = num(0, 60_000)?,
                 "drop_after_ms" => spec.drop_after_ms = Some(num(0, DAY_MS)?),
+                "drop_reason" => {
+                    spec.drop_reason = match value.as_str() {
+                        "lost" => DisconnectCause::Lost,
+                        "removed" => DisconnectCause::Removed,
+                        "deleted" => DisconnectCause::RoomDeleted,
+                        "duplicate_identity" => DisconnectCause::DuplicateIdentity,
+                        _ => {
+                            return Err(bad(
+                                "drop_reason must be lost, removed, deleted or duplicate_identity"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
+                "kick_delay_ms" => spec.kick_delay_ms = num(0, 60_000)?,
+                "server" => spec.server = Some(value),
                 "fail" => spec.fail = Some(value),
                 "connect_delay_ms" => spec.connect_delay_ms = num(0, DAY_MS)?,
                 _ => return Err(bad(format!("unknown parameter {key:?}"))),
@@ -183,10 +214,24 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// The simulated backend. Keeps, per room name, the tracks the bridge published into the
 /// latest room of that name (until it disconnects), and counts its live callback threads.
-#[derive(Default)]
 pub struct SimBackend {
     tracks: Arc<Mutex<HashMap<String, Vec<String>>>>,
     live_threads: Arc<AtomicUsize>,
+    /// The simulated server of this backend's rooms, unless a URL names a shared one.
+    server: String,
+}
+
+impl Default for SimBackend {
+    fn default() -> Self {
+        static BACKENDS: AtomicU64 = AtomicU64::new(0);
+        let n = BACKENDS.fetch_add(1, Ordering::Relaxed);
+        Self {
+            tracks: Arc::default(),
+            live_threads: Arc::default(),
+            // Not a name a URL can give: `server=` values are percent-decoded text.
+            server: format!("\0bridge-{n}"),
+        }
+    }
 }
 
 impl SimBackend {
@@ -217,13 +262,26 @@ impl RoomBackend for SimBackend {
     ) -> BoxFuture<'static, Result<Connected, RoomError>> {
         let tracks = self.tracks.clone();
         let live = self.live_threads.clone();
+        let own_server = self.server.clone();
         Box::pin(async move {
             let spec = SimSpec::parse(&request.url)?;
+            let server = spec.server.clone().unwrap_or(own_server);
             tokio::time::sleep(Duration::from_millis(spec.connect_delay_ms)).await;
             if let Some(why) = &spec.fail {
                 return Err(RoomError::ConnectFailed(format!("sim: {why}")));
             }
-            let room = SimRoom::start(spec.clone(), request, events, tracks, live)?;
+            let kick_delay = Duration::from_millis(spec.kick_delay_ms);
+            let (room, older) =
+                SimRoom::start(spec.clone(), request, server, events, tracks, live)?;
+            if let Some(older) = older {
+                older.kick_after(kick_delay);
+                // As LiveKit does, the server tells the older participant before it answers
+                // the newer one; with no delay asked for, the kick lands before this join ends.
+                let deadline = Instant::now() + Duration::from_secs(1);
+                while kick_delay.is_zero() && !older.stopping() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
             Ok(Connected {
                 participant_id: room.participant_id.clone(),
                 participant_count: spec.participants,
@@ -241,6 +299,8 @@ struct Lifetime {
     /// Milliseconds after `started` when the stop was asked for; `u64::MAX` while running.
     stop_asked_ms: AtomicU64,
     linger_ms: u64,
+    /// When the simulated server kicks this participant for a newer one with its identity.
+    kick_at: Mutex<Option<Instant>>,
 }
 
 impl Lifetime {
@@ -252,6 +312,15 @@ impl Lifetime {
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
+    }
+
+    /// The simulated server kicks this participant `after` from now.
+    fn kick_after(&self, after: Duration) {
+        *lock(&self.kick_at) = Some(Instant::now() + after);
+    }
+
+    fn kick_due(&self, now: Instant) -> bool {
+        lock(&self.kick_at).is_some_and(|at| now >= at)
     }
 
     fn stopping(&self) -> bool {
@@ -270,24 +339,56 @@ struct SimRoom {
     life: Arc<Lifetime>,
     echo: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
     tracks: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    /// Its entry in the simulated server's participants.
+    participant: Participant,
 }
 
 static ROOMS: AtomicU64 = AtomicU64::new(0);
+
+/// (server, room name, the bridge's identity): one participant of a simulated server.
+type Participant = (String, String, String);
+
+/// The simulated server's participants, shared by every bridge in the process: the live room
+/// of each (room name, identity).
+fn participants() -> &'static Mutex<HashMap<Participant, Arc<Lifetime>>> {
+    static PARTICIPANTS: std::sync::OnceLock<Mutex<HashMap<Participant, Arc<Lifetime>>>> =
+        std::sync::OnceLock::new();
+    PARTICIPANTS.get_or_init(Mutex::default)
+}
+
+impl SimRoom {
+    /// Leaves the simulated server, unless a newer participant with its identity took its
+    /// place.
+    fn leave_server(&self) {
+        let mut all = lock(participants());
+        if all
+            .get(&self.participant)
+            .is_some_and(|life| Arc::ptr_eq(life, &self.life))
+        {
+            all.remove(&self.participant);
+        }
+    }
+}
 
 impl SimRoom {
     fn start(
         spec: SimSpec,
         request: ConnectRequest,
+        server: String,
         events: Arc<dyn RoomEvents>,
         tracks: Arc<Mutex<HashMap<String, Vec<String>>>>,
         live: Arc<AtomicUsize>,
-    ) -> Result<Self, RoomError> {
+    ) -> Result<(Self, Option<Arc<Lifetime>>), RoomError> {
         let n = ROOMS.fetch_add(1, Ordering::Relaxed);
         let life = Arc::new(Lifetime {
             started: Instant::now(),
             stop_asked_ms: AtomicU64::new(u64::MAX),
             linger_ms: spec.linger_ms,
+            kick_at: Mutex::new(None),
         });
+        let participant = (server, request.room_name.clone(), request.token.clone());
+        let older = lock(participants()).insert(participant.clone(), life.clone());
+        let older = older.filter(|o| !o.stopping());
         let identity = spec.identity.clone().unwrap_or(request.target_identity);
         lock(&tracks).insert(request.room_name.clone(), Vec::new());
         let ctx = Ctx {
@@ -310,6 +411,7 @@ impl SimRoom {
             life,
             echo: Mutex::new(echo_tx),
             tracks,
+            participant,
         };
         let started = match (ctx.spec.mode, echo_rx) {
             (Mode::Tone, _) => spawn(&live, "sim-lossy", ctx.clone(), Ctx::tone),
@@ -320,7 +422,7 @@ impl SimRoom {
             lock(&room.tracks).remove(&room.room_name);
             return Err(e);
         }
-        Ok(room)
+        Ok((room, older))
     }
 }
 
@@ -443,8 +545,23 @@ impl Ctx {
                 self.life.ask_stop();
                 let ms = self.spec.drop_after_ms.unwrap_or_default();
                 self.events.on_disconnected(Disconnect {
-                    reason: format!("sim: server closed the room after {ms} ms"),
+                    cause: self.spec.drop_reason,
+                    reason: format!(
+                        "sim: the server closed the room after {ms} ms ({:?})",
+                        self.spec.drop_reason
+                    ),
                 });
+            }
+            if self.life.kick_due(now) && !self.life.stopping() {
+                // Told first, stopped after: a newer join waiting for the kick resumes only
+                // once the session has heard it.
+                self.events.on_disconnected(Disconnect {
+                    cause: DisconnectCause::DuplicateIdentity,
+                    reason: "sim: another participant joined with the same identity \
+                             (DUPLICATE_IDENTITY)"
+                        .into(),
+                });
+                self.life.ask_stop();
             }
             let wake = [Some(next_chatter), join_at, drop_at]
                 .into_iter()
@@ -492,6 +609,7 @@ impl Room for SimRoom {
     fn disconnect(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.life.ask_stop();
+            self.leave_server();
             lock(&self.echo).take();
             lock(&self.tracks).remove(&self.room_name);
         })
@@ -501,6 +619,7 @@ impl Room for SimRoom {
 impl Drop for SimRoom {
     fn drop(&mut self) {
         self.life.ask_stop();
+        self.leave_server();
     }
 }
 
@@ -510,6 +629,11 @@ mod tests {
 
     #[test]
     fn the_grammar_parses_and_rejects_clearly() {
+        let kicked = SimSpec::parse("sim://silent?drop_after_ms=5&drop_reason=removed&server=s1")
+            .expect("valid");
+        assert_eq!(kicked.drop_reason, DisconnectCause::Removed);
+        assert_eq!(kicked.server.as_deref(), Some("s1"));
+        assert!(SimSpec::parse("sim://silent?drop_reason=bored").is_err());
         let s = SimSpec::parse("sim://tone?hz=1000&frame_ms=20&pace=max&fail=room%20full")
             .expect("valid");
         assert_eq!(

@@ -139,6 +139,13 @@ impl BridgeState {
             .registry
             .begin_join(&req.user_id)
             .map_err(|_| BridgeError::ShuttingDown)?;
+        let Ok(_turn) = ticket.turn().await else {
+            return Ok(join_failed(if self.is_draining() {
+                BridgeError::ShuttingDown.to_string()
+            } else {
+                EndReason::Superseded.describe()
+            }));
+        };
         let request = ConnectRequest {
             url: req.livekit_url,
             token: req.token,

@@ -59,11 +59,16 @@ pub(super) async fn open(
     checks::first_chunk(&first)?;
     let session = state.session(&first.user_id)?;
     if let Some((reason, _)) = session.ended() {
-        return Err(BridgeError::SessionEnded(format!(
-            "{}; call JoinRoom again",
-            reason.describe()
-        ))
-        .into());
+        if reason.retry_can_succeed() {
+            return Err(BridgeError::SessionEnded(format!(
+                "{}; call JoinRoom again",
+                reason.describe()
+            ))
+            .into());
+        }
+        // Ended for good (taken over elsewhere, removed, left): this stream ends as the
+        // session's did, OK with its reason, so a client that retries is not told to rejoin.
+        return Ok(Box::pin(tokio_stream::once(Err(session_ended(&session)))));
     }
     validate(&first)?;
     let open = state.stream_opened();
@@ -129,7 +134,7 @@ fn taken_over_status() -> Status {
 /// The status a stream ends with when its session has ended.
 fn session_ended(session: &Session) -> Status {
     match session.ended() {
-        Some((reason @ EndReason::RoomLost(_), _)) => {
+        Some((reason, _)) if reason.retry_can_succeed() => {
             let mut status = Status::unavailable(reason.describe());
             status.metadata_mut().insert(
                 END_REASON_TRAILER,

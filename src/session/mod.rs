@@ -22,15 +22,28 @@ use crate::playback::{Output, Playbacks};
 use crate::room::{BoxFuture, ConnectRequest, Connected, Room, RoomBackend, RoomError};
 
 /// Why a session ended. The first reason wins.
+///
+/// How its stream ends follows one rule: with an error status (the backend rejoins after 2 s)
+/// when a retry can succeed, OK when a retry would fight another bridge or an operator, or
+/// when the backend itself asked for the end. The README's end table lists every reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EndReason {
     /// LeaveRoom, with the caller's reason.
     Left(String),
-    /// A newer JoinRoom for the same user took over.
+    /// A newer JoinRoom for the same user, here, took over (whether LiveKit's kick of the old
+    /// participant or the local close came first).
     Replaced,
+    /// Another participant joined the room with the bridge's identity: another bridge or pod
+    /// took the user over (LiveKit's `DUPLICATE_IDENTITY`).
+    ReplacedElsewhere(String),
+    /// An operator removed the bridge's participant from the room.
+    Removed(String),
+    /// An operator deleted the room.
+    RoomDeleted(String),
     /// A JoinRoom that was issued later (or a LeaveRoom) won the race against this one.
     Superseded,
-    /// The room went away: server-initiated disconnect.
+    /// The room went away for any other reason (server shutdown, connection lost and not
+    /// resumed, failed join, refused token): a new join can succeed.
     RoomLost(String),
     /// The session's StreamAudio client failed or cancelled.
     ClientGone(String),
@@ -44,6 +57,9 @@ impl EndReason {
         match self {
             Self::Left(_) => "left",
             Self::Replaced => "replaced",
+            Self::ReplacedElsewhere(_) => "replaced_elsewhere",
+            Self::Removed(_) => "removed",
+            Self::RoomDeleted(_) => "room_deleted",
             Self::Superseded => "superseded",
             Self::RoomLost(_) => "room_lost",
             Self::ClientGone(_) => "client_gone",
@@ -51,11 +67,20 @@ impl EndReason {
         }
     }
 
+    /// Whether the stream ends with an error status, so that the backend rejoins: a retry
+    /// can succeed (on this bridge, another, or the LiveKit node that replaces a lost one).
+    pub fn retry_can_succeed(&self) -> bool {
+        matches!(self, Self::RoomLost(_) | Self::Shutdown)
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Self::Left(r) if r.is_empty() => "session left".into(),
             Self::Left(r) => format!("session left: {r}"),
             Self::Replaced => "session replaced by a newer JoinRoom".into(),
+            Self::ReplacedElsewhere(r) => format!("session taken over elsewhere: {r}"),
+            Self::Removed(r) => format!("removed from the room: {r}"),
+            Self::RoomDeleted(r) => format!("the room was deleted: {r}"),
             Self::Superseded => "JoinRoom superseded by a newer request for this user".into(),
             Self::RoomLost(r) => format!("room lost: {r}"),
             Self::ClientGone(r) => format!("stream client went away: {r}"),
@@ -83,6 +108,12 @@ pub(crate) struct SessionCore {
     closer: RingCloser,
     /// Cancelled when the session closes.
     closed: CancellationToken,
+    /// A newer JoinRoom for this user has begun here: LiveKit's `DUPLICATE_IDENTITY` kick,
+    /// which its connect causes, means `Replaced`, not `ReplacedElsewhere`. Release/Acquire:
+    /// the kick is caused by the newer join after it sets this, and reaches the callback
+    /// thread through the library's and the network's own synchronisation; the pair states
+    /// the order this relies on.
+    replacing: AtomicBool,
 }
 
 impl SessionCore {
@@ -139,6 +170,7 @@ impl Session {
             end: OnceLock::new(),
             closer,
             closed: CancellationToken::new(),
+            replacing: AtomicBool::new(false),
         });
         let sink = sink::SessionSink::new(core.clone(), producer, &request.target_identity);
         let timeout = request.timeout;
@@ -193,6 +225,16 @@ impl Session {
 
     pub fn user_id(&self) -> &str {
         &self.core.user_id
+    }
+
+    /// A newer JoinRoom for this user has begun here (see `SessionCore::replacing`).
+    fn expect_replacement(&self) {
+        self.core.replacing.store(true, Ordering::Release);
+    }
+
+    /// The JoinRooms that would have replaced it all failed.
+    fn expect_replacement_no_more(&self) {
+        self.core.replacing.store(false, Ordering::Release);
     }
 
     pub fn generation(&self) -> u64 {

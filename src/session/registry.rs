@@ -5,6 +5,11 @@
 //! meantime; the session it displaces is handed back to be closed. Removal is by session, never
 //! by user id alone, so a stale stream, LeaveRoom race or cleanup cannot remove a successor.
 //! The map's mutex is held only for map operations, never across an await or a room call.
+//!
+//! Joins for one user connect one at a time, in turn ([`JoinTicket::turn`]), and a join whose
+//! turn comes after a newer one began gives up without connecting. LiveKit lets one participant
+//! per identity stay (a newer one kicks the older), so connects must happen in the order the
+//! registry ranks them: the one it installs is then the one LiveKit keeps.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +24,10 @@ struct Slot {
     floor: u64,
     /// JoinRooms for this user still connecting.
     pending: u32,
+    /// The newest JoinRoom begun for this user.
+    latest: u64,
+    /// Held by the JoinRoom of this user that is connecting.
+    connecting: Arc<tokio::sync::Mutex<()>>,
     session: Option<Arc<Session>>,
 }
 
@@ -59,6 +68,23 @@ impl JoinTicket {
         self.generation
     }
 
+    /// Waits for this join's turn to connect: earlier joins of the user have connected (or
+    /// failed). Superseded if a newer join or a LeaveRoom came meanwhile; it should then not
+    /// connect at all. Hold the turn until the session is installed.
+    pub async fn turn(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, Superseded> {
+        let connecting = {
+            let slots = self.registry.lock();
+            slots.get(&self.user_id).map(|s| s.connecting.clone())
+        };
+        let turn = connecting.ok_or(Superseded)?.lock_owned().await;
+        let slots = self.registry.lock();
+        let slot = slots.get(&self.user_id).ok_or(Superseded)?;
+        if slot.latest > self.generation || self.generation <= slot.floor {
+            return Err(Superseded);
+        }
+        Ok(turn)
+    }
+
     /// Installs `session` unless superseded. Returns the session it replaced, which the caller
     /// closes.
     pub fn install(mut self, session: Arc<Session>) -> Result<Option<Arc<Session>>, Superseded> {
@@ -88,6 +114,10 @@ impl Drop for JoinTicket {
         let mut slots = self.registry.lock();
         if let Some(slot) = slots.get_mut(&self.user_id) {
             slot.pending -= 1;
+            // The join failed: a kick of the current session is no longer ours.
+            if let (0, Some(current)) = (slot.pending, &slot.session) {
+                current.expect_replacement_no_more();
+            }
             if slot.is_vacant() {
                 slots.remove(&self.user_id);
             }
@@ -113,7 +143,12 @@ impl Registry {
             return Err(Drained);
         }
         let generation = self.next_generation();
-        slots.entry(user_id.to_string()).or_default().pending += 1;
+        let slot = slots.entry(user_id.to_string()).or_default();
+        slot.pending += 1;
+        slot.latest = generation;
+        if let Some(current) = &slot.session {
+            current.expect_replacement();
+        }
         Ok(JoinTicket {
             registry: self.clone(),
             user_id: user_id.to_string(),

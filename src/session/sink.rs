@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::{EndReason, SessionCore, unix_ms};
 use crate::audio::{FrameProducer, PushOutcome};
-use crate::room::{DataKind, Disconnect, RoomEvents};
+use crate::room::{DataKind, Disconnect, DisconnectCause, RoomEvents};
 
 pub(super) struct SessionSink {
     core: Arc<SessionCore>,
@@ -45,6 +45,15 @@ impl RoomEvents for SessionSink {
     }
 
     fn on_disconnected(&self, why: Disconnect) {
-        self.core.close(EndReason::RoomLost(why.reason));
+        let reason = match why.cause {
+            DisconnectCause::DuplicateIdentity if self.core.replacing.load(Ordering::Acquire) => {
+                EndReason::Replaced
+            }
+            DisconnectCause::DuplicateIdentity => EndReason::ReplacedElsewhere(why.reason),
+            DisconnectCause::Removed => EndReason::Removed(why.reason),
+            DisconnectCause::RoomDeleted => EndReason::RoomDeleted(why.reason),
+            DisconnectCause::Lost => EndReason::RoomLost(why.reason),
+        };
+        self.core.close(reason);
     }
 }

@@ -8,7 +8,9 @@ the `livekit-protocol` package) and WebRTC (aiortc) for a client to:
   channels, the client offers its publisher connection);
 - receive data packets sent as any identity, on either channel, with or without a topic;
 - publish audio tracks, whose Opus the mock decodes and keeps (48 kHz PCM with timestamps);
-- be disconnected by the server with a reason (room deleted, duplicate identity, ...).
+- be disconnected by the server with a reason (room deleted, duplicate identity, ...); a join
+  with an identity already in the room kicks the older participant with DUPLICATE_IDENTITY,
+  as LiveKit does.
 
 It is not an SFU: no forwarding between participants, no simulcast, no reconnection, no token
 verification (it reads the identity from the token's `sub` claim), no TURN, one room.
@@ -236,6 +238,11 @@ class MockSfu:
         self.joins = 0
         self.runner = None
         self.files = {}  # path -> (content type, bytes), served over plain HTTP for PlayAudio
+        self.kick_delay = 0.0  # seconds between a newer join and the older participant's kick
+
+    async def kick(self, older):
+        await asyncio.sleep(self.kick_delay)
+        await older.server_disconnect(models.DisconnectReason.DUPLICATE_IDENTITY)
 
     @property
     def url(self):
@@ -278,7 +285,12 @@ class MockSfu:
             token = auth[7:]
         identity = identity_from_token(token) or request.query.get("identity", "anonymous")
         p = Participant(self, ws, identity)
+        older = self.participants.get(identity)
         self.participants[identity] = p
+        if older is not None and not older.closed.is_set():
+            # As LiveKit does: a newer participant with the same identity replaces the older,
+            # which is told why while the newer one's join goes on (after `kick_delay` s).
+            asyncio.ensure_future(self.kick(older))
         self.joins += 1
         await p.start()
         await self.joined.put(p)

@@ -294,12 +294,27 @@ async def publish_tone(ctx: Ctx):
     call.cancel()
 
 
+async def stream_end(call):
+    """Reads a StreamAudio to its end: its status code and its x-bridge-end-reason."""
+    try:
+        while await asyncio.wait_for(call.read(), 10) is not grpc.aio.EOF:
+            pass
+        trailers, code = await call.trailing_metadata(), await call.code()
+    except grpc.aio.AioRpcError as e:
+        trailers, code = e.trailing_metadata(), e.code()
+    return code, dict(trailers or ()).get("x-bridge-end-reason")
+
+
 async def participants_and_server_disconnect(ctx: Ctx):
-    """participant_count follows joins and leaves; the server removing the room (or another
-    client taking the identity) ends the stream with UNAVAILABLE, and GetStatus says why."""
-    for user, reason, name in [("carol", models.DisconnectReason.ROOM_DELETED, "ROOM_DELETED"),
-                               ("erin", models.DisconnectReason.DUPLICATE_IDENTITY,
-                                "DUPLICATE_IDENTITY")]:
+    """participant_count follows joins and leaves; a server disconnect ends the stream as the
+    README's end table says (OK when a rejoin would fight an operator or another bridge,
+    UNAVAILABLE when a rejoin can work), and GetStatus says why."""
+    R, S = models.DisconnectReason, grpc.StatusCode
+    for user, reason, name, code, end in [
+            ("carol", R.ROOM_DELETED, "ROOM_DELETED", S.OK, "room_deleted"),
+            ("erin", R.DUPLICATE_IDENTITY, "DUPLICATE_IDENTITY", S.OK, "replaced_elsewhere"),
+            ("grace", R.PARTICIPANT_REMOVED, "PARTICIPANT_REMOVED", S.OK, "removed"),
+            ("heidi", R.SERVER_SHUTDOWN, "SERVER_SHUTDOWN", S.UNAVAILABLE, "room_lost")]:
         r = await ctx.joined(user)
         check(r.participant_count == 2, f"participant_count {r.participant_count}")
         call, queue = ctx.stream(user)
@@ -311,12 +326,9 @@ async def participants_and_server_disconnect(ctx: Ctx):
         await p.participant_update("visitor", joined=False)
         await wait_for_count(ctx, user, 2)
         await p.server_disconnect(reason)
-        try:
-            while True:
-                chunk = await asyncio.wait_for(call.read(), 10)
-                check(chunk is not grpc.aio.EOF, "stream ended OK; wanted UNAVAILABLE")
-        except grpc.aio.AioRpcError as e:
-            check(e.code() == grpc.StatusCode.UNAVAILABLE, f"stream ended with {e.code()}")
+        got = await stream_end(call)
+        check(got == (code, end), f"{name}: the stream ended {got}; wanted {(code, end)}")
+        result(f"disconnect_end_{name}", f"{got[0].name} {got[1]}")
         status = await ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id=user))
         check(not status.connected, "still connected")
         check(name in status.last_disconnect_reason, status.last_disconnect_reason)
@@ -493,7 +505,36 @@ async def room_cost(ctx: Ctx, rooms: int, rounds: int = 3):
     check(growth <= 1024, f"RSS grew {growth} KiB from round 2 to round {rounds}: a leak")
 
 
+async def replaced_here(ctx: Ctx):
+    """A JoinRoom that replaces a session here makes LiveKit kick the old participant with
+    DUPLICATE_IDENTITY; the old stream ends OK `replaced` whether the kick comes before the
+    local close (kick at once) or after it (kick delayed), and the new session carries audio."""
+    for delay in (0.0, 1.0):
+        ctx.sfu.kick_delay = delay
+        user = f"again{int(delay * 1000)}"
+        await ctx.joined(user)
+        old, old_queue = ctx.stream(user)
+        p = await ctx.participant(user)
+        await p.send_data("target", b"\x00" + bytes(320))
+        await read_chunks(old, 1)
+        await ctx.joined(user)
+        got = await stream_end(old)
+        check(got == (grpc.StatusCode.OK, "replaced"), f"kick after {delay} s: ended {got}")
+        new, new_queue = ctx.stream(user)
+        p = await ctx.participant(user)
+        for _ in range(3):
+            await p.send_data("target", b"\x00" + bytes(320))
+        await read_chunks(new, 3)
+        status = await ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id=user))
+        check(status.connected, f"kick after {delay} s: the new session is not connected")
+        result(f"replaced_kick_after_{delay}s", f"{got[0].name} {got[1]}")
+        for q in (old_queue, new_queue):
+            q.put_nowait(None)
+    ctx.sfu.kick_delay = 0.0
+
+
 SCENARIOS = {
+    "replaced_here": replaced_here,
     "data_packets": data_packets,
     "publish_tone": publish_tone,
     "participants_and_server_disconnect": participants_and_server_disconnect,

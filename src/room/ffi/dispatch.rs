@@ -15,8 +15,8 @@ use super::client::{self, Shared};
 use super::library::EventSink;
 use super::packet::DataPacketRef;
 use super::proto::{self, ffi_event};
-use super::translate::{disconnect_reason, log_record};
-use crate::room::{DataKind, Disconnect};
+use super::translate::{disconnect, log_record};
+use crate::room::DataKind;
 
 /// Receives the library's events.
 pub(super) struct Dispatch(Arc<Shared>);
@@ -113,9 +113,7 @@ impl Dispatch {
                     .on_participants(before.saturating_sub(1).max(1));
             }
             Some(M::Disconnected(d)) => {
-                route.events.on_disconnected(Disconnect {
-                    reason: disconnect_reason(d.reason),
-                });
+                route.events.on_disconnected(disconnect(d.reason));
             }
             Some(M::ConnectionStateChanged(c)) => {
                 tracing::debug!(

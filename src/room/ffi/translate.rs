@@ -1,9 +1,25 @@
 //! The library's words in the bridge's: disconnect reasons and log records.
 
 use super::proto;
+use crate::room::{Disconnect, DisconnectCause};
 
-/// What a server-initiated disconnect means, for GetStatus and the logs.
-pub(super) fn disconnect_reason(reason: i32) -> String {
+/// A server-initiated disconnect: what it means for the session, worded for GetStatus and the
+/// logs.
+pub(super) fn disconnect(reason: i32) -> Disconnect {
+    use proto::DisconnectReason as R;
+    let cause = match R::try_from(reason) {
+        Ok(R::DuplicateIdentity) => DisconnectCause::DuplicateIdentity,
+        Ok(R::ParticipantRemoved) => DisconnectCause::Removed,
+        Ok(R::RoomDeleted) => DisconnectCause::RoomDeleted,
+        _ => DisconnectCause::Lost,
+    };
+    Disconnect {
+        cause,
+        reason: disconnect_reason(reason),
+    }
+}
+
+fn disconnect_reason(reason: i32) -> String {
     use proto::DisconnectReason as R;
     let text = match R::try_from(reason) {
         Ok(R::ClientInitiated) => "the bridge left the room",
@@ -40,6 +56,27 @@ pub(super) fn log_record(r: &proto::LogRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_follow_who_disconnected() {
+        use proto::DisconnectReason as R;
+        let cause = |r: R| disconnect(r as i32).cause;
+        assert_eq!(
+            cause(R::DuplicateIdentity),
+            DisconnectCause::DuplicateIdentity
+        );
+        assert_eq!(cause(R::ParticipantRemoved), DisconnectCause::Removed);
+        assert_eq!(cause(R::RoomDeleted), DisconnectCause::RoomDeleted);
+        for lost in [
+            R::ServerShutdown,
+            R::SignalClose,
+            R::JoinFailure,
+            R::RoomClosed,
+        ] {
+            assert_eq!(cause(lost), DisconnectCause::Lost, "{lost:?}");
+        }
+        assert_eq!(disconnect(9999).cause, DisconnectCause::Lost);
+    }
 
     #[test]
     fn reasons_are_worded_and_named() {
