@@ -65,6 +65,13 @@ fn participant_count_follows_and_a_server_disconnect_ends_the_stream_with_the_re
 }
 
 #[test]
+fn two_bridges_joined_as_one_identity_do_not_take_the_room_from_each_other() {
+    let out = run(&["two_bridges"], &[]);
+    assert!(out.contains("RESULT two_bridges_older_ended=OK replaced_elsewhere"));
+    assert!(out.contains("RESULT two_bridges_joins_in_10s_after=0"));
+}
+
+#[test]
 fn a_replacement_here_ends_ok_replaced_whichever_of_the_kick_and_the_close_comes_first() {
     let out = run(&["replaced_here"], &[]);
     assert!(out.contains("RESULT replaced_kick_after_0.0s=OK replaced"));

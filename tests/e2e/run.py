@@ -72,8 +72,9 @@ def load_stubs(tmp):
 class Bridge:
     """The release binary in this namespace, serving on a Unix socket."""
 
-    def __init__(self, binary, tmp):
-        self.socket = os.path.join(tmp, "bridge.sock")
+    def __init__(self, binary, tmp, name="bridge"):
+        self.binary, self.tmp = binary, tmp
+        self.socket = os.path.join(tmp, f"{name}.sock")
         env = dict(os.environ)
         env.update({
             "LIVEKIT_GRPC_SOCKET": self.socket,
@@ -83,7 +84,7 @@ class Bridge:
             # arena makes RSS after churn say whether memory was really given back.
             "MALLOC_ARENA_MAX": os.environ.get("BRIDGE_MALLOC_ARENA_MAX", "1"),
         })
-        self.log = open(os.path.join(tmp, "bridge.log"), "w")
+        self.log = open(os.path.join(tmp, f"{name}.log"), "w")
         self.proc = subprocess.Popen([binary], env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     async def wait_ready(self):
@@ -533,8 +534,49 @@ async def replaced_here(ctx: Ctx):
     ctx.sfu.kick_delay = 0.0
 
 
+async def two_bridges(ctx: Ctx):
+    """Two bridge processes joined as the same identity: the newer takes the room, the older's
+    stream ends OK `replaced_elsewhere` (so its backend does not rejoin), and no kick follows
+    within 10 s: the two do not take the room from each other."""
+    other = Bridge(ctx.bridge.binary, ctx.bridge.tmp, "bridge2")
+    ctx2 = None
+    try:
+        await other.wait_ready()
+        ctx2 = Ctx(ctx.pb, ctx.pbg, other, ctx.sfu)
+        user = "shared"
+        await ctx.joined(user)
+        first, first_queue = ctx.stream(user)
+        p = await ctx.participant(user)
+        await p.send_data("target", b"\x00" + bytes(320))
+        await read_chunks(first, 1)
+        await ctx2.joined(user)
+        joins = ctx.sfu.joins
+        got = await stream_end(first)
+        check(got == (grpc.StatusCode.OK, "replaced_elsewhere"), f"the older ended {got}")
+        status = await ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id=user))
+        check(not status.connected, "the older bridge still says connected")
+        check("DUPLICATE_IDENTITY" in status.last_disconnect_reason,
+              status.last_disconnect_reason)
+        second, second_queue = ctx2.stream(user)
+        winner = await ctx.participant(user)
+        await asyncio.sleep(10)
+        check(ctx.sfu.joins == joins, f"{ctx.sfu.joins - joins} more joins: the bridges fight")
+        check(not winner.closed.is_set(), "the newer bridge was kicked")
+        await winner.send_data("target", b"\x00" + bytes(320))
+        await read_chunks(second, 1)
+        result("two_bridges_older_ended", f"{got[0].name} {got[1]}")
+        result("two_bridges_joins_in_10s_after", ctx.sfu.joins - joins)
+        for q in (first_queue, second_queue):
+            q.put_nowait(None)
+    finally:
+        if ctx2 is not None:
+            await ctx2.channel.close()
+        other.stop()
+
+
 SCENARIOS = {
     "replaced_here": replaced_here,
+    "two_bridges": two_bridges,
     "data_packets": data_packets,
     "publish_tone": publish_tone,
     "participants_and_server_disconnect": participants_and_server_disconnect,
