@@ -702,3 +702,56 @@ async fn every_ended_session_is_freed() {
     })
     .await;
 }
+
+/// An operator can see which side is silent: GetStatus's response metadata says how long ago
+/// the target's audio last arrived and how long ago audio last went to the stream; HealthCheck
+/// counts live sessions whose target has been silent for over 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_is_visible_per_session_and_in_health() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    join_ok(&mut c, "talking", TONE).await;
+    join_ok(&mut c, "quiet", "sim://silent").await;
+    let mut s = open(&mut c, "talking").await;
+    s.frame().await;
+    let headers = |user: &str| {
+        let mut c = c.clone();
+        let req = proto::BridgeStatusRequest {
+            user_id: user.into(),
+        };
+        async move {
+            let r = c.get_status(req).await.expect("GetStatus");
+            let get = |k: &str| {
+                r.metadata()
+                    .get(k)
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from)
+                    .unwrap_or_else(|| panic!("no {k}"))
+            };
+            (
+                get("x-bridge-session-state"),
+                get("x-bridge-target-audio-age-s"),
+                get("x-bridge-delivered-audio-age-s"),
+            )
+        }
+    };
+    let (state, target, delivered) = headers("talking").await;
+    assert_eq!(state, "connected");
+    let age = |s: &str| s.parse::<f64>().expect("seconds");
+    assert!(
+        age(&target) < 1.0 && age(&delivered) < 1.0,
+        "{target} {delivered}"
+    );
+    let (_, _, delivered) = headers("quiet").await;
+    assert_eq!(delivered, "never");
+    tokio::time::sleep(Duration::from_millis(5300)).await;
+    let (_, target, _) = headers("quiet").await;
+    assert!(age(&target) > 5.0, "{target}");
+    let health = c
+        .health_check(proto::HealthCheckRequest::default())
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(health.metadata["sessions_without_audio_5s"], "1");
+    assert_eq!(health.metadata["sessions_reconnecting"], "0");
+}

@@ -82,6 +82,8 @@ pub trait RoomEvents: Send + Sync + 'static {
     ) -> Option<PushOutcome>;
     /// The number of participants in the room changed.
     fn on_participants(&self, count: u32);
+    /// The connection to the server was lost and is being resumed (`true`), or is back.
+    fn on_reconnecting(&self, reconnecting: bool);
     /// The server closed the room (room deleted, duplicate identity, token expired, ...).
     fn on_disconnected(&self, why: Disconnect);
 }

@@ -28,6 +28,8 @@ use crate::room::{Backends, ConnectRequest};
 use crate::session::{EndReason, Registry, Session};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// HealthCheck counts a live session whose target has sent no audio for this long.
+const SILENT_AFTER: Duration = Duration::from_secs(5);
 
 /// What the service is tuned with.
 #[derive(Clone, Debug)]
@@ -323,6 +325,12 @@ impl LiveKitBridge for Bridge {
             ServingStatus::Serving
         };
         let (registered, connected) = self.state.registry.counts();
+        let sessions = self.state.registry.sessions();
+        let live = sessions.iter().filter(|s| s.ended().is_none());
+        let (reconnecting, silent) = live.fold((0, 0), |(r, q), s| {
+            let quiet = s.audio_silent_for() > SILENT_AFTER;
+            (r + usize::from(s.is_reconnecting()), q + usize::from(quiet))
+        });
         Ok(Response::new(proto::HealthCheckResponse {
             status: status as i32,
             active_sessions: clamp_i32(connected),
@@ -331,6 +339,8 @@ impl LiveKitBridge for Bridge {
             metadata: HashMap::from([
                 ("version".into(), VERSION.into()),
                 ("registered_sessions".into(), registered.to_string()),
+                ("sessions_reconnecting".into(), reconnecting.to_string()),
+                ("sessions_without_audio_5s".into(), silent.to_string()),
                 (
                     "playbacks_playing".into(),
                     self.state.player.stats().playing().to_string(),
@@ -353,6 +363,7 @@ impl LiveKitBridge for Bridge {
             server_version: VERSION.into(),
             ..Default::default()
         };
+        let mut headers = tonic::metadata::MetadataMap::new();
         if let Some(session) = self.state.registry.get(&req.user_id) {
             status.connected = session.is_connected();
             status.participant_id = session.participant_id().to_string();
@@ -361,7 +372,31 @@ impl LiveKitBridge for Bridge {
                 status.last_disconnect_at = at;
                 status.last_disconnect_reason = reason.describe();
             }
+            // What the contract's message has no field for travels as response metadata.
+            let state = match (session.ended(), session.is_reconnecting()) {
+                (Some(_), _) => "ended",
+                (None, true) => "reconnecting",
+                (None, false) => "connected",
+            };
+            let seconds = |d: Duration| format!("{:.1}", d.as_secs_f64());
+            let delivered = session
+                .delivered_ago()
+                .map_or_else(|| "never".into(), seconds);
+            for (key, value) in [
+                ("x-bridge-session-state", state.to_string()),
+                (
+                    "x-bridge-target-audio-age-s",
+                    seconds(session.audio_silent_for()),
+                ),
+                ("x-bridge-delivered-audio-age-s", delivered),
+            ] {
+                if let Ok(value) = value.parse() {
+                    headers.insert(key, value);
+                }
+            }
         }
-        Ok(Response::new(status))
+        let mut response = Response::new(status);
+        *response.metadata_mut() = headers;
+        Ok(response)
     }
 }

@@ -10,7 +10,7 @@ mod sink;
 
 pub use registry::{Drained, JoinTicket, Registry, Superseded};
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -104,6 +104,10 @@ pub(crate) struct SessionCore {
     /// ring's close protocol and the `closed` token's, not these.
     connected: AtomicBool,
     participant_count: AtomicU32,
+    /// The room's connection is lost and being resumed by the library. Status, Relaxed.
+    reconnecting: AtomicBool,
+    /// When (unix ms) the target's last audio packet arrived; 0: none yet. Status, Relaxed.
+    last_audio_ms: AtomicI64,
     end: OnceLock<(EndReason, i64, Instant)>,
     closer: RingCloser,
     /// Cancelled when the session closes.
@@ -141,6 +145,10 @@ pub struct Session {
     next_stream: AtomicU64,
     room_released: AtomicBool,
     playbacks: Playbacks,
+    /// When (unix ms) the session was made.
+    began_ms: i64,
+    /// When (unix ms) room audio was last handed to a stream; 0: never. Status, Relaxed.
+    last_delivered_ms: AtomicI64,
 }
 
 /// The exclusive right to a session's room audio, held by one StreamAudio at a time.
@@ -171,6 +179,8 @@ impl Session {
             closer,
             closed: CancellationToken::new(),
             replacing: AtomicBool::new(false),
+            reconnecting: AtomicBool::new(false),
+            last_audio_ms: AtomicI64::new(0),
         });
         let sink = sink::SessionSink::new(core.clone(), producer, &request.target_identity);
         let timeout = request.timeout;
@@ -196,6 +206,8 @@ impl Session {
             next_stream: AtomicU64::new(1),
             room_released: AtomicBool::new(false),
             playbacks: Playbacks::default(),
+            began_ms: unix_ms(),
+            last_delivered_ms: AtomicI64::new(0),
         });
         tokio::spawn(session.clone().release_room_when_closed());
         Ok(session)
@@ -247,6 +259,29 @@ impl Session {
 
     pub fn is_connected(&self) -> bool {
         self.core.connected.load(Ordering::Relaxed)
+    }
+
+    /// Whether the room's connection is being resumed.
+    pub fn is_reconnecting(&self) -> bool {
+        self.core.reconnecting.load(Ordering::Relaxed) && self.ended().is_none()
+    }
+
+    /// How long ago the target's last audio packet arrived, or the session began if none has.
+    pub fn audio_silent_for(&self) -> Duration {
+        let last = self.core.last_audio_ms.load(Ordering::Relaxed);
+        let since = if last == 0 { self.began_ms } else { last };
+        Duration::from_millis(u64::try_from(unix_ms() - since).unwrap_or(0))
+    }
+
+    /// How long ago a chunk of room audio was last handed to a stream, if ever.
+    pub fn delivered_ago(&self) -> Option<Duration> {
+        let last = self.last_delivered_ms.load(Ordering::Relaxed);
+        (last != 0).then(|| Duration::from_millis(u64::try_from(unix_ms() - last).unwrap_or(0)))
+    }
+
+    /// A chunk of room audio was handed to the session's stream.
+    pub fn delivered(&self) {
+        self.last_delivered_ms.store(unix_ms(), Ordering::Relaxed);
     }
 
     pub fn participant_count(&self) -> u32 {

@@ -37,7 +37,16 @@ impl RoomEvents for SessionSink {
         if from != self.target || !topic.is_empty() {
             return None;
         }
-        Some(self.producer.push(unix_ms(), payload))
+        let now = unix_ms();
+        // Relaxed: an age shown to operators, read on its own.
+        self.core.last_audio_ms.store(now, Ordering::Relaxed);
+        Some(self.producer.push(now, payload))
+    }
+
+    fn on_reconnecting(&self, reconnecting: bool) {
+        self.core
+            .reconnecting
+            .store(reconnecting, Ordering::Relaxed);
     }
 
     fn on_participants(&self, count: u32) {

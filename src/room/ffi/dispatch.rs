@@ -116,11 +116,16 @@ impl Dispatch {
                 route.events.on_disconnected(disconnect(d.reason));
             }
             Some(M::ConnectionStateChanged(c)) => {
-                tracing::debug!(
-                    room_handle = e.room_handle,
-                    state = c.state,
-                    "connection state"
-                );
+                let reconnecting = c.state == proto::ConnectionState::ConnReconnecting as i32;
+                if reconnecting {
+                    tracing::info!(
+                        room_handle = e.room_handle,
+                        "room connection lost; resuming"
+                    );
+                } else if c.state == proto::ConnectionState::ConnConnected as i32 {
+                    tracing::info!(room_handle = e.room_handle, "room connection resumed");
+                }
+                route.events.on_reconnecting(reconnecting);
             }
             _ => {}
         }
