@@ -73,25 +73,22 @@ impl Player {
                 .playbacks()
                 .begin(request.track_id, &request.request_id, request.stop_other);
         let running = Gauge::new(&self.stats, |s| &s.playouts);
-        tokio::spawn(self.clone().run(Run {
-            output,
-            request,
-            begun,
-            events,
-            received,
-            running,
-        }));
+        let run = self
+            .clone()
+            .run(output, request, begun, events, received, running);
+        tokio::spawn(run);
     }
 
-    async fn run(self: Arc<Self>, run: Run) {
-        let Run {
-            output,
-            request,
-            begun,
-            events,
-            received,
-            running,
-        } = run;
+    /// The playback, to its final event; `running` counts it until its report is due.
+    async fn run(
+        self: Arc<Self>,
+        output: Arc<dyn Output>,
+        request: PlayRequest,
+        begun: Begun,
+        events: mpsc::Sender<PlayEvent>,
+        received: Instant,
+        running: Gauge,
+    ) {
         let Begun {
             id,
             control,
@@ -150,15 +147,6 @@ impl Player {
             }
         }
     }
-}
-
-struct Run {
-    output: Arc<dyn Output>,
-    request: PlayRequest,
-    begun: Begun,
-    events: mpsc::Sender<PlayEvent>,
-    received: Instant,
-    running: Gauge,
 }
 
 /// One playback's workers and how far it got.

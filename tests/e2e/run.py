@@ -506,6 +506,17 @@ async def room_cost(ctx: Ctx, rooms: int, rounds: int = 3):
     check(growth <= 1024, f"RSS grew {growth} KiB from round 2 to round {rounds}: a leak")
 
 
+async def streaming(ctx: Ctx, user):
+    """Joins `user`, opens its stream and waits for the first chunk from the target: the
+    stream call and its request queue."""
+    await ctx.joined(user)
+    call, queue = ctx.stream(user)
+    p = await ctx.participant(user)
+    await p.send_data("target", b"\x00" + bytes(320))
+    await read_chunks(call, 1)
+    return call, queue
+
+
 async def replaced_here(ctx: Ctx):
     """A JoinRoom that replaces a session here makes LiveKit kick the old participant with
     DUPLICATE_IDENTITY; the old stream ends OK `replaced` whether the kick comes before the
@@ -513,11 +524,7 @@ async def replaced_here(ctx: Ctx):
     for delay in (0.0, 1.0):
         ctx.sfu.kick_delay = delay
         user = f"again{int(delay * 1000)}"
-        await ctx.joined(user)
-        old, old_queue = ctx.stream(user)
-        p = await ctx.participant(user)
-        await p.send_data("target", b"\x00" + bytes(320))
-        await read_chunks(old, 1)
+        old, old_queue = await streaming(ctx, user)
         await ctx.joined(user)
         got = await stream_end(old)
         check(got == (grpc.StatusCode.OK, "replaced"), f"kick after {delay} s: ended {got}")
@@ -544,11 +551,7 @@ async def two_bridges(ctx: Ctx):
         await other.wait_ready()
         ctx2 = Ctx(ctx.pb, ctx.pbg, other, ctx.sfu)
         user = "shared"
-        await ctx.joined(user)
-        first, first_queue = ctx.stream(user)
-        p = await ctx.participant(user)
-        await p.send_data("target", b"\x00" + bytes(320))
-        await read_chunks(first, 1)
+        first, first_queue = await streaming(ctx, user)
         await ctx2.joined(user)
         joins = ctx.sfu.joins
         got = await stream_end(first)
