@@ -755,3 +755,45 @@ async fn silence_is_visible_per_session_and_in_health() {
     assert_eq!(health.metadata["sessions_without_audio_5s"], "1");
     assert_eq!(health.metadata["sessions_reconnecting"], "0");
 }
+
+/// A JoinRoom stuck connecting loses at once to a newer JoinRoom or a LeaveRoom: the newer one
+/// does not wait out its connect, and the stuck one answers `superseded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_stuck_connecting_is_voided_at_once_by_a_newer_join_or_a_leave() {
+    let bridge = Bridge::start().await;
+    let mut c = bridge.client().await;
+    let stuck = |c: &Client| {
+        let mut c = c.clone();
+        tokio::spawn(async move { join(&mut c, "gina", "sim://tone?connect_delay_ms=8000").await })
+    };
+    let first = stuck(&c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    join_ok(&mut c, "gina", TONE).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the newer join waited {:?}",
+        started.elapsed()
+    );
+    let first = first.await.expect("join task");
+    assert!(
+        !first.success && first.error.contains("superseded"),
+        "{first:?}"
+    );
+    let mut stream = open(&mut c, "gina").await;
+    stream.frame().await;
+
+    let second = stuck(&c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(leave(&mut c, "gina").await.success);
+    let second = tokio::time::timeout(Duration::from_secs(1), second)
+        .await
+        .expect("the stuck join answers at once")
+        .expect("join task");
+    assert!(
+        !second.success && second.error.contains("superseded"),
+        "{second:?}"
+    );
+    assert_eq!(stream.end().await.2.as_deref(), Some("left"));
+    assert!(bridge.state.registry.is_empty());
+}

@@ -141,12 +141,19 @@ impl BridgeState {
             .registry
             .begin_join(&req.user_id)
             .map_err(|_| BridgeError::ShuttingDown)?;
-        let Ok(_turn) = ticket.turn().await else {
-            return Ok(join_failed(if self.is_draining() {
+        let voided = || {
+            join_failed(if self.is_draining() {
                 BridgeError::ShuttingDown.to_string()
             } else {
                 EndReason::Superseded.describe()
-            }));
+            })
+        };
+        let turn = tokio::select! {
+            turn = ticket.turn() => turn.ok(),
+            () = ticket.voided() => None,
+        };
+        let Some(_turn) = turn else {
+            return Ok(voided());
         };
         let request = ConnectRequest {
             url: req.livekit_url,
@@ -161,14 +168,19 @@ impl BridgeState {
             },
             timeout: self.settings.connect_timeout,
         };
-        let connected = Session::connect(
+        // A join that a newer one (or a LeaveRoom, or the drain) has voided stops connecting:
+        // the newer one must not wait out this one's connect timeout for its turn.
+        let connecting = Session::connect(
             &req.user_id,
             ticket.generation(),
             backend.as_ref(),
             request,
             self.settings.ring,
-        )
-        .await;
+        );
+        let connected = tokio::select! {
+            connected = connecting => connected,
+            () = ticket.voided() => return Ok(voided()),
+        };
         let session = match connected {
             Ok(s) => s,
             Err(e @ crate::room::RoomError::InvalidUrl(_)) => return Err(e.into()),

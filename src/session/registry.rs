@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use super::Session;
 
 #[derive(Default)]
@@ -28,6 +30,9 @@ struct Slot {
     latest: u64,
     /// Held by the JoinRoom of this user that is connecting.
     connecting: Arc<tokio::sync::Mutex<()>>,
+    /// Cancelled when the newest JoinRoom in flight loses to a newer one, a LeaveRoom or the
+    /// drain: it stops connecting (or waiting to) at once.
+    voided: CancellationToken,
     session: Option<Arc<Session>>,
 }
 
@@ -60,12 +65,19 @@ pub struct JoinTicket {
     registry: Arc<Registry>,
     user_id: String,
     generation: u64,
+    voided: CancellationToken,
     done: bool,
 }
 
 impl JoinTicket {
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Resolves when this join can no longer win (a newer JoinRoom, a LeaveRoom, the drain):
+    /// whatever it is waiting for can be dropped.
+    pub fn voided(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.voided.cancelled()
     }
 
     /// Waits for this join's turn to connect: earlier joins of the user have connected (or
@@ -146,6 +158,8 @@ impl Registry {
         let slot = slots.entry(user_id.to_string()).or_default();
         slot.pending += 1;
         slot.latest = generation;
+        let voided = CancellationToken::new();
+        std::mem::replace(&mut slot.voided, voided.clone()).cancel();
         if let Some(current) = &slot.session {
             current.expect_replacement();
         }
@@ -153,6 +167,7 @@ impl Registry {
             registry: self.clone(),
             user_id: user_id.to_string(),
             generation,
+            voided,
             done: false,
         })
     }
@@ -163,6 +178,7 @@ impl Registry {
         let floor = self.next_generation();
         let slot = slots.get_mut(user_id)?;
         slot.floor = floor;
+        slot.voided.cancel();
         let session = slot.session.take();
         if slot.is_vacant() {
             slots.remove(user_id);
@@ -209,6 +225,7 @@ impl Registry {
         let floor = self.next_generation();
         let sessions = slots.values_mut().filter_map(|s| {
             s.floor = floor;
+            s.voided.cancel();
             s.session.take()
         });
         let sessions: Vec<_> = sessions.collect();
