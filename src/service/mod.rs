@@ -141,11 +141,19 @@ impl BridgeState {
             .registry
             .begin_join(&req.user_id)
             .map_err(|_| BridgeError::ShuttingDown)?;
-        let voided = || {
-            join_failed(if self.is_draining() {
-                BridgeError::ShuttingDown.to_string()
+        // What voided this join (a later JoinRoom or LeaveRoom, or the drain), as the session
+        // it connected, if any, is closed for and as the caller is told.
+        let voided_by = || {
+            if self.is_draining() {
+                EndReason::Shutdown
             } else {
-                EndReason::Superseded.describe()
+                EndReason::Superseded
+            }
+        };
+        let voided_answer = || {
+            join_failed(match voided_by() {
+                EndReason::Shutdown => BridgeError::ShuttingDown.to_string(),
+                reason => reason.describe(),
             })
         };
         let turn = tokio::select! {
@@ -153,7 +161,7 @@ impl BridgeState {
             () = ticket.voided() => None,
         };
         let Some(_turn) = turn else {
-            return Ok(voided());
+            return Ok(voided_answer());
         };
         let request = ConnectRequest {
             url: req.livekit_url,
@@ -179,7 +187,7 @@ impl BridgeState {
         );
         let connected = tokio::select! {
             connected = connecting => connected,
-            () = ticket.voided() => return Ok(voided()),
+            () = ticket.voided() => return Ok(voided_answer()),
         };
         let session = match connected {
             Ok(s) => s,
@@ -206,14 +214,9 @@ impl BridgeState {
                     ]),
                 })
             }
-            // The drain voids joins in flight as a later request would; say which it was.
-            Err(_) if self.is_draining() => {
-                session.close(EndReason::Shutdown).await;
-                Ok(join_failed(BridgeError::ShuttingDown.to_string()))
-            }
             Err(_) => {
-                session.close(EndReason::Superseded).await;
-                Ok(join_failed(EndReason::Superseded.describe()))
+                session.close(voided_by()).await;
+                Ok(voided_answer())
             }
         }
     }

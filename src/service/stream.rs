@@ -210,7 +210,7 @@ async fn pump_room_audio(
         let Some(arrived_ms) = popped else {
             break End::Status(session_ended(&session));
         };
-        session.delivered();
+        session.delivered(arrived_ms);
         permit.send(Ok(AudioChunk {
             pcm_data: pcm,
             sample_rate: SAMPLE_RATE,

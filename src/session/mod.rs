@@ -147,7 +147,8 @@ pub struct Session {
     playbacks: Playbacks,
     /// When (unix ms) the session was made.
     began_ms: i64,
-    /// When (unix ms) room audio was last handed to a stream; 0: never. Status, Relaxed.
+    /// When (unix ms) the last room audio handed to a stream arrived; 0: none yet. Status,
+    /// Relaxed.
     last_delivered_ms: AtomicI64,
 }
 
@@ -273,15 +274,17 @@ impl Session {
         Duration::from_millis(u64::try_from(unix_ms() - since).unwrap_or(0))
     }
 
-    /// How long ago a chunk of room audio was last handed to a stream, if ever.
+    /// How long ago the last room audio handed to a stream arrived, if any was.
     pub fn delivered_ago(&self) -> Option<Duration> {
         let last = self.last_delivered_ms.load(Ordering::Relaxed);
         (last != 0).then(|| Duration::from_millis(u64::try_from(unix_ms() - last).unwrap_or(0)))
     }
 
-    /// A chunk of room audio was handed to the session's stream.
-    pub fn delivered(&self) {
-        self.last_delivered_ms.store(unix_ms(), Ordering::Relaxed);
+    /// A frame that arrived at `arrived_ms` (unix ms) was handed to the session's stream. Its
+    /// arrival time, already known, stands for the hand-off (they differ by the ring's few
+    /// milliseconds), so the writer reads no clock per frame.
+    pub fn delivered(&self, arrived_ms: i64) {
+        self.last_delivered_ms.store(arrived_ms, Ordering::Relaxed);
     }
 
     pub fn participant_count(&self) -> u32 {

@@ -26,8 +26,6 @@ struct Slot {
     floor: u64,
     /// JoinRooms for this user still connecting.
     pending: u32,
-    /// The newest JoinRoom begun for this user.
-    latest: u64,
     /// Held by the JoinRoom of this user that is connecting.
     connecting: Arc<tokio::sync::Mutex<()>>,
     /// Cancelled when the newest JoinRoom in flight loses to a newer one, a LeaveRoom or the
@@ -89,9 +87,7 @@ impl JoinTicket {
             slots.get(&self.user_id).map(|s| s.connecting.clone())
         };
         let turn = connecting.ok_or(Superseded)?.lock_owned().await;
-        let slots = self.registry.lock();
-        let slot = slots.get(&self.user_id).ok_or(Superseded)?;
-        if slot.latest > self.generation || self.generation <= slot.floor {
+        if self.voided.is_cancelled() {
             return Err(Superseded);
         }
         Ok(turn)
@@ -157,7 +153,6 @@ impl Registry {
         let generation = self.next_generation();
         let slot = slots.entry(user_id.to_string()).or_default();
         slot.pending += 1;
-        slot.latest = generation;
         let voided = CancellationToken::new();
         std::mem::replace(&mut slot.voided, voided.clone()).cancel();
         if let Some(current) = &slot.session {
