@@ -29,6 +29,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::authority::AuthorityFix;
+
 /// The client's HTTP/2 connection preface (24 bytes) and the 9-byte header of the SETTINGS
 /// frame that must follow it.
 const HANDSHAKE_BYTES: u64 = 24 + 9;
@@ -71,10 +73,12 @@ impl Listener for TcpListener {
     }
 }
 
+/// Unix socket connections go through [`AuthorityFix`], so that clients that send the socket
+/// path as `:authority` (grpcio, grpc-java, grpcurl) are served.
 impl Listener for UnixListener {
-    type Io = UnixStream;
-    async fn accept_one(&self) -> io::Result<UnixStream> {
-        Ok(self.accept().await?.0)
+    type Io = AuthorityFix<UnixStream>;
+    async fn accept_one(&self) -> io::Result<AuthorityFix<UnixStream>> {
+        Ok(AuthorityFix::new(self.accept().await?.0))
     }
 }
 

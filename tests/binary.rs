@@ -1,5 +1,6 @@
 //! The release binary as operators and the backend meet it: configuration errors, `--help`, a
-//! Unix socket served to the backend's own gRPC stack (Node `@grpc/grpc-js`), and SIGTERM.
+//! Unix socket served to the backend's own gRPC stack (Node `@grpc/grpc-js`) and to stock Python
+//! `grpcio`, and SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -113,6 +114,40 @@ fn the_backends_own_grpc_client_drives_the_bridge_over_a_unix_socket() {
     let (status, _) = wait_exit(&mut bridge, Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
     assert!(!socket.exists(), "the socket file is removed on exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Python grpcio (1.57 and later) sends the socket path as `:authority`, which h2 alone
+/// refuses; the bridge serves it without any channel option (src/authority.rs).
+#[test]
+fn stock_python_grpcio_drives_the_bridge_over_a_unix_socket() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("vendor/e2e-venv/bin/python");
+    assert!(
+        python.exists(),
+        "the Python gRPC client is not installed: run scripts/setup"
+    );
+    let dir = scratch_dir("python");
+    let socket = dir.join("bridge.sock");
+    let mut bridge = spawn_on_socket(&socket, &[]);
+    wait_for("the socket", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    let out = Command::new(python)
+        .arg(root.join("tests/python/stock_client.py"))
+        .arg(&socket)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "grpcio client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"ok\": true"), "{stdout}");
+    sigterm(&bridge);
+    let (status, _) = wait_exit(&mut bridge, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use livekit_bridge::service::checks::audio_url;
 use livekit_bridge::proto::live_kit_bridge_server::LiveKitBridge;
 use livekit_bridge::proto::{
     BridgeStatusRequest, HealthCheckRequest, JoinRoomRequest, LeaveRoomRequest, PlayAudioRequest,
     StopAudioRequest,
 };
+use livekit_bridge::service::checks::audio_url;
 use livekit_bridge::service::{Bridge, BridgeState, ServiceSettings, checks};
 use prost::Message;
 use tonic::{Code, Request};
@@ -59,7 +59,10 @@ async fn handle(bridge: &Bridge, call: &Call) {
             let invalid = checks::join(&req).is_err();
             match bridge.join_room(Request::new(req.clone())).await {
                 Ok(r) => {
-                    assert!(!invalid, "a request outside the bad-input table was accepted");
+                    assert!(
+                        !invalid,
+                        "a request outside the bad-input table was accepted"
+                    );
                     let r = r.into_inner();
                     assert_eq!(r.success, r.error.is_empty(), "{r:?}");
                 }

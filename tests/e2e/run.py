@@ -167,9 +167,8 @@ class Requests:
 class Ctx:
     def __init__(self, pb, pbg, bridge, sfu):
         self.pb, self.pbg, self.bridge, self.sfu = pb, pbg, bridge, sfu
-        # grpcio would send the socket path as :authority, which is not a valid authority.
-        self.channel = grpc.aio.insecure_channel(
-            f"unix://{bridge.socket}", options=[("grpc.default_authority", "localhost")])
+        # Stock grpcio, no options: it sends the socket path as :authority (src/authority.rs).
+        self.channel = grpc.aio.insecure_channel(f"unix://{bridge.socket}")
         self.stub = pbg.LiveKitBridgeStub(self.channel)
 
     async def join(self, user, identity=None):
