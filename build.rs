@@ -26,6 +26,7 @@ fn compile() -> Result<(), Box<dyn std::error::Error>> {
     const FFI: &[&str] = &[
         "proto/livekit_ffi/handle.proto",
         "proto/livekit_ffi/participant.proto",
+        "proto/livekit_ffi/stats.proto",
         "proto/livekit_ffi/track.proto",
         "proto/livekit_ffi/audio_frame.proto",
         "proto/livekit_ffi/room.proto",

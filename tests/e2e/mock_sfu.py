@@ -54,6 +54,7 @@ class ReceivedTrack:
     def __init__(self, name: str):
         self.name = name
         self.frames = []  # (pts, sample_rate, channels, bytes)
+        self.arrivals = []  # time.monotonic() of each frame's decoding
 
     def pcm_mono(self):
         """All samples, downmixed to mono floats in -1..1, and the rate."""
@@ -194,6 +195,7 @@ class Participant:
                 data = bytes(frame.planes[0])[: frame.samples * len(frame.layout.channels) * 2]
                 received.frames.append((frame.pts, frame.sample_rate,
                                         len(frame.layout.channels), data))
+                received.arrivals.append(time.monotonic())
 
         asyncio.ensure_future(read())
 

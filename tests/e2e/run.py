@@ -294,6 +294,105 @@ async def publish_tone(ctx: Ctx):
     call.cancel()
 
 
+def ramp(seconds, rate=16000, hz=1000, start=0.02, end=0.9):
+    """A tone whose amplitude rises linearly from `start` to `end`: the level heard at any
+    moment says which moment of the signal it was."""
+    n = int(rate * seconds)
+    out = bytearray()
+    for i in range(n):
+        amp = start + (end - start) * i / n
+        v = int(round(amp * 32767 * math.sin(2 * math.pi * hz * i / rate)))
+        out += v.to_bytes(2, "little", signed=True)
+    return bytes(out)
+
+
+def heard(track, seconds):
+    """What the mock heard of a ramp of `seconds` on a track: the level of its first 10 ms
+    (as the moment of the ramp it was sent at), how long it lasted, and when its first and last
+    audible samples were decoded."""
+    samples, rate = track.pcm_mono()
+    loud = [i for i, s in enumerate(samples) if abs(s) > 0.008]
+    check(loud, "the track is silent")
+    first, last = loud[0], loud[-1]
+    ten_ms = samples[first:first + rate // 100]
+    amp = math.sqrt(2) * math.sqrt(sum(s * s for s in ten_ms) / len(ten_ms))
+    # The ramp's amplitude is 0.02 + 0.88 t / seconds at time t; its first 10 ms average 0.0222.
+    sent_at_ms = max(0.0, (amp - 0.02) / 0.88 * seconds * 1000)
+    # Which decoded frame holds a sample: frames are in order, each with its sample count.
+    def arrival(index):
+        at = 0
+        for (_, _, ch, data), t in zip(track.frames, track.arrivals):
+            at += len(data) // (2 * ch)
+            if at > index:
+                return t
+        return track.arrivals[-1]
+    return {"first_amp": amp, "first_sent_at_ms": sent_at_ms,
+            "heard_s": (last - first + 1) / rate,
+            "first_at": arrival(first), "last_at": arrival(last)}
+
+
+async def track_edges(ctx: Ctx):
+    """Nothing is lost at the start of a fresh track: 2 s of a rising ramp sent on StreamAudio,
+    and played by PlayAudio, are heard from their first 10 ms to their last, and PlayAudio's
+    COMPLETED comes when the last sample has gone out, not before."""
+    seconds = 2.0
+    await ctx.joined("edge")
+    call, queue = ctx.stream("edge")
+    p = await ctx.participant("edge")
+    pcm = ramp(seconds)
+    t0 = time.monotonic()
+    for i in range(0, len(pcm), 640):  # 20 ms chunks, paced like a real client
+        await queue.put(ctx.pb.AudioChunk(pcm_data=pcm[i:i + 640], sample_rate=16000, channels=1,
+                                          track_id=0))
+        await asyncio.sleep(max(0, t0 + (i // 640 + 1) * 0.02 - time.monotonic()))
+    await asyncio.sleep(1.5)
+    track = p.tracks.get("speaker")
+    check(track is not None and track.frames, f"no decoded audio; tracks {list(p.tracks)}")
+    h = heard(track, seconds)
+    result("edge_stream_heard_s", f"{h['heard_s']:.3f}")
+    result("edge_stream_first_10ms_sent_at_ms", f"{h['first_sent_at_ms']:.0f}")
+    result("edge_stream_first_audible_after_ms", f"{(h['first_at'] - t0) * 1000:.0f}")
+    check(abs(h["heard_s"] - seconds) <= 0.03, f"heard {h['heard_s']:.3f} s of {seconds} s")
+    check(h["first_sent_at_ms"] <= 30, f"the first 10 ms heard were sent {h['first_sent_at_ms']:.0f} ms in")
+
+    import io
+    import wave
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm)
+    ctx.sfu.files["ramp.wav"] = ("audio/wav", buf.getvalue())
+    asked = time.monotonic()
+    events = []
+    async for e in ctx.stub.PlayAudio(ctx.pb.PlayAudioRequest(
+            request_id="edge", audio_url=ctx.sfu.file_url("ramp.wav"), volume=1.0,
+            user_id="edge", track_id=2)):
+        events.append((time.monotonic(), e))
+    kinds = [ctx.pb.PlayAudioEvent.EventType.Name(e.type) for _, e in events]
+    check(kinds[0] == "STARTED" and kinds[-1] == "COMPLETED", f"events {kinds}")
+    completed_at, completed = events[-1]
+    check(abs(completed.duration_ms - 2000) <= 10, f"duration_ms {completed.duration_ms}")
+    await asyncio.sleep(1.0)
+    track = p.tracks.get("tts")
+    check(track is not None and track.frames, f"no decoded audio on tts; {list(p.tracks)}")
+    h = heard(track, seconds)
+    result("edge_play_heard_s", f"{h['heard_s']:.3f}")
+    result("edge_play_first_10ms_sent_at_ms", f"{h['first_sent_at_ms']:.0f}")
+    result("edge_play_first_audible_after_ms", f"{(h['first_at'] - asked) * 1000:.0f}")
+    result("edge_play_last_audible_minus_completed_ms", f"{(h['last_at'] - completed_at) * 1000:.0f}")
+    check(abs(h["heard_s"] - seconds) <= 0.03, f"heard {h['heard_s']:.3f} s of {seconds} s")
+    check(h["first_sent_at_ms"] <= 30, f"the first 10 ms heard were sent {h['first_sent_at_ms']:.0f} ms in")
+    # The last sample reaches the mock about 100 ms after COMPLETED (Opus framing, the jitter
+    # buffer), not the source queue's 500 ms later, as it would if COMPLETED came when the
+    # audio was merely queued.
+    check(h["last_at"] - completed_at <= 0.2,
+          f"the last sample was heard {(h['last_at'] - completed_at) * 1000:.0f} ms after COMPLETED")
+    await queue.put(None)
+    call.cancel()
+
+
 async def stream_end(call):
     """Reads a StreamAudio to its end: its status code and its x-bridge-end-reason."""
     try:
@@ -583,6 +682,7 @@ SCENARIOS = {
     "publish_tone": publish_tone,
     "participants_and_server_disconnect": participants_and_server_disconnect,
     "play_url": play_url,
+    "track_edges": track_edges,
     "churn": lambda ctx: churn(ctx, int(os.environ.get("E2E_CYCLES", "200"))),
     "room_cost": lambda ctx: room_cost(ctx, int(os.environ.get("E2E_ROOMS", "20")),
                                        int(os.environ.get("E2E_ROUNDS", "3"))),

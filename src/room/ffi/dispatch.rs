@@ -67,6 +67,7 @@ impl EventSink for Dispatch {
             ffi_event::Message::UnpublishTrack(c) => c.async_id,
             ffi_event::Message::CaptureAudioFrame(c) => c.async_id,
             ffi_event::Message::Dispose(c) => c.async_id,
+            ffi_event::Message::GetStats(c) => c.async_id,
             ffi_event::Message::RoomEvent(e) => {
                 self.room_event(e);
                 return;
