@@ -103,3 +103,37 @@ fn rooms_cost_bounded_memory_and_threads_and_give_them_back() {
     let out = run(&["room_cost"], &[("E2E_ROOMS", "20"), ("E2E_ROUNDS", "5")]);
     assert!(out.contains("RESULT per_room_kib="));
 }
+
+// Faults of the network and the server, each with a bridge in a network namespace of its own
+// (tests/e2e/run.py, `OwnNetwork`), figures in BENCHMARKS.md.
+
+#[test]
+fn network_outages_of_2_and_10_s_do_not_end_the_stream_and_audio_resumes_both_ways() {
+    let out = run(&["outage_2s", "outage_10s"], &[]);
+    assert!(out.contains("RESULT outage_2s_uplink_back_after_link_up_ms="));
+    assert!(out.contains("RESULT outage_10s_uplink_back_after_link_up_ms="));
+}
+
+#[test]
+fn an_sfu_restart_is_recovered_by_the_library_on_the_same_stream() {
+    let out = run(&["sfu_restart"], &[]);
+    assert!(out.contains("RESULT sfu_restart_stream=open"));
+}
+
+#[test]
+fn a_token_refused_on_reconnect_ends_the_stream_unavailable_saying_so() {
+    let out = run(&["token_refused"], &[]);
+    assert!(out.contains("RESULT token_refused_stream=UNAVAILABLE room_lost"));
+}
+
+#[test]
+fn an_outage_longer_than_the_library_retries_ends_unavailable_and_leaves_nothing() {
+    let out = run(&["gives_up"], &[]);
+    assert!(out.contains("RESULT gives_up_stream=UNAVAILABLE room_lost"));
+}
+
+#[test]
+fn the_target_reconnecting_with_a_new_sid_keeps_its_audio_flowing() {
+    let out = run(&["target_new_sid"], &[]);
+    assert!(out.contains("RESULT target_new_sid_frames_in_2s="));
+}

@@ -10,9 +10,16 @@ the `livekit-protocol` package) and WebRTC (aiortc) for a client to:
 - publish audio tracks, whose Opus the mock decodes and keeps (48 kHz PCM with timestamps);
 - be disconnected by the server with a reason (room deleted, duplicate identity, ...); a join
   with an identity already in the room kicks the older participant with DUPLICATE_IDENTITY,
-  as LiveKit does.
+  as LiveKit does;
+- lose its signalling connection (the client resumes), refuse tokens (401 from `/rtc` and
+  `/rtc/validate`), and be restarted with its sessions forgotten.
 
-It is not an SFU: no forwarding between participants, no simulcast, no reconnection, no token
+A resume (`/rtc?reconnect=1`) is answered as by a LiveKit node that cannot resume the session:
+a leave with action RECONNECT, after which the client reconnects in full (a new join, new peer
+connections, its tracks republished). A real resume needs an ICE restart, which aiortc does not
+implement.
+
+It is not an SFU: no forwarding between participants, no simulcast, no session resume, no token
 verification (it reads the identity from the token's `sub` claim), no TURN, one room.
 """
 
@@ -113,8 +120,8 @@ class Participant:
             other_participants=others,
             server_version="1.8.0",
             subscriber_primary=True,
-            ping_timeout=15,
-            ping_interval=5,
+            ping_timeout=self.sfu.ping_timeout,
+            ping_interval=self.sfu.ping_interval,
         ))
         offer = await self.subscriber.createOffer()
         await self.subscriber.setLocalDescription(offer)
@@ -208,11 +215,25 @@ class Participant:
         packet = models.DataPacket(kind=kind, participant_identity=identity, user=user)
         (self.reliable if reliable else self.lossy).send(packet.SerializeToString())
 
-    async def participant_update(self, identity, joined):
+    def try_send_data(self, identity, payload):
+        """A lossy data packet now, without waiting: False if it could not be sent (the channel
+        is not open), so the packet is lost, as a real SFU's would be."""
+        if self.closed.is_set() or self.lossy.readyState != "open":
+            return False
+        user = models.UserPacket(payload=payload, participant_identity=identity)
+        packet = models.DataPacket(kind=models.DataPacket.LOSSY, participant_identity=identity,
+                                   user=user)
+        try:
+            self.lossy.send(packet.SerializeToString())
+        except Exception:
+            return False
+        return True
+
+    async def participant_update(self, identity, joined, sid=None):
         """Another participant joins (or leaves) the room, as the server tells its clients."""
         state = models.ParticipantInfo.ACTIVE if joined else models.ParticipantInfo.DISCONNECTED
-        info = models.ParticipantInfo(sid=f"PA_{identity}", identity=identity, name=identity,
-                                      state=state)
+        info = models.ParticipantInfo(sid=sid or f"PA_{identity}", identity=identity,
+                                      name=identity, state=state)
         await self.send(update=rtc.ParticipantUpdate(participants=[info]))
 
     async def server_disconnect(self, reason):
@@ -220,6 +241,12 @@ class Participant:
                                                can_reconnect=False))
         await asyncio.sleep(0.1)
         await self.close()
+
+    async def drop_signal(self):
+        """The signalling connection breaks (closed without a leave), as when a load balancer or
+        a node drops it: the client resumes."""
+        if not self.ws.closed:
+            await self.ws.close()
 
     async def close(self):
         self.closed.set()
@@ -241,6 +268,10 @@ class MockSfu:
         self.runner = None
         self.files = {}  # path -> (content type, bytes), served over plain HTTP for PlayAudio
         self.kick_delay = 0.0  # seconds between a newer join and the older participant's kick
+        # LiveKit's defaults; a client that hears nothing for ping_timeout s reconnects.
+        self.ping_interval, self.ping_timeout = 5, 15
+        self.refuse_tokens = False  # answer /rtc and /rtc/validate with 401, as for a bad token
+        self.resumes = 0  # /rtc?reconnect=1 requests (each answered "reconnect in full")
 
     async def kick(self, older):
         await asyncio.sleep(self.kick_delay)
@@ -266,6 +297,8 @@ class MockSfu:
             await self.runner.cleanup()
 
     async def validate(self, request):
+        if self.refuse_tokens:
+            return web.Response(status=401, text="invalid token: token is expired")
         return web.Response(text="ok")
 
     async def file(self, request):
@@ -279,8 +312,20 @@ class MockSfu:
         return f"http://{self.host}:{self.port}/files/{name}"
 
     async def rtc(self, request):
+        if self.refuse_tokens:
+            return web.Response(status=401, text="invalid token: token is expired")
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
+        if request.query.get("reconnect") == "1":
+            # A resume. aiortc cannot restart ICE, so the mock cannot resume a session; it
+            # answers as a LiveKit node that cannot (the session is gone, or on another node):
+            # leave with action RECONNECT, and the client reconnects in full, with a new join.
+            self.resumes += 1
+            await ws.send_bytes(rtc.SignalResponse(leave=rtc.LeaveRequest(
+                reason=models.DisconnectReason.STATE_MISMATCH,
+                action=rtc.LeaveRequest.RECONNECT, can_reconnect=True)).SerializeToString())
+            await ws.close()
+            return ws
         token = request.query.get("access_token", "")
         auth = request.headers.get("Authorization", "")
         if not token and auth.lower().startswith("bearer "):

@@ -69,10 +69,56 @@ def load_stubs(tmp):
     return pb, pbg
 
 
-class Bridge:
-    """The release binary in this namespace, serving on a Unix socket."""
+class OwnNetwork:
+    """A network namespace of a bridge's own (the process's, made by `unshare -n`), joined to this
+    one by a veth pair: the bridge reaches the SFU only through it, so taking this side's end
+    down is an outage between the bridge and LiveKit, and nothing else (the gRPC socket is a
+    Unix socket and does not care)."""
 
-    def __init__(self, binary, tmp, name="bridge"):
+    made = 0
+
+    def __init__(self, pid):
+        OwnNetwork.made += 1
+        n = OwnNetwork.made
+        self.outer, self.inner, net = f"vb{n}a", f"vb{n}b", f"10.99.{n}"
+        inner = self.inner
+        self.pid = pid
+        mine = os.readlink("/proc/self/ns/net")
+        for _ in range(200):  # until `unshare` has made the process's namespace
+            if os.readlink(f"/proc/{pid}/ns/net") != mine:
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the bridge never got its own network namespace")
+        self.outer_address = f"{net}.1"
+        inside = ["nsenter", "-t", str(pid), "-n"]
+        for c in [f"ip link add {self.outer} type veth peer name {inner}",
+                  f"ip addr add {net}.1/24 dev {self.outer}",
+                  f"ip link set {self.outer} up",
+                  f"ip link set {inner} netns {pid}"]:
+            subprocess.run(c.split(), check=True)
+        for c in ["ip link set lo up", f"ip addr add {net}.2/24 dev {inner}",
+                  f"ip link set {inner} up", f"ip route add 10.99.0.0/24 via {net}.1"]:
+            subprocess.run(inside + c.split(), check=True)
+
+    def set(self, up):
+        """The far end of the link: packets are lost on the way, the bridge's sockets wait."""
+        subprocess.run(["ip", "link", "set", self.outer, "up" if up else "down"], check=True)
+
+    def set_own(self, up):
+        """The bridge's own end (its machine's network is gone): connecting fails at once."""
+        subprocess.run(["nsenter", "-t", str(self.pid), "-n", "ip", "link", "set", self.inner,
+                        "up" if up else "down"], check=True)
+        if up:
+            subprocess.run(["nsenter", "-t", str(self.pid), "-n", "ip", "route", "replace",
+                            "10.99.0.0/24", "via", self.outer_address], check=True)
+
+
+class Bridge:
+    """The release binary, serving on a Unix socket; in this namespace, or with `own_network`
+    in one of its own (see OwnNetwork)."""
+
+    def __init__(self, binary, tmp, name="bridge", own_network=False):
         self.binary, self.tmp = binary, tmp
         self.socket = os.path.join(tmp, f"{name}.sock")
         env = dict(os.environ)
@@ -85,7 +131,9 @@ class Bridge:
             "MALLOC_ARENA_MAX": os.environ.get("BRIDGE_MALLOC_ARENA_MAX", "1"),
         })
         self.log = open(os.path.join(tmp, f"{name}.log"), "w")
-        self.proc = subprocess.Popen([binary], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        command = ["unshare", "-n", binary] if own_network else [binary]
+        self.proc = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.network = OwnNetwork(self.proc.pid) if own_network else None
 
     async def wait_ready(self):
         for _ in range(200):
@@ -675,6 +723,299 @@ async def two_bridges(ctx: Ctx):
         other.stop()
 
 
+# --------------------------------------------------------------------------------------------
+# Faults of the network and the server, each with a bridge in a network of its own
+
+
+class Flow:
+    """Audio both ways for one user, timed: the target sends a numbered 10 ms data packet every
+    10 ms on the lossy channel (as the glasses do; a packet that cannot be sent is lost) and the
+    client sends a 440 Hz tone in 20 ms chunks, paced. Follows the bridge's participant across
+    full reconnects (the mock's latest participant for the identity)."""
+
+    def __init__(self, ctx, user):
+        self.ctx, self.user = ctx, user
+        self.identity = f"cloud-agent:{user}"
+        self.sent = 0
+        self.got = []  # (arrival time, sequence number)
+        self.ended = None  # (status code, end reason, details) once the stream ended
+        self.tasks = []
+
+    async def start(self):
+        self.call, self.queue = self.ctx.stream(self.user)
+        self.tasks = [asyncio.ensure_future(f()) for f in (self.target, self.client, self.read)]
+
+    async def target(self):
+        t0 = time.monotonic()
+        while True:
+            p = self.ctx.sfu.participants.get(self.identity)
+            payload = self.sent.to_bytes(4, "little") + bytes(316)
+            if p is not None:
+                p.try_send_data("target", payload)
+            self.sent += 1
+            await asyncio.sleep(max(0, t0 + self.sent * 0.01 - time.monotonic()))
+
+    async def client(self):
+        pcm = tone(440, 1.0, amp=0.3)
+        t0, i = time.monotonic(), 0
+        while True:
+            at = (i * 640) % len(pcm)
+            await self.queue.put(self.ctx.pb.AudioChunk(pcm_data=pcm[at:at + 640],
+                                                        sample_rate=16000, channels=1))
+            i += 1
+            await asyncio.sleep(max(0, t0 + i * 0.02 - time.monotonic()))
+
+    async def read(self):
+        try:
+            while True:
+                chunk = await self.call.read()
+                if chunk is grpc.aio.EOF:
+                    break
+                self.got.append((time.monotonic(), int.from_bytes(chunk.pcm_data[:4], "little")))
+        except grpc.aio.AioRpcError:
+            pass
+        md = dict(await self.call.trailing_metadata() or ())
+        self.ended = (await self.call.code(), md.get("x-bridge-end-reason"),
+                      await self.call.details())
+
+    def uplink(self):
+        """Arrival times of the client's audio at the mock, over every participant the bridge
+        has been (a full reconnect is a new one)."""
+        p = self.ctx.sfu.participants.get(self.identity)
+        track = p.tracks.get("speaker") if p else None
+        return list(track.arrivals) if track else []
+
+    async def both_flowing_since(self, since, limit):
+        """Waits until audio has arrived both ways after `since`; returns the delays, or None
+        where it never did within `limit` s (or the stream ended)."""
+        deadline = time.monotonic() + limit
+        down = up = None
+        while time.monotonic() < deadline and self.ended is None:
+            if down is None:
+                down = next((t - since for t, _ in self.got if t > since), None)
+            if up is None:
+                up = next((t - since for t in self.uplink() if t > since), None)
+            if down is not None and up is not None:
+                break
+            await asyncio.sleep(0.05)
+        return down, up
+
+    async def stop(self):
+        for t in self.tasks[:2]:
+            t.cancel()
+        await self.queue.put(None)
+        self.call.cancel()
+
+
+async def own_bridge(ctx):
+    """A second bridge, in a network of its own, on the same mock SFU."""
+    bridge = Bridge(ctx.bridge.binary, ctx.bridge.tmp, f"faulty{OwnNetwork.made + 1}",
+                    own_network=True)
+    await bridge.wait_ready()
+    return bridge, Ctx(ctx.pb, ctx.pbg, bridge, ctx.sfu)
+
+
+async def session_state(ctx, user):
+    call = ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id=user))
+    await call
+    return dict(await call.initial_metadata()).get("x-bridge-session-state")
+
+
+async def watch_states(ctx, user, seconds):
+    """The session states GetStatus reports, polled every 100 ms for `seconds`."""
+    seen = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        state = await session_state(ctx, user)
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        await asyncio.sleep(0.1)
+    return seen
+
+
+async def link_outage(ctx: Ctx, seconds: float):
+    """The network between the bridge and LiveKit goes down for `seconds` with audio flowing both
+    ways, then comes back: the stream does not end, audio flows again both ways, and the frames
+    lost are about the outage."""
+    bridge, bctx = await own_bridge(ctx)
+    try:
+        user = f"outage{int(seconds)}"
+        await bctx.joined(user)
+        flow = Flow(bctx, user)
+        await flow.start()
+        down, up = await flow.both_flowing_since(time.monotonic(), 15)
+        check(down is not None and up is not None, "audio never flowed both ways")
+        await asyncio.sleep(2)
+        sent_before = flow.sent
+        got_before = len(flow.got)
+        bridge.network.set(False)
+        t_down = time.monotonic()
+        states = await watch_states(bctx, user, seconds)
+        bridge.network.set(True)
+        t_up = time.monotonic()
+        down, up = await flow.both_flowing_since(t_up, 60)
+        states += [s for s in await watch_states(bctx, user, 0.5) if s != states[-1]]
+        await asyncio.sleep(1)
+        sent = flow.sent - sent_before
+        lost = sent - (len(flow.got) - got_before)
+        tag = f"outage_{int(seconds)}s"
+        result(f"{tag}_downlink_back_after_link_up_ms", "never" if down is None else f"{down * 1000:.0f}")
+        result(f"{tag}_uplink_back_after_link_up_ms", "never" if up is None else f"{up * 1000:.0f}")
+        result(f"{tag}_target_frames_lost", f"{lost} of {sent} ({lost * 10} ms; outage {(t_up - t_down) * 1000:.0f} ms)")
+        result(f"{tag}_states", ",".join(str(s) for s in states))
+        result(f"{tag}_resumes", ctx.sfu.resumes)
+        check(flow.ended is None, f"the stream ended: {flow.ended}")
+        check(down is not None, "target audio never reached the client again")
+        check(up is not None, "client audio never reached the room again")
+        # Lost: the outage, plus what it takes to notice the link is back; nothing more.
+        check(lost * 0.01 <= (t_up - t_down) + down + 1.0, f"{lost} frames lost")
+        await flow.stop()
+    finally:
+        await bctx.channel.close()
+        bridge.stop()
+
+
+async def sfu_restart(ctx: Ctx):
+    """The SFU process restarts with its sessions forgotten: the library reconnects in full and
+    audio flows again both ways on the same stream, with no call from the backend."""
+    bridge, bctx = await own_bridge(ctx)
+    try:
+        await bctx.joined("restart")
+        flow = Flow(bctx, "restart")
+        await flow.start()
+        down, up = await flow.both_flowing_since(time.monotonic(), 15)
+        check(down is not None and up is not None, "audio never flowed both ways")
+        await asyncio.sleep(1)
+        t0 = time.monotonic()
+        await ctx.sfu.stop()
+        await asyncio.sleep(1.0)  # a crash and a restart
+        fresh = MockSfu(SFU_HOST, SFU_PORT)
+        await fresh.start()
+        ctx.sfu = bctx.sfu = fresh
+        states = await watch_states(bctx, "restart", 1.0)
+        await flow.both_flowing_since(time.monotonic(), 60)
+        d2 = next((t - t0 for t, _ in flow.got if t > t0 + 0.5), None)
+        u2 = next((t - t0 for t in flow.uplink() if t > t0), None)
+        result("sfu_restart_downlink_silence_ms", "never back" if d2 is None else f"{d2 * 1000:.0f}")
+        result("sfu_restart_uplink_silence_ms", "never back" if u2 is None else f"{u2 * 1000:.0f}")
+        result("sfu_restart_states", ",".join(str(s) for s in states))
+        result("sfu_restart_stream", "open" if flow.ended is None else str(flow.ended))
+        check(flow.ended is None or flow.ended[0] != grpc.StatusCode.OK,
+              f"the stream ended OK, so the backend would not rejoin: {flow.ended}")
+        if flow.ended is None:
+            check(d2 is not None and u2 is not None, "audio never flowed again, stream still open")
+        await flow.stop()
+    finally:
+        await bctx.channel.close()
+        bridge.stop()
+
+
+async def token_refused(ctx: Ctx):
+    """The signalling connection drops and the token is refused when the library reconnects:
+    the stream ends with an error status saying so, for the backend to rejoin with a new
+    token."""
+    bridge, bctx = await own_bridge(ctx)
+    try:
+        await bctx.joined("refused")
+        flow = Flow(bctx, "refused")
+        await flow.start()
+        down, up = await flow.both_flowing_since(time.monotonic(), 15)
+        check(down is not None, "audio never flowed")
+        p = await bctx.participant("refused")
+        ctx.sfu.refuse_tokens = True
+        t0 = time.monotonic()
+        await p.drop_signal()
+        for _ in range(600):
+            if flow.ended is not None:
+                break
+            await asyncio.sleep(0.1)
+        ctx.sfu.refuse_tokens = False
+        check(flow.ended is not None, "the stream did not end within 60 s")
+        code, reason, details = flow.ended
+        result("token_refused_ended_after_ms", f"{(time.monotonic() - t0) * 1000:.0f}")
+        result("token_refused_stream", f"{code.name} {reason}: {details}")
+        check(code == grpc.StatusCode.UNAVAILABLE, f"ended {code}")
+        check("token" in details, f"the status does not say the token was refused: {details}")
+        status = await bctx.stub.GetStatus(bctx.pb.BridgeStatusRequest(user_id="refused"))
+        check(not status.connected and "JOIN_FAILURE" in status.last_disconnect_reason,
+              status.last_disconnect_reason)
+        await flow.stop()
+    finally:
+        await bctx.channel.close()
+        bridge.stop()
+
+
+async def gives_up(ctx: Ctx):
+    """An outage longer than the library's reconnect attempts (the bridge's own link down, so each
+    attempt fails at once; the mock's ping timeout is 3 s): the stream ends UNAVAILABLE with a
+    readable reason, and nothing of the session is left (no session, and the bridge's threads
+    back to where they were before the join)."""
+    ctx.sfu.ping_interval, ctx.sfu.ping_timeout = 1, 3
+    bridge, bctx = await own_bridge(ctx)
+    try:
+        # The library's own threads stay once it is loaded: load it with a join and a leave.
+        await bctx.joined("warm-up")
+        await bctx.stub.LeaveRoom(bctx.pb.LeaveRoomRequest(user_id="warm-up"))
+        await asyncio.sleep(1)
+        _, threads_before = bridge.status_of()
+        await bctx.joined("lost")
+        flow = Flow(bctx, "lost")
+        await flow.start()
+        down, up = await flow.both_flowing_since(time.monotonic(), 15)
+        check(down is not None and up is not None, "audio never flowed both ways")
+        bridge.network.set_own(False)
+        t0 = time.monotonic()
+        states = []
+        while flow.ended is None and time.monotonic() - t0 < 180:
+            state = await session_state(bctx, "lost")
+            if not states or states[-1] != state:
+                states.append(state)
+            await asyncio.sleep(0.2)
+        bridge.network.set_own(True)
+        check(flow.ended is not None, "the stream did not end within 180 s of a dead network")
+        code, reason, details = flow.ended
+        result("gives_up_after_s", f"{time.monotonic() - t0:.1f}")
+        result("gives_up_stream", f"{code.name} {reason}: {details}")
+        result("gives_up_states", ",".join(str(s) for s in states))
+        check(code == grpc.StatusCode.UNAVAILABLE and reason == "room_lost", f"ended {flow.ended}")
+        await flow.stop()
+        health = await bctx.stub.HealthCheck(bctx.pb.HealthCheckRequest())
+        check(health.active_sessions == 0, f"{health.active_sessions} sessions still connected")
+        status = await bctx.stub.GetStatus(bctx.pb.BridgeStatusRequest(user_id="lost"))
+        check(not status.connected and "reconnect failed" in status.last_disconnect_reason,
+              status.last_disconnect_reason)
+        for _ in range(100):
+            _, threads = bridge.status_of()
+            if threads <= threads_before:
+                break
+            await asyncio.sleep(0.1)
+        result("gives_up_threads_before_after", f"{threads_before} {threads}")
+        check(threads <= threads_before, f"{threads - threads_before} threads left behind")
+    finally:
+        await bctx.channel.close()
+        bridge.stop()
+
+
+async def target_new_sid(ctx: Ctx):
+    """The target reconnects with a new participant SID (a phone changing networks): its audio
+    keeps reaching the client with no call from the backend."""
+    await ctx.joined("roaming")
+    flow = Flow(ctx, "roaming")
+    await flow.start()
+    down, _ = await flow.both_flowing_since(time.monotonic(), 15)
+    check(down is not None, "audio never flowed")
+    p = await ctx.participant("roaming")
+    await p.participant_update("target", joined=False)
+    await p.participant_update("target", joined=True, sid="PA_target_after_roaming")
+    t0 = time.monotonic()
+    await asyncio.sleep(2)
+    after = [t for t, _ in flow.got if t > t0]
+    result("target_new_sid_frames_in_2s", len(after))
+    check(len(after) >= 150, f"only {len(after)} frames in the 2 s after the target's new SID")
+    check(flow.ended is None, f"the stream ended: {flow.ended}")
+    await flow.stop()
+
+
 SCENARIOS = {
     "replaced_here": replaced_here,
     "two_bridges": two_bridges,
@@ -683,6 +1024,12 @@ SCENARIOS = {
     "participants_and_server_disconnect": participants_and_server_disconnect,
     "play_url": play_url,
     "track_edges": track_edges,
+    "outage_2s": lambda ctx: link_outage(ctx, 2.0),
+    "outage_10s": lambda ctx: link_outage(ctx, 10.0),
+    "sfu_restart": sfu_restart,
+    "token_refused": token_refused,
+    "gives_up": gives_up,
+    "target_new_sid": target_new_sid,
     "churn": lambda ctx: churn(ctx, int(os.environ.get("E2E_CYCLES", "200"))),
     "room_cost": lambda ctx: room_cost(ctx, int(os.environ.get("E2E_ROOMS", "20")),
                                        int(os.environ.get("E2E_ROUNDS", "3"))),
@@ -696,7 +1043,7 @@ async def main(binary, names):
         sfu = MockSfu(SFU_HOST, SFU_PORT)
         await sfu.start()
         bridge = Bridge(binary, tmp)
-        failed = None
+        failed = ctx = None
         try:
             await bridge.wait_ready()
             ctx = Ctx(pb, pbg, bridge, sfu)
@@ -710,7 +1057,7 @@ async def main(binary, names):
             failed = e
         finally:
             code = bridge.stop()
-            await sfu.stop()
+            await (ctx.sfu if ctx is not None else sfu).stop()
             with open(os.path.join(tmp, "bridge.log")) as f:
                 log = f.read()
         if failed is not None or "panicked" in log:

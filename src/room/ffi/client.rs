@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ pub(super) struct Route {
     pub events: Arc<dyn RoomEvents>,
     /// Participants in the room, the bridge included.
     pub participants: AtomicU32,
+    /// The library is reconnecting the room (a disconnect now means it gave up).
+    pub reconnecting: AtomicBool,
 }
 
 /// What the client and the event callback share.

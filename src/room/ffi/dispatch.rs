@@ -114,7 +114,9 @@ impl Dispatch {
                     .on_participants(before.saturating_sub(1).max(1));
             }
             Some(M::Disconnected(d)) => {
-                route.events.on_disconnected(disconnect(d.reason));
+                // Relaxed: one flag, written and read by the library's event thread.
+                let gave_up = route.reconnecting.load(Ordering::Relaxed);
+                route.events.on_disconnected(disconnect(d.reason, gave_up));
             }
             Some(M::ConnectionStateChanged(c)) => {
                 let reconnecting = c.state == proto::ConnectionState::ConnReconnecting as i32;
@@ -125,6 +127,11 @@ impl Dispatch {
                     );
                 } else if c.state == proto::ConnectionState::ConnConnected as i32 {
                     tracing::info!(room_handle = e.room_handle, "room connection resumed");
+                }
+                // Cleared only when connected again: the library reports Disconnected as a
+                // state before its Disconnected event, which must still see it gave up.
+                if reconnecting || c.state == proto::ConnectionState::ConnConnected as i32 {
+                    route.reconnecting.store(reconnecting, Ordering::Relaxed);
                 }
                 route.events.on_reconnecting(reconnecting);
             }

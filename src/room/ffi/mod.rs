@@ -33,7 +33,7 @@ pub mod proto {
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use tokio::sync::oneshot;
 
@@ -153,6 +153,7 @@ async fn connect(
         Route {
             events,
             participants: AtomicU32::new(participants),
+            reconnecting: AtomicBool::new(false),
         },
     );
     let room = FfiRoom::new(client, room_handle, local_handle);
