@@ -815,18 +815,24 @@ async def own_bridge(ctx):
     return bridge, Ctx(ctx.pb, ctx.pbg, bridge, ctx.sfu)
 
 
-async def session_state(ctx, user):
+async def session_state(ctx, user, with_age=False):
+    """GetStatus's x-bridge-session-state (and x-bridge-target-audio-age-s)."""
     call = ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id=user))
     await call
-    return dict(await call.initial_metadata()).get("x-bridge-session-state")
+    md = dict(await call.initial_metadata())
+    state = md.get("x-bridge-session-state")
+    return (state, float(md.get("x-bridge-target-audio-age-s", "0"))) if with_age else state
 
 
-async def watch_states(ctx, user, seconds):
-    """The session states GetStatus reports, polled every 100 ms for `seconds`."""
+async def watch_states(ctx, user, seconds, ages=None):
+    """The session states GetStatus reports, polled every 100 ms for `seconds`; the target audio
+    ages seen are appended to `ages`."""
     seen = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        state = await session_state(ctx, user)
+        state, age = await session_state(ctx, user, with_age=True)
+        if ages is not None:
+            ages.append(age)
         if not seen or seen[-1] != state:
             seen.append(state)
         await asyncio.sleep(0.1)
@@ -850,7 +856,8 @@ async def link_outage(ctx: Ctx, seconds: float):
         got_before = len(flow.got)
         bridge.network.set(False)
         t_down = time.monotonic()
-        states = await watch_states(bctx, user, seconds)
+        ages = []
+        states = await watch_states(bctx, user, seconds, ages)
         bridge.network.set(True)
         t_up = time.monotonic()
         down, up = await flow.both_flowing_since(t_up, 60)
@@ -863,6 +870,9 @@ async def link_outage(ctx: Ctx, seconds: float):
         result(f"{tag}_uplink_back_after_link_up_ms", "never" if up is None else f"{up * 1000:.0f}")
         result(f"{tag}_target_frames_lost", f"{lost} of {sent} ({lost * 10} ms; outage {(t_up - t_down) * 1000:.0f} ms)")
         result(f"{tag}_states", ",".join(str(s) for s in states))
+        result(f"{tag}_max_target_audio_age_s", f"{max(ages):.1f}")
+        # GetStatus shows the silence as it grows, whatever state the library reports.
+        check(max(ages) >= seconds - 1.5, f"target audio age during the outage: {max(ages)}")
         result(f"{tag}_resumes", ctx.sfu.resumes)
         check(flow.ended is None, f"the stream ended: {flow.ended}")
         check(down is not None, "target audio never reached the client again")
