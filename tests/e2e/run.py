@@ -910,6 +910,10 @@ async def sfu_restart(ctx: Ctx):
         result("sfu_restart_uplink_silence_ms", "never back" if u2 is None else f"{u2 * 1000:.0f}")
         result("sfu_restart_states", ",".join(str(s) for s in states))
         result("sfu_restart_stream", "open" if flow.ended is None else str(flow.ended))
+        with open(bridge.log.name) as f:
+            log = f.read()
+        check("room connection lost; the LiveKit library is reconnecting" in log
+              and "room connection restored" in log, "the reconnection is not in the bridge's log")
         check(flow.ended is None or flow.ended[0] != grpc.StatusCode.OK,
               f"the stream ended OK, so the backend would not rejoin: {flow.ended}")
         if flow.ended is None:

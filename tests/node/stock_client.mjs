@@ -130,6 +130,34 @@ for (let i = 0; i < 200 && afterCancel; i++) {
 assert.equal(afterCancel, false, "cancelling the stream closes its session");
 check("cancel closes the session");
 
+// The endings the backend's reconnect logic acts on, as grpc-js reports them: an error status
+// (it rejoins) for a lost room, OK (it leaves the user alone) for an operator's removal and for
+// another bridge taking the identity; the end reason travels in the trailers either way.
+for (const [reason, code, endReason] of [
+  ["lost", grpc.status.UNAVAILABLE, "room_lost"],
+  ["removed", grpc.status.OK, "removed"],
+  ["duplicate_identity", grpc.status.OK, "replaced_elsewhere"],
+]) {
+  const u = `ending-${reason}`;
+  const r = await unary("JoinRoom", {
+    user_id: u,
+    room_name: u,
+    token: "token",
+    livekit_url: `sim://tone?drop_after_ms=300&drop_reason=${reason}`,
+    target_identity: u,
+  });
+  assert.equal(r.success, true, r.error);
+  const s = openStream(u);
+  await until(`the ${reason} stream to end`, () => s.state.status);
+  assert.equal(s.state.status.code, code, `${reason}: ${s.state.status.details}`);
+  assert.deepEqual(s.state.status.metadata.get("x-bridge-end-reason"), [endReason]);
+  if (code !== grpc.status.OK) {
+    assert.equal(s.state.error.code, code, "grpc-js raises the error status");
+    assert.deepEqual(s.state.error.metadata.get("x-bridge-end-reason"), [endReason]);
+  }
+  check(`${reason}: ${code === grpc.status.OK ? "OK" : "UNAVAILABLE"} ${endReason}`);
+}
+
 const missing = await unary("JoinRoom", { user_id: "", livekit_url: "sim://tone" }).catch((e) => e);
 assert.equal(missing.code, grpc.status.INVALID_ARGUMENT);
 check("INVALID_ARGUMENT for an empty user_id");

@@ -120,13 +120,14 @@ impl Dispatch {
             }
             Some(M::ConnectionStateChanged(c)) => {
                 let reconnecting = c.state == proto::ConnectionState::ConnReconnecting as i32;
-                if reconnecting {
-                    tracing::info!(
+                let was = route.reconnecting.load(Ordering::Relaxed);
+                if reconnecting && !was {
+                    tracing::warn!(
                         room_handle = e.room_handle,
-                        "room connection lost; resuming"
+                        "room connection lost; the LiveKit library is reconnecting"
                     );
-                } else if c.state == proto::ConnectionState::ConnConnected as i32 {
-                    tracing::info!(room_handle = e.room_handle, "room connection resumed");
+                } else if was && c.state == proto::ConnectionState::ConnConnected as i32 {
+                    tracing::warn!(room_handle = e.room_handle, "room connection restored");
                 }
                 // Cleared only when connected again: the library reports Disconnected as a
                 // state before its Disconnected event, which must still see it gave up.
