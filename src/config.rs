@@ -12,6 +12,7 @@ use crate::audio::{Overflow, RingConfig};
 use crate::listener::ConnectionLimits;
 pub use crate::logging::LogFormat;
 use crate::service::ServiceSettings;
+use crate::service::admission::Limits;
 
 /// One setting: its flag, its environment variable, its default and what it does.
 pub struct Setting {
@@ -83,6 +84,34 @@ pub const SETTINGS: &[Setting] = &[
         env: "BRIDGE_KEEP_ENDED_S",
         default: "600",
         help: "How long GetStatus keeps reporting a session whose room was lost.",
+    },
+    Setting {
+        flag: "--http-addr",
+        env: "BRIDGE_HTTP_ADDR",
+        default: "",
+        help: "Address (IP:port) of the operators' HTTP listener: /metrics (Prometheus), /livez, \
+               /readyz, /availability. Off when empty.",
+    },
+    Setting {
+        flag: "--max-sessions",
+        env: "BRIDGE_MAX_SESSIONS",
+        default: "0",
+        help: "Sessions held at once; a JoinRoom for one more is refused at once (success: false, \
+               'bridge at capacity'). 0: no limit.",
+    },
+    Setting {
+        flag: "--max-cpu",
+        env: "BRIDGE_MAX_CPU",
+        default: "0",
+        help: "The machine's CPU use (a fraction of all its cores, over the last 3 s) beyond which \
+               a JoinRoom is refused at once. 0: no limit.",
+    },
+    Setting {
+        flag: "--idle-s",
+        env: "BRIDGE_IDLE_S",
+        default: "300",
+        help: "A session with no StreamAudio attached for this long is closed as idle (the \
+               backend went away without LeaveRoom). 0: never.",
     },
     Setting {
         flag: "--livekit-ffi-lib",
@@ -166,6 +195,8 @@ pub enum Listen {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: Listen,
+    /// The operators' HTTP listener (metrics and probes), if any.
+    pub http_addr: Option<SocketAddr>,
     pub limits: ConnectionLimits,
     pub service: ServiceSettings,
     pub shutdown_timeout: Duration,
@@ -270,6 +301,26 @@ impl Config {
             _ => return Err(invalid(format_setting, &format, "text or json")),
         };
         let ring_ms = number(get("--ring-ms"), 10, 60_000)? as u32;
+        let (cpu_setting, cpu) = get("--max-cpu");
+        let max_cpu = match cpu.trim().parse::<f64>() {
+            Ok(0.0) => None,
+            Ok(f) if f > 0.0 && f <= 1.0 => Some(f),
+            _ => {
+                return Err(invalid(
+                    cpu_setting,
+                    &cpu,
+                    "a fraction of the machine's cores in 0..=1 (0: no limit)",
+                ));
+            }
+        };
+        let (http_setting, http) = get("--http-addr");
+        let http_addr = match http.trim() {
+            "" => None,
+            text => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|_| invalid(http_setting, &http, "IP:port, e.g. 127.0.0.1:9091"))?,
+            ),
+        };
         Ok(Command::Run(Box::new(Config {
             listen,
             limits: ConnectionLimits {
@@ -293,7 +344,15 @@ impl Config {
                     ..PlaybackSettings::default()
                 },
                 livekit_ffi_lib: PathBuf::from(get("--livekit-ffi-lib").1),
+                limits: Limits {
+                    max_sessions: Some(number(get("--max-sessions"), 0, 10_000_000)? as usize)
+                        .filter(|n| *n > 0),
+                    max_cpu,
+                },
+                idle: Some(Duration::from_secs(number(get("--idle-s"), 0, 604_800)?))
+                    .filter(|d| !d.is_zero()),
             },
+            http_addr,
             shutdown_timeout: ms("--shutdown-timeout-ms", 0, 600_000)?,
             decoder_memory_mib: number(get("--playback-decoder-memory-mb"), 64, 65_536)?,
             log_format,

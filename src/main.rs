@@ -85,6 +85,13 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config, state: Arc<BridgeState>) -> anyhow::Result<()> {
     let grace = config.shutdown_timeout;
+    if let Some(addr) = config.http_addr {
+        let http = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind the HTTP listener {addr} (BRIDGE_HTTP_ADDR)"))?;
+        tracing::info!(addr = %http.local_addr()?, "serving metrics and probes over HTTP");
+        tokio::spawn(livekit_bridge::http::serve(http, state.clone()));
+    }
     match &config.listen {
         Listen::Tcp(addr) => {
             let listener = TcpListener::bind(addr)

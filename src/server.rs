@@ -17,6 +17,7 @@ use tonic_health::ServingStatus;
 
 use crate::listener::{self, Conn, ConnectionLimits};
 use crate::proto::{self, live_kit_bridge_server::LiveKitBridgeServer};
+use crate::service::admission::CPU_SAMPLE_EVERY;
 use crate::service::{Bridge, BridgeState};
 
 /// The largest message accepted or sent, both ways, as before.
@@ -26,9 +27,6 @@ pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 /// connection (a partition, a frozen host) is noticed and its sessions closed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// How often sessions whose room was lost are checked for expiry.
-const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -72,7 +70,7 @@ where
 
     let signalled = CancellationToken::new();
     let drained = CancellationToken::new();
-    let sweeper = tokio::spawn(sweep(state.clone(), signalled.clone()));
+    let sweeper = tokio::spawn(housekeeping(state.clone(), signalled.clone()));
     tokio::spawn({
         let (state, signalled, drained) = (state.clone(), signalled.clone(), drained.clone());
         async move {
@@ -113,12 +111,17 @@ where
     result
 }
 
-async fn sweep(state: Arc<BridgeState>, stop: CancellationToken) {
-    let mut every = tokio::time::interval(SWEEP_EVERY);
+/// Housekeeping, once a second: a CPU sample for admission control, idle sessions closed,
+/// ended sessions forgotten after BRIDGE_KEEP_ENDED_S.
+async fn housekeeping(state: Arc<BridgeState>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(CPU_SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = every.tick() => {
+                state.admission.sample_cpu();
+                state.reap_idle().await;
                 let removed = state.registry.sweep(state.settings.keep_ended);
                 if removed > 0 {
                     tracing::debug!(removed, "forgot sessions whose room was lost");

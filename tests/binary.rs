@@ -41,6 +41,11 @@ fn bad_configuration_exits_64_naming_the_setting() {
         ("PLAYBACK_CA_FILE", "/nonexistent/ca.pem"),
         ("PLAYBACK_CA_FILE", "Cargo.toml"),
         ("PLAYBACK_MAX_BYTES", "0"),
+        ("BRIDGE_HTTP_ADDR", "localhost"),
+        ("BRIDGE_MAX_SESSIONS", "many"),
+        ("BRIDGE_MAX_CPU", "1.5"),
+        ("BRIDGE_MAX_CPU", "80%"),
+        ("BRIDGE_IDLE_S", "-1"),
     ] {
         let out = Command::new(BIN)
             .env_clear()

@@ -5,6 +5,7 @@
 //! that does not exist gets NOT_FOUND (LeaveRoom and GetStatus answer in the body, as the
 //! contract says).
 
+pub mod admission;
 pub mod checks;
 mod play;
 mod stream;
@@ -21,11 +22,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::audio::RingConfig;
 use crate::error::BridgeError;
+use crate::metrics::Metrics;
 use crate::playback::fetch::ClientError;
 use crate::playback::{PlaybackSettings, Player};
 use crate::proto::{self, live_kit_bridge_server::LiveKitBridge};
 use crate::room::{Backends, ConnectRequest};
-use crate::session::{EndReason, Registry, Session};
+use crate::session::{EndReason, Registry, Session, Totals};
+use admission::Admission;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// HealthCheck counts a live session whose target has sent no audio for this long.
@@ -46,6 +49,10 @@ pub struct ServiceSettings {
     pub playback: PlaybackSettings,
     /// Where LiveKit's SDK library is, for ws:// and wss:// rooms.
     pub livekit_ffi_lib: std::path::PathBuf,
+    /// Admission control's limits.
+    pub limits: admission::Limits,
+    /// A session with no StreamAudio for this long is closed as idle; None: never.
+    pub idle: Option<Duration>,
 }
 
 impl Default for ServiceSettings {
@@ -57,13 +64,28 @@ impl Default for ServiceSettings {
             keep_ended: Duration::from_secs(600),
             playback: PlaybackSettings::default(),
             livekit_ffi_lib: crate::room::ffi::library::DEFAULT_PATH.into(),
+            limits: admission::Limits::default(),
+            idle: Some(Duration::from_secs(300)),
         }
     }
+}
+
+/// Why the service's state cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Playback(#[from] ClientError),
+    #[error("cannot register the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// State shared by every RPC.
 pub struct BridgeState {
     pub registry: Arc<Registry>,
+    /// What every session did, ended ones included (the metrics' counters).
+    pub totals: Arc<Totals>,
+    pub metrics: Metrics,
+    pub admission: Admission,
     pub backends: Backends,
     pub settings: ServiceSettings,
     pub player: Arc<Player>,
@@ -77,9 +99,12 @@ pub struct BridgeState {
 impl BridgeState {
     /// The service's state, or why `settings` cannot work (PlayAudio's HTTP client cannot
     /// be built from `PLAYBACK_CA_FILE`).
-    pub fn new(settings: ServiceSettings) -> Result<Arc<Self>, ClientError> {
+    pub fn new(settings: ServiceSettings) -> Result<Arc<Self>, StateError> {
         Ok(Arc::new(Self {
             registry: Arc::default(),
+            totals: Arc::default(),
+            metrics: Metrics::new()?,
+            admission: Admission::new(settings.limits),
             backends: Backends::new(settings.livekit_ffi_lib.clone()),
             player: Player::new(settings.playback.clone())?,
             settings,
@@ -121,6 +146,49 @@ impl BridgeState {
         })
     }
 
+    /// Sessions connected or reconnecting (not ended).
+    pub fn live_sessions(&self) -> usize {
+        self.registry.counts().1
+    }
+
+    /// The metrics exposition, read now.
+    pub fn render_metrics(&self) -> String {
+        let sessions = self.registry.sessions();
+        let live = self.live_sessions();
+        self.metrics.render(&crate::metrics::Snapshot {
+            sessions: &sessions,
+            totals: &self.totals,
+            open_streams: self.open_streams(),
+            capacity_left: self.admission.sessions_left(live),
+            cpu_used: self.admission.cpu_used(),
+            playback: self.player.stats(),
+        })
+    }
+
+    /// Closes the sessions that have had no StreamAudio for the idle limit; how many.
+    pub async fn reap_idle(&self) -> usize {
+        let Some(limit) = self.settings.idle else {
+            return 0;
+        };
+        let mut reaped = 0;
+        for session in self.registry.sessions() {
+            if session.ended().is_some() {
+                continue;
+            }
+            if let Some(idle) = session.idle_for().filter(|d| *d >= limit) {
+                if session.close(EndReason::Idle(limit)).await {
+                    reaped += 1;
+                    tracing::info!(
+                        user_id = session.user_id(),
+                        idle_s = idle.as_secs(),
+                        "closed an idle session: no StreamAudio (BRIDGE_IDLE_S)"
+                    );
+                }
+            }
+        }
+        reaped
+    }
+
     fn refuse_if_draining(&self) -> Result<(), BridgeError> {
         if self.is_draining() {
             return Err(BridgeError::ShuttingDown);
@@ -128,14 +196,44 @@ impl BridgeState {
         Ok(())
     }
 
+    /// JoinRoom, counted by result in the metrics.
     async fn join(
         self: Arc<Self>,
         req: proto::JoinRoomRequest,
     ) -> Result<proto::JoinRoomResponse, BridgeError> {
+        let started = Instant::now();
+        let (answer, result) = match self.clone().join_room(req).await {
+            Ok((response, result)) => (Ok(response), result),
+            Err(e) => {
+                let result = match e {
+                    BridgeError::ShuttingDown => "shutting_down",
+                    _ => "invalid",
+                };
+                (Err(e), result)
+            }
+        };
+        self.metrics
+            .join(result, (result == "ok").then(|| started.elapsed()));
+        answer
+    }
+
+    async fn join_room(
+        self: Arc<Self>,
+        req: proto::JoinRoomRequest,
+    ) -> Result<(proto::JoinRoomResponse, &'static str), BridgeError> {
+        // A join that replaces the user's live session does not add one.
+        let replacing = self
+            .registry
+            .get(&req.user_id)
+            .is_some_and(|s| s.ended().is_none());
+        if !replacing && let Err(refusal) = self.admission.admit(self.live_sessions()) {
+            tracing::warn!(user_id = %req.user_id, %refusal, "JoinRoom refused");
+            return Ok((join_failed(refusal.to_string()), refusal.label()));
+        }
         let backend = match self.backends.for_url(&req.livekit_url) {
             Ok(b) => b,
             Err(e @ crate::room::RoomError::InvalidUrl(_)) => return Err(e.into()),
-            Err(e) => return Ok(join_failed(e.to_string())),
+            Err(e) => return Ok((join_failed(e.to_string()), "connect_failed")),
         };
         let ticket = self
             .registry
@@ -150,11 +248,12 @@ impl BridgeState {
                 EndReason::Superseded
             }
         };
-        let voided_answer = || {
-            join_failed(match voided_by() {
-                EndReason::Shutdown => BridgeError::ShuttingDown.to_string(),
-                reason => reason.describe(),
-            })
+        let voided_answer = || match voided_by() {
+            EndReason::Shutdown => (
+                join_failed(BridgeError::ShuttingDown.to_string()),
+                "shutting_down",
+            ),
+            reason => (join_failed(reason.describe()), "superseded"),
         };
         let turn = tokio::select! {
             turn = ticket.turn() => turn.ok(),
@@ -184,6 +283,7 @@ impl BridgeState {
             backend.as_ref(),
             request,
             self.settings.ring,
+            self.totals.clone(),
         );
         let connected = tokio::select! {
             connected = connecting => connected,
@@ -194,7 +294,11 @@ impl BridgeState {
             Err(e @ crate::room::RoomError::InvalidUrl(_)) => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(user_id = %req.user_id, error = %e, "JoinRoom failed");
-                return Ok(join_failed(e.to_string()));
+                let result = match e {
+                    crate::room::RoomError::Timeout(_) => "timeout",
+                    _ => "connect_failed",
+                };
+                return Ok((join_failed(e.to_string()), result));
             }
         };
         match ticket.install(session.clone()) {
@@ -203,7 +307,7 @@ impl BridgeState {
                     old.close(EndReason::Replaced).await;
                 }
                 tracing::info!(user_id = %req.user_id, generation = session.generation(), "joined room");
-                Ok(proto::JoinRoomResponse {
+                let response = proto::JoinRoomResponse {
                     success: true,
                     error: String::new(),
                     participant_id: session.participant_id().to_string(),
@@ -212,7 +316,8 @@ impl BridgeState {
                         ("generation".into(), session.generation().to_string()),
                         ("bridge_version".into(), VERSION.into()),
                     ]),
-                })
+                };
+                Ok((response, "ok"))
             }
             Err(_) => {
                 session.close(voided_by()).await;
@@ -356,6 +461,20 @@ impl LiveKitBridge for Bridge {
                 ("registered_sessions".into(), registered.to_string()),
                 ("sessions_reconnecting".into(), reconnecting.to_string()),
                 ("sessions_without_audio_5s".into(), silent.to_string()),
+                (
+                    "capacity_sessions_left".into(),
+                    self.state
+                        .admission
+                        .sessions_left(connected)
+                        .map_or_else(|| "unlimited".into(), |n| n.to_string()),
+                ),
+                (
+                    "machine_cpu_used".into(),
+                    self.state
+                        .admission
+                        .cpu_used()
+                        .map_or_else(|| "unknown".into(), |c| format!("{c:.2}")),
+                ),
                 (
                     "playbacks_playing".into(),
                     self.state.player.stats().playing().to_string(),

@@ -27,7 +27,7 @@ use crate::audio::format;
 use crate::error::BridgeError;
 use crate::proto::AudioChunk;
 use crate::room::track_name;
-use crate::session::{EndReason, Session, StreamLease};
+use crate::session::{EndReason, Session, StreamLease, unix_ms};
 
 /// Chunks queued between the ring and the HTTP/2 stream.
 const OUTBOUND_QUEUE: usize = 4;
@@ -175,10 +175,12 @@ async fn pump_room_audio(
     failed: oneshot::Receiver<Status>,
     _open: OpenStream,
 ) {
+    // The lease's other part (its detach stamp) stays in `lease` and goes with the function.
     let StreamLease {
         id,
         taken_over,
         mut consumer,
+        ..
     } = lease;
     // Resolves with the status a bad client chunk ends the stream with; never otherwise.
     let mut failed = pin!(async move {
@@ -211,6 +213,7 @@ async fn pump_room_audio(
             break End::Status(session_ended(&session));
         };
         session.delivered(arrived_ms);
+        state.metrics.delivered(unix_ms() - arrived_ms);
         permit.send(Ok(AudioChunk {
             pcm_data: pcm,
             sample_rate: SAMPLE_RATE,
@@ -260,6 +263,7 @@ async fn forward_client_audio(
                         tracing::debug!(user_id = session.user_id(), error = %e, "publish failed");
                         return;
                     }
+                    state.metrics.chunk_published();
                 }
             }
         }

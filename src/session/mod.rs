@@ -7,8 +7,10 @@
 
 mod registry;
 mod sink;
+mod totals;
 
 pub use registry::{Drained, JoinTicket, Registry, Superseded};
+pub use totals::Totals;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -49,9 +51,41 @@ pub enum EndReason {
     ClientGone(String),
     /// The bridge is shutting down.
     Shutdown,
+    /// No StreamAudio was attached for this long: the backend went away without LeaveRoom.
+    Idle(Duration),
 }
 
 impl EndReason {
+    /// Every [`code`](Self::code), in [`index`](Self::index) order.
+    pub const CODES: [&'static str; 10] = [
+        "left",
+        "replaced",
+        "replaced_elsewhere",
+        "removed",
+        "room_deleted",
+        "superseded",
+        "room_lost",
+        "client_gone",
+        "shutdown",
+        "idle",
+    ];
+
+    /// This reason's position in [`CODES`](Self::CODES).
+    pub fn index(&self) -> usize {
+        match self {
+            Self::Left(_) => 0,
+            Self::Replaced => 1,
+            Self::ReplacedElsewhere(_) => 2,
+            Self::Removed(_) => 3,
+            Self::RoomDeleted(_) => 4,
+            Self::Superseded => 5,
+            Self::RoomLost(_) => 6,
+            Self::ClientGone(_) => 7,
+            Self::Shutdown => 8,
+            Self::Idle(_) => 9,
+        }
+    }
+
     /// A short machine-readable name, sent as trailing metadata when a stream ends.
     pub fn code(&self) -> &'static str {
         match self {
@@ -64,6 +98,7 @@ impl EndReason {
             Self::RoomLost(_) => "room_lost",
             Self::ClientGone(_) => "client_gone",
             Self::Shutdown => "shutdown",
+            Self::Idle(_) => "idle",
         }
     }
 
@@ -85,6 +120,10 @@ impl EndReason {
             Self::RoomLost(r) => format!("room lost: {r}"),
             Self::ClientGone(r) => format!("stream client went away: {r}"),
             Self::Shutdown => "bridge shutting down".into(),
+            Self::Idle(after) => format!(
+                "no StreamAudio for {} s (BRIDGE_IDLE_S): the backend went away without LeaveRoom",
+                after.as_secs()
+            ),
         }
     }
 }
@@ -118,15 +157,30 @@ pub(crate) struct SessionCore {
     /// thread through the library's and the network's own synchronisation; the pair states
     /// the order this relies on.
     replacing: AtomicBool,
+    /// When (unix ms) the session last had no StreamAudio attached: made, or a stream's lease
+    /// dropped. Status for idle reaping, Relaxed.
+    detached_ms: AtomicI64,
+    totals: Arc<Totals>,
+}
+
+/// The session's ring counters join the bridge's totals when the last reference goes: the
+/// sink (producer), the session and any stream lease (consumer) hold one each, so no push or
+/// pop can follow.
+impl Drop for SessionCore {
+    fn drop(&mut self) {
+        self.totals.retire(self.closer.stats());
+    }
 }
 
 impl SessionCore {
     /// Closes the session for `reason`; only the first call has an effect. Callable from any
     /// thread: it closes the ring (waiting at most for one frame copy) and cancels a token.
     pub(crate) fn close(&self, reason: EndReason) -> bool {
+        let index = reason.index();
         if self.end.set((reason, unix_ms(), Instant::now())).is_err() {
             return false;
         }
+        self.totals.count_end(index);
         self.connected.store(false, Ordering::Relaxed);
         self.closer.close();
         self.closed.cancel();
@@ -158,6 +212,16 @@ pub struct StreamLease {
     /// Cancelled when another stream takes the session over.
     pub taken_over: CancellationToken,
     pub consumer: OwnedMutexGuard<FrameConsumer>,
+    _detach: DetachStamp,
+}
+
+/// Stamps the session's `detached_ms` when a stream's lease is dropped.
+struct DetachStamp(Arc<SessionCore>);
+
+impl Drop for DetachStamp {
+    fn drop(&mut self) {
+        self.0.detached_ms.store(unix_ms(), Ordering::Relaxed);
+    }
 }
 
 impl Session {
@@ -169,6 +233,7 @@ impl Session {
         backend: &dyn RoomBackend,
         request: ConnectRequest,
         ring: RingConfig,
+        totals: Arc<Totals>,
     ) -> Result<Arc<Session>, RoomError> {
         let (producer, consumer, closer) = audio_ring(ring);
         let core = Arc::new(SessionCore {
@@ -182,6 +247,8 @@ impl Session {
             replacing: AtomicBool::new(false),
             reconnecting: AtomicBool::new(false),
             last_audio_ms: AtomicI64::new(0),
+            detached_ms: AtomicI64::new(unix_ms()),
+            totals,
         });
         let sink = sink::SessionSink::new(core.clone(), producer, &request.target_identity);
         let timeout = request.timeout;
@@ -327,9 +394,22 @@ impl Session {
             *owner = (id, taken_over.clone());
         }
         tokio::select! {
-            consumer = self.consumer.clone().lock_owned() => Some(StreamLease { id, taken_over, consumer }),
+            consumer = self.consumer.clone().lock_owned() => Some(StreamLease {
+                id,
+                taken_over,
+                consumer,
+                _detach: DetachStamp(self.core.clone()),
+            }),
             () = taken_over.cancelled() => None,
         }
+    }
+
+    /// How long the session has had no StreamAudio attached, or None while one is.
+    pub fn idle_for(&self) -> Option<Duration> {
+        // A stream holds the consumer's lock for as long as it is attached.
+        let free = self.consumer.try_lock().is_ok();
+        let since = self.core.detached_ms.load(Ordering::Relaxed);
+        free.then(|| Duration::from_millis(unix_ms().saturating_sub(since).max(0) as u64))
     }
 
     /// Whether stream `id` still owns the session's audio.

@@ -279,9 +279,17 @@ mod tests {
             timeout: Duration::from_secs(5),
         };
         let backend = SimBackend::default();
-        Session::connect(user, generation, &backend, request, RingConfig::default())
-            .await
-            .expect("a simulated room connects")
+        let totals = Arc::default();
+        Session::connect(
+            user,
+            generation,
+            &backend,
+            request,
+            RingConfig::default(),
+            totals,
+        )
+        .await
+        .expect("a simulated room connects")
     }
 
     fn registry() -> Arc<Registry> {

@@ -52,6 +52,18 @@ impl FfiBackend {
         Self { library }
     }
 
+    /// Whether a ws:// room can be joined: the library is loaded, or its file is there (its
+    /// checksum is checked when it is loaded). Why not, otherwise.
+    pub fn available(&self) -> Result<(), String> {
+        if client::opened().is_some() || self.library.is_file() {
+            return Ok(());
+        }
+        Err(format!(
+            "LiveKit's SDK library is missing at {} (LIVEKIT_FFI_LIB)",
+            self.library.display()
+        ))
+    }
+
     /// Data packets routed to sessions, and ones that arrived for rooms no longer routed.
     pub fn packet_counts() -> (u64, u64) {
         client::opened().map_or((0, 0), |c| {

@@ -1,0 +1,288 @@
+//! The bridge's Prometheus metrics, prefixed `livekit_bridge_`, in the text exposition format
+//! (the `prometheus` crate's encoder and its process collector).
+//!
+//! Two kinds:
+//! - **events** counted where they happen: JoinRoom outcomes and latency, client chunks
+//!   published, the delay from a frame's arrival to its hand-off to gRPC;
+//! - **state** read at scrape time from what the bridge keeps anyway: sessions by state, open
+//!   streams, capacity, playbacks by outcome, sessions ended by reason ([`Totals`]), and the
+//!   frames every ring
+//!   received, delivered and dropped (live sessions' rings plus the retired totals of
+//!   ended ones). A scrape-time counter only ever moves up: it is advanced to the new total,
+//!   never set below what it showed (a session being torn down is briefly in neither sum).
+//!
+//! Nothing here is on the ring's push path. No label carries a user id: label values are
+//! fixed sets (results, reasons, states), so cardinality is bounded.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::audio::RingStats;
+use crate::playback::PlaybackStats;
+use crate::session::{Session, Totals};
+
+const NAMESPACE: &str = "livekit_bridge";
+
+/// What a scrape reads from the bridge.
+pub struct Snapshot<'a> {
+    pub sessions: &'a [std::sync::Arc<Session>],
+    pub totals: &'a Totals,
+    pub open_streams: i64,
+    /// Sessions that may still join; None: no limit.
+    pub capacity_left: Option<usize>,
+    pub cpu_used: Option<f64>,
+    pub playback: &'a PlaybackStats,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    joins: IntCounterVec,
+    join_seconds: Histogram,
+    chunks_published: IntCounter,
+    playbacks: IntCounterVec,
+    delivery_delay: Histogram,
+    sessions: IntGaugeVec,
+    open_streams: IntGauge,
+    capacity_left: IntGauge,
+    cpu_used: prometheus::Gauge,
+    playbacks_playing: IntGauge,
+    ended: IntCounterVec,
+    frames: IntCounterVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NAMESPACE)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let m = Self {
+            joins: IntCounterVec::new(
+                opts("joins_total", "JoinRoom requests by result."),
+                &["result"],
+            )?,
+            join_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "join_seconds",
+                    "Time from JoinRoom to a connected room, for joins that succeeded.",
+                )
+                .namespace(NAMESPACE)
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+            )?,
+            chunks_published: IntCounter::with_opts(opts(
+                "client_chunks_published_total",
+                "Client audio chunks from StreamAudio published into rooms.",
+            ))?,
+            playbacks: IntCounterVec::new(
+                opts(
+                    "playbacks_total",
+                    "PlayAudio playbacks by outcome: started, completed, failed.",
+                ),
+                &["outcome"],
+            )?,
+            delivery_delay: Histogram::with_opts(
+                HistogramOpts::new(
+                    "frame_delivery_delay_seconds",
+                    "Delay from a frame's arrival from the room to its hand-off to the gRPC \
+                     stream (millisecond resolution).",
+                )
+                .namespace(NAMESPACE)
+                .buckets(vec![
+                    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+                ]),
+            )?,
+            sessions: IntGaugeVec::new(
+                opts(
+                    "sessions",
+                    "Sessions by state: connected, reconnecting, ended (kept for GetStatus).",
+                ),
+                &["state"],
+            )?,
+            open_streams: IntGauge::with_opts(opts("open_streams", "StreamAudio calls open."))?,
+            capacity_left: IntGauge::with_opts(opts(
+                "capacity_sessions_left",
+                "Sessions that may still join before BRIDGE_MAX_SESSIONS (-1: no limit).",
+            ))?,
+            cpu_used: prometheus::Gauge::with_opts(opts(
+                "machine_cpu_used_ratio",
+                "The machine's busy share of all its cores over the last seconds, as \
+                 admission control measures it.",
+            ))?,
+            playbacks_playing: IntGauge::with_opts(opts(
+                "playbacks_playing",
+                "PlayAudio playbacks playing now.",
+            ))?,
+            ended: IntCounterVec::new(
+                opts("sessions_ended_total", "Sessions ended, by end reason."),
+                &["reason"],
+            )?,
+            frames: IntCounterVec::new(
+                opts(
+                    "frames_total",
+                    "Room audio frames by what became of them: received, delivered to a \
+                     stream, skipped (lost by the sender), dropped (full, closed, contended).",
+                ),
+                &["outcome"],
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(m.joins.clone()))?;
+        m.registry.register(Box::new(m.join_seconds.clone()))?;
+        m.registry.register(Box::new(m.chunks_published.clone()))?;
+        m.registry.register(Box::new(m.playbacks.clone()))?;
+        m.registry.register(Box::new(m.delivery_delay.clone()))?;
+        m.registry.register(Box::new(m.sessions.clone()))?;
+        m.registry.register(Box::new(m.open_streams.clone()))?;
+        m.registry.register(Box::new(m.capacity_left.clone()))?;
+        m.registry.register(Box::new(m.cpu_used.clone()))?;
+        m.registry.register(Box::new(m.playbacks_playing.clone()))?;
+        m.registry.register(Box::new(m.ended.clone()))?;
+        m.registry.register(Box::new(m.frames.clone()))?;
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(m)
+    }
+
+    /// One JoinRoom's result (`ok`, `connect_failed`, `timeout`, `superseded`,
+    /// `refused_capacity`, `refused_cpu`, `shutting_down`) and, when it succeeded, how long it
+    /// took.
+    pub fn join(&self, result: &str, took: Option<std::time::Duration>) {
+        self.joins.with_label_values(&[result]).inc();
+        if let Some(took) = took {
+            self.join_seconds.observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn chunk_published(&self) {
+        self.chunks_published.inc();
+    }
+
+    /// A frame that arrived `delay_ms` before it was handed to a stream.
+    pub fn delivered(&self, delay_ms: i64) {
+        self.delivery_delay.observe(delay_ms.max(0) as f64 / 1000.0);
+    }
+
+    /// The exposition: state read from `s`, then every metric.
+    pub fn render(&self, s: &Snapshot<'_>) -> String {
+        let (mut connected, mut reconnecting, mut ended) = (0, 0, 0);
+        let mut rings = s.totals.retired();
+        for session in s.sessions {
+            match (session.ended(), session.is_reconnecting()) {
+                (Some(_), _) => ended += 1,
+                (None, true) => reconnecting += 1,
+                (None, false) => connected += 1,
+            }
+            rings.add(&session.ring_stats());
+        }
+        for (state, n) in [
+            ("connected", connected),
+            ("reconnecting", reconnecting),
+            ("ended", ended),
+        ] {
+            self.sessions.with_label_values(&[state]).set(n);
+        }
+        self.open_streams.set(s.open_streams);
+        self.capacity_left
+            .set(s.capacity_left.map_or(-1, |n| n as i64));
+        self.cpu_used.set(s.cpu_used.unwrap_or(0.0));
+        self.playbacks_playing.set(s.playback.playing() as i64);
+        let p = s.playback;
+        for (outcome, n) in [
+            ("started", &p.started),
+            ("completed", &p.completed),
+            ("failed", &p.failed),
+        ] {
+            let n = n.load(std::sync::atomic::Ordering::Relaxed);
+            advance(&self.playbacks.with_label_values(&[outcome]), n);
+        }
+        for (reason, n) in s.totals.ended() {
+            advance(&self.ended.with_label_values(&[reason]), n);
+        }
+        let RingStats {
+            received,
+            skipped,
+            delivered,
+            dropped_full,
+            dropped_closed,
+            dropped_contended,
+        } = rings;
+        for (outcome, n) in [
+            ("received", received),
+            ("delivered", delivered),
+            ("skipped", skipped),
+            ("dropped_full", dropped_full),
+            ("dropped_closed", dropped_closed),
+            ("dropped_contended", dropped_contended),
+        ] {
+            advance(&self.frames.with_label_values(&[outcome]), n);
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode the metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Moves a counter up to `total`; never down.
+fn advance(counter: &IntCounter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_metric_with_the_prefix_and_no_user_label() {
+        let m = Metrics::new().expect("metrics");
+        m.join("ok", Some(std::time::Duration::from_millis(300)));
+        m.join("refused_capacity", None);
+        m.chunk_published();
+        m.delivered(3);
+        let totals = Totals::default();
+        let text = m.render(&Snapshot {
+            sessions: &[],
+            totals: &totals,
+            open_streams: 2,
+            capacity_left: Some(7),
+            cpu_used: Some(0.25),
+            playback: &PlaybackStats::default(),
+        });
+        for line in [
+            "livekit_bridge_joins_total{result=\"ok\"} 1",
+            "livekit_bridge_joins_total{result=\"refused_capacity\"} 1",
+            "livekit_bridge_join_seconds_count 1",
+            "livekit_bridge_client_chunks_published_total 1",
+            "livekit_bridge_playbacks_total{outcome=\"failed\"} 0",
+            "livekit_bridge_frame_delivery_delay_seconds_count 1",
+            "livekit_bridge_open_streams 2",
+            "livekit_bridge_capacity_sessions_left 7",
+            "livekit_bridge_machine_cpu_used_ratio 0.25",
+            "livekit_bridge_sessions_ended_total{reason=\"idle\"} 0",
+            "livekit_bridge_frames_total{outcome=\"received\"} 0",
+            "livekit_bridge_sessions{state=\"connected\"} 0",
+            "process_resident_memory_bytes",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(!text.contains("user_id"), "no user label");
+    }
+
+    #[test]
+    fn scrape_time_counters_never_go_down() {
+        let c = IntCounter::new("c", "c").expect("counter");
+        advance(&c, 10);
+        advance(&c, 7);
+        assert_eq!(c.get(), 10);
+        advance(&c, 12);
+        assert_eq!(c.get(), 12);
+    }
+}
