@@ -31,6 +31,20 @@ pub const SETTINGS: &[Setting] = &[
                When set, TCP is not used.",
     },
     Setting {
+        flag: "--socket-mode",
+        env: "LIVEKIT_GRPC_SOCKET_MODE",
+        default: "0666",
+        help: "File mode of the Unix socket, in octal (0660 with a shared group keeps other \
+               users out).",
+    },
+    Setting {
+        flag: "--auth-token",
+        env: "BRIDGE_AUTH_TOKEN",
+        default: "",
+        help: "When set, every RPC (health and reflection included) must carry \
+               'authorization: Bearer <token>', else UNAUTHENTICATED. Off when empty.",
+    },
+    Setting {
         flag: "--port",
         env: "PORT",
         default: "9090",
@@ -197,6 +211,8 @@ pub struct Config {
     pub listen: Listen,
     /// The operators' HTTP listener (metrics and probes), if any.
     pub http_addr: Option<SocketAddr>,
+    /// The Unix socket's file mode.
+    pub socket_mode: u32,
     pub limits: ConnectionLimits,
     pub service: ServiceSettings,
     pub shutdown_timeout: Duration,
@@ -313,6 +329,23 @@ impl Config {
                 ));
             }
         };
+        let (token_setting, token) = get("--auth-token");
+        let auth_token = match token.as_str() {
+            "" => None,
+            t if t.len() <= 4096 && t.bytes().all(|b| b.is_ascii_graphic()) => Some(t.to_string()),
+            _ => {
+                return Err(invalid(
+                    token_setting,
+                    "<redacted>",
+                    "1 to 4096 visible ASCII characters (no spaces)",
+                ));
+            }
+        };
+        let (mode_setting, mode) = get("--socket-mode");
+        let socket_mode = u32::from_str_radix(mode.trim(), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| invalid(mode_setting, &mode, "an octal file mode, e.g. 0660"))?;
         let (http_setting, http) = get("--http-addr");
         let http_addr = match http.trim() {
             "" => None,
@@ -351,7 +384,9 @@ impl Config {
                 },
                 idle: Some(Duration::from_secs(number(get("--idle-s"), 0, 604_800)?))
                     .filter(|d| !d.is_zero()),
+                auth_token,
             },
+            socket_mode,
             http_addr,
             shutdown_timeout: ms("--shutdown-timeout-ms", 0, 600_000)?,
             decoder_memory_mib: number(get("--playback-decoder-memory-mb"), 64, 65_536)?,

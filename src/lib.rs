@@ -22,6 +22,8 @@ pub mod audio;
 mod sync;
 
 #[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
 pub mod authority;
 #[cfg(feature = "server")]
 pub mod config;

@@ -18,8 +18,6 @@ use tokio::net::TcpListener;
 const EXIT_CONFIG: u8 = 64;
 /// How long past the drain deadline the process may live before it is ended regardless.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
-/// The Unix socket's mode: any local user may connect, as with the old service.
-const SOCKET_MODE: u32 = 0o666;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -102,7 +100,7 @@ async fn serve(config: Config, state: Arc<BridgeState>) -> anyhow::Result<()> {
             server::run(state, incoming, shutdown_signal(grace, None), grace).await?;
         }
         Listen::Unix(path) => {
-            let (unix, socket) = OwnedSocket::bind(path, SOCKET_MODE)?;
+            let (unix, socket) = OwnedSocket::bind(path, config.socket_mode)?;
             tracing::info!(path = %path.display(), "serving on Unix socket");
             let incoming = listener::incoming(unix, config.limits);
             let stop = shutdown_signal(grace, Some(socket.clone()));

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tonic_health::ServingStatus;
 
+use crate::auth::RequireToken;
 use crate::listener::{self, Conn, ConnectionLimits};
 use crate::proto::{self, live_kit_bridge_server::LiveKitBridgeServer};
 use crate::service::admission::CPU_SAMPLE_EVERY;
@@ -88,7 +89,9 @@ where
         }
     });
 
+    let auth = state.settings.auth_token.as_deref().map(RequireToken::new);
     let serve = tonic::transport::Server::builder()
+        .layer(tower::util::option_layer(auth))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)

@@ -46,6 +46,8 @@ fn bad_configuration_exits_64_naming_the_setting() {
         ("BRIDGE_MAX_CPU", "1.5"),
         ("BRIDGE_MAX_CPU", "80%"),
         ("BRIDGE_IDLE_S", "-1"),
+        ("BRIDGE_AUTH_TOKEN", "has space"),
+        ("LIVEKIT_GRPC_SOCKET_MODE", "0999"),
     ] {
         let out = Command::new(BIN)
             .env_clear()
@@ -231,5 +233,68 @@ fn sigterm_ends_open_streams_and_exits_within_the_deadline() {
         "exited within the 2 s deadline (took {took:?})"
     );
     assert!(!socket.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With BRIDGE_AUTH_TOKEN, every RPC (health and reflection included) needs the token: the
+/// backend's Node client and stock Python grpcio carrying it pass every check, and are refused
+/// UNAUTHENTICATED without it or with a wrong one. The socket's mode follows its setting.
+#[test]
+fn with_a_token_every_rpc_needs_it_and_the_stock_clients_carrying_it_pass() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = scratch_dir("token");
+    let socket = dir.join("bridge.sock");
+    let token = "s3cret-t0ken";
+    let mut bridge = spawn_on_socket(
+        &socket,
+        &[
+            ("BRIDGE_AUTH_TOKEN", token),
+            ("LIVEKIT_GRPC_SOCKET_MODE", "0660"),
+        ],
+    );
+    wait_for("the socket", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660);
+    for (program, script, target) in [
+        (
+            "node".to_string(),
+            root.join("tests/node/stock_client.mjs"),
+            format!("unix://{}", socket.display()),
+        ),
+        (
+            root.join("vendor/e2e-venv/bin/python")
+                .display()
+                .to_string(),
+            root.join("tests/python/stock_client.py"),
+            socket.display().to_string(),
+        ),
+    ] {
+        let out = Command::new(&program)
+            .arg(script)
+            .arg(target)
+            .env("BRIDGE_AUTH_TOKEN", token)
+            .output()
+            .expect("run the client");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{program}:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("UNAUTHENTICATED without the token"),
+            "{stdout}"
+        );
+    }
+    sigterm(&bridge);
+    let (status, _) = wait_exit(&mut bridge, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -53,6 +53,8 @@ pub struct ServiceSettings {
     pub limits: admission::Limits,
     /// A session with no StreamAudio for this long is closed as idle; None: never.
     pub idle: Option<Duration>,
+    /// Every RPC must carry `authorization: Bearer <this>`; None: no authentication.
+    pub auth_token: Option<String>,
 }
 
 impl Default for ServiceSettings {
@@ -66,6 +68,7 @@ impl Default for ServiceSettings {
             livekit_ffi_lib: crate::room::ffi::library::DEFAULT_PATH.into(),
             limits: admission::Limits::default(),
             idle: Some(Duration::from_secs(300)),
+            auth_token: None,
         }
     }
 }

@@ -20,14 +20,21 @@ const { LiveKitBridge } = grpc.loadPackageDefinition(definition).mentra.livekit.
 const target = process.argv[2];
 const client = new LiveKitBridge(target, grpc.credentials.createInsecure());
 
-const unary = (method, request) =>
+// With BRIDGE_AUTH_TOKEN in the environment, every call carries it, as the backend would.
+const token = process.env.BRIDGE_AUTH_TOKEN;
+const metadata = () => {
+  const m = new grpc.Metadata();
+  if (token) m.set("authorization", `Bearer ${token}`);
+  return m;
+};
+const unary = (method, request, md = metadata()) =>
   new Promise((resolve, reject) =>
-    client[method](request, (err, response) => (err ? reject(err) : resolve(response))),
+    client[method](request, md, (err, response) => (err ? reject(err) : resolve(response))),
   );
 
 // Opens StreamAudio and sends the backend's first chunk; collects what comes back.
 function openStream(userId) {
-  const call = client.StreamAudio();
+  const call = client.StreamAudio(metadata());
   const state = { chunks: [], bytes: Buffer.alloc(0), ended: false, error: null, status: null };
   call.on("data", (chunk) => {
     state.chunks.push(chunk);
@@ -56,6 +63,17 @@ async function until(what, cond, ms = 5000) {
 
 const checks = [];
 const check = (name) => checks.push(name);
+
+if (token) {
+  const wrong = new grpc.Metadata();
+  wrong.set("authorization", "Bearer wrong");
+  for (const md of [new grpc.Metadata(), wrong]) {
+    const refused = await unary("HealthCheck", { service: "" }, md).catch((e) => e);
+    assert.equal(refused.code, grpc.status.UNAUTHENTICATED, String(refused));
+    assert.match(refused.details, /BRIDGE_AUTH_TOKEN/);
+  }
+  check("UNAUTHENTICATED without the token or with a wrong one");
+}
 
 const health = await unary("HealthCheck", { service: "" });
 assert.equal(health.status, "SERVING");

@@ -28,12 +28,41 @@ def stubs():
     return livekit_bridge_pb2, livekit_bridge_pb2_grpc
 
 
+class _Auth(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds the bearer token to every call."""
+
+    def _with_token(self, details):
+        metadata = list(details.metadata or []) + list(AUTH)
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+
 pb, pbg = stubs()
 checks = []
 
 
+TOKEN = os.environ.get("BRIDGE_AUTH_TOKEN")
+AUTH = (("authorization", f"Bearer {TOKEN}"),) if TOKEN else None
+
+
 def drive(target, user):
+    # With BRIDGE_AUTH_TOKEN, every call carries it (interceptor-free: per-call metadata).
     channel = grpc.insecure_channel(target)
+    if AUTH:
+        for method in ("/grpc.health.v1.Health/Check",
+                       "/mentra.livekit.bridge.LiveKitBridge/HealthCheck"):
+            try:
+                channel.unary_unary(method)(b"", timeout=5)
+                raise AssertionError(f"{method} answered without the token")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e
+        checks.append(f"{target}: UNAUTHENTICATED without the token, health included")
+        channel = grpc.intercept_channel(channel, _Auth())
     bridge = pbg.LiveKitBridgeStub(channel)
 
     health = bridge.HealthCheck(pb.HealthCheckRequest(), timeout=5)
