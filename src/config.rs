@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::playback::PlaybackSettings;
+use crate::playback::egress::EgressPolicy;
 
 use crate::audio::{Overflow, RingConfig};
 use crate::listener::ConnectionLimits;
@@ -180,6 +181,22 @@ pub const SETTINGS: &[Setting] = &[
                (an internal CA), besides the built-in web roots.",
     },
     Setting {
+        flag: "--playback-allow-hosts",
+        env: "PLAYBACK_ALLOW_HOSTS",
+        default: "",
+        help: "PlayAudio: host names (comma-separated; *.example.com for every name under it) \
+               that may be fetched whatever they resolve to. By default only public internet \
+               addresses are fetched: never loopback, private, link-local (cloud metadata), \
+               unique-local, multicast or reserved ones.",
+    },
+    Setting {
+        flag: "--playback-allow-nets",
+        env: "PLAYBACK_ALLOW_NETS",
+        default: "",
+        help: "PlayAudio: networks (comma-separated CIDRs, e.g. 10.20.0.0/16) that may be \
+               fetched from besides the public internet.",
+    },
+    Setting {
         flag: "--shutdown-timeout-ms",
         env: "BRIDGE_SHUTDOWN_TIMEOUT_MS",
         default: "5000",
@@ -346,6 +363,19 @@ impl Config {
             .ok()
             .filter(|m| *m <= 0o777)
             .ok_or_else(|| invalid(mode_setting, &mode, "an octal file mode, e.g. 0660"))?;
+        let (hosts_setting, hosts) = get("--playback-allow-hosts");
+        let (nets_setting, nets) = get("--playback-allow-nets");
+        let egress = EgressPolicy::parse(&hosts, &nets).map_err(|why| ConfigError {
+            key: format!("{} ({})", nets_setting.env, nets_setting.flag),
+            message: why,
+        })?;
+        if hosts.split(',').any(|h| h.trim().contains(['/', ' ', ':'])) {
+            return Err(invalid(
+                hosts_setting,
+                &hosts,
+                "host names, comma-separated",
+            ));
+        }
         let (http_setting, http) = get("--http-addr");
         let http_addr = match http.trim() {
             "" => None,
@@ -371,6 +401,7 @@ impl Config {
                     max_stall: ms("--playback-max-stall-ms", 100, 600_000)?,
                     max_bytes: number(get("--playback-max-bytes"), 1, 1 << 40)?,
                     max_redirects: number(get("--playback-max-redirects"), 0, 50)? as usize,
+                    egress,
                     ca_file: Some(get("--playback-ca-file").1)
                         .filter(|p| !p.is_empty())
                         .map(PathBuf::from),

@@ -48,6 +48,8 @@ fn bad_configuration_exits_64_naming_the_setting() {
         ("BRIDGE_IDLE_S", "-1"),
         ("BRIDGE_AUTH_TOKEN", "has space"),
         ("LIVEKIT_GRPC_SOCKET_MODE", "0999"),
+        ("PLAYBACK_ALLOW_NETS", "10.0.0.0/33"),
+        ("PLAYBACK_ALLOW_HOSTS", "http://audio.internal/"),
     ] {
         let out = Command::new(BIN)
             .env_clear()

@@ -10,6 +10,7 @@ use common::files::{sine, sine_mp3, test_pki};
 use common::http::{HttpServer, Route};
 use common::play::{Events, play_request};
 use common::*;
+use livekit_bridge::playback::egress::EgressPolicy;
 use livekit_bridge::playback::{Output, PlaybackSettings, measure_tone};
 use livekit_bridge::proto;
 use livekit_bridge::proto::play_audio_event::EventType;
@@ -19,9 +20,14 @@ use tonic::Code;
 // ---------------------------------------------------------------------------------------------
 // Driving a playback and hearing it back.
 
+/// A bridge whose playbacks may fetch from this machine's test servers (loopback), which the
+/// default egress policy refuses.
 async fn bridge_with(playback: PlaybackSettings) -> (Bridge, Client) {
     let bridge = Bridge::with(ServiceSettings {
-        playback,
+        playback: PlaybackSettings {
+            egress: EgressPolicy::parse("", "127.0.0.0/8").expect("loopback"),
+            ..playback
+        },
         ..Default::default()
     })
     .await;
@@ -651,4 +657,74 @@ async fn https_urls_play_when_their_certificate_is_trusted_and_fail_clearly_when
     let mut events = Events::open(&mut client, play_request("u", "untrusted", &url, 0.0, 0)).await;
     let failed = events.failed_with("certificate").await;
     eprintln!("untrusted: {}", failed.error);
+}
+
+/// The egress policy: by default a playback fetches from the public internet only. Loopback by
+/// address or by name, link-local (cloud metadata) and IPv6 loopback are refused before any
+/// request is sent; with loopback opened to one address, a redirect to another is refused at
+/// the hop; a host name can be allowed whatever it resolves to.
+#[tokio::test]
+async fn the_egress_policy_refuses_private_addresses_on_every_hop() {
+    let http = HttpServer::start().await;
+    let tone = sine("egress.wav", 16_000, 1, 0.2, &["-b", "16"]);
+    http.route(
+        "/tone.wav",
+        Route::File {
+            body: tone,
+            content_type: "audio/wav".into(),
+        },
+    );
+    let direct = http.url("/tone.wav");
+    let port = reqwest::Url::parse(&direct)
+        .ok()
+        .and_then(|u| u.port())
+        .expect("port");
+    http.route(
+        "/hop",
+        Route::Redirect(format!("http://127.0.0.2:{port}/tone.wav")),
+    );
+
+    let strict = Bridge::with(ServiceSettings::default()).await;
+    let mut client = strict.client().await;
+    join_ok(&mut client, "e", "sim://echo").await;
+    for url in [
+        direct.clone(),
+        format!("http://localhost:{port}/tone.wav"),
+        "http://169.254.169.254/latest/meta-data/iam".into(),
+        format!("http://[::1]:{port}/tone.wav"),
+    ] {
+        let failed = common::play::outcome(&mut client, "e", "strict", &url)
+            .await
+            .unwrap_or_else(|| panic!("{url} was played"));
+        assert!(
+            failed.contains("refused by the egress policy"),
+            "{url}: {failed}"
+        );
+    }
+    assert_eq!(http.requests(), 0, "a request reached a refused server");
+
+    let policy = |hosts: &str, nets: &str| ServiceSettings {
+        playback: PlaybackSettings {
+            egress: EgressPolicy::parse(hosts, nets).expect("valid policy"),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let one = Bridge::with(policy("", "127.0.0.1/32")).await;
+    let mut client = one.client().await;
+    join_ok(&mut client, "e", "sim://echo").await;
+    let played = common::play::outcome(&mut client, "e", "allowed", &direct).await;
+    assert_eq!(played, None, "127.0.0.1 is allowed");
+    let hop = common::play::outcome(&mut client, "e", "hop", &http.url("/hop"))
+        .await
+        .expect("the redirect to 127.0.0.2 is refused");
+    assert!(hop.contains("127.0.0.2"), "{hop}");
+    assert!(hop.contains("refused by the egress policy"), "{hop}");
+
+    let by_name = Bridge::with(policy("localhost", "")).await;
+    let mut client = by_name.client().await;
+    join_ok(&mut client, "e", "sim://echo").await;
+    let url = format!("http://localhost:{port}/tone.wav");
+    let played = common::play::outcome(&mut client, "e", "named", &url).await;
+    assert_eq!(played, None, "localhost is allowed by name");
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use reqwest::{Client, Response, Url, header};
 use tokio::sync::mpsc;
 
+use super::egress::{PolicyResolver, Refused};
 use super::{Gauge, PlaybackError, PlaybackSettings, PlaybackStats};
 
 /// Body chunks in flight between the fetch task and the decoder.
@@ -78,10 +79,23 @@ impl Fetcher {
                 builder = builder.add_root_certificate(root);
             }
         }
+        // Every hop is checked: names by the resolver, IP literals by the redirect policy.
+        let policy = Arc::new(settings.egress.clone());
+        let (hops, max_redirects) = (policy.clone(), settings.max_redirects);
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > max_redirects {
+                return attempt.error(TooManyRedirects);
+            }
+            match hops.check_url(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(refused) => attempt.error(refused),
+            }
+        });
         let client = builder
+            .dns_resolver(Arc::new(PolicyResolver(policy)))
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.read_timeout)
-            .redirect(reqwest::redirect::Policy::limited(settings.max_redirects))
+            .redirect(redirects)
             .user_agent(concat!("livekit-bridge/", env!("CARGO_PKG_VERSION")))
             .no_proxy()
             .build()?;
@@ -91,6 +105,10 @@ impl Fetcher {
     /// Sends the request and waits for the response headers. Error statuses and bodies
     /// declared larger than the limit fail here, before any audio is read.
     pub async fn open(&self, url: &Url) -> Result<Download, PlaybackError> {
+        self.settings
+            .egress
+            .check_url(url)
+            .map_err(|refused| PlaybackError::Fetch(refused.to_string()))?;
         let timeout = self.settings.read_timeout + self.settings.connect_timeout;
         let sent = tokio::time::timeout(timeout, self.client.get(url.clone()).send()).await;
         let response = match sent {
@@ -206,7 +224,19 @@ fn root_cause(e: &reqwest::Error) -> String {
     cause.to_string()
 }
 
+/// The redirect policy's own limit (PLAYBACK_MAX_REDIRECTS).
+#[derive(Debug, thiserror::Error)]
+#[error("too many redirects")]
+struct TooManyRedirects;
+
 fn classify(e: &reqwest::Error, url: &Url, received: u64) -> PlaybackError {
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cause {
+        if let Some(refused) = c.downcast_ref::<Refused>() {
+            return PlaybackError::Fetch(refused.to_string());
+        }
+        cause = c.source();
+    }
     if e.is_timeout() {
         return PlaybackError::Timeout(if received == 0 {
             format!("{} did not answer in time ({})", host(url), root_cause(e))

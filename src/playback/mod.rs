@@ -29,6 +29,7 @@
 //! operators can see that nothing is left running.
 
 pub mod decode;
+pub mod egress;
 pub mod fetch;
 pub mod frames;
 pub mod playout;
@@ -101,6 +102,8 @@ pub struct PlaybackSettings {
     pub sample_rate: u32,
     /// Extra root certificates (PEM) trusted for https URLs, besides the built-in web roots.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Which servers may be fetched from beyond the public internet ([`egress`]).
+    pub egress: egress::EgressPolicy,
     /// Decode each playback in a child process with this binary and memory limit
     /// ([`worker`]); `None` decodes on a thread of this process (tests, benchmarks).
     pub decoder_process: Option<worker::DecoderProcess>,
@@ -117,6 +120,7 @@ impl Default for PlaybackSettings {
             max_stall: Duration::from_secs(5),
             sample_rate: crate::audio::format::SAMPLE_RATE,
             ca_file: None,
+            egress: egress::EgressPolicy::default(),
             decoder_process: None,
         }
     }

@@ -125,6 +125,8 @@ class Bridge:
         env.update({
             "LIVEKIT_GRPC_SOCKET": self.socket,
             "LIVEKIT_FFI_LIB": os.path.join(ROOT, "vendor/livekit-ffi/liblivekit_ffi.so"),
+            # The mock serves PlayAudio's files on its private address.
+            "PLAYBACK_ALLOW_NETS": "10.99.0.0/16",
             "RUST_LOG": os.environ.get("BRIDGE_LOG", "warn"),
             # glibc's per-thread arenas keep freed memory of libwebrtc's threads mapped; one
             # arena makes RSS after churn say whether memory was really given back.
