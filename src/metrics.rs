@@ -20,7 +20,7 @@ use prometheus::{
 };
 
 use crate::audio::RingStats;
-use crate::playback::PlaybackStats;
+use crate::playback::{PlaybackError, PlaybackStats};
 use crate::session::{Session, Totals};
 
 const NAMESPACE: &str = "livekit_bridge";
@@ -42,6 +42,9 @@ pub struct Metrics {
     join_seconds: Histogram,
     chunks_published: IntCounter,
     playbacks: IntCounterVec,
+    playback_failures: IntCounterVec,
+    bytes_fetched: IntCounter,
+    decode_cpu: prometheus::Counter,
     delivery_delay: Histogram,
     sessions: IntGaugeVec,
     open_streams: IntGauge,
@@ -83,6 +86,23 @@ impl Metrics {
                 ),
                 &["outcome"],
             )?,
+            playback_failures: IntCounterVec::new(
+                opts(
+                    "playback_failures_total",
+                    "Failed playbacks by kind of failure (http_status, fetch, timeout, \
+                     too_large, unsupported, corrupt, room, stopped).",
+                ),
+                &["kind"],
+            )?,
+            bytes_fetched: IntCounter::with_opts(opts(
+                "playback_fetched_bytes_total",
+                "Audio file bytes PlayAudio downloaded.",
+            ))?,
+            decode_cpu: prometheus::Counter::with_opts(opts(
+                "decode_cpu_seconds_total",
+                "CPU time of PlayAudio's decoder processes that have exited (the kernel's \
+                 account of this process's reaped children).",
+            ))?,
             delivery_delay: Histogram::with_opts(
                 HistogramOpts::new(
                     "frame_delivery_delay_seconds",
@@ -133,6 +153,9 @@ impl Metrics {
         m.registry.register(Box::new(m.join_seconds.clone()))?;
         m.registry.register(Box::new(m.chunks_published.clone()))?;
         m.registry.register(Box::new(m.playbacks.clone()))?;
+        m.registry.register(Box::new(m.playback_failures.clone()))?;
+        m.registry.register(Box::new(m.bytes_fetched.clone()))?;
+        m.registry.register(Box::new(m.decode_cpu.clone()))?;
         m.registry.register(Box::new(m.delivery_delay.clone()))?;
         m.registry.register(Box::new(m.sessions.clone()))?;
         m.registry.register(Box::new(m.open_streams.clone()))?;
@@ -199,6 +222,20 @@ impl Metrics {
             let n = n.load(std::sync::atomic::Ordering::Relaxed);
             advance(&self.playbacks.with_label_values(&[outcome]), n);
         }
+        for (kind, n) in PlaybackError::KINDS.iter().zip(&p.failed_by) {
+            let n = n.load(std::sync::atomic::Ordering::Relaxed);
+            advance(&self.playback_failures.with_label_values(&[kind]), n);
+        }
+        advance(
+            &self.bytes_fetched,
+            p.bytes_fetched.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if let Some(seconds) = children_cpu_seconds() {
+            let shown = self.decode_cpu.get();
+            if seconds > shown {
+                self.decode_cpu.inc_by(seconds - shown);
+            }
+        }
         for (reason, n) in s.totals.ended() {
             advance(&self.ended.with_label_values(&[reason]), n);
         }
@@ -226,6 +263,17 @@ impl Metrics {
         }
         String::from_utf8_lossy(&out).into_owned()
     }
+}
+
+/// CPU seconds (user and system) of this process's children that have been waited for:
+/// `cutime` and `cstime` of `/proc/self/stat`, in USER_HZ (100 per second on Linux).
+fn children_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command (which may contain spaces) start at the state, field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
+    Some((ticks(16)? + ticks(17)?) as f64 / 100.0)
 }
 
 /// Moves a counter up to `total`; never down.
@@ -262,6 +310,9 @@ mod tests {
             "livekit_bridge_join_seconds_count 1",
             "livekit_bridge_client_chunks_published_total 1",
             "livekit_bridge_playbacks_total{outcome=\"failed\"} 0",
+            "livekit_bridge_playback_failures_total{kind=\"fetch\"} 0",
+            "livekit_bridge_playback_fetched_bytes_total 0",
+            "livekit_bridge_decode_cpu_seconds_total",
             "livekit_bridge_frame_delivery_delay_seconds_count 1",
             "livekit_bridge_open_streams 2",
             "livekit_bridge_capacity_sessions_left 7",

@@ -202,8 +202,23 @@ fn parse_vector(text: &str) -> Option<Vec<(String, f64)>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them_after_traffic() {
-    let bridge = Proc::start(&[]);
+    let bridge = Proc::start(&[("PLAYBACK_ALLOW_NETS", "127.0.0.0/8")]);
     let mut client = bridge.client().await;
+    let http = common::http::HttpServer::start().await;
+    let wav = common::files::sine("metrics.wav", 16_000, 1, 0.3, &["-b", "16"]);
+    let wav_len = wav.len();
+    http.route(
+        "/a.wav",
+        common::http::Route::File {
+            body: wav,
+            content_type: "audio/wav".into(),
+        },
+    );
+    join_ok(&mut client, "m0", "sim://silent").await;
+    let played = common::play::outcome(&mut client, "m0", "p1", &http.url("/a.wav")).await;
+    assert_eq!(played, None, "the playback completes");
+    let missing = common::play::outcome(&mut client, "m0", "p2", &http.url("/none.wav")).await;
+    assert!(missing.is_some_and(|e| e.contains("404")));
     join_ok(&mut client, "m1", "sim://tone?hz=440").await;
     join_ok(&mut client, "m2", "sim://echo").await;
     let mut tone = open(&mut client, "m1").await;
@@ -230,8 +245,24 @@ async fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them_after_traffic(
     promtool_check(&text);
     assert_eq!(
         value(&text, "livekit_bridge_joins_total{result=\"ok\"}"),
-        2.0
+        3.0
     );
+    assert_eq!(
+        value(
+            &text,
+            "livekit_bridge_playbacks_total{outcome=\"completed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "livekit_bridge_playback_failures_total{kind=\"http_status\"}"
+        ),
+        1.0
+    );
+    assert!(value(&text, "livekit_bridge_playback_fetched_bytes_total") >= wav_len as f64);
+    assert!(value(&text, "livekit_bridge_decode_cpu_seconds_total") >= 0.0);
     assert_eq!(
         value(
             &text,
@@ -248,12 +279,12 @@ async fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them_after_traffic(
     );
     assert_eq!(
         value(&text, "livekit_bridge_sessions{state=\"connected\"}"),
-        1.0
+        2.0
     );
     assert!(value(&text, "process_resident_memory_bytes") > 1e6);
     assert!(value(&text, "process_open_fds") > 0.0);
     assert!(
-        !text.contains("m1") && !text.contains("user_id"),
+        !text.contains("\"m0\"") && !text.contains("\"m1\"") && !text.contains("user_id"),
         "no user ids in labels"
     );
 

@@ -178,6 +178,9 @@ impl Fetcher {
             let item = match response.chunk().await {
                 Ok(Some(chunk)) => {
                     received += chunk.len() as u64;
+                    stats
+                        .bytes_fetched
+                        .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     if received > self.settings.max_bytes {
                         Err(self.too_large(received))
                     } else {

@@ -155,6 +155,35 @@ pub enum PlaybackError {
     Stopped(String),
 }
 
+impl PlaybackError {
+    /// Every [`kind`](Self::kind), in index order.
+    pub const KINDS: [&'static str; 8] = [
+        "http_status",
+        "fetch",
+        "timeout",
+        "too_large",
+        "unsupported",
+        "corrupt",
+        "room",
+        "stopped",
+    ];
+
+    /// A short machine-readable name of the failure's kind, and its index in [`Self::KINDS`].
+    pub fn kind(&self) -> (usize, &'static str) {
+        let index = match self {
+            Self::HttpStatus { .. } => 0,
+            Self::Fetch(_) => 1,
+            Self::Timeout(_) => 2,
+            Self::TooLarge(_) => 3,
+            Self::Unsupported(_) => 4,
+            Self::Corrupt(_) => 5,
+            Self::Room(_) => 6,
+            Self::Stopped(_) => 7,
+        };
+        (index, Self::KINDS[index])
+    }
+}
+
 /// Live workers of every playback, and totals. Each worker holds a [`Gauge`] while it runs.
 ///
 /// Relaxed throughout: a playback's gauge drops before its final event is sent, and the event
@@ -168,6 +197,10 @@ pub struct PlaybackStats {
     pub started: AtomicU64,
     pub completed: AtomicU64,
     pub failed: AtomicU64,
+    /// Failures by [`PlaybackError::KINDS`] index.
+    pub failed_by: [AtomicU64; PlaybackError::KINDS.len()],
+    /// Body bytes downloaded.
+    pub bytes_fetched: AtomicU64,
 }
 
 impl PlaybackStats {

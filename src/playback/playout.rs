@@ -142,6 +142,7 @@ impl Player {
             }
             Err(error) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.stats.failed_by[error.kind().0].fetch_add(1, Ordering::Relaxed);
                 tracing::info!(request_id = %request.request_id, track = %request.track, %error, "playback failed");
                 PlayEvent::Failed { error, position }
             }
