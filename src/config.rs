@@ -12,8 +12,8 @@ use crate::playback::egress::EgressPolicy;
 use crate::audio::{Overflow, RingConfig};
 use crate::listener::ConnectionLimits;
 pub use crate::logging::LogFormat;
-use crate::service::ServiceSettings;
 use crate::service::admission::Limits;
+use crate::service::{ServiceSettings, TlsPem};
 
 /// One setting: its flag, its environment variable, its default and what it does.
 pub struct Setting {
@@ -44,6 +44,19 @@ pub const SETTINGS: &[Setting] = &[
         default: "",
         help: "When set, every RPC (health and reflection included) must carry \
                'authorization: Bearer <token>', else UNAUTHENTICATED. Off when empty.",
+    },
+    Setting {
+        flag: "--tls-cert",
+        env: "BRIDGE_TLS_CERT",
+        default: "",
+        help: "PEM certificate chain for TLS on the TCP listener (with --tls-key). Off when \
+               empty; not for the Unix socket.",
+    },
+    Setting {
+        flag: "--tls-key",
+        env: "BRIDGE_TLS_KEY",
+        default: "",
+        help: "PEM private key of --tls-cert.",
     },
     Setting {
         flag: "--port",
@@ -376,6 +389,15 @@ impl Config {
                 "host names, comma-separated",
             ));
         }
+        let tls = tls_files(get("--tls-cert"), get("--tls-key"))?;
+        if tls.is_some() && matches!(listen, Listen::Unix(_)) {
+            return Err(ConfigError {
+                key: "BRIDGE_TLS_CERT (--tls-cert)".into(),
+                message: "TLS is for the TCP listener; a Unix socket (LIVEKIT_GRPC_SOCKET) is \
+                          protected by its file mode"
+                    .into(),
+            });
+        }
         let (http_setting, http) = get("--http-addr");
         let http_addr = match http.trim() {
             "" => None,
@@ -416,6 +438,7 @@ impl Config {
                 idle: Some(Duration::from_secs(number(get("--idle-s"), 0, 604_800)?))
                     .filter(|d| !d.is_zero()),
                 auth_token,
+                tls,
             },
             socket_mode,
             http_addr,
@@ -425,6 +448,41 @@ impl Config {
             log_filter: get("--log").1,
         })))
     }
+}
+
+/// The TLS certificate chain and key, both or neither, each read and parsed as PEM.
+fn tls_files(
+    (cert_setting, cert): (&'static Setting, String),
+    (key_setting, key): (&'static Setting, String),
+) -> Result<Option<TlsPem>, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let fail = |setting: &Setting, message: String| ConfigError {
+        key: format!("{} ({})", setting.env, setting.flag),
+        message,
+    };
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => return Ok(None),
+        (false, true) => return Err(fail(key_setting, "needed with BRIDGE_TLS_CERT".into())),
+        (true, false) => return Err(fail(cert_setting, "needed with BRIDGE_TLS_KEY".into())),
+        (false, false) => {}
+    }
+    let read = |setting: &Setting, path: &str| {
+        std::fs::read(path).map_err(|e| fail(setting, format!("cannot read {path}: {e}")))
+    };
+    let (cert_pem, key_pem) = (read(cert_setting, &cert)?, read(key_setting, &key)?);
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(cert_setting, format!("{cert}: {e}")))?;
+    if certs.is_empty() {
+        return Err(fail(cert_setting, format!("no PEM certificate in {cert}")));
+    }
+    PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| fail(key_setting, format!("no PEM private key in {key}: {e}")))?;
+    Ok(Some(TlsPem {
+        cert: cert_pem,
+        key: key_pem,
+    }))
 }
 
 fn invalid(setting: &Setting, value: &str, expected: &str) -> ConfigError {

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+#[path = "common/files.rs"]
+mod files;
 #[path = "common/process.rs"]
 mod process;
 #[path = "common/unix.rs"]
@@ -299,4 +301,83 @@ fn with_a_token_every_rpc_needs_it_and_the_stock_clients_carrying_it_pass() {
     let (status, _) = wait_exit(&mut bridge, Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With BRIDGE_TLS_CERT and BRIDGE_TLS_KEY, the TCP listener speaks TLS: the backend's Node
+/// client trusting the CA (and carrying the token) passes every check; a plaintext client
+/// cannot talk to it. Half a pair, or a file that is not PEM, exits 64 naming the setting.
+#[test]
+fn tls_on_tcp_serves_the_backends_client_and_refuses_plaintext() {
+    let (ca, cert, key) = files::test_pki();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut bridge = Command::new(BIN)
+        .env_clear()
+        .env("PORT", port.to_string())
+        .env("BRIDGE_HOST", "127.0.0.1")
+        .env("BRIDGE_TLS_CERT", &cert)
+        .env("BRIDGE_TLS_KEY", &key)
+        .env("BRIDGE_AUTH_TOKEN", "tls-and-token")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the bridge");
+    wait_for("the TCP port", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let node = |ca: Option<&Path>| {
+        let mut c = Command::new("node");
+        c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/stock_client.mjs"))
+            .arg(format!("127.0.0.1:{port}"))
+            .env("BRIDGE_AUTH_TOKEN", "tls-and-token");
+        if let Some(ca) = ca {
+            c.env("BRIDGE_CA_FILE", ca);
+        }
+        c.output().expect("node")
+    };
+    let tls = node(Some(&ca));
+    assert!(
+        tls.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&tls.stdout),
+        String::from_utf8_lossy(&tls.stderr)
+    );
+    assert!(
+        !node(None).status.success(),
+        "a plaintext client was served"
+    );
+    sigterm(&bridge);
+    let (status, _) = wait_exit(&mut bridge, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+
+    let toml = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    for (env, key) in [
+        (vec![("BRIDGE_TLS_CERT", cert.as_path())], "BRIDGE_TLS_KEY"),
+        (
+            vec![
+                ("BRIDGE_TLS_CERT", toml.as_path()),
+                ("BRIDGE_TLS_KEY", key.as_path()),
+            ],
+            "BRIDGE_TLS_CERT",
+        ),
+        (
+            vec![
+                ("BRIDGE_TLS_CERT", cert.as_path()),
+                ("BRIDGE_TLS_KEY", toml.as_path()),
+            ],
+            "BRIDGE_TLS_KEY",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .env_clear()
+            .envs(env)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(64));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{key}: {stderr}");
+    }
 }

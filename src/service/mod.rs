@@ -55,6 +55,21 @@ pub struct ServiceSettings {
     pub idle: Option<Duration>,
     /// Every RPC must carry `authorization: Bearer <this>`; None: no authentication.
     pub auth_token: Option<String>,
+    /// The TCP listener's certificate chain and private key (PEM); None: plaintext.
+    pub tls: Option<TlsPem>,
+}
+
+/// A certificate chain and its private key, PEM, checked to parse.
+#[derive(Clone)]
+pub struct TlsPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsPem { .. }")
+    }
 }
 
 impl Default for ServiceSettings {
@@ -69,6 +84,7 @@ impl Default for ServiceSettings {
             limits: admission::Limits::default(),
             idle: Some(Duration::from_secs(300)),
             auth_token: None,
+            tls: None,
         }
     }
 }

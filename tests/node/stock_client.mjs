@@ -1,8 +1,10 @@
 // Drives the bridge the way the backend does: @grpc/grpc-js with @grpc/proto-loader and the
 // backend's loader options, loading proto/ from this repository. Usage:
 //   node stock_client.mjs <grpc target, e.g. unix:///tmp/bridge.sock or 127.0.0.1:9090>
+// BRIDGE_AUTH_TOKEN: send this bearer token; BRIDGE_CA_FILE: connect with TLS, trusting it.
 // Exits 0 when every check passed; prints what failed otherwise.
 import assert from "node:assert/strict";
+import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import grpc from "@grpc/grpc-js";
@@ -18,7 +20,12 @@ const definition = protoLoader.loadSync(protoFile, {
 });
 const { LiveKitBridge } = grpc.loadPackageDefinition(definition).mentra.livekit.bridge;
 const target = process.argv[2];
-const client = new LiveKitBridge(target, grpc.credentials.createInsecure());
+// With BRIDGE_CA_FILE, TLS to a bridge whose certificate that CA signed.
+const ca = process.env.BRIDGE_CA_FILE;
+const credentials = ca
+  ? grpc.credentials.createSsl(fs.readFileSync(ca))
+  : grpc.credentials.createInsecure();
+const client = new LiveKitBridge(target, credentials);
 
 // With BRIDGE_AUTH_TOKEN in the environment, every call carries it, as the backend would.
 const token = process.env.BRIDGE_AUTH_TOKEN;
