@@ -1,6 +1,7 @@
-//! Settings from command-line flags and the environment (flags win), parsed from a key-value
-//! source so that tests never touch the process environment. Every setting is in [`SETTINGS`],
-//! which `--help` prints.
+//! Settings from command-line flags and the environment (flags win). Every setting is in
+//! [`SETTINGS`]: clap (with its `env` feature) reads each as a flag or its environment variable
+//! and writes `--help` from it; [`Config::parse`] then checks and types the values, and a bad
+//! one is a [`ConfigError`] naming it (the binary exits 64).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -256,7 +257,8 @@ pub struct Config {
 #[derive(Debug)]
 pub enum Command {
     Run(Box<Config>),
-    Help,
+    /// `--help` or `--version`: the text to print.
+    Help(String),
 }
 
 /// A bad setting: which one (by environment name and flag) and why.
@@ -267,49 +269,134 @@ pub struct ConfigError {
     pub message: String,
 }
 
-impl Config {
-    /// Parses `args` (without the program name) over `env`.
-    pub fn parse(
-        args: &[String],
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Command, ConfigError> {
-        let mut flags: Vec<(&'static Setting, String)> = Vec::new();
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            if arg == "--help" || arg == "-h" {
-                return Ok(Command::Help);
+/// The command line: clap parses flags and their environment fallbacks (flags win) and
+/// writes `--help`; every setting comes from [`SETTINGS`] ([`Settings`]), and [`Config::parse`]
+/// checks and types the values.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "livekit-bridge",
+    version,
+    about = "A gRPC bridge between a cloud backend and LiveKit rooms.",
+    long_about = None,
+    after_help = "Every setting is a flag or an environment variable; flags win. A bad setting \
+                  exits with status 64 and names it."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// The raw value of every setting given, by flag, as clap found it (flag or environment).
+#[derive(Debug, Default)]
+pub struct Settings(std::collections::HashMap<&'static str, String>);
+
+impl clap::Args for Settings {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        SETTINGS.iter().fold(cmd, |cmd, s| {
+            let mut arg = clap::Arg::new(s.flag)
+                .long(&s.flag[2..])
+                .env(s.env)
+                .value_name(s.env)
+                .help(s.help)
+                // --help must not print a token or path found in the environment.
+                .hide_env_values(true)
+                // A flag given twice: the last wins, as with the environment it overrides.
+                .overrides_with(s.flag)
+                .action(clap::ArgAction::Set);
+            if !s.default.is_empty() {
+                arg = arg.default_value(s.default);
             }
-            let (name, inline) = match arg.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (arg.as_str(), None),
-            };
-            let setting = SETTINGS
+            cmd.arg(arg)
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for Settings {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Self(
+            SETTINGS
                 .iter()
-                .find(|s| s.flag == name)
-                .ok_or_else(|| ConfigError {
-                    key: arg.clone(),
-                    message: "unknown argument (see --help)".into(),
-                })?;
-            let value = match inline {
-                Some(v) => v,
-                None => args.next().cloned().ok_or_else(|| ConfigError {
-                    key: setting.flag.into(),
-                    message: "needs a value".into(),
-                })?,
-            };
-            flags.push((setting, value));
-        }
+                .filter_map(|s| m.get_one::<String>(s.flag).map(|v| (s.flag, v.clone())))
+                .collect(),
+        ))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+/// A clap error as the setting it is about: `ENV (--flag)` and clap's one-line reason.
+fn config_error(e: &clap::Error) -> ConfigError {
+    use clap::error::{ContextKind, ContextValue};
+    let arg = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(a)) => a.clone(),
+        _ => String::new(),
+    };
+    let long = arg.trim_start_matches("--").split([' ', '=']).next();
+    let key = SETTINGS
+        .iter()
+        .find(|s| Some(&s.flag[2..]) == long)
+        .map_or_else(
+            || {
+                if arg.is_empty() {
+                    "arguments".into()
+                } else {
+                    arg.clone()
+                }
+            },
+            |s| format!("{} ({})", s.env, s.flag),
+        );
+    let rendered = e.render().to_string();
+    let message = rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_string();
+    ConfigError { key, message }
+}
+
+impl Config {
+    /// Parses `args` (without the program name) over the process environment.
+    pub fn parse(args: &[String]) -> Result<Command, ConfigError> {
+        use clap::CommandFactory;
+        Self::parse_with(Cli::command(), args)
+    }
+
+    /// Parses `args` with `command` (the tests' has no environment fallbacks).
+    fn parse_with(command: clap::Command, args: &[String]) -> Result<Command, ConfigError> {
+        use clap::FromArgMatches;
+        let argv = std::iter::once("livekit-bridge".to_string()).chain(args.iter().cloned());
+        let parsed = command
+            .try_get_matches_from(argv)
+            .and_then(|m| Cli::from_arg_matches(&m));
+        let cli = match parsed {
+            Ok(cli) => cli,
+            Err(e) => {
+                use clap::error::ErrorKind;
+                return match e.kind() {
+                    ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                        Ok(Command::Help(e.render().to_string()))
+                    }
+                    _ => Err(config_error(&e)),
+                };
+            }
+        };
+        let given = cli.settings.0;
         let get = |flag: &str| -> (&'static Setting, String) {
             let setting = SETTINGS
                 .iter()
                 .find(|s| s.flag == flag)
                 .expect("flag is in SETTINGS");
-            let value = flags
-                .iter()
-                .rev()
-                .find(|(s, _)| s.flag == flag)
-                .map(|(_, v)| v.clone())
-                .or_else(|| env(setting.env))
+            let value = given
+                .get(flag)
+                .cloned()
                 .unwrap_or_else(|| setting.default.to_string());
             (setting, value)
         };
@@ -505,44 +592,26 @@ fn number(
         .ok_or_else(|| invalid(setting, &value, &format!("an integer in {lo}..={hi}")))
 }
 
-/// The `--help` text, made from [`SETTINGS`].
+/// The `--help` text (clap's, from [`SETTINGS`]).
 pub fn help() -> String {
-    let mut out = String::from(
-        "livekit-bridge: a gRPC bridge between a cloud backend and LiveKit rooms.\n\n\
-         Usage: livekit-bridge [--flag value]...\n\n\
-         Every setting is a flag or an environment variable; flags win.\n\n",
-    );
-    for s in SETTINGS {
-        let default = if s.default.is_empty() {
-            "unset"
-        } else {
-            s.default
-        };
-        out.push_str(&format!(
-            "  {} / {} (default: {default})\n      {}\n",
-            s.flag, s.env, s.help
-        ));
-    }
-    out.push_str("\nA bad setting exits with status 64 and names it.\n");
-    out
+    use clap::CommandFactory;
+    Cli::command().render_help().to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Command, ConfigError> {
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+    /// Parses flags only: the tests must not depend on the process environment.
+    fn parse(args: &[&str]) -> Result<Command, ConfigError> {
+        use clap::CommandFactory;
+        let command = Cli::command().mut_args(|a| a.env(None::<&str>));
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        Config::parse(&args, &|k| env.get(k).cloned())
+        Config::parse_with(command, &args)
     }
 
-    fn run(args: &[&str], env: &[(&str, &str)]) -> Config {
-        match parse(args, env) {
+    fn run(args: &[&str]) -> Config {
+        match parse(args) {
             Ok(Command::Run(c)) => *c,
             other => panic!("expected a config, got {other:?}"),
         }
@@ -550,54 +619,55 @@ mod tests {
 
     #[test]
     fn defaults_match_the_old_service() {
-        let c = run(&[], &[]);
+        let c = run(&[]);
         assert_eq!(c.listen, Listen::Tcp("0.0.0.0:9090".parse().expect("addr")));
         assert_eq!(c.service.connect_timeout, Duration::from_secs(10));
         assert_eq!(c.service.ring, RingConfig::default());
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(c.limits, ConnectionLimits::default());
+        assert_eq!(c.socket_mode, 0o666);
+        assert_eq!(c.service.idle, Some(Duration::from_secs(300)));
+        assert!(c.service.auth_token.is_none() && c.http_addr.is_none());
     }
 
     #[test]
-    fn the_socket_wins_over_tcp_and_flags_win_over_env() {
-        let c = run(&["--port", "7000"], &[("PORT", "8000")]);
-        assert_eq!(c.listen, Listen::Tcp("0.0.0.0:7000".parse().expect("addr")));
-        let c = run(
-            &[],
-            &[("LIVEKIT_GRPC_SOCKET", "/tmp/b.sock"), ("PORT", "8000")],
-        );
+    fn the_socket_wins_over_tcp_and_the_last_flag_wins() {
+        let c = run(&["--port", "7000", "--port=7001"]);
+        assert_eq!(c.listen, Listen::Tcp("0.0.0.0:7001".parse().expect("addr")));
+        let c = run(&["--socket", "/tmp/b.sock", "--port", "8000"]);
         assert_eq!(c.listen, Listen::Unix("/tmp/b.sock".into()));
-        let c = run(&["--overflow=drop-oldest", "--log-format", "json"], &[]);
+        let c = run(&["--overflow=drop-oldest", "--log-format", "json"]);
         assert_eq!(c.service.ring.overflow, Overflow::DropOldest);
         assert_eq!(c.log_format, LogFormat::Json);
+        let c = run(&["--max-cpu", "0.8", "--max-sessions", "100", "--idle-s", "0"]);
+        assert_eq!(c.service.limits.max_cpu, Some(0.8));
+        assert_eq!(c.service.limits.max_sessions, Some(100));
+        assert_eq!(c.service.idle, None);
     }
 
     #[test]
     fn bad_settings_name_the_key() {
-        for (args, env, key) in [
-            (vec!["--port", "70000"], vec![], "PORT"),
-            (vec![], vec![("PORT", "http")], "PORT"),
-            (
-                vec![],
-                vec![("BRIDGE_OVERFLOW", "drop-all")],
-                "BRIDGE_OVERFLOW",
-            ),
-            (vec!["--ring-ms", "0"], vec![], "BRIDGE_RING_MS"),
-            (vec!["--host", "localhost:1"], vec![], "BRIDGE_HOST"),
-            (vec!["--nonsense"], vec![], "--nonsense"),
-            (vec!["--port"], vec![], "--port"),
+        for (args, key) in [
+            (vec!["--port", "70000"], "PORT"),
+            (vec!["--port", "http"], "PORT"),
+            (vec!["--overflow", "drop-all"], "BRIDGE_OVERFLOW"),
+            (vec!["--ring-ms", "0"], "BRIDGE_RING_MS"),
+            (vec!["--host", "localhost:1"], "BRIDGE_HOST"),
+            (vec!["--max-cpu", "2"], "BRIDGE_MAX_CPU"),
+            (vec!["--nonsense"], "--nonsense"),
+            (vec!["--port"], "--port"),
         ] {
-            let err = parse(&args, &env).expect_err("must fail");
+            let err = parse(&args).expect_err("must fail");
             assert!(err.key.contains(key), "{err} should name {key}");
         }
     }
 
     #[test]
-    fn help_lists_every_setting() {
-        assert!(matches!(parse(&["--help"], &[]), Ok(Command::Help)));
+    fn help_lists_every_setting_with_its_environment_variable() {
+        assert!(matches!(parse(&["--help"]), Ok(Command::Help(_))));
         let text = help();
         for s in SETTINGS {
-            assert!(text.contains(s.flag) && text.contains(s.env));
+            assert!(text.contains(s.flag) && text.contains(s.env), "{}", s.env);
         }
     }
 }

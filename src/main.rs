@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use livekit_bridge::config::{self, Command, Config, Listen};
+use livekit_bridge::config::{Command, Config, Listen};
 use livekit_bridge::listener::{self, OwnedSocket};
 use livekit_bridge::logging;
 use livekit_bridge::playback::worker::{self, DecoderProcess};
@@ -24,10 +24,10 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some(worker::SUBCOMMAND) {
         return ExitCode::from(worker::serve(&args[1..]));
     }
-    let mut config = match Config::parse(&args, &|key| std::env::var(key).ok()) {
+    let mut config = match Config::parse(&args) {
         Ok(Command::Run(config)) => *config,
-        Ok(Command::Help) => {
-            print!("{}", config::help());
+        Ok(Command::Help(text)) => {
+            print!("{text}");
             return ExitCode::SUCCESS;
         }
         Err(e) => {
