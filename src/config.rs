@@ -257,6 +257,8 @@ pub struct Config {
 #[derive(Debug)]
 pub enum Command {
     Run(Box<Config>),
+    /// `ctl`: the operator's client, with its own options.
+    Ctl(Box<crate::ctl::Ctl>),
     /// `--help` or `--version`: the text to print.
     Help(String),
 }
@@ -284,6 +286,14 @@ pub struct ConfigError {
 pub struct Cli {
     #[command(flatten)]
     settings: Settings,
+    #[command(subcommand)]
+    command: Option<Subcommand>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Subcommand {
+    /// Check and drive a running bridge (health, status, join, leave, play, stop, record).
+    Ctl(crate::ctl::Ctl),
 }
 
 /// The raw value of every setting given, by flag, as clap found it (flag or environment).
@@ -388,6 +398,9 @@ impl Config {
                 };
             }
         };
+        if let Some(Subcommand::Ctl(ctl)) = cli.command {
+            return Ok(Command::Ctl(Box::new(ctl)));
+        }
         let given = cli.settings.0;
         let get = |flag: &str| -> (&'static Setting, String) {
             let setting = SETTINGS

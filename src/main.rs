@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
+        Ok(Command::Ctl(ctl)) => return run_ctl(*ctl),
         Err(e) => {
             eprintln!("livekit-bridge: invalid configuration: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -77,6 +78,28 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `livekit-bridge ctl ...`: the operator's client, on a runtime of its own.
+fn run_ctl(ctl: livekit_bridge::ctl::Ctl) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("livekit-bridge ctl: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut stdout = std::io::stdout();
+    match runtime.block_on(livekit_bridge::ctl::run(ctl, &mut stdout)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("livekit-bridge ctl: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
