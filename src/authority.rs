@@ -87,7 +87,6 @@ pub struct AuthorityFix<IO> {
     eof: bool,
     decoder: loona_hpack::Decoder<'static>,
     encoder: loona_hpack::Encoder<'static>,
-    rewritten: u64,
 }
 
 impl<IO> AuthorityFix<IO> {
@@ -104,13 +103,7 @@ impl<IO> AuthorityFix<IO> {
             eof: false,
             decoder,
             encoder: loona_hpack::Encoder::new(),
-            rewritten: 0,
         }
-    }
-
-    /// How many requests' `:authority` this connection had replaced.
-    pub fn rewritten(&self) -> u64 {
-        self.rewritten
     }
 
     /// Parses what `input` holds as far as it can. Returns false when it needs more bytes.
@@ -214,7 +207,6 @@ impl<IO> AuthorityFix<IO> {
                     "replacing a client's :authority that is not a URI authority (a Unix socket path)"
                 );
                 *value = REPLACEMENT.to_vec();
-                self.rewritten += 1;
             }
         }
         let encoded = self

@@ -401,22 +401,28 @@ async fn record(
     Ok(())
 }
 
+/// A channel to a bridge over its Unix socket, as the backend reaches one. The authority it
+/// sends is `localhost`, which h2 accepts on its own.
+pub async fn unix_channel(path: &std::path::Path) -> Result<Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}
+
 async fn connect(ctl: &Ctl) -> Result<Channel, CtlError> {
     let unreachable = |e: &dyn std::fmt::Display| {
         CtlError::Usage(format!("cannot reach the bridge at {}: {e}", ctl.addr))
     };
     if let Some(path) = ctl.addr.strip_prefix("unix:") {
         let path = PathBuf::from(path.trim_start_matches("//"));
-        return Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
-            .await
-            .map_err(|e| unreachable(&e));
+        return unix_channel(&path).await.map_err(|e| unreachable(&e));
     }
     let scheme = if ctl.ca_file.is_some() {
         "https"

@@ -781,8 +781,8 @@ class Flow:
                       await self.call.details())
 
     def uplink(self):
-        """Arrival times of the client's audio at the mock, over every participant the bridge
-        has been (a full reconnect is a new one)."""
+        """Arrival times of the client's audio at the mock, on the bridge's latest participant
+        (after a full reconnect, the new one)."""
         p = self.ctx.sfu.participants.get(self.identity)
         track = p.tracks.get("speaker") if p else None
         return list(track.arrivals) if track else []
