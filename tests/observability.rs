@@ -236,6 +236,20 @@ async fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them_after_traffic(
         })
         .await;
     }
+    // Publishing runs on the stream's own task: wait until the five chunks are in the room
+    // before leaving, or the leave can close the session with some still on their way.
+    let start = Instant::now();
+    while value(
+        &bridge.get("/metrics").await.1,
+        "livekit_bridge_client_chunks_published_total",
+    ) < 5.0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "chunks never published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     common::leave(&mut client, "m2").await;
     let refused = join(&mut client, "bad", "ws://127.0.0.1:1").await;
     assert!(!refused.success);
