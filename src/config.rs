@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::playback::PlaybackSettings;
 use crate::playback::egress::EgressPolicy;
+use reqwest::Url;
 
 use crate::audio::{Overflow, RingConfig};
 use crate::listener::ConnectionLimits;
@@ -209,6 +210,15 @@ pub const SETTINGS: &[Setting] = &[
         default: "",
         help: "PlayAudio: networks (comma-separated CIDRs, e.g. 10.20.0.0/16) that may be \
                fetched from besides the public internet.",
+    },
+    Setting {
+        flag: "--playback-proxy",
+        env: "PLAYBACK_PROXY",
+        default: "",
+        help: "PlayAudio: fetch every URL through this HTTP proxy, e.g. \
+               http://user:password@proxy.internal:3128 (CONNECT for https URLs). The proxy \
+               then resolves names and its access list governs them; the bridge still refuses \
+               non-public IP literals on every hop.",
     },
     Setting {
         flag: "--shutdown-timeout-ms",
@@ -489,6 +499,7 @@ impl Config {
                 "host names, comma-separated",
             ));
         }
+        let proxy = proxy_url(get("--playback-proxy"))?;
         let tls = tls_files(get("--tls-cert"), get("--tls-key"))?;
         if tls.is_some() && matches!(listen, Listen::Unix(_)) {
             return Err(ConfigError {
@@ -524,6 +535,7 @@ impl Config {
                     max_bytes: number(get("--playback-max-bytes"), 1, 1 << 40)?,
                     max_redirects: number(get("--playback-max-redirects"), 0, 50)? as usize,
                     egress,
+                    proxy,
                     ca_file: Some(get("--playback-ca-file").1)
                         .filter(|p| !p.is_empty())
                         .map(PathBuf::from),
@@ -548,6 +560,35 @@ impl Config {
             log_filter: get("--log").1,
         })))
     }
+}
+
+/// The PlayAudio proxy: an http:// or https:// URL naming a host, and nothing past the port.
+/// The value is never echoed whole, since it may carry the proxy's password.
+fn proxy_url((setting, value): (&'static Setting, String)) -> Result<Option<Url>, ConfigError> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    let bad = |why: &str| ConfigError {
+        key: format!("{} ({})", setting.env, setting.flag),
+        message: format!("{why}; expected a proxy URL such as http://proxy.internal:3128"),
+    };
+    let url = Url::parse(value.trim()).map_err(|e| bad(&format!("not a URL ({e})")))?;
+    let shown = crate::playback::fetch::redacted(&url);
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(&format!(
+            "{shown} has the scheme {:?}, and only http and https proxies are supported",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad(&format!("{shown} names no host")));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(bad(&format!(
+            "{shown} has a path or query, which a proxy does not take"
+        )));
+    }
+    Ok(Some(url))
 }
 
 /// The TLS certificate chain and key, both or neither, each read and parsed as PEM.
@@ -669,10 +710,30 @@ mod tests {
             (vec!["--max-cpu", "2"], "BRIDGE_MAX_CPU"),
             (vec!["--nonsense"], "--nonsense"),
             (vec!["--port"], "--port"),
+            (
+                vec!["--playback-proxy", "socks5://p:1080"],
+                "PLAYBACK_PROXY",
+            ),
+            (vec!["--playback-proxy", "proxy:3128"], "PLAYBACK_PROXY"),
+            (
+                vec!["--playback-proxy", "http://p:3128/x"],
+                "PLAYBACK_PROXY",
+            ),
         ] {
             let err = parse(&args).expect_err("must fail");
             assert!(err.key.contains(key), "{err} should name {key}");
         }
+    }
+
+    #[test]
+    fn the_proxy_password_is_never_echoed() {
+        let err = parse(&["--playback-proxy", "ftp://u:hunter2@p:21"]).expect_err("must fail");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("only http and https"), "{err}");
+        let c = run(&["--playback-proxy", "http://u:hunter2@proxy.internal:3128"]);
+        let proxy = c.service.playback.proxy.expect("a proxy");
+        assert_eq!(proxy.host_str(), Some("proxy.internal"));
+        assert_eq!(proxy.password(), Some("hunter2"));
     }
 
     #[test]

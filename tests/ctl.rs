@@ -4,62 +4,29 @@
 //! said no, 2 unreachable).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 mod common;
 #[path = "common/process.rs"]
 mod process;
 
-use process::{BIN, sigterm, wait_exit, wait_for};
+use process::{KillOnDrop, ctl, ok, scratch, sigterm, wait_exit};
 
 const TOKEN: &str = "ctl-token";
 
-fn start(dir: &Path) -> (Child, PathBuf) {
-    let socket = dir.join("bridge.sock");
-    let child = Command::new(BIN)
-        .env_clear()
-        .env("LIVEKIT_GRPC_SOCKET", &socket)
-        .env("BRIDGE_AUTH_TOKEN", TOKEN)
-        .env("PLAYBACK_ALLOW_NETS", "127.0.0.0/8")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the bridge");
-    wait_for("the socket", || {
-        std::os::unix::net::UnixStream::connect(&socket).is_ok()
-    });
-    (child, socket)
-}
-
-fn ctl(socket: &Path, token: Option<&str>, args: &[&str]) -> Output {
-    let mut c = Command::new(BIN);
-    c.env_clear()
-        .arg("ctl")
-        .arg("--addr")
-        .arg(format!("unix:{}", socket.display()));
-    if let Some(t) = token {
-        c.args(["--token", t]);
-    }
-    c.args(args).output().expect("run ctl")
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+fn start(dir: &Path) -> (KillOnDrop, PathBuf) {
+    process::start_on_socket(
+        dir,
+        &[
+            ("BRIDGE_AUTH_TOKEN", TOKEN),
+            ("PLAYBACK_ALLOW_NETS", "127.0.0.0/8"),
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subcommand_against_a_running_bridge() {
-    let dir = std::env::temp_dir().join(format!("livekit-bridge-ctl-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    let dir = scratch("ctl");
     let (mut bridge, socket) = start(&dir);
     let t = Some(TOKEN);
 
@@ -129,8 +96,8 @@ async fn every_subcommand_against_a_running_bridge() {
         "a session that left is not connected"
     );
 
-    sigterm(&bridge);
-    let (status, _) = wait_exit(&mut bridge, Duration::from_secs(10));
+    sigterm(&bridge.0);
+    let (status, _) = wait_exit(&mut bridge.0, Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
     let unreachable = ctl(&socket, t, &["health"]);
     assert_eq!(unreachable.status.code(), Some(2));

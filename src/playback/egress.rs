@@ -15,6 +15,13 @@
 //! - IP literals, which the client does not resolve, are checked before the first request and
 //!   on every redirect hop ([`EgressPolicy::check_url`]), as are redirects to names (through
 //!   the resolver).
+//!
+//! Through a proxy (`PLAYBACK_PROXY`) the bridge connects to the proxy only, and the proxy
+//! resolves the names in URLs: the bridge never learns where a name leads, so it cannot check
+//! it without a second lookup that the proxy would not share. There, IP literals are still
+//! checked on every hop, allowed names pass as before, and other names are the proxy's to
+//! refuse: its access list is the egress policy. The resolver then only ever resolves the
+//! proxy's own name, which it lets through (a proxy normally lives on a private network).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -145,16 +152,37 @@ fn not_public_v6(ip: Ipv6Addr) -> Option<&'static str> {
 }
 
 /// The HTTP client's resolver: a name's addresses, every one checked against the policy.
-pub struct PolicyResolver(pub Arc<EgressPolicy>);
+pub struct PolicyResolver {
+    policy: Arc<EgressPolicy>,
+    /// The proxy's host name, resolved without a check (the operator chose it).
+    proxy: Option<String>,
+}
+
+impl PolicyResolver {
+    pub fn new(policy: Arc<EgressPolicy>) -> Self {
+        Self {
+            policy,
+            proxy: None,
+        }
+    }
+
+    /// Lets the proxy's own name resolve to whatever it resolves to.
+    pub fn exempting_proxy(mut self, host: &str) -> Self {
+        self.proxy = Some(host.trim_end_matches('.').to_ascii_lowercase());
+        self
+    }
+}
 
 impl Resolve for PolicyResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.0.clone();
+        let policy = self.policy.clone();
+        let exempt = self.proxy.as_deref() == Some(name.as_str().trim_end_matches('.'));
         Box::pin(async move {
             let host = name.as_str().to_string();
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if !policy.allows_host(&host)
+            if !exempt
+                && !policy.allows_host(&host)
                 && let Some(bad) = addrs.iter().find(|a| !policy.allows_ip(a.ip()))
             {
                 let ip = bad.ip();
@@ -247,14 +275,18 @@ mod tests {
 
     #[tokio::test]
     async fn the_resolver_refuses_a_name_that_resolves_to_loopback() {
-        let resolver = PolicyResolver(Arc::new(EgressPolicy::default()));
-        let name: Name = "localhost".parse().expect("a name");
-        let err = resolver.resolve(name).await.err().expect("refused");
+        let name = || "localhost".parse::<Name>().expect("a name");
+        let resolver = PolicyResolver::new(Arc::new(EgressPolicy::default()));
+        let err = resolver.resolve(name()).await.err().expect("refused");
         assert!(err.to_string().contains("loopback"), "{err}");
-        let open = PolicyResolver(Arc::new(
+        let open = PolicyResolver::new(Arc::new(
             EgressPolicy::parse("localhost", "").expect("valid"),
         ));
-        let name: Name = "localhost".parse().expect("a name");
-        assert!(open.resolve(name).await.is_ok());
+        assert!(open.resolve(name()).await.is_ok());
+        let proxy =
+            PolicyResolver::new(Arc::new(EgressPolicy::default())).exempting_proxy("LocalHost.");
+        assert!(proxy.resolve(name()).await.is_ok());
+        let other = PolicyResolver::new(Arc::new(EgressPolicy::default())).exempting_proxy("proxy");
+        assert!(other.resolve(name()).await.is_err());
     }
 }

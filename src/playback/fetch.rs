@@ -52,6 +52,8 @@ pub enum ClientError {
         path: std::path::PathBuf,
         why: String,
     },
+    #[error("PLAYBACK_PROXY {0}: {1}")]
+    Proxy(String, reqwest::Error),
     #[error("cannot build the HTTP client: {0}")]
     Build(#[from] reqwest::Error),
 }
@@ -91,13 +93,25 @@ impl Fetcher {
                 Err(refused) => attempt.error(refused),
             }
         });
+        let mut resolver = PolicyResolver::new(policy);
+        // `no_proxy` below turns off the environment's proxies (HTTP_PROXY and the like): the
+        // bridge's egress goes where its own settings say, and nowhere else.
+        builder = builder.no_proxy();
+        if let Some(proxy) = &settings.proxy {
+            let shown = redacted(proxy);
+            let all =
+                reqwest::Proxy::all(proxy.clone()).map_err(|e| ClientError::Proxy(shown, e))?;
+            builder = builder.proxy(all);
+            if let Some(host) = proxy.host_str() {
+                resolver = resolver.exempting_proxy(host);
+            }
+        }
         let client = builder
-            .dns_resolver(Arc::new(PolicyResolver(policy)))
+            .dns_resolver(Arc::new(resolver))
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.read_timeout)
             .redirect(redirects)
             .user_agent(concat!("livekit-bridge/", env!("CARGO_PKG_VERSION")))
-            .no_proxy()
             .build()?;
         Ok(Self { client, settings })
     }
@@ -113,7 +127,7 @@ impl Fetcher {
         let sent = tokio::time::timeout(timeout, self.client.get(url.clone()).send()).await;
         let response = match sent {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(classify(&e, url, 0)),
+            Ok(Err(e)) => return Err(self.classify(&e, url, 0)),
             Err(_) => {
                 return Err(PlaybackError::Timeout(format!(
                     "no response from {} within {timeout:?}",
@@ -156,6 +170,10 @@ impl Fetcher {
         })
     }
 
+    fn classify(&self, e: &reqwest::Error, url: &Url, received: u64) -> PlaybackError {
+        classify(e, url, received, self.settings.proxy.as_ref())
+    }
+
     fn too_large(&self, n: u64) -> PlaybackError {
         PlaybackError::TooLarge(format!(
             "the audio is {n} bytes, over the limit of {} bytes (PLAYBACK_MAX_BYTES)",
@@ -194,7 +212,7 @@ impl Fetcher {
                         host(&url),
                         root_cause(&e)
                     )),
-                    _ => classify(&e, &url, received),
+                    _ => self.classify(&e, &url, received),
                 }),
             };
             let last = item.is_err();
@@ -232,13 +250,28 @@ fn root_cause(e: &reqwest::Error) -> String {
 #[error("too many redirects")]
 struct TooManyRedirects;
 
-fn classify(e: &reqwest::Error, url: &Url, received: u64) -> PlaybackError {
+fn classify(e: &reqwest::Error, url: &Url, received: u64, proxy: Option<&Url>) -> PlaybackError {
     let mut cause: Option<&dyn std::error::Error> = Some(e);
     while let Some(c) = cause {
         if let Some(refused) = c.downcast_ref::<Refused>() {
             return PlaybackError::Fetch(refused.to_string());
         }
         cause = c.source();
+    }
+    // Through a proxy every connection is to the proxy: a connect failure is the proxy's
+    // (unreachable, or it would not open the tunnel), and the message says which.
+    if let Some(proxy) = proxy.filter(|_| e.is_connect() && !e.is_timeout()) {
+        let why = root_cause(e);
+        let proxy = host(proxy);
+        return PlaybackError::Fetch(if why.starts_with("tunnel error") {
+            format!(
+                "the proxy would not open a tunnel to {} (PLAYBACK_PROXY {proxy}): {why}; check \
+                 the credentials in PLAYBACK_PROXY and the proxy's access list",
+                host(url)
+            )
+        } else {
+            format!("cannot reach the proxy (PLAYBACK_PROXY {proxy}): {why}")
+        });
     }
     if e.is_timeout() {
         return PlaybackError::Timeout(if received == 0 {

@@ -104,6 +104,9 @@ pub struct PlaybackSettings {
     pub ca_file: Option<std::path::PathBuf>,
     /// Which servers may be fetched from beyond the public internet ([`egress`]).
     pub egress: egress::EgressPolicy,
+    /// Every fetch goes through this HTTP proxy (CONNECT for https, forwarded for http); its
+    /// user name and password, if any, are sent as basic proxy authorization.
+    pub proxy: Option<reqwest::Url>,
     /// Decode each playback in a child process with this binary and memory limit
     /// ([`worker`]); `None` decodes on a thread of this process (tests, benchmarks).
     pub decoder_process: Option<worker::DecoderProcess>,
@@ -121,6 +124,7 @@ impl Default for PlaybackSettings {
             sample_rate: crate::audio::format::SAMPLE_RATE,
             ca_file: None,
             egress: egress::EgressPolicy::default(),
+            proxy: None,
             decoder_process: None,
         }
     }

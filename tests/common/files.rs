@@ -103,7 +103,11 @@ pub fn test_pki() -> (PathBuf, PathBuf, PathBuf) {
             &p("server.csr"),
         ],
     );
-    std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("ext");
     run(
         "openssl",
         &[
