@@ -7,6 +7,10 @@
 //! did. "old design" is the old bridge's shape: a lock-guarded closed check around a bounded
 //! channel send.
 //!
+//! The floor: raw `rtrb`, the byte ring the session ring is built on, moving the same PCM bytes
+//! with no close protocol, no frame header and no accounting (its consumer knows the frame
+//! size). Whatever the session ring costs above it is the protocol's price.
+//!
 //! Run: `cargo bench --bench ring`.
 
 use std::hint::black_box;
@@ -31,8 +35,9 @@ trait Queue: Send + 'static {
     type Tx: Send + 'static;
     type Rx: Send + 'static;
     const NAME: &'static str;
-    fn pair() -> (Self::Tx, Self::Rx);
-    fn push(tx: &Self::Tx, payload: &[u8]) -> bool;
+    /// A pair for frames of `size` PCM bytes.
+    fn pair(size: usize) -> (Self::Tx, Self::Rx);
+    fn push(tx: &mut Self::Tx, payload: &[u8]) -> bool;
     fn pop(rx: &mut Self::Rx, out: &mut Vec<u8>) -> bool;
 }
 
@@ -41,14 +46,14 @@ impl Queue for Ring {
     type Tx = FrameProducer;
     type Rx = FrameConsumer;
     const NAME: &'static str = "audio_ring";
-    fn pair() -> (FrameProducer, FrameConsumer) {
+    fn pair(_size: usize) -> (FrameProducer, FrameConsumer) {
         let (p, c, _closer) = audio_ring(RingConfig::for_duration_ms(
             DEPTH as u32 * 20,
             Default::default(),
         ));
         (p, c)
     }
-    fn push(tx: &FrameProducer, payload: &[u8]) -> bool {
+    fn push(tx: &mut FrameProducer, payload: &[u8]) -> bool {
         tx.push(0, payload) == PushOutcome::Queued
     }
     fn pop(rx: &mut FrameConsumer, out: &mut Vec<u8>) -> bool {
@@ -57,15 +62,49 @@ impl Queue for Ring {
     }
 }
 
+/// The floor: the same bytes through raw rtrb, nothing else.
+struct RawRtrb;
+impl Queue for RawRtrb {
+    type Tx = rtrb::Producer<u8>;
+    type Rx = (rtrb::Consumer<u8>, usize);
+    const NAME: &'static str = "raw_rtrb_floor";
+    fn pair(size: usize) -> (Self::Tx, Self::Rx) {
+        let (tx, rx) = rtrb::RingBuffer::new(DEPTH * size);
+        (tx, (rx, size))
+    }
+    fn push(tx: &mut Self::Tx, payload: &[u8]) -> bool {
+        let pcm = &payload[1..]; // the sequence byte, as the payload rule trims it
+        let Ok(mut chunk) = tx.write_chunk(pcm.len()) else {
+            return false;
+        };
+        let (a, b) = chunk.as_mut_slices();
+        a.copy_from_slice(&pcm[..a.len()]);
+        b.copy_from_slice(&pcm[a.len()..]);
+        chunk.commit_all();
+        true
+    }
+    fn pop((rx, size): &mut Self::Rx, out: &mut Vec<u8>) -> bool {
+        let Ok(chunk) = rx.read_chunk(*size) else {
+            return false;
+        };
+        out.clear();
+        let (a, b) = chunk.as_slices();
+        out.extend_from_slice(a);
+        out.extend_from_slice(b);
+        chunk.commit_all();
+        true
+    }
+}
+
 struct TokioMpsc;
 impl Queue for TokioMpsc {
     type Tx = tokio::sync::mpsc::Sender<Vec<u8>>;
     type Rx = tokio::sync::mpsc::Receiver<Vec<u8>>;
     const NAME: &'static str = "tokio_mpsc";
-    fn pair() -> (Self::Tx, Self::Rx) {
+    fn pair(_size: usize) -> (Self::Tx, Self::Rx) {
         tokio::sync::mpsc::channel(DEPTH)
     }
-    fn push(tx: &Self::Tx, payload: &[u8]) -> bool {
+    fn push(tx: &mut Self::Tx, payload: &[u8]) -> bool {
         tx.try_send(payload.to_vec()).is_ok()
     }
     fn pop(rx: &mut Self::Rx, out: &mut Vec<u8>) -> bool {
@@ -78,10 +117,10 @@ impl Queue for StdSync {
     type Tx = SyncSender<Vec<u8>>;
     type Rx = Receiver<Vec<u8>>;
     const NAME: &'static str = "std_sync_channel";
-    fn pair() -> (Self::Tx, Self::Rx) {
+    fn pair(_size: usize) -> (Self::Tx, Self::Rx) {
         sync_channel(DEPTH)
     }
-    fn push(tx: &Self::Tx, payload: &[u8]) -> bool {
+    fn push(tx: &mut Self::Tx, payload: &[u8]) -> bool {
         tx.try_send(payload.to_vec()).is_ok()
     }
     fn pop(rx: &mut Self::Rx, out: &mut Vec<u8>) -> bool {
@@ -94,11 +133,11 @@ impl Queue for Crossbeam {
     type Tx = Arc<ArrayQueue<Vec<u8>>>;
     type Rx = Arc<ArrayQueue<Vec<u8>>>;
     const NAME: &'static str = "crossbeam_array_queue";
-    fn pair() -> (Self::Tx, Self::Rx) {
+    fn pair(_size: usize) -> (Self::Tx, Self::Rx) {
         let q = Arc::new(ArrayQueue::new(DEPTH));
         (q.clone(), q)
     }
-    fn push(tx: &Self::Tx, payload: &[u8]) -> bool {
+    fn push(tx: &mut Self::Tx, payload: &[u8]) -> bool {
         tx.push(payload.to_vec()).is_ok()
     }
     fn pop(rx: &mut Self::Rx, out: &mut Vec<u8>) -> bool {
@@ -112,11 +151,11 @@ impl Queue for OldDesign {
     type Tx = (Arc<Mutex<bool>>, SyncSender<Vec<u8>>);
     type Rx = Receiver<Vec<u8>>;
     const NAME: &'static str = "old_design_locked_channel";
-    fn pair() -> (Self::Tx, Self::Rx) {
+    fn pair(_size: usize) -> (Self::Tx, Self::Rx) {
         let (tx, rx) = sync_channel(DEPTH);
         ((Arc::new(Mutex::new(false)), tx), rx)
     }
-    fn push((closed, tx): &Self::Tx, payload: &[u8]) -> bool {
+    fn push((closed, tx): &mut Self::Tx, payload: &[u8]) -> bool {
         let closed = closed.lock().unwrap_or_else(|e| e.into_inner());
         !*closed && tx.try_send(payload.to_vec()).is_ok()
     }
@@ -138,9 +177,9 @@ fn packet(size: usize) -> Vec<u8> {
 
 /// The queue must work before it is timed.
 fn check<Q: Queue>(size: usize) {
-    let (tx, mut rx) = Q::pair();
+    let (mut tx, mut rx) = Q::pair(size);
     let mut out = Vec::with_capacity(1024);
-    assert!(Q::push(&tx, &packet(size)));
+    assert!(Q::push(&mut tx, &packet(size)));
     assert!(Q::pop(&mut rx, &mut out));
     assert!(
         out.len() == size || out.len() == size + 1,
@@ -156,12 +195,12 @@ fn one_thread<Q: Queue>(c: &mut Criterion) {
     for size in SIZES {
         check::<Q>(size);
         group.throughput(Throughput::Elements(1));
-        let (tx, mut rx) = Q::pair();
+        let (mut tx, mut rx) = Q::pair(size);
         let payload = packet(size);
         let mut out = Vec::with_capacity(1024);
         group.bench_with_input(BenchmarkId::new(Q::NAME, size), &size, |b, _| {
             b.iter(|| {
-                Q::push(&tx, black_box(&payload));
+                Q::push(&mut tx, black_box(&payload));
                 Q::pop(&mut rx, &mut out);
                 black_box(&out);
             })
@@ -184,7 +223,7 @@ fn two_threads<Q: Queue>(c: &mut Criterion) {
 }
 
 fn transfer<Q: Queue>(iters: u64, size: usize) -> Duration {
-    let (tx, mut rx) = Q::pair();
+    let (mut tx, mut rx) = Q::pair(size);
     let barrier = Arc::new(Barrier::new(2));
     let producer = {
         let barrier = barrier.clone();
@@ -192,7 +231,7 @@ fn transfer<Q: Queue>(iters: u64, size: usize) -> Duration {
             let payload = packet(size);
             barrier.wait();
             for _ in 0..iters {
-                while !Q::push(&tx, black_box(&payload)) {
+                while !Q::push(&mut tx, black_box(&payload)) {
                     std::hint::spin_loop();
                 }
             }
@@ -214,11 +253,13 @@ fn transfer<Q: Queue>(iters: u64, size: usize) -> Duration {
 }
 
 fn all(c: &mut Criterion) {
+    one_thread::<RawRtrb>(c);
     one_thread::<Ring>(c);
     one_thread::<TokioMpsc>(c);
     one_thread::<StdSync>(c);
     one_thread::<Crossbeam>(c);
     one_thread::<OldDesign>(c);
+    two_threads::<RawRtrb>(c);
     two_threads::<Ring>(c);
     two_threads::<TokioMpsc>(c);
     two_threads::<StdSync>(c);

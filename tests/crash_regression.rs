@@ -194,7 +194,7 @@ async fn sessions_closed_every_way_while_audio_flows_never_crash_or_leak_frames(
         "no session or join left behind"
     );
     eventually("every simulated room's threads to exit", || {
-        bridge.state.backends.sim.live_threads() == 0
+        bridge.state.backends.sim.live_callbacks() == 0
     })
     .await;
 }

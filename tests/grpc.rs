@@ -54,7 +54,7 @@ async fn join_stream_status_leave() {
         (false, "session not found")
     );
     eventually("the room's threads to exit", || {
-        bridge.state.backends.sim.live_threads() == 0
+        bridge.state.backends.sim.live_callbacks() == 0
     })
     .await;
 }
@@ -454,9 +454,10 @@ async fn a_hundred_concurrent_joins_leave_exactly_one_live_room() {
     }
     assert!(won >= 1);
     assert_eq!(bridge.state.registry.counts(), (1, 1));
-    // A silent room has one callback thread; every other room has closed and its thread exited.
+    // A silent room has one callback source (its reliable path); every other room has closed
+    // and its sources have finished.
     eventually("99 rooms to close", || {
-        bridge.state.backends.sim.live_threads() == 1
+        bridge.state.backends.sim.live_callbacks() == 1
     })
     .await;
 }
@@ -698,7 +699,7 @@ async fn every_ended_session_is_freed() {
     .await;
     assert!(bridge.state.registry.is_empty());
     eventually("every room thread to exit", || {
-        bridge.state.backends.sim.live_threads() == 0
+        bridge.state.backends.sim.live_callbacks() == 0
     })
     .await;
 }

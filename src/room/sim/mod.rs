@@ -1,10 +1,14 @@
 //! The simulated room, chosen by `sim://` URLs, so that any stock gRPC client can drive the
 //! bridge without a LiveKit server.
 //!
-//! It reproduces how LiveKit's SDKs deliver events: callbacks come from OS threads the room owns
-//! (a lossy one carrying audio and a reliable one carrying other packets, running at the same
-//! time), keep arriving for `linger_ms` after disconnect was asked for, and the server may close
-//! the room by itself (`drop_after_ms`).
+//! It reproduces how LiveKit's SDKs deliver events: callbacks come from threads that are not the
+//! bridge's (a lossy path carrying audio and a reliable one carrying other packets, running at
+//! the same time on different threads), keep arriving for `linger_ms` after disconnect was
+//! asked for, and the server may close the room by itself (`drop_after_ms`). Clock-driven rooms
+//! (a real-time tone, and every room's reliable path) run on a small shared pool of pacer
+//! threads ([`pacer`]), as LiveKit's library runs every room from a handful of threads; an
+//! `echo` room and a `pace=max` tone, driven by what the bridge publishes or takes rather than
+//! by a clock, each keep a thread of their own.
 //!
 //! Grammar: `sim://<mode>?<param>=<value>&...` (values percent-decoded).
 //! - modes: `tone` (a sine wave as lossy data packets), `echo` (what the bridge publishes comes
@@ -32,6 +36,8 @@
 //!   the newer join completes only once the kick has been delivered.
 //! - `fail`: the connection fails with this text. `connect_delay_ms` (0): connecting takes
 //!   this long (to exercise the join timeout).
+
+mod pacer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -213,10 +219,11 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// The simulated backend. Keeps, per room name, the tracks the bridge published into the
-/// latest room of that name (until it disconnects), and counts its live callback threads.
+/// latest room of that name (until it disconnects), and counts its rooms' live callback
+/// sources (pacer jobs and dedicated threads).
 pub struct SimBackend {
     tracks: Arc<Mutex<HashMap<String, Vec<String>>>>,
-    live_threads: Arc<AtomicUsize>,
+    live_callbacks: Arc<AtomicUsize>,
     /// The simulated server of this backend's rooms, unless a URL names a shared one.
     server: String,
 }
@@ -227,7 +234,7 @@ impl Default for SimBackend {
         let n = BACKENDS.fetch_add(1, Ordering::Relaxed);
         Self {
             tracks: Arc::default(),
-            live_threads: Arc::default(),
+            live_callbacks: Arc::default(),
             // Not a name a URL can give: `server=` values are percent-decoded text.
             server: format!("\0bridge-{n}"),
         }
@@ -243,10 +250,11 @@ impl SimBackend {
             .unwrap_or_default()
     }
 
-    /// Callback threads of simulated rooms that have not exited yet.
-    pub fn live_threads(&self) -> usize {
-        // Relaxed: a gauge; a thread's exit is ordered with whoever waits for it by the wait.
-        self.live_threads.load(Ordering::Relaxed)
+    /// Callback sources of simulated rooms (pacer jobs, dedicated threads) not finished yet:
+    /// once a room's are, it calls back no more.
+    pub fn live_callbacks(&self) -> usize {
+        // Relaxed: a gauge; a source's end is ordered with whoever waits for it by the wait.
+        self.live_callbacks.load(Ordering::Relaxed)
     }
 }
 
@@ -261,7 +269,7 @@ impl RoomBackend for SimBackend {
         events: Arc<dyn RoomEvents>,
     ) -> BoxFuture<'static, Result<Connected, RoomError>> {
         let tracks = self.tracks.clone();
-        let live = self.live_threads.clone();
+        let live = self.live_callbacks.clone();
         let own_server = self.server.clone();
         Box::pin(async move {
             let spec = SimSpec::parse(&request.url)?;
@@ -413,12 +421,22 @@ impl SimRoom {
             tracks,
             participant,
         };
-        let started = match (ctx.spec.mode, echo_rx) {
-            (Mode::Tone, _) => spawn(&live, "sim-lossy", ctx.clone(), Ctx::tone),
-            (Mode::Echo, Some(rx)) => spawn(&live, "sim-lossy", ctx.clone(), move |c| c.echo(rx)),
+        let started = match (ctx.spec.mode, ctx.spec.pace, echo_rx) {
+            (Mode::Tone, Pace::Realtime, _) => {
+                let tone = ToneJob::new(ctx.clone(), Alive::new(&live));
+                pacer::schedule(pacer::lane(n, 0), Box::new(tone)).map_err(RoomError::ConnectFailed)
+            }
+            (Mode::Tone, Pace::Max, _) => spawn(&live, "sim-lossy", ctx.clone(), Ctx::tone_max),
+            (Mode::Echo, _, Some(rx)) => {
+                spawn(&live, "sim-lossy", ctx.clone(), move |c| c.echo(rx))
+            }
             _ => Ok(()),
         };
-        if let Err(e) = started.and_then(|()| spawn(&live, "sim-reliable", ctx, Ctx::reliable)) {
+        let reliable = |()| {
+            let job = ReliableJob::new(ctx, Alive::new(&live));
+            pacer::schedule(pacer::lane(n, 1), Box::new(job)).map_err(RoomError::ConnectFailed)
+        };
+        if let Err(e) = started.and_then(reliable) {
             lock(&room.tracks).remove(&room.room_name);
             return Err(e);
         }
@@ -426,18 +444,28 @@ impl SimRoom {
     }
 }
 
+/// One live callback source, counted in [`SimBackend::live_callbacks`] until dropped.
+struct Alive(Arc<AtomicUsize>);
+
+impl Alive {
+    fn new(live: &Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::Relaxed);
+        Self(live.clone())
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A dedicated callback thread, for a room not driven by a clock.
 fn spawn<F>(live: &Arc<AtomicUsize>, name: &str, ctx: Ctx, body: F) -> Result<(), RoomError>
 where
     F: FnOnce(Ctx) + Send + 'static,
 {
-    struct Alive(Arc<AtomicUsize>);
-    impl Drop for Alive {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    live.fetch_add(1, Ordering::Relaxed);
-    let alive = Alive(live.clone());
+    let alive = Alive::new(live);
     let spawned = thread::Builder::new().name(name.into()).spawn(move || {
         let _alive = alive;
         body(ctx);
@@ -477,26 +505,13 @@ impl Ctx {
         }
     }
 
-    fn tone(self) {
-        let mut packet = vec![0u8; 1 + self.frame_bytes()];
-        let step = std::f64::consts::TAU * self.spec.hz / f64::from(format::SAMPLE_RATE);
-        let amplitude = self.spec.level * f64::from(i16::MAX);
-        let period = Duration::from_millis(self.spec.frame_ms.into());
-        let mut phase = 0f64;
-        let mut next = Instant::now();
+    /// `pace=max`: the tone as fast as the bridge takes it, on a thread of its own.
+    fn tone_max(self) {
+        let mut tone = Tone::new(&self);
         let mut seq = 0u64;
         while !self.life.over() && self.spec.frames.is_none_or(|n| seq < n) {
-            packet[0] = seq as u8;
-            for s in packet[1..].chunks_exact_mut(2) {
-                s.copy_from_slice(&((phase.sin() * amplitude) as i16).to_le_bytes());
-                phase = (phase + step) % std::f64::consts::TAU;
-            }
-            self.send(&packet);
+            self.send(tone.next(seq));
             seq += 1;
-            if self.spec.pace == Pace::Realtime {
-                next += period;
-                thread::sleep(next.saturating_duration_since(Instant::now()));
-            }
         }
         self.idle_until_over();
     }
@@ -516,70 +531,160 @@ impl Ctx {
         self.idle_until_over();
     }
 
-    /// The reliable channel's thread: non-audio packets every `chatter_ms`, participant and
-    /// server-disconnect events when they are due. Wakes at least every 20 ms to notice them.
-    fn reliable(self) {
-        let period = Duration::from_millis(self.spec.chatter_ms);
-        let at = |ms: Option<u64>| ms.map(|ms| self.life.started + Duration::from_millis(ms));
-        let (mut join_at, drop_at) = (at(self.spec.join_after_ms), at(self.spec.drop_after_ms));
-        let not_audio = [0u8, 0x55, 0x55];
-        let mut next_chatter = Instant::now();
-        while !self.life.over() {
-            let now = Instant::now();
-            if now >= next_chatter {
-                next_chatter = now + period;
-                let events = &self.events;
-                events.on_data(
-                    &self.identity,
-                    DataKind::Reliable,
-                    "sim.chatter",
-                    &not_audio,
-                );
-                events.on_data("sim-other", DataKind::Reliable, "", &not_audio);
-            }
-            if join_at.is_some_and(|t| now >= t) {
-                join_at = None;
-                self.events.on_participants(self.spec.participants + 1);
-            }
-            if drop_at.is_some_and(|t| now >= t) && !self.life.stopping() {
-                self.life.ask_stop();
-                let ms = self.spec.drop_after_ms.unwrap_or_default();
-                self.events.on_disconnected(Disconnect {
-                    cause: self.spec.drop_reason,
-                    reason: format!(
-                        "sim: the server closed the room after {ms} ms ({:?})",
-                        self.spec.drop_reason
-                    ),
-                });
-            }
-            if self.life.kick_due(now) && !self.life.stopping() {
-                // Told first, stopped after: a newer join waiting for the kick resumes only
-                // once the session has heard it.
-                self.events.on_disconnected(Disconnect {
-                    cause: DisconnectCause::DuplicateIdentity,
-                    reason: "sim: another participant joined with the same identity \
-                             (DUPLICATE_IDENTITY)"
-                        .into(),
-                });
-                self.life.ask_stop();
-            }
-            let wake = [Some(next_chatter), join_at, drop_at]
-                .into_iter()
-                .flatten()
-                .min();
-            let nap = wake.map_or(Duration::from_millis(5), |t| {
-                t.saturating_duration_since(now)
-            });
-            thread::sleep(nap.clamp(Duration::from_micros(500), Duration::from_millis(20)));
-        }
-    }
-
     fn idle_until_over(&self) {
         while !self.life.over() {
-            thread::sleep(Duration::from_millis(2));
+            thread::sleep(IDLE_POLL);
         }
     }
 }
+
+/// The tone's samples, one packet at a time: a sequence byte, then PCM16 LE.
+struct Tone {
+    packet: Vec<u8>,
+    phase: f64,
+    step: f64,
+    amplitude: f64,
+}
+
+impl Tone {
+    fn new(ctx: &Ctx) -> Self {
+        Self {
+            packet: vec![0u8; 1 + ctx.frame_bytes()],
+            phase: 0.0,
+            step: std::f64::consts::TAU * ctx.spec.hz / f64::from(format::SAMPLE_RATE),
+            amplitude: ctx.spec.level * f64::from(i16::MAX),
+        }
+    }
+
+    fn next(&mut self, seq: u64) -> &[u8] {
+        self.packet[0] = seq as u8;
+        for s in self.packet[1..].chunks_exact_mut(2) {
+            s.copy_from_slice(&((self.phase.sin() * self.amplitude) as i16).to_le_bytes());
+            self.phase = (self.phase + self.step) % std::f64::consts::TAU;
+        }
+        &self.packet
+    }
+}
+
+/// A real-time tone on a pacer: one packet every `frame_ms`, on schedule (a late pacer catches
+/// up packet by packet, as a real room's jitter buffer would release them), until `frames` are
+/// sent; then it idles until the room's lifetime is over.
+struct ToneJob {
+    ctx: Ctx,
+    tone: Tone,
+    period: Duration,
+    next: Option<Instant>,
+    seq: u64,
+    _alive: Alive,
+}
+
+impl ToneJob {
+    fn new(ctx: Ctx, alive: Alive) -> Self {
+        Self {
+            tone: Tone::new(&ctx),
+            period: Duration::from_millis(ctx.spec.frame_ms.into()),
+            ctx,
+            next: None,
+            seq: 0,
+            _alive: alive,
+        }
+    }
+}
+
+impl pacer::Job for ToneJob {
+    fn step(&mut self, now: Instant) -> Option<Instant> {
+        if self.ctx.life.over() {
+            return None;
+        }
+        if self.ctx.spec.frames.is_some_and(|n| self.seq >= n) {
+            return Some(now + IDLE_POLL);
+        }
+        let packet = self.tone.next(self.seq);
+        self.ctx
+            .events
+            .on_data(&self.ctx.identity, DataKind::Lossy, "", packet);
+        self.seq += 1;
+        let next = self.next.unwrap_or(now) + self.period;
+        self.next = Some(next);
+        Some(next)
+    }
+}
+
+/// The reliable path: non-audio packets every `chatter_ms`, participant and server-disconnect
+/// events when they are due; it runs at least every 20 ms to notice them.
+struct ReliableJob {
+    ctx: Ctx,
+    period: Duration,
+    join_at: Option<Instant>,
+    drop_at: Option<Instant>,
+    next_chatter: Option<Instant>,
+    _alive: Alive,
+}
+
+impl ReliableJob {
+    fn new(ctx: Ctx, alive: Alive) -> Self {
+        let at = |ms: Option<u64>| ms.map(|ms| ctx.life.started + Duration::from_millis(ms));
+        Self {
+            period: Duration::from_millis(ctx.spec.chatter_ms),
+            join_at: at(ctx.spec.join_after_ms),
+            drop_at: at(ctx.spec.drop_after_ms),
+            next_chatter: None,
+            ctx,
+            _alive: alive,
+        }
+    }
+}
+
+impl pacer::Job for ReliableJob {
+    fn step(&mut self, now: Instant) -> Option<Instant> {
+        let ctx = &self.ctx;
+        if ctx.life.over() {
+            return None;
+        }
+        let not_audio = [0u8, 0x55, 0x55];
+        if self.next_chatter.is_none_or(|t| now >= t) {
+            self.next_chatter = Some(now + self.period);
+            let events = &ctx.events;
+            events.on_data(&ctx.identity, DataKind::Reliable, "sim.chatter", &not_audio);
+            events.on_data("sim-other", DataKind::Reliable, "", &not_audio);
+        }
+        if self.join_at.is_some_and(|t| now >= t) {
+            self.join_at = None;
+            ctx.events.on_participants(ctx.spec.participants + 1);
+        }
+        if self.drop_at.is_some_and(|t| now >= t) && !ctx.life.stopping() {
+            ctx.life.ask_stop();
+            let ms = ctx.spec.drop_after_ms.unwrap_or_default();
+            ctx.events.on_disconnected(Disconnect {
+                cause: ctx.spec.drop_reason,
+                reason: format!(
+                    "sim: the server closed the room after {ms} ms ({:?})",
+                    ctx.spec.drop_reason
+                ),
+            });
+        }
+        if ctx.life.kick_due(now) && !ctx.life.stopping() {
+            // Told first, stopped after: a newer join waiting for the kick resumes only once
+            // the session has heard it.
+            ctx.events.on_disconnected(Disconnect {
+                cause: DisconnectCause::DuplicateIdentity,
+                reason: "sim: another participant joined with the same identity \
+                         (DUPLICATE_IDENTITY)"
+                    .into(),
+            });
+            ctx.life.ask_stop();
+        }
+        let wake = [self.next_chatter, self.join_at, self.drop_at]
+            .into_iter()
+            .flatten()
+            .min();
+        let nap = wake.map_or(IDLE_POLL, |t| t.saturating_duration_since(now));
+        Some(now + nap.clamp(Duration::from_micros(500), Duration::from_millis(20)))
+    }
+}
+
+/// How often a finished source checks whether its room's lifetime is over.
+const IDLE_POLL: Duration = Duration::from_millis(2);
 
 impl Room for SimRoom {
     fn publish<'a>(
