@@ -4,8 +4,11 @@
 //! simulated rooms playing a real-time tone (100 packets a second each, as a phone does), streams
 //! every user's audio for `LOADGEN_SECONDS` (default 10), then leaves them all. It reports frames
 //! delivered against frames expected, the delay from a packet's arrival in the bridge to its
-//! receipt by the client (ms resolution, from `timestamp_ms`), and the bridge process's memory and
-//! CPU, read from /proc, before, during and after the load.
+//! receipt by the client (ms resolution, from `timestamp_ms`: a figure of n ms means between n-1
+//! and n+1), and the bridge process's memory and CPU, read from /proc, before, during and after
+//! the load. The simulated rooms run on the bridge's shared pacer threads (`src/room/sim/`), so
+//! the CPU and thread figures are the bridge's plus a pacer's work per packet, as with LiveKit's
+//! library.
 //!
 //! Run: `cargo bench --bench loadgen` (or `LOADGEN_USERS=2000 cargo bench --bench loadgen`).
 //! Under `cargo test` it is a smoke run with 20 users for 1 s.
@@ -103,7 +106,8 @@ async fn user(
     frames: Arc<AtomicU64>,
     delays: Arc<Histogram>,
 ) {
-    client::join_ok(&mut client, &name, "sim://tone?hz=440").await;
+    // Other data (chatter) once a second: the bridge filters it, and a real room sends little.
+    client::join_ok(&mut client, &name, "sim://tone?hz=440&chatter_ms=1000").await;
     let Stream { tx, rx: mut stream } = client::open(&mut client, &name).await;
     while Instant::now() < until {
         match tokio::time::timeout_at(until.into(), stream.message()).await {
@@ -182,6 +186,10 @@ fn round(
         cpu_used / wall / users as f64 * 1000.0
     );
     println!(
+        "  bridge CPU per frame delivered: {:.2} µs (everything the process did, divided by frames)",
+        cpu_used / delivered.max(1) as f64 * 1e6
+    );
+    println!(
         "  bridge RSS: before {rss_idle} KiB, loaded {rss_loaded} KiB ({:.1} KiB per session), after leave {rss_after} KiB",
         (rss_loaded.saturating_sub(rss_idle)) as f64 / users as f64
     );
@@ -189,9 +197,10 @@ fn round(
         "  bridge threads: before {threads_idle}, loaded {threads_loaded}, after leave {threads_after}"
     );
     assert!(delivered > 0, "no audio was delivered");
-    assert_eq!(
-        threads_after, threads_idle,
-        "every room's threads are gone after leave"
+    // The first room starts the simulated rooms' pacer pool (2 to 4 threads), which stays.
+    assert!(
+        threads_after <= threads_idle + 4,
+        "rooms left threads behind: {threads_idle} before, {threads_after} after leave"
     );
 }
 

@@ -189,22 +189,27 @@ async fn pump_room_audio(
             Err(_) => std::future::pending().await,
         }
     });
+    // Each end condition is one future for the whole stream, registered once, not once per
+    // frame (re-registering them per frame was a visible share of the per-frame cost).
+    let mut taken = pin!(taken_over.cancelled());
+    let mut session_closed = pin!(session.closed());
+    let mut pcm_capacity = 2 * format::FRAME_BYTES;
     let end = loop {
         let permit = tokio::select! {
             biased;
-            () = taken_over.cancelled() => break End::Status(taken_over_status()),
+            () = &mut taken => break End::Status(taken_over_status()),
             status = &mut failed => break End::Status(status),
             // A client that stops reading must not keep a closed session's stream alive.
-            () = session.closed() => break End::Status(session_ended(&session)),
+            () = &mut session_closed => break End::Status(session_ended(&session)),
             permit = tx.reserve() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break End::ClientGone,
             },
         };
-        let mut pcm = Vec::with_capacity(2 * format::FRAME_BYTES);
+        let mut pcm = Vec::with_capacity(pcm_capacity);
         let popped = tokio::select! {
             biased;
-            () = taken_over.cancelled() => break End::Status(taken_over_status()),
+            () = &mut taken => break End::Status(taken_over_status()),
             status = &mut failed => break End::Status(status),
             () = tx.closed() => break End::ClientGone,
             popped = consumer.pop(&mut pcm) => popped,
@@ -212,6 +217,7 @@ async fn pump_room_audio(
         let Some(arrived_ms) = popped else {
             break End::Status(session_ended(&session));
         };
+        pcm_capacity = pcm_capacity.max(pcm.len());
         session.delivered(arrived_ms);
         state.metrics.delivered(unix_ms() - arrived_ms);
         permit.send(Ok(AudioChunk {
