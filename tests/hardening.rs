@@ -768,8 +768,8 @@ fn shutdown_answers_joins_in_flight_as_shutdown_and_holds_its_deadline_under_a_f
 #[test]
 fn a_room_whose_threads_cannot_start_is_a_failed_join_not_a_broken_session() {
     // Root is exempt from RLIMIT_NPROC, so the bridge runs as `nobody` with a small process
-    // limit, from a copy of the binary that user can reach; simulated rooms need a thread or
-    // two each, and soon one cannot start.
+    // limit, from a copy of the binary that user can reach. A `pace=max` tone has a thread of
+    // its own (a real-time one runs on the shared pacers), so soon one cannot start.
     let dir = std::env::temp_dir().join(format!("lkb-hard-nproc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
@@ -806,15 +806,18 @@ fn a_room_whose_threads_cannot_start_is_a_failed_join_not_a_broken_session() {
     let (joined, refused) = rt.block_on(async {
         let mut client = bridge.client().await;
         let (mut joined, mut refused) = (0, 0);
+        // Open streams keep their sessions, and so their rooms' threads, alive.
+        let mut streams = Vec::new();
         for i in 0..40 {
             let user = format!("u{i}");
-            let answer = join(&mut client, &user, "sim://tone").await;
+            let answer = join(&mut client, &user, "sim://tone?pace=max&frames=20").await;
             if answer.success {
                 joined += 1;
                 // A session reported as joined must stream.
                 let mut stream = common::open(&mut client, &user).await;
                 let frame = tokio::time::timeout(Duration::from_secs(5), stream.rx.message()).await;
                 assert!(matches!(frame, Ok(Ok(Some(_)))), "{user}: {frame:?}");
+                streams.push(stream);
             } else {
                 assert!(answer.error.contains("cannot start"), "{}", answer.error);
                 refused += 1;
