@@ -31,11 +31,14 @@ RUN cargo build --release --locked --bin livekit-bridge \
 
 # The same two files, built outside and placed in the build context's dist/.
 FROM scratch AS dist
+LABEL org.opencontainers.image.title="livekit-bridge"
 COPY dist/livekit-bridge dist/liblivekit_ffi.so /out/
 
 FROM ${BINARIES} AS binaries
 
 FROM ${BASE_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="livekit-bridge" \
+      org.opencontainers.image.description="gRPC bridge between a backend and LiveKit rooms"
 # ca-certificates: wss:// LiveKit URLs and https:// PlayAudio URLs are checked against them.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
