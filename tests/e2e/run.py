@@ -654,6 +654,83 @@ async def room_cost(ctx: Ctx, rooms: int, rounds: int = 3):
     check(growth <= 1024, f"RSS grew {growth} KiB from round 2 to round {rounds}: a leak")
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def room_load(ctx: Ctx, rooms: int, seconds: float = 10.0):
+    """`rooms` real rooms with audio both ways: the target sends 100 data packets a second to
+    each, and each user's client streams 100 frames a second of PCM, which the bridge publishes.
+    The bridge process's CPU, RSS and threads per room, from /proc, and the delay through the
+    bridge (arrival to the client, ms resolution)."""
+    await ctx.joined("warmup")
+    await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id="warmup", reason="warmup"))
+    await asyncio.sleep(1.0)
+    rss0, threads0 = ctx.bridge.status_of()
+    users = [f"load{i}" for i in range(rooms)]
+    calls, parts = [], []
+    for u in users:
+        call, queue = await streaming(ctx, u)
+        calls.append((call, queue))
+        parts.append(await ctx.participant(u))
+    received = {"n": 0, "sent": 0}
+    delays = []
+    stop = asyncio.Event()
+
+    async def reader(call):
+        while not stop.is_set():
+            chunk = await call.read()
+            if chunk is grpc.aio.EOF:
+                return
+            received["n"] += 1
+            delays.append(int(time.time() * 1000) - chunk.timestamp_ms)
+
+    async def pump():
+        frame = tone(440, 0.01)
+        packet = b"\x00" + frame
+        t0 = time.monotonic()
+        i = 0
+        while not stop.is_set():
+            for (call, queue), p in zip(calls, parts):
+                queue.put_nowait(ctx.pb.AudioChunk(pcm_data=frame, sample_rate=16000,
+                                                   channels=1, track_id=0))
+                if p.try_send_data("target", packet):
+                    received["sent"] += 1
+            i += 1
+            await asyncio.sleep(max(0, t0 + i * 0.01 - time.monotonic()))
+
+    readers = [asyncio.create_task(reader(c)) for c, _ in calls]
+    pumper = asyncio.create_task(pump())
+    await asyncio.sleep(2.0)  # every room's publication and track are up
+    pid = ctx.bridge.proc.pid
+    cpu0, t0, n0, sent0 = cpu_seconds(pid), time.monotonic(), received["n"], received["sent"]
+    delays.clear()
+    await asyncio.sleep(seconds)
+    cpu1, t1, n1, sent1 = cpu_seconds(pid), time.monotonic(), received["n"], received["sent"]
+    rss1, threads1 = ctx.bridge.status_of()
+    stop.set()
+    await pumper
+    for call, queue in calls:
+        queue.put_nowait(None)
+        call.cancel()
+    for t in readers:
+        t.cancel()
+    for u in users:
+        await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=u, reason="done"))
+    wall = t1 - t0
+    delays.sort()
+    pct = lambda q: delays[min(len(delays) - 1, int(q * len(delays)))] if delays else -1
+    result(f"load{rooms}_cores", f"{(cpu1 - cpu0) / wall:.3f}")
+    result(f"load{rooms}_cpu_ms_per_room_second", f"{(cpu1 - cpu0) / wall / rooms * 1000:.2f}")
+    result(f"load{rooms}_delivered_of_sent", f"{n1 - n0}/{sent1 - sent0}")
+    result(f"load{rooms}_rss_kib_per_room", (rss1 - rss0) // rooms)
+    result(f"load{rooms}_threads_per_room", f"{(threads1 - threads0) / rooms:.2f}")
+    result(f"load{rooms}_delay_ms_p50_p99_p999", f"{pct(0.5)}/{pct(0.99)}/{pct(0.999)}")
+
+
 async def streaming(ctx: Ctx, user):
     """Joins `user`, opens its stream and waits for the first chunk from the target: the
     stream call and its request queue."""
@@ -1049,6 +1126,9 @@ SCENARIOS = {
     "churn": lambda ctx: churn(ctx, int(os.environ.get("E2E_CYCLES", "200"))),
     "room_cost": lambda ctx: room_cost(ctx, int(os.environ.get("E2E_ROOMS", "20")),
                                        int(os.environ.get("E2E_ROUNDS", "3"))),
+    # A measurement for BENCHMARKS.md, not run by the test suite:
+    # E2E_ROOMS=10 unshare -n vendor/e2e-venv/bin/python tests/e2e/run.py BIN room_load
+    "room_load": lambda ctx: room_load(ctx, int(os.environ.get("E2E_ROOMS", "10"))),
 }
 
 
