@@ -495,8 +495,17 @@ fn connections_beyond_the_limit_are_closed_at_once() {
             ("BRIDGE_HANDSHAKE_TIMEOUT_MS", "60000"),
         ],
     );
-    let mut held = raw_connections(&addr, 8);
-    std::thread::sleep(Duration::from_millis(200));
+    // The probe that saw the port open holds a slot until the bridge reads its end of file;
+    // on a loaded machine that can come after the first held connections. Top up until eight
+    // connections are held and kept, so the next one is the ninth.
+    let mut held = Vec::new();
+    let filled = Instant::now();
+    while held.len() < 8 && filled.elapsed() < Duration::from_secs(10) {
+        held.extend(raw_connections(&addr, 8 - held.len()));
+        std::thread::sleep(Duration::from_millis(200));
+        held.retain_mut(|c| !closed_by_server(c, Duration::from_millis(50)));
+    }
+    assert_eq!(held.len(), 8, "eight connections within the limit were not all kept");
     let mut extra = TcpStream::connect(&addr).expect("connect");
     assert!(
         closed_by_server(&mut extra, Duration::from_secs(2)),
