@@ -13,6 +13,7 @@ use reqwest::Url;
 
 use crate::audio::{Overflow, RingConfig};
 use crate::listener::ConnectionLimits;
+use crate::room::AudioSource;
 pub use crate::logging::LogFormat;
 use crate::service::admission::Limits;
 use crate::service::{ServiceSettings, TlsPem};
@@ -89,6 +90,14 @@ pub const SETTINGS: &[Setting] = &[
         env: "BRIDGE_CONNECT_TIMEOUT_MS",
         default: "10000",
         help: "How long JoinRoom waits for a room to connect before answering success: false.",
+    },
+    Setting {
+        flag: "--audio-source",
+        env: "BRIDGE_AUDIO_SOURCE",
+        default: "both",
+        help: "Where the target's audio comes from: data (its data packets of 16 kHz PCM16), \
+               track (its published microphone track, subscribed to and decoded to 16 kHz) or \
+               both (data packets win while they flow; the track fills in when they stop).",
     },
     Setting {
         flag: "--ring-ms",
@@ -450,6 +459,13 @@ impl Config {
                 ));
             }
         };
+        let (source_setting, source) = get("--audio-source");
+        let audio_source = match source.as_str() {
+            "data" => AudioSource::Data,
+            "track" => AudioSource::Track,
+            "both" => AudioSource::Both,
+            _ => return Err(invalid(source_setting, &source, "data, track or both")),
+        };
         let (format_setting, format) = get("--log-format");
         let log_format = match format.as_str() {
             "text" => LogFormat::Text,
@@ -525,6 +541,7 @@ impl Config {
             },
             service: ServiceSettings {
                 connect_timeout: ms("--connect-timeout-ms", 1, 600_000)?,
+                audio_source,
                 ring: RingConfig::for_duration_ms(ring_ms, overflow),
                 first_chunk_timeout: ms("--first-chunk-timeout-ms", 1, 600_000)?,
                 keep_ended: Duration::from_secs(number(get("--keep-ended-s"), 0, 86_400)?),

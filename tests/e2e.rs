@@ -59,6 +59,26 @@ fn a_fresh_track_is_heard_from_its_first_sample_to_its_last() {
     assert!(out.contains("RESULT edge_play_heard_s="));
 }
 
+/// Browsers and LiveKit's SDKs publish a microphone as an Opus track, not as data packets.
+#[test]
+fn the_targets_audio_track_is_heard_whole_and_follows_unpublish_and_republish() {
+    let out = run(&["track_audio"], &[]);
+    assert!(out.contains("RESULT track_first_heard_s="));
+    assert!(out.contains("RESULT track_leave_during_flow=OK left"));
+}
+
+#[test]
+fn data_packets_win_over_the_track_while_they_flow_and_the_track_takes_over_after() {
+    let out = run(&["track_and_data"], &[]);
+    assert!(out.contains("RESULT both_switches=1"));
+}
+
+#[test]
+fn the_audio_source_setting_picks_data_packets_or_the_track() {
+    let out = run(&["audio_source_settings"], &[]);
+    assert!(out.contains("RESULT source_data_chunks="));
+}
+
 #[test]
 fn client_audio_comes_out_of_the_room_as_the_same_tone() {
     let out = run(&["publish_tone"], &[]);

@@ -29,7 +29,35 @@ pub struct ConnectRequest {
     pub target_identity: String,
     /// How long the session layer waits for `connect` before giving up.
     pub timeout: Duration,
+    /// Where the target's audio may come from: data packets, its audio tracks, or both.
+    pub audio_source: AudioSource,
 }
+
+/// Where a session takes the target's audio from (`BRIDGE_AUDIO_SOURCE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AudioSource {
+    /// Only data packets carrying 16 kHz mono PCM16 (the phone and glasses apps).
+    Data,
+    /// Only the target's published audio tracks (browsers, LiveKit's SDKs), subscribed to and
+    /// decoded by the backend into 10 ms frames of 16 kHz mono PCM16.
+    Track,
+    /// Both: data packets win while they flow (see [`DATA_HOLD_MS`]), so the two never
+    /// interleave.
+    #[default]
+    Both,
+}
+
+impl AudioSource {
+    /// Whether a backend should subscribe to the target's audio tracks at all.
+    pub fn tracks(self) -> bool {
+        self != Self::Data
+    }
+}
+
+/// With [`AudioSource::Both`], track audio is dropped until this long after the last data
+/// packet: data packets come every 10 to 20 ms while a phone sends, so a pause this long means
+/// the phone has stopped, not that a packet was lost.
+pub const DATA_HOLD_MS: i64 = 500;
 
 /// A connected room and what the join learned about it.
 pub struct Connected {
@@ -80,6 +108,11 @@ pub trait RoomEvents: Send + Sync + 'static {
         topic: &str,
         payload: &[u8],
     ) -> Option<PushOutcome>;
+    /// A frame of the target's audio track arrived, decoded to 16 kHz mono PCM16 (native byte
+    /// order, which is little-endian on every target the bridge builds for). Hot path, like
+    /// `on_data`. Returns what became of the frame, or `None` when the session does not take
+    /// track audio now.
+    fn on_track_audio(&self, pcm: &[u8]) -> Option<PushOutcome>;
     /// The number of participants in the room changed.
     fn on_participants(&self, count: u32);
     /// The connection to the server was lost and is being resumed (`true`), or is back.

@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::playback::fetch::ClientError;
 use crate::playback::{PlaybackSettings, Player};
 use crate::proto::{self, live_kit_bridge_server::LiveKitBridge};
-use crate::room::{Backends, ConnectRequest};
+use crate::room::{AudioSource, Backends, ConnectRequest};
 use crate::session::{EndReason, Registry, Session, Totals};
 use admission::Admission;
 
@@ -39,6 +39,8 @@ const SILENT_AFTER: Duration = Duration::from_secs(5);
 pub struct ServiceSettings {
     /// How long JoinRoom waits for a room to connect.
     pub connect_timeout: Duration,
+    /// Where sessions take the target's audio from.
+    pub audio_source: AudioSource,
     /// Size and overflow policy of each session's ring.
     pub ring: RingConfig,
     /// How long StreamAudio waits for the first chunk, which names the session.
@@ -76,6 +78,7 @@ impl Default for ServiceSettings {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(10),
+            audio_source: AudioSource::default(),
             ring: RingConfig::default(),
             first_chunk_timeout: Duration::from_secs(10),
             keep_ended: Duration::from_secs(600),
@@ -293,6 +296,7 @@ impl BridgeState {
                 req.target_identity
             },
             timeout: self.settings.connect_timeout,
+            audio_source: self.settings.audio_source,
         };
         // A join that a newer one (or a LeaveRoom, or the drain) has voided stops connecting:
         // the newer one must not wait out this one's connect timeout for its turn.

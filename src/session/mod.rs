@@ -250,7 +250,12 @@ impl Session {
             detached_ms: AtomicI64::new(unix_ms()),
             totals,
         });
-        let sink = sink::SessionSink::new(core.clone(), producer, &request.target_identity);
+        let sink = sink::SessionSink::new(
+            core.clone(),
+            producer,
+            &request.target_identity,
+            request.audio_source,
+        );
         let timeout = request.timeout;
         let connected = tokio::time::timeout(timeout, backend.connect(request, Arc::new(sink)))
             .await

@@ -277,6 +277,7 @@ mod tests {
             room_name: user.into(),
             target_identity: user.into(),
             timeout: Duration::from_secs(5),
+            audio_source: crate::room::AudioSource::Both,
         };
         let backend = SimBackend::default();
         let totals = Arc::default();

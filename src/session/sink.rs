@@ -1,27 +1,50 @@
 //! `SessionSink`: the [`RoomEvents`] a session hands its room. It runs on the room's callback
 //! threads, so it only pushes into the ring, stores atomics, or closes the session.
+//!
+//! The target's audio comes as data packets, as frames of its audio track, or both
+//! ([`AudioSource`]). With both, data packets win: a track frame is pushed only when no data
+//! packet has arrived for [`DATA_HOLD_MS`], so a stream never interleaves the two. The ring
+//! takes pushes from any thread (a push that meets another at the same instant is dropped and
+//! counted as contended), so the track's callback thread and the data packets' threads can
+//! both reach it, before, during and after close.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::{EndReason, SessionCore, unix_ms};
 use crate::audio::{FrameProducer, PushOutcome};
-use crate::room::{DataKind, Disconnect, DisconnectCause, RoomEvents};
+use crate::room::{AudioSource, DATA_HOLD_MS, DataKind, Disconnect, DisconnectCause, RoomEvents};
 
 pub(super) struct SessionSink {
     core: Arc<SessionCore>,
     producer: FrameProducer,
     /// The identity whose untopiced data packets are the user's audio.
     target: String,
+    source: AudioSource,
+    /// When the last data packet of the user's audio arrived (unix ms; 0: never).
+    last_packet_ms: AtomicI64,
 }
 
 impl SessionSink {
-    pub(super) fn new(core: Arc<SessionCore>, producer: FrameProducer, target: &str) -> Self {
+    pub(super) fn new(
+        core: Arc<SessionCore>,
+        producer: FrameProducer,
+        target: &str,
+        source: AudioSource,
+    ) -> Self {
         Self {
             core,
             producer,
             target: target.to_string(),
+            source,
+            last_packet_ms: AtomicI64::new(0),
         }
+    }
+
+    fn push(&self, now: i64, pcm: &[u8]) -> PushOutcome {
+        // Relaxed: an age shown to operators, read on its own.
+        self.core.last_audio_ms.store(now, Ordering::Relaxed);
+        self.producer.push(now, pcm)
     }
 }
 
@@ -34,13 +57,29 @@ impl RoomEvents for SessionSink {
         topic: &str,
         payload: &[u8],
     ) -> Option<PushOutcome> {
-        if from != self.target || !topic.is_empty() {
+        if from != self.target || !topic.is_empty() || self.source == AudioSource::Track {
             return None;
         }
         let now = unix_ms();
-        // Relaxed: an age shown to operators, read on its own.
-        self.core.last_audio_ms.store(now, Ordering::Relaxed);
-        Some(self.producer.push(now, payload))
+        // Relaxed: only a time compared with the clock; a track frame that reads it a moment
+        // late is one frame decided by the previous packet.
+        self.last_packet_ms.store(now, Ordering::Relaxed);
+        Some(self.push(now, payload))
+    }
+
+    /// Hot path for track audio: a clock read, a comparison and a ring push.
+    fn on_track_audio(&self, pcm: &[u8]) -> Option<PushOutcome> {
+        let now = unix_ms();
+        match self.source {
+            AudioSource::Data => return None,
+            AudioSource::Both
+                if now - self.last_packet_ms.load(Ordering::Relaxed) < DATA_HOLD_MS =>
+            {
+                return None;
+            }
+            AudioSource::Both | AudioSource::Track => {}
+        }
+        Some(self.push(now, pcm))
     }
 
     fn on_reconnecting(&self, reconnecting: bool) {

@@ -27,7 +27,7 @@ import grpc  # noqa: E402
 from grpc_tools import protoc  # noqa: E402
 from livekit.protocol import models  # noqa: E402
 
-from mock_sfu import MockSfu, make_token  # noqa: E402
+from mock_sfu import MockSfu, ToneTrack, make_token  # noqa: E402
 
 SFU_HOST = "10.99.0.1"
 SFU_PORT = 7880
@@ -118,7 +118,7 @@ class Bridge:
     """The release binary, serving on a Unix socket; in this namespace, or with `own_network`
     in one of its own (see OwnNetwork)."""
 
-    def __init__(self, binary, tmp, name="bridge", own_network=False):
+    def __init__(self, binary, tmp, name="bridge", own_network=False, settings=None):
         self.binary, self.tmp = binary, tmp
         self.socket = os.path.join(tmp, f"{name}.sock")
         env = dict(os.environ)
@@ -132,6 +132,7 @@ class Bridge:
             # arena makes RSS after churn say whether memory was really given back.
             "MALLOC_ARENA_MAX": os.environ.get("BRIDGE_MALLOC_ARENA_MAX", "1"),
         })
+        env.update(settings or {})
         self.log = open(os.path.join(tmp, f"{name}.log"), "w")
         command = ["unshare", "-n", binary] if own_network else [binary]
         self.proc = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -441,6 +442,225 @@ async def track_edges(ctx: Ctx):
           f"the last sample was heard {(h['last_at'] - completed_at) * 1000:.0f} ms after COMPLETED")
     await queue.put(None)
     call.cancel()
+
+
+class Listener:
+    """Reads a StreamAudio to its end, keeping every chunk with its arrival time."""
+
+    def __init__(self, ctx, user):
+        self.call, self.queue = ctx.stream(user)
+        self.chunks = []  # (time.monotonic(), AudioChunk)
+        self.end = None
+        self.task = asyncio.ensure_future(self.read())
+
+    async def read(self):
+        self.end = await stream_end_keeping(self.call, self.chunks)
+
+    def since(self, t):
+        return [c for (at, c) in self.chunks if at >= t]
+
+
+async def stream_end_keeping(call, into):
+    try:
+        while True:
+            chunk = await call.read()
+            if chunk is grpc.aio.EOF:
+                break
+            into.append((time.monotonic(), chunk))
+        trailers, code = await call.trailing_metadata(), await call.code()
+    except grpc.aio.AioRpcError as e:
+        trailers, code = e.trailing_metadata(), e.code()
+    return code, dict(trailers or ()).get("x-bridge-end-reason")
+
+
+def heard_tone(chunks, name, hz, seconds):
+    """Checks that `chunks` (16 kHz mono PCM16) hold one tone of `hz` lasting `seconds`, heard
+    from its first sample to its last: the span between the first and last loud sample, the
+    frequency and level over all of it, and no quiet run inside (a lost frame). Returns the
+    span in seconds."""
+    for c in chunks:
+        check(c.sample_rate == 16000 and c.channels == 1, f"{name}: format {c.sample_rate} Hz "
+              f"x{c.channels}")
+        check(len(c.pcm_data) == 320, f"{name}: a chunk of {len(c.pcm_data)} bytes, not 10 ms")
+    pcm = b"".join(c.pcm_data for c in chunks)
+    samples = [int.from_bytes(pcm[i:i + 2], "little", signed=True) / 32768.0
+               for i in range(0, len(pcm) - 1, 2)]
+    loud = [i for i, v in enumerate(samples) if abs(v) > 0.05]
+    check(loud, f"{name}: nothing was heard")
+    body = samples[loud[0]:loud[-1] + 1]
+    span = len(body) / 16000
+    got_hz, rms = measure(body, 16000)
+    longest, run = 0, 0
+    for v in body:
+        run = run + 1 if abs(v) < 0.01 else 0
+        longest = max(longest, run)
+    result(f"{name}_heard_s", f"{span:.3f}")
+    result(f"{name}_hz", f"{got_hz:.1f}")
+    result(f"{name}_rms", f"{rms:.3f}")
+    result(f"{name}_longest_quiet_ms", f"{longest / 16:.1f}")
+    check(abs(span - seconds) <= 0.05, f"{name}: heard {span:.3f} s of a {seconds} s tone")
+    check(abs(got_hz - hz) <= hz * 0.01, f"{name}: {got_hz:.1f} Hz, wanted {hz}")
+    want_rms = 0.5 / math.sqrt(2)
+    check(abs(rms - want_rms) <= want_rms * 0.15, f"{name}: level {rms:.3f}, wanted {want_rms:.3f}")
+    check(longest < 16, f"{name}: {longest / 16:.1f} ms of silence inside the tone (a gap)")
+    return span
+
+
+async def track_audio(ctx: Ctx):
+    """The target publishes its microphone as an Opus audio track, as browsers and LiveKit's SDKs
+    do: the bridge subscribes (that track only) and the client hears it at 16 kHz in 10 ms
+    chunks, 440 Hz from its first sample to its last over 5 s with no gaps. Unpublished, nothing
+    more arrives; republished with a new SID, the new track is heard whole with no call from the
+    backend. A LeaveRoom while a track flows ends the stream OK, and the bridge carries on."""
+    await ctx.joined("listener")
+    listener = Listener(ctx, "listener")
+    p = await ctx.participant("listener")
+
+    first = ToneTrack(440, 5.0)
+    t0 = time.monotonic()
+    await p.publish_track_as("target", "TR_mic1", first)
+    sid = await asyncio.wait_for(p.subscribed.get(), 15)
+    check(sid == "TR_mic1", f"subscribed to {sid}")
+    result("track_subscribed_after_ms", f"{(time.monotonic() - t0) * 1000:.0f}")
+    await asyncio.sleep(6.5)
+    heard = listener.since(t0)
+    check(first.started is not None, "the mock never sent the track")
+    heard_tone([c for c in heard], "track_first", 440, 5.0)
+    # Delay: the first loud chunk's arrival against the first sample's sending.
+    loud_at = next(at for (at, c) in listener.chunks if at >= t0 and
+                   max(abs(int.from_bytes(c.pcm_data[i:i + 2], "little", signed=True))
+                       for i in range(0, len(c.pcm_data), 2)) > 1600)
+    result("track_first_sample_delay_ms", f"{(loud_at - first.started) * 1000:.0f}")
+
+    t1 = time.monotonic()
+    await p.unpublish_track_as("target", "TR_mic1")
+    await asyncio.sleep(1.5)
+    late = [at for (at, _) in listener.chunks if at > t1 + 0.5]
+    result("track_chunks_after_unpublish", len(late))
+    check(not late, f"{len(late)} chunks arrived more than 0.5 s after the track was unpublished")
+
+    second = ToneTrack(660, 2.0)
+    t2 = time.monotonic()
+    await p.publish_track_as("target", "TR_mic2", second)
+    sid = await asyncio.wait_for(p.subscribed.get(), 15)
+    check(sid == "TR_mic2", f"subscribed to {sid}")
+    await asyncio.sleep(3.5)
+    heard_tone(listener.since(t2), "track_republished", 660, 2.0)
+
+    third = ToneTrack(880, 30.0)
+    await p.publish_track_as("target", "TR_mic3", third)
+    await asyncio.wait_for(p.subscribed.get(), 15)
+    t3 = time.monotonic()
+    while len(listener.since(t3)) < 50:
+        check(time.monotonic() - t3 < 10, "the third track never flowed")
+        await asyncio.sleep(0.05)
+    r = await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id="listener", reason="done"))
+    check(r.success, f"LeaveRoom: {r}")
+    await asyncio.wait_for(listener.task, 10)
+    code, reason = listener.end
+    result("track_leave_during_flow", f"{code.name} {reason}")
+    check(code == grpc.StatusCode.OK, f"the stream ended {code} {reason}")
+    check(ctx.bridge.proc.poll() is None, "the bridge exited")
+    # The bridge carries on: a new session on the same room hears the target's data packets.
+    await ctx.joined("listener")
+    call, _ = ctx.stream("listener")
+    p = await ctx.participant("listener")
+    await p.send_data("target", bytes(320))
+    got = await read_chunks(call, 1)
+    check(len(got[0].pcm_data) == 320, "no data packet after the leave")
+    call.cancel()
+    await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id="listener", reason="done"))
+
+
+async def track_and_data(ctx: Ctx):
+    """With BRIDGE_AUDIO_SOURCE=both (the default), data packets win while they flow: the client
+    gets only the data packets while they come, never a track frame between them, and the
+    target's track takes over once they stop."""
+    await ctx.joined("both")
+    listener = Listener(ctx, "both")
+    p = await ctx.participant("both")
+    stop = asyncio.Event()
+
+    async def packets():
+        t0, n = time.monotonic(), 0
+        while not stop.is_set():
+            p.try_send_data("target", n.to_bytes(4, "little") + b"DATA" + bytes(312))
+            n += 1
+            await asyncio.sleep(max(0, t0 + n * 0.01 - time.monotonic()))
+
+    sender = asyncio.ensure_future(packets())
+    await asyncio.sleep(1.0)
+    track = ToneTrack(440, 30.0)
+    await p.publish_track_as("target", "TR_both", track)
+    await asyncio.wait_for(p.subscribed.get(), 15)
+    await asyncio.sleep(3.0)
+    stop.set()
+    await sender
+    stopped = time.monotonic()
+    await asyncio.sleep(2.0)
+    kinds = "".join("D" if c.pcm_data[4:8] == b"DATA" else "T" for (_, c) in listener.chunks)
+    switches = sum(1 for a, b in zip(kinds, kinds[1:]) if a != b)
+    first_track = next((at for (at, c) in listener.chunks if c.pcm_data[4:8] != b"DATA"), None)
+    result("both_data_chunks", kinds.count("D"))
+    result("both_track_chunks", kinds.count("T"))
+    result("both_switches", switches)
+    check(kinds.count("D") >= 350, f"only {kinds.count('D')} data packets arrived")
+    check(kinds.startswith("D") and switches == 1,
+          f"data and track audio interleaved ({switches} switches)")
+    check(first_track is not None and first_track >= stopped + 0.4,
+          "track audio arrived while data packets still flowed")
+    result("both_track_after_data_ms", f"{(first_track - stopped) * 1000:.0f}")
+    check(first_track - stopped <= 1.0, "the track did not take over after the data packets stopped")
+    listener.call.cancel()
+    await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id="both", reason="done"))
+
+
+async def audio_source_settings(ctx: Ctx):
+    """BRIDGE_AUDIO_SOURCE=track takes the target's track only, also one it published before the
+    bridge joined, and ignores its data packets; =data never subscribes to a track."""
+    early = ToneTrack(440, 30.0)
+    ctx.sfu.published = {"TR_early": ("target", early)}
+    bridge, bctx = await own_bridge(ctx, {"BRIDGE_AUDIO_SOURCE": "track"})
+    try:
+        await bctx.joined("early")
+        listener = Listener(bctx, "early")
+        p = await bctx.participant("early")
+        sid = await asyncio.wait_for(p.subscribed.get(), 15)
+        check(sid == "TR_early", f"subscribed to {sid}")
+        t0 = time.monotonic()
+        for n in range(200):
+            p.try_send_data("target", n.to_bytes(4, "little") + b"DATA" + bytes(312))
+            await asyncio.sleep(0.01)
+        got = listener.since(t0)
+        data = sum(1 for c in got if c.pcm_data[4:8] == b"DATA")
+        result("source_track_chunks_in_2s", len(got) - data)
+        check(data == 0, f"{data} data packets reached the client with BRIDGE_AUDIO_SOURCE=track")
+        check(len(got) >= 150, f"only {len(got)} chunks of the early track in 2 s")
+        listener.call.cancel()
+    finally:
+        ctx.sfu.published = {}
+        await bctx.channel.close()
+        bridge.stop()
+    bridge, bctx = await own_bridge(ctx, {"BRIDGE_AUDIO_SOURCE": "data"})
+    try:
+        await bctx.joined("dataonly")
+        listener = Listener(bctx, "dataonly")
+        p = await bctx.participant("dataonly")
+        await p.publish_track_as("target", "TR_ignored", ToneTrack(440, 30.0))
+        for n in range(200):
+            p.try_send_data("target", n.to_bytes(4, "little") + b"DATA" + bytes(312))
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        check(p.subscribed.empty() and not p.sending,
+              "the bridge subscribed to a track with BRIDGE_AUDIO_SOURCE=data")
+        other = sum(1 for (_, c) in listener.chunks if c.pcm_data[4:8] != b"DATA")
+        result("source_data_chunks", len(listener.chunks) - other)
+        check(other == 0, f"{other} chunks were not data packets")
+        check(len(listener.chunks) >= 150, f"only {len(listener.chunks)} data packets arrived")
+        listener.call.cancel()
+    finally:
+        await bctx.channel.close()
+        bridge.stop()
 
 
 async def stream_end(call):
@@ -886,10 +1106,11 @@ class Flow:
         self.call.cancel()
 
 
-async def own_bridge(ctx):
-    """A second bridge, in a network of its own, on the same mock SFU."""
+async def own_bridge(ctx, settings=None):
+    """A second bridge, in a network of its own, on the same mock SFU (with `settings`, a dict
+    of environment variables)."""
     bridge = Bridge(ctx.bridge.binary, ctx.bridge.tmp, f"faulty{OwnNetwork.made + 1}",
-                    own_network=True)
+                    own_network=True, settings=settings)
     await bridge.wait_ready()
     return bridge, Ctx(ctx.pb, ctx.pbg, bridge, ctx.sfu)
 
@@ -1123,6 +1344,9 @@ SCENARIOS = {
     "token_refused": token_refused,
     "gives_up": gives_up,
     "target_new_sid": target_new_sid,
+    "track_audio": track_audio,
+    "track_and_data": track_and_data,
+    "audio_source_settings": audio_source_settings,
     "churn": lambda ctx: churn(ctx, int(os.environ.get("E2E_CYCLES", "200"))),
     "room_cost": lambda ctx: room_cost(ctx, int(os.environ.get("E2E_ROOMS", "20")),
                                        int(os.environ.get("E2E_ROUNDS", "3"))),

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use super::dispatch::Dispatch;
 use super::library::{self, Library};
 use super::proto::{self, ffi_event, ffi_request, ffi_response};
+use super::subscribe::{Streams, TrackEvent};
 use crate::room::{RoomError, RoomEvents};
 
 /// A room's entry in the routing table: the session's callbacks and its participant count.
@@ -23,6 +24,10 @@ pub(super) struct Route {
     pub participants: AtomicU32,
     /// The library is reconnecting the room (a disconnect now means it gave up).
     pub reconnecting: AtomicBool,
+    /// The participant whose audio the session takes.
+    pub target: String,
+    /// The room's subscription task, when the session takes the target's audio tracks.
+    pub tracks: Option<tokio::sync::mpsc::UnboundedSender<TrackEvent>>,
 }
 
 /// What the client and the event callback share.
@@ -38,6 +43,8 @@ pub(super) struct Shared {
     /// Data packets routed to a room, and ones for rooms no longer routed (closed sessions).
     pub routed: AtomicU64,
     pub unrouted: AtomicU64,
+    /// Open audio streams of target tracks, by handle.
+    pub streams: Streams,
 }
 
 impl Shared {

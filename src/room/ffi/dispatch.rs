@@ -1,10 +1,13 @@
-//! The library's events, on its own worker threads: data packets to their session's ring,
-//! answers to the calls waiting for them, room events to their session.
+//! The library's events, on its own worker threads: data packets and track audio frames to
+//! their session's ring, answers to the calls waiting for them, room events to their session,
+//! the target's track events to its room's subscription task.
 //!
 //! A data packet is read without allocating, its room found under the routing table's read
-//! lock, and pushed into the session's ring; the library's buffer is released after the copy
-//! (by [`super::library`]). Other events are decoded with prost. Nothing here blocks or calls
-//! back into the library, except to release handles.
+//! lock, and pushed into the session's ring; an audio frame likewise, found by its stream's
+//! handle; the library's buffer is released after the copy (by [`super::library`]). Other
+//! events are decoded with prost. Nothing here blocks or calls back into the library, except
+//! to release handles: every publication or track handle not passed to a subscription task is
+//! released here.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,7 +16,8 @@ use prost::Message;
 
 use super::client::{self, Shared};
 use super::library::EventSink;
-use super::packet::DataPacketRef;
+use super::packet::{AudioFrameRef, DataPacketRef};
+use super::subscribe::TrackEvent;
 use super::proto::{self, ffi_event};
 use super::translate::{disconnect, log_record};
 use crate::room::DataKind;
@@ -51,6 +55,17 @@ impl EventSink for Dispatch {
         }
     }
 
+    fn audio_frame(&self, frame: &AudioFrameRef, pcm: &[u8]) {
+        // The stream was asked for the bridge's format; anything else is not pushed as audio.
+        if frame.num_channels != crate::audio::format::CHANNELS
+            || frame.sample_rate != crate::audio::format::SAMPLE_RATE
+        {
+            self.0.streams.unrouted.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.0.streams.frame(frame.stream_handle, pcm);
+    }
+
     fn other(&self, event: &[u8]) {
         let Ok(event) = proto::FfiEvent::decode(event) else {
             tracing::warn!(
@@ -80,6 +95,9 @@ impl EventSink for Dispatch {
                 tracing::error!(message = %p.message, "the LiveKit library panicked");
                 return;
             }
+            // Frames were handled before decoding; the end of a stream needs nothing (the
+            // subscription task releases streams when their track goes).
+            ffi_event::Message::AudioStreamEvent(_) => return,
         };
         self.0.answer(async_id, message);
     }
@@ -92,6 +110,9 @@ impl Dispatch {
         // Participant handles are not needed: release them at once, routed or not.
         if let (Some(M::ParticipantConnected(p)), Some(c)) = (&e.message, client::opened()) {
             c.lib.drop_handle(p.info.handle.id);
+        }
+        if let Some(track) = track_event(e, route.as_deref()) {
+            return track;
         }
         let Some(route) = route else { return };
         // Relaxed: the count is one number, read on its own (GetStatus); the callback threads
@@ -139,4 +160,88 @@ impl Dispatch {
             _ => {}
         }
     }
+}
+
+/// Handles `e` if it is a track event: the target's audio ones go to its room's subscription
+/// task (with their handles); the handles of all others are released. `None` if `e` is not a
+/// track event.
+fn track_event(e: &proto::RoomEvent, route: Option<&client::Route>) -> Option<()> {
+    use proto::room_event::Message as M;
+    let message = e.message.as_ref()?;
+    let tasks = route.and_then(|r| r.tracks.as_ref().map(|tx| (r.target.as_str(), tx)));
+    let for_target = |identity: &str| tasks.filter(|(target, _)| *target == identity);
+    let audio = proto::TrackKind::KindAudio as i32;
+    // What goes to the task, and the handle to release if it cannot.
+    let (sent, handle) = match message {
+        M::TrackPublished(p) => {
+            let handle = p.publication.handle.id;
+            let sent = for_target(&p.participant_identity)
+                .filter(|_| p.publication.info.kind == audio)
+                .map(|(_, tx)| {
+                    tx.send(TrackEvent::Published {
+                        sid: p.publication.info.sid.clone(),
+                        publication: handle,
+                    })
+                    .is_ok()
+                });
+            (sent.unwrap_or(false), handle)
+        }
+        M::TrackSubscribed(t) => {
+            let handle = t.track.handle.id;
+            let sent = for_target(&t.participant_identity)
+                .filter(|_| t.track.info.kind == audio)
+                .map(|(_, tx)| {
+                    tx.send(TrackEvent::Subscribed {
+                        sid: t.track.info.sid.clone(),
+                        track: handle,
+                    })
+                    .is_ok()
+                });
+            (sent.unwrap_or(false), handle)
+        }
+        M::TrackUnpublished(u) => {
+            if let Some((_, tx)) = for_target(&u.participant_identity) {
+                let _ = tx.send(TrackEvent::Unpublished {
+                    sid: u.publication_sid.clone(),
+                });
+            }
+            return Some(());
+        }
+        M::TrackUnsubscribed(u) => {
+            if let Some((_, tx)) = for_target(&u.participant_identity) {
+                let _ = tx.send(TrackEvent::Unsubscribed {
+                    sid: u.track_sid.clone(),
+                });
+            }
+            return Some(());
+        }
+        M::TrackSubscriptionFailed(f) => {
+            if for_target(&f.participant_identity).is_some() {
+                tracing::warn!(
+                    room_handle = e.room_handle,
+                    track_sid = %f.track_sid,
+                    error = %f.error,
+                    "subscribing to the target's audio track failed"
+                );
+            }
+            return Some(());
+        }
+        M::TrackMuted(m) => {
+            if for_target(&m.participant_identity).is_some() {
+                tracing::info!(room_handle = e.room_handle, track_sid = %m.track_sid, "the target muted its audio track");
+            }
+            return Some(());
+        }
+        M::TrackUnmuted(m) => {
+            if for_target(&m.participant_identity).is_some() {
+                tracing::info!(room_handle = e.room_handle, track_sid = %m.track_sid, "the target unmuted its audio track");
+            }
+            return Some(());
+        }
+        _ => return None,
+    };
+    if !sent && let Some(c) = client::opened() {
+        c.lib.drop_handle(handle);
+    }
+    Some(())
 }

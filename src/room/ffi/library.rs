@@ -17,7 +17,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use super::packet::{DataPacketRef, read_data_packet};
+use super::packet::{AudioFrameRef, DataPacketRef, read_audio_frame, read_data_packet};
 use super::proto;
 
 /// The pinned library: version and sha256 of `liblivekit_ffi.so` in the wheel.
@@ -197,9 +197,16 @@ pub trait EventSink: Send + Sync + 'static {
     /// A user data packet; `payload` is borrowed from the library for this call only. The hot
     /// path: must not allocate, block, or take a lock anything slow can hold.
     fn data_packet(&self, packet: &DataPacketRef<'_>, payload: &[u8]);
+    /// A frame of a remote audio stream; `pcm` (16-bit samples, native byte order) is borrowed
+    /// from the library for this call only. Hot path, like `data_packet`.
+    fn audio_frame(&self, frame: &AudioFrameRef, pcm: &[u8]);
     /// Any other event, encoded.
     fn other(&self, event: &[u8]);
 }
+
+/// The longest audio frame the callback will read: one second of 48 kHz stereo, far beyond
+/// the 10 ms of 16 kHz mono the bridge asks for. A longer one is handed on empty.
+const MAX_FRAME_BYTES: usize = 48_000 * 2 * 2;
 
 static LIBRARY: OnceLock<Library> = OnceLock::new();
 static SINK: OnceLock<Box<dyn EventSink>> = OnceLock::new();
@@ -257,7 +264,26 @@ extern "C" fn on_event(data: *const u8, len: usize) {
                 sink.data_packet(&packet, payload);
                 lib.drop_handle(packet.buffer_handle);
             }
-            None => sink.other(event),
+            None => match read_audio_frame(event) {
+                Some(frame) => {
+                    let pcm = match frame.byte_len(MAX_FRAME_BYTES) {
+                        Some(len) if frame.data_ptr != 0 && len > 0 => {
+                            // SAFETY: `data_ptr` and the sample count describe the
+                            // OwnedAudioFrameBuffer this very event hands us (16-bit samples,
+                            // read here as their bytes, so no alignment is assumed); the
+                            // buffer lives until its handle is dropped, which happens only
+                            // after the sink has copied what it needs, two lines down.
+                            unsafe {
+                                std::slice::from_raw_parts(frame.data_ptr as usize as *const u8, len)
+                            }
+                        }
+                        _ => &[][..],
+                    };
+                    sink.audio_frame(&frame, pcm);
+                    lib.drop_handle(frame.buffer_handle);
+                }
+                None => sink.other(event),
+            },
         }
     });
 }

@@ -6,6 +6,7 @@
 //! - [`packet`]: the zero-copy read of data packet events, the hot path.
 //! - `client`: requests, asynchronous calls answered by id, the room routing table.
 //! - `dispatch`: the library's events, on its threads, to rings, waiting calls and sessions.
+//! - `subscribe`: the target's audio tracks, subscribed to and streamed into the same rings.
 //! - `translate`: the library's disconnect reasons and log records in the bridge's words.
 //! - here: [`FfiBackend`] and connecting; `room`: the joined room (publishing, leaving);
 //!   `reframe`: client audio into the 10 ms frames the library's audio source takes.
@@ -19,6 +20,7 @@ pub mod library;
 pub mod packet;
 mod reframe;
 mod room;
+mod subscribe;
 mod translate;
 
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -70,6 +72,19 @@ impl FfiBackend {
             (
                 c.shared.routed.load(Ordering::Relaxed),
                 c.shared.unrouted.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Frames of target audio tracks routed to sessions, frames of streams no longer routed,
+    /// and the streams open now.
+    pub fn track_frame_counts() -> (u64, u64, usize) {
+        client::opened().map_or((0, 0, 0), |c| {
+            let s = &c.shared.streams;
+            (
+                s.routed.load(Ordering::Relaxed),
+                s.unrouted.load(Ordering::Relaxed),
+                s.open(),
             )
         })
     }
@@ -156,8 +171,31 @@ async fn connect(
     } else {
         local.info.sid.clone()
     };
+    let tracks = request
+        .audio_source
+        .tracks()
+        .then(|| subscribe::start(client, room_handle, events.clone()));
+    // Participant handles are not needed; the target's audio publications already there go to
+    // the subscription task, every other publication handle is released.
     for p in &result.participants {
         client.lib.drop_handle(p.participant.handle.id);
+        let is_target = p.participant.info.identity == request.target_identity;
+        for publication in &p.publications {
+            let handle = publication.handle.id;
+            let wanted = is_target && publication.info.kind == proto::TrackKind::KindAudio as i32;
+            let sent = match &tracks {
+                Some(tx) if wanted => tx
+                    .send(subscribe::TrackEvent::Published {
+                        sid: publication.info.sid.clone(),
+                        publication: handle,
+                    })
+                    .is_ok(),
+                _ => false,
+            };
+            if !sent {
+                client.lib.drop_handle(handle);
+            }
+        }
     }
     let participants = result.participants.len() as u32 + 1;
     client.shared.add_route(
@@ -166,6 +204,8 @@ async fn connect(
             events,
             participants: AtomicU32::new(participants),
             reconnecting: AtomicBool::new(false),
+            target: request.target_identity.clone(),
+            tracks,
         },
     );
     let room = FfiRoom::new(client, room_handle, local_handle);

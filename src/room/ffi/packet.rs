@@ -1,5 +1,7 @@
 //! The hot path's view of an event: a zero-copy read of `FfiEvent.room_event.
-//! data_packet_received.user`, the only event that arrives a hundred times a second per user.
+//! data_packet_received.user`, the only event that arrives a hundred times a second per user
+//! on the data path, and ([`read_audio_frame`]) of `FfiEvent.audio_stream_event.
+//! frame_received`, its counterpart on the track path.
 //!
 //! Decoding the whole `FfiEvent` with prost would allocate (strings, boxed messages) on the
 //! library's callback thread for every audio frame. This reader walks the protobuf wire format
@@ -54,6 +56,79 @@ impl DataPacketRef<'_> {
             })),
         }
     }
+}
+
+/// A frame of a remote audio stream: where the library holds its samples until the buffer's
+/// handle is dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AudioFrameRef {
+    pub stream_handle: u64,
+    /// The `OwnedAudioFrameBuffer`'s handle, to drop once the samples have been copied.
+    pub buffer_handle: u64,
+    /// Interleaved 16-bit samples, `num_channels * samples_per_channel` of them.
+    pub data_ptr: u64,
+    pub num_channels: u32,
+    pub sample_rate: u32,
+    pub samples_per_channel: u32,
+}
+
+impl AudioFrameRef {
+    /// The event the library sends for this frame.
+    pub fn to_event(&self) -> proto::FfiEvent {
+        use proto::{audio_stream_event, ffi_event};
+        let frame = proto::AudioFrameReceived {
+            frame: proto::OwnedAudioFrameBuffer {
+                handle: proto::FfiOwnedHandle {
+                    id: self.buffer_handle,
+                },
+                info: proto::AudioFrameBufferInfo {
+                    data_ptr: self.data_ptr,
+                    num_channels: self.num_channels,
+                    sample_rate: self.sample_rate,
+                    samples_per_channel: self.samples_per_channel,
+                },
+            },
+        };
+        proto::FfiEvent {
+            message: Some(ffi_event::Message::AudioStreamEvent(
+                proto::AudioStreamEvent {
+                    stream_handle: self.stream_handle,
+                    message: Some(audio_stream_event::Message::FrameReceived(frame)),
+                },
+            )),
+        }
+    }
+
+    /// The frame's length in bytes, if it is within `max` bytes.
+    pub fn byte_len(&self, max: usize) -> Option<usize> {
+        let samples = u64::from(self.num_channels) * u64::from(self.samples_per_channel);
+        usize::try_from(samples.checked_mul(2)?)
+            .ok()
+            .filter(|n| *n <= max)
+    }
+}
+
+/// The audio frame in `event`, if it is one. An audio stream event holds numbers only, so
+/// prost's decoding of it allocates nothing (`tests/alloc_free_push.rs` checks); any other
+/// event is left to the caller.
+pub fn read_audio_frame(event: &[u8]) -> Option<AudioFrameRef> {
+    use prost::Message;
+    use proto::{audio_stream_event, ffi_event};
+    let decoded = proto::FfiEvent::decode(event).ok()?;
+    let Some(ffi_event::Message::AudioStreamEvent(e)) = decoded.message else {
+        return None;
+    };
+    let Some(audio_stream_event::Message::FrameReceived(f)) = e.message else {
+        return None;
+    };
+    Some(AudioFrameRef {
+        stream_handle: e.stream_handle,
+        buffer_handle: f.frame.handle.id,
+        data_ptr: f.frame.info.data_ptr,
+        num_channels: f.frame.info.num_channels,
+        sample_rate: f.frame.info.sample_rate,
+        samples_per_channel: f.frame.info.samples_per_channel,
+    })
 }
 
 struct Reader<'a> {
@@ -168,11 +243,11 @@ impl<'a> Reader<'a> {
 
 /// Oneof members of the generated types, by field number.
 fn ffi_event_member(n: u32) -> bool {
-    matches!(n, 1 | 5 | 7 | 8 | 9 | 10 | 13 | 18 | 20)
+    matches!(n, 1 | 4 | 5 | 7 | 8 | 9 | 10 | 13 | 17 | 18 | 20)
 }
 
 fn room_event_member(n: u32) -> bool {
-    matches!(n, 2 | 3 | 4 | 21 | 22 | 27)
+    matches!(n, 2..=13 | 21 | 22 | 27)
 }
 
 /// What has been read so far, with the oneof bookkeeping prost's merge rules need: a member

@@ -19,6 +19,8 @@
 //!   them: a frame that finds the session's ring full is retried).
 //! - `frames` (unlimited): stop the tone after this many packets.
 //! - `identity` (the join's `target_identity`): who the audio packets come from.
+//! - `via` (`data`): how the tone and echo audio arrive: `data` packets, or frames of the
+//!   target's audio `track` (as LiveKit's library delivers a subscribed track).
 //! - `chatter_ms` (20): period of the reliable thread's packets: one with a topic from the
 //!   audio identity and one without a topic from `sim-other`; neither is the user's audio.
 //! - `participants` (2): the participant count reported on join.
@@ -61,6 +63,15 @@ pub enum Mode {
     Silent,
 }
 
+/// How a simulated room delivers the target's audio.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Data packets (`RoomEvents::on_data`).
+    Data,
+    /// Frames of the target's audio track (`RoomEvents::on_track_audio`).
+    Track,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pace {
     Realtime,
@@ -77,6 +88,7 @@ pub struct SimSpec {
     pub pace: Pace,
     pub frames: Option<u64>,
     pub identity: Option<String>,
+    pub via: Via,
     pub chatter_ms: u64,
     pub participants: u32,
     pub join_after_ms: Option<u64>,
@@ -117,6 +129,7 @@ impl SimSpec {
             pace: Pace::Realtime,
             frames: None,
             identity: None,
+            via: Via::Data,
             chatter_ms: 20,
             participants: 2,
             join_after_ms: None,
@@ -172,6 +185,13 @@ impl SimSpec {
                 }
                 "frames" => spec.frames = Some(num(0, u64::MAX)?),
                 "identity" => spec.identity = Some(value),
+                "via" => {
+                    spec.via = match value.as_str() {
+                        "data" => Via::Data,
+                        "track" => Via::Track,
+                        _ => return Err(bad("via must be data or track".into())),
+                    }
+                }
                 "chatter_ms" => spec.chatter_ms = num(1, DAY_MS)?,
                 "participants" => spec.participants = num(1, 10_000)? as u32,
                 "join_after_ms" => spec.join_after_ms = Some(num(0, DAY_MS)?),
@@ -485,6 +505,16 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// One frame of the target's audio, the way the room delivers it.
+    fn deliver(&self, frame: &[u8]) -> Option<PushOutcome> {
+        match self.spec.via {
+            Via::Data => self
+                .events
+                .on_data(&self.identity, DataKind::Lossy, "", frame),
+            Via::Track => self.events.on_track_audio(frame),
+        }
+    }
+
     fn frame_bytes(&self) -> usize {
         format::samples_in_ms(self.spec.frame_ms as usize) * format::BYTES_PER_SAMPLE
     }
@@ -492,9 +522,7 @@ impl Ctx {
     /// Sends one packet; under `pace=max` a packet that finds the ring full is retried.
     fn send(&self, packet: &[u8]) {
         loop {
-            let outcome = self
-                .events
-                .on_data(&self.identity, DataKind::Lossy, "", packet);
+            let outcome = self.deliver(packet);
             if self.spec.pace == Pace::Realtime
                 || outcome != Some(PushOutcome::Full)
                 || self.life.over()
@@ -617,9 +645,7 @@ impl pacer::Job for ToneJob {
             return Some(now + IDLE_POLL);
         }
         let packet = self.tone.next(self.seq);
-        self.ctx
-            .events
-            .on_data(&self.ctx.identity, DataKind::Lossy, "", packet);
+        self.ctx.deliver(packet);
         self.seq += 1;
         let next = self.next.unwrap_or(now) + self.period;
         self.next = Some(next);
