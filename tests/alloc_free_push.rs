@@ -113,3 +113,38 @@ fn reading_a_data_packet_event_allocates_nothing() {
     }
     assert!(allocations() - before >= 100);
 }
+
+/// The track path's counterpart: an audio stream's frame event is decoded (numbers only, so
+/// prost allocates nothing) and its 10 ms of PCM pushed into a ring, in steady state.
+#[test]
+fn reading_a_track_frame_event_and_pushing_it_allocates_nothing() {
+    use livekit_bridge::room::ffi::packet::{AudioFrameRef, read_audio_frame};
+    use prost::Message;
+
+    let event = AudioFrameRef {
+        stream_handle: 11,
+        buffer_handle: 12,
+        data_ptr: 0x2000,
+        num_channels: 1,
+        sample_rate: 16_000,
+        samples_per_channel: 160,
+    }
+    .to_event()
+    .encode_to_vec();
+    let (p, mut c, _closer) = audio_ring(RingConfig::for_duration_ms(200, Overflow::DropNewest));
+    let pcm = [3u8; 320];
+    let mut out = Vec::with_capacity(4096);
+    let before = allocations();
+    let mut queued = 0;
+    for i in 0..10_000 {
+        let frame = read_audio_frame(std::hint::black_box(&event)).expect("a frame event");
+        let len = frame.byte_len(4096).expect("within bounds");
+        if p.push(i, &pcm[..len]) == PushOutcome::Queued {
+            queued += 1;
+        }
+        out.clear();
+        let _ = c.try_pop(&mut out);
+    }
+    assert_eq!(allocations() - before, 0, "the track path allocated");
+    assert_eq!(queued, 10_000);
+}

@@ -4,7 +4,9 @@
 //! callback thread was still delivering audio. Here simulated rooms pump audio as fast as the
 //! bridge takes it (`pace=max`) and keep calling back for 30 ms after close (`linger_ms`), while
 //! sessions are closed in every way the service knows: LeaveRoom, client cancel, replacement by
-//! JoinRoom, server-initiated disconnect. Each user's consecutive rooms play different tones, so
+//! JoinRoom, server-initiated disconnect; the audio comes as data packets in some rooms and as
+//! frames of the target's audio track (the other callback) in others. Each user's consecutive
+//! rooms play different tones, so
 //! a frame reaching the wrong session would be heard. After close, a session's ring must not
 //! deliver one more frame, however many callbacks still arrive.
 
@@ -61,7 +63,11 @@ async fn worker(bridge: Arc<Bridge>, user: String) -> Tally {
         let way = cycle % 4;
         let (hz, band) = tone(cycle);
         let server_drop = if way == 3 { "&drop_after_ms=10" } else { "" };
-        let url = format!("sim://tone?pace=max&hz={hz}&linger_ms=30&chatter_ms=1{server_drop}");
+        // Every way of ending, with the audio as data packets and as track frames in turn.
+        let via = if (cycle / 4) % 2 == 0 { "data" } else { "track" };
+        let url = format!(
+            "sim://tone?pace=max&hz={hz}&via={via}&linger_ms=30&chatter_ms=1{server_drop}"
+        );
         join_ok(&mut c, &user, &url).await;
         if let Some((mut old, session)) = to_be_replaced.take() {
             assert_eq!(old.end().await.2.as_deref(), Some("replaced"));

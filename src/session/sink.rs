@@ -105,3 +105,45 @@ impl RoomEvents for SessionSink {
         self.core.close(reason);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::audio::RingConfig;
+    use crate::room::sim::SimBackend;
+    use crate::room::{AudioSource, ConnectRequest};
+    use crate::session::{EndReason, Session};
+
+    /// Frames a simulated room delivering its tone `via` data packets or its track puts in the
+    /// ring of a session taking `source`, in 300 ms.
+    async fn received(via: &str, source: AudioSource) -> u64 {
+        let request = ConnectRequest {
+            url: format!("sim://tone?via={via}&chatter_ms=1000"),
+            token: String::new(),
+            room_name: "r".into(),
+            target_identity: "u".into(),
+            timeout: Duration::from_secs(5),
+            audio_source: source,
+        };
+        let backend = SimBackend::default();
+        let session = Session::connect("u", 1, &backend, request, RingConfig::default(), Arc::default())
+            .await
+            .expect("a simulated room connects");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let received = session.ring_stats().received;
+        session.close(EndReason::Left("done".into())).await;
+        received
+    }
+
+    #[tokio::test]
+    async fn the_audio_source_decides_which_path_reaches_the_ring() {
+        assert!(received("data", AudioSource::Data).await >= 10);
+        assert!(received("track", AudioSource::Track).await >= 10);
+        assert!(received("data", AudioSource::Both).await >= 10);
+        assert!(received("track", AudioSource::Both).await >= 10);
+        assert_eq!(received("track", AudioSource::Data).await, 0);
+        assert_eq!(received("data", AudioSource::Track).await, 0);
+    }
+}

@@ -247,7 +247,7 @@ fn ffi_event_member(n: u32) -> bool {
 }
 
 fn room_event_member(n: u32) -> bool {
-    matches!(n, 2..=13 | 21 | 22 | 27)
+    matches!(n, 2..=4 | 7..=13 | 21 | 22 | 27)
 }
 
 /// What has been read so far, with the oneof bookkeeping prost's merge rules need: a member
@@ -412,6 +412,66 @@ mod tests {
         assert_eq!(read_data_packet(&panic.encode_to_vec()), None);
         assert_eq!(read_data_packet(&[]), None);
         assert_eq!(read_data_packet(&[0x0a, 0x05, 0x08]), None, "truncated");
+    }
+
+    /// The reader's oneof member lists are the generated types' own: a member added to the
+    /// protocol subset and not to the lists would make the reader disagree with prost.
+    #[test]
+    fn the_oneof_member_lists_match_the_protocol_subset() {
+        let fds = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET)
+            .expect("the subset's descriptors");
+        let members = |name: &str| -> Vec<u32> {
+            let message = fds
+                .file
+                .iter()
+                .flat_map(|f| &f.message_type)
+                .find(|m| m.name() == name)
+                .expect("message in the subset");
+            let mut n: Vec<u32> = message
+                .field
+                .iter()
+                .filter(|f| f.oneof_index.is_some())
+                .map(|f| f.number() as u32)
+                .collect();
+            n.sort_unstable();
+            n
+        };
+        let listed = |f: fn(u32) -> bool| (1..1000).filter(|n| f(*n)).collect::<Vec<u32>>();
+        assert_eq!(listed(ffi_event_member), members("FfiEvent"));
+        assert_eq!(listed(room_event_member), members("RoomEvent"));
+    }
+
+    #[test]
+    fn audio_frame_events_are_read_and_others_are_not() {
+        let frame = AudioFrameRef {
+            stream_handle: 4,
+            buffer_handle: 5,
+            data_ptr: 0x10,
+            num_channels: 1,
+            sample_rate: 16_000,
+            samples_per_channel: 160,
+        };
+        let bytes = frame.to_event().encode_to_vec();
+        assert_eq!(read_audio_frame(&bytes), Some(frame));
+        assert_eq!(frame.byte_len(320), Some(320));
+        assert_eq!(frame.byte_len(319), None);
+        let huge = AudioFrameRef {
+            num_channels: u32::MAX,
+            samples_per_channel: u32::MAX,
+            ..frame
+        };
+        assert_eq!(huge.byte_len(usize::MAX), None, "the sample count overflows");
+        assert_eq!(read_audio_frame(&PACKET.to_event().encode_to_vec()), None);
+        let eos = proto::FfiEvent {
+            message: Some(ffi_event::Message::AudioStreamEvent(proto::AudioStreamEvent {
+                stream_handle: 4,
+                message: Some(proto::audio_stream_event::Message::Eos(
+                    proto::AudioStreamEos {},
+                )),
+            })),
+        };
+        assert_eq!(read_audio_frame(&eos.encode_to_vec()), None);
+        assert_eq!(read_audio_frame(&[0x22, 0x05]), None, "truncated");
     }
 
     #[test]
