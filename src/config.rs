@@ -722,6 +722,7 @@ mod tests {
             (vec!["--port", "70000"], "PORT"),
             (vec!["--port", "http"], "PORT"),
             (vec!["--overflow", "drop-all"], "BRIDGE_OVERFLOW"),
+            (vec!["--audio-source", "video"], "BRIDGE_AUDIO_SOURCE"),
             (vec!["--ring-ms", "0"], "BRIDGE_RING_MS"),
             (vec!["--host", "localhost:1"], "BRIDGE_HOST"),
             (vec!["--max-cpu", "2"], "BRIDGE_MAX_CPU"),

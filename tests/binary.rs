@@ -39,6 +39,7 @@ fn bad_configuration_exits_64_naming_the_setting() {
     for (key, value) in [
         ("PORT", "http"),
         ("BRIDGE_OVERFLOW", "sometimes"),
+        ("BRIDGE_AUDIO_SOURCE", "microphone"),
         ("LOG_FORMAT", "xml"),
         ("PLAYBACK_CA_FILE", "/nonexistent/ca.pem"),
         ("PLAYBACK_CA_FILE", "Cargo.toml"),
