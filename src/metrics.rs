@@ -34,6 +34,9 @@ pub struct Snapshot<'a> {
     pub capacity_left: Option<usize>,
     pub cpu_used: Option<f64>,
     pub playback: &'a PlaybackStats,
+    /// Frames of target audio tracks routed to sessions, frames for streams no longer routed,
+    /// and the track streams open now.
+    pub track_frames: (u64, u64, usize),
 }
 
 pub struct Metrics {
@@ -53,6 +56,8 @@ pub struct Metrics {
     playbacks_playing: IntGauge,
     ended: IntCounterVec,
     frames: IntCounterVec,
+    track_frames: IntCounterVec,
+    track_streams: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -147,6 +152,19 @@ impl Metrics {
                 ),
                 &["outcome"],
             )?,
+            track_frames: IntCounterVec::new(
+                opts(
+                    "track_frames_total",
+                    "10 ms frames of the targets' audio tracks from LiveKit's library: routed \
+                     to a session (then counted in frames_total), or unrouted (the stream was \
+                     closed, or the frame was not 16 kHz mono).",
+                ),
+                &["outcome"],
+            )?,
+            track_streams: IntGauge::with_opts(opts(
+                "track_streams",
+                "Targets' audio tracks subscribed to and streaming now.",
+            ))?,
             registry,
         };
         m.registry.register(Box::new(m.joins.clone()))?;
@@ -164,6 +182,8 @@ impl Metrics {
         m.registry.register(Box::new(m.playbacks_playing.clone()))?;
         m.registry.register(Box::new(m.ended.clone()))?;
         m.registry.register(Box::new(m.frames.clone()))?;
+        m.registry.register(Box::new(m.track_frames.clone()))?;
+        m.registry.register(Box::new(m.track_streams.clone()))?;
         m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -257,6 +277,10 @@ impl Metrics {
         ] {
             advance(&self.frames.with_label_values(&[outcome]), n);
         }
+        let (routed, unrouted, streams) = s.track_frames;
+        advance(&self.track_frames.with_label_values(&["routed"]), routed);
+        advance(&self.track_frames.with_label_values(&["unrouted"]), unrouted);
+        self.track_streams.set(streams as i64);
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "cannot encode the metrics");
@@ -303,8 +327,12 @@ mod tests {
             capacity_left: Some(7),
             cpu_used: Some(0.25),
             playback: &PlaybackStats::default(),
+            track_frames: (500, 3, 1),
         });
         for line in [
+            "livekit_bridge_track_frames_total{outcome=\"routed\"} 500",
+            "livekit_bridge_track_frames_total{outcome=\"unrouted\"} 3",
+            "livekit_bridge_track_streams 1",
             "livekit_bridge_joins_total{result=\"ok\"} 1",
             "livekit_bridge_joins_total{result=\"refused_capacity\"} 1",
             "livekit_bridge_join_seconds_count 1",

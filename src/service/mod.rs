@@ -184,6 +184,7 @@ impl BridgeState {
             capacity_left: self.admission.sessions_left(live),
             cpu_used: self.admission.cpu_used(),
             playback: self.player.stats(),
+            track_frames: crate::room::ffi::FfiBackend::track_frame_counts(),
         })
     }
 

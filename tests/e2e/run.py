@@ -132,6 +132,10 @@ class Bridge:
             # arena makes RSS after churn say whether memory was really given back.
             "MALLOC_ARENA_MAX": os.environ.get("BRIDGE_MALLOC_ARENA_MAX", "1"),
         })
+        if not own_network:
+            # Metrics on the namespace's loopback (bridges with a network of their own have
+            # another loopback, and none set this).
+            env["BRIDGE_HTTP_ADDR"] = f"127.0.0.1:{METRICS_PORT}"
         env.update(settings or {})
         self.log = open(os.path.join(tmp, f"{name}.log"), "w")
         command = ["unshare", "-n", binary] if own_network else [binary]
@@ -165,6 +169,20 @@ class Bridge:
                 self.proc.kill()
         self.log.close()
         return self.proc.returncode
+
+
+METRICS_PORT = 19091
+
+
+def metric(name):
+    """A metric's value from the main bridge's /metrics (0 when absent)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def payload_rule(p: bytes) -> bytes:
@@ -554,6 +572,7 @@ async def track_audio(ctx: Ctx):
     while len(listener.since(t3)) < 50:
         check(time.monotonic() - t3 < 10, "the third track never flowed")
         await asyncio.sleep(0.05)
+    check(metric("livekit_bridge_track_streams") == 1, "track_streams is not 1 while a track flows")
     r = await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id="listener", reason="done"))
     check(r.success, f"LeaveRoom: {r}")
     await asyncio.wait_for(listener.task, 10)
@@ -561,6 +580,12 @@ async def track_audio(ctx: Ctx):
     result("track_leave_during_flow", f"{code.name} {reason}")
     check(code == grpc.StatusCode.OK, f"the stream ended {code} {reason}")
     check(ctx.bridge.proc.poll() is None, "the bridge exited")
+    # The room's streams are released with it; every frame so far went to the session.
+    await asyncio.sleep(0.5)
+    routed = metric('livekit_bridge_track_frames_total{outcome="routed"}')
+    result("track_frames_routed", f"{routed:.0f}")
+    check(metric("livekit_bridge_track_streams") == 0, "a track stream outlived its room")
+    check(routed >= 700, f"only {routed:.0f} track frames were routed")
     # The bridge carries on: a new session on the same room hears the target's data packets.
     await ctx.joined("listener")
     call, _ = ctx.stream("listener")
@@ -1380,6 +1405,8 @@ async def main(binary, names):
             await (ctx.sfu if ctx is not None else sfu).stop()
             with open(os.path.join(tmp, "bridge.log")) as f:
                 log = f.read()
+        if os.environ.get("E2E_SHOW_LOG"):
+            print("---- bridge log ----\n" + log, flush=True)
         if failed is not None or "panicked" in log:
             print("---- bridge log (tail) ----\n" + log[-6000:], flush=True)
             raise failed or AssertionError("the bridge panicked")

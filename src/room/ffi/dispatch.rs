@@ -6,8 +6,8 @@
 //! lock, and pushed into the session's ring; an audio frame likewise, found by its stream's
 //! handle; the library's buffer is released after the copy (by [`super::library`]). Other
 //! events are decoded with prost. Nothing here blocks or calls back into the library, except
-//! to release handles: every publication or track handle not passed to a subscription task is
-//! released here.
+//! to release handles: every publication handle not passed to a subscription task is released
+//! here.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -163,8 +163,8 @@ impl Dispatch {
 }
 
 /// Handles `e` if it is a track event: the target's audio ones go to its room's subscription
-/// task (with their handles); the handles of all others are released. `None` if `e` is not a
-/// track event.
+/// task (with their handles); the publication handles of all others are released. `None` if
+/// `e` is not a track event.
 fn track_event(e: &proto::RoomEvent, route: Option<&client::Route>) -> Option<()> {
     use proto::room_event::Message as M;
     let message = e.message.as_ref()?;
@@ -181,23 +181,25 @@ fn track_event(e: &proto::RoomEvent, route: Option<&client::Route>) -> Option<()
                     tx.send(TrackEvent::Published {
                         sid: p.publication.info.sid.clone(),
                         publication: handle,
+                        microphone: p.publication.info.source
+                            == proto::TrackSource::SourceMicrophone as i32,
                     })
                     .is_ok()
                 });
             (sent.unwrap_or(false), handle)
         }
         M::TrackSubscribed(t) => {
-            let handle = t.track.handle.id;
-            let sent = for_target(&t.participant_identity)
-                .filter(|_| t.track.info.kind == audio)
-                .map(|(_, tx)| {
-                    tx.send(TrackEvent::Subscribed {
-                        sid: t.track.info.sid.clone(),
-                        track: handle,
-                    })
-                    .is_ok()
+            // A track's handle is never released here: the library releases every remote
+            // track handle itself when the room is left (see `subscribe`).
+            if let Some((_, tx)) =
+                for_target(&t.participant_identity).filter(|_| t.track.info.kind == audio)
+            {
+                let _ = tx.send(TrackEvent::Subscribed {
+                    sid: t.track.info.sid.clone(),
+                    track: t.track.handle.id,
                 });
-            (sent.unwrap_or(false), handle)
+            }
+            return Some(());
         }
         M::TrackUnpublished(u) => {
             if let Some((_, tx)) = for_target(&u.participant_identity) {

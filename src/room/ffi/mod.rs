@@ -188,6 +188,8 @@ async fn connect(
                     .send(subscribe::TrackEvent::Published {
                         sid: publication.info.sid.clone(),
                         publication: handle,
+                        microphone: publication.info.source
+                            == proto::TrackSource::SourceMicrophone as i32,
                     })
                     .is_ok(),
                 _ => false,

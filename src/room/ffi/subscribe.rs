@@ -8,14 +8,23 @@
 //! requests into the library, which its event thread must never make. Every handle the library
 //! gives for anything else is released on that thread at once.
 //!
+//! One track at a time: a target may publish more than one audio track (a microphone and a
+//! screen share's audio, or a republished microphone before the old one is gone), and two
+//! tracks pushed into one ring would interleave. The task listens to the latest microphone
+//! publication, or failing one the latest audio publication of any source, and unsubscribes
+//! from the one it listened to before.
+//!
 //! Per room, the task:
-//! - on `TrackPublished` (the target published audio, or had when the bridge joined):
-//!   `SetSubscribed(true)` on the publication, which it keeps until unpublished;
+//! - on `TrackPublished` (the target published audio, or had when the bridge joined): keeps the
+//!   publication until it is unpublished, and `SetSubscribed(true)` if it is now the one to
+//!   listen to (`SetSubscribed(false)` on the previous one);
 //! - on `TrackSubscribed`: `NewAudioStream` (16 kHz, mono, 10 ms frames), then registers the
 //!   stream's handle in the routing table ([`Streams`]), where the event callback finds it for
 //!   every frame;
-//! - on `TrackUnsubscribed` or `TrackUnpublished`: unregisters and releases the stream and the
-//!   track (the library ends the stream when its handle is released);
+//! - on `TrackUnsubscribed` or `TrackUnpublished`: unregisters and releases the stream (the
+//!   library ends the stream when its handle is released; the track's handle is the library's
+//!   to release when the room is left, see `Subscriptions::release`); an unpublished track
+//!   that was listened to gives way to the next publication to choose;
 //! - when the room is left (its route removed, so the channel closes): unregisters and releases
 //!   everything it holds.
 //!
@@ -45,7 +54,12 @@ const FRAME_MS: u32 = 10;
 #[derive(Debug)]
 pub(super) enum TrackEvent {
     /// An audio publication of the target; the handle is now the task's.
-    Published { sid: String, publication: u64 },
+    Published {
+        sid: String,
+        publication: u64,
+        /// Its source is the microphone (not, say, a screen share's audio).
+        microphone: bool,
+    },
     Unpublished { sid: String },
     /// The target's audio track, subscribed; the handle is now the task's.
     Subscribed { sid: String, track: u64 },
@@ -115,42 +129,69 @@ pub(super) fn start(
 
 /// One subscribed track and the stream reading it.
 struct Subscribed {
+    /// For the logs: the library releases track handles itself.
     track: u64,
     stream: Option<u64>,
 }
 
-async fn run(
+/// One of the target's audio publications.
+struct Publication {
+    handle: u64,
+    microphone: bool,
+    /// When it was published, in the task's order: the latest microphone wins.
+    order: u64,
+}
+
+/// The publication to listen to among `publications`: the latest microphone, else the latest
+/// of any source.
+fn choose(publications: &HashMap<String, Publication>) -> Option<&str> {
+    publications
+        .iter()
+        .max_by_key(|(_, p)| (p.microphone, p.order))
+        .map(|(sid, _)| sid.as_str())
+}
+
+/// The room's subscription state: the target's audio publications, the one chosen, and the
+/// tracks subscribed with their streams.
+struct Subscriptions {
     client: &'static Client,
     room_handle: u64,
     events: Arc<dyn RoomEvents>,
-    mut rx: mpsc::UnboundedReceiver<TrackEvent>,
-) {
-    let mut publications: HashMap<String, u64> = HashMap::new();
-    let mut tracks: HashMap<String, Subscribed> = HashMap::new();
-    let release = |sub: Subscribed| {
-        if let Some(stream) = sub.stream {
-            client.shared.streams.unregister(stream);
-            client.lib.drop_handle(stream);
-        }
-        client.lib.drop_handle(sub.track);
-    };
-    while let Some(event) = rx.recv().await {
+    publications: HashMap<String, Publication>,
+    chosen: Option<String>,
+    tracks: HashMap<String, Subscribed>,
+    published: u64,
+}
+
+impl Subscriptions {
+    fn handle(&mut self, event: TrackEvent) {
+        let room_handle = self.room_handle;
         match event {
-            TrackEvent::Published { sid, publication } => {
-                if let Some(old) = publications.insert(sid.clone(), publication) {
-                    client.lib.drop_handle(old);
+            TrackEvent::Published {
+                sid,
+                publication,
+                microphone,
+            } => {
+                self.published += 1;
+                let p = Publication {
+                    handle: publication,
+                    microphone,
+                    order: self.published,
+                };
+                if let Some(old) = self.publications.insert(sid, p) {
+                    self.client.lib.drop_handle(old.handle);
                 }
-                match subscribe(client, publication) {
-                    Ok(()) => tracing::info!(room_handle, track_sid = %sid, "subscribing to the target's audio track"),
-                    Err(e) => {
-                        tracing::warn!(room_handle, track_sid = %sid, error = %e, "could not subscribe to the target's audio track")
-                    }
-                }
+                self.rechoose();
             }
             TrackEvent::Subscribed { sid, track } => {
-                let stream = match open_stream(client, track) {
+                if self.chosen.as_deref() != Some(sid.as_str()) {
+                    // Subscribed before another publication was chosen: not listened to (its
+                    // handle is the library's to release, see `release`).
+                    return;
+                }
+                let stream = match open_stream(self.client, track) {
                     Ok(stream) => {
-                        client.shared.streams.register(stream, events.clone());
+                        self.client.shared.streams.register(stream, self.events.clone());
                         tracing::info!(room_handle, track_sid = %sid, "receiving the target's audio track");
                         Some(stream)
                     }
@@ -159,38 +200,115 @@ async fn run(
                         None
                     }
                 };
-                if let Some(old) = tracks.insert(sid, Subscribed { track, stream }) {
-                    release(old);
+                if let Some(old) = self.tracks.insert(sid, Subscribed { track, stream }) {
+                    self.release(old);
                 }
             }
             TrackEvent::Unsubscribed { sid } => {
-                if let Some(sub) = tracks.remove(&sid) {
-                    release(sub);
+                if let Some(sub) = self.tracks.remove(&sid) {
+                    self.release(sub);
                     tracing::info!(room_handle, track_sid = %sid, "the target's audio track ended");
                 }
             }
             TrackEvent::Unpublished { sid } => {
-                if let Some(sub) = tracks.remove(&sid) {
-                    release(sub);
+                if let Some(sub) = self.tracks.remove(&sid) {
+                    self.release(sub);
                 }
-                if let Some(publication) = publications.remove(&sid) {
-                    client.lib.drop_handle(publication);
+                if let Some(p) = self.publications.remove(&sid) {
+                    self.client.lib.drop_handle(p.handle);
                     tracing::info!(room_handle, track_sid = %sid, "the target unpublished its audio track");
                 }
+                if self.chosen.as_deref() == Some(sid.as_str()) {
+                    self.chosen = None;
+                }
+                self.rechoose();
             }
         }
     }
-    // The room was left: its route, and with it the sender, is gone.
-    tracks.into_values().for_each(release);
-    for publication in publications.into_values() {
-        client.lib.drop_handle(publication);
+
+    /// Listens to the publication [`choose`] picks, if it is not the one listened to already:
+    /// the previous one is unsubscribed (its stream released), the new one subscribed to.
+    fn rechoose(&mut self) {
+        let room_handle = self.room_handle;
+        let Some(best) = choose(&self.publications).map(str::to_string) else {
+            return;
+        };
+        if self.chosen.as_deref() == Some(best.as_str()) {
+            return;
+        }
+        if let Some(previous) = self.chosen.take() {
+            if let Some(sub) = self.tracks.remove(&previous) {
+                self.release(sub);
+            }
+            if let Some(p) = self.publications.get(&previous)
+                && let Err(e) = set_subscribed(self.client, p.handle, false)
+            {
+                tracing::warn!(room_handle, track_sid = %previous, error = %e, "could not unsubscribe from the target's earlier audio track");
+            }
+        }
+        let Some(p) = self.publications.get(&best) else {
+            return;
+        };
+        match set_subscribed(self.client, p.handle, true) {
+            Ok(()) => {
+                tracing::info!(room_handle, track_sid = %best, microphone = p.microphone, "subscribing to the target's audio track");
+                self.chosen = Some(best);
+            }
+            Err(e) => {
+                tracing::warn!(room_handle, track_sid = %best, error = %e, "could not subscribe to the target's audio track")
+            }
+        }
+    }
+
+    /// Stops reading a track: its stream is unregistered and released (which ends it). The
+    /// track's own handle is not released here: the library keeps every remote track handle
+    /// it gives out in its room and releases them all when the room is left, warning about
+    /// each one the client released first.
+    fn release(&self, sub: Subscribed) {
+        tracing::debug!(room_handle = self.room_handle, track = sub.track, stream = ?sub.stream, "releasing a track's stream");
+        if let Some(stream) = sub.stream {
+            self.client.shared.streams.unregister(stream);
+            self.client.lib.drop_handle(stream);
+        }
+    }
+
+    /// The room was left: unregisters and releases everything.
+    fn release_all(&mut self) {
+        for (_, sub) in std::mem::take(&mut self.tracks) {
+            self.release(sub);
+        }
+        for (_, p) in std::mem::take(&mut self.publications) {
+            self.client.lib.drop_handle(p.handle);
+        }
     }
 }
 
-fn subscribe(client: &Client, publication: u64) -> Result<(), RoomError> {
+async fn run(
+    client: &'static Client,
+    room_handle: u64,
+    events: Arc<dyn RoomEvents>,
+    mut rx: mpsc::UnboundedReceiver<TrackEvent>,
+) {
+    let mut subs = Subscriptions {
+        client,
+        room_handle,
+        events,
+        publications: HashMap::new(),
+        chosen: None,
+        tracks: HashMap::new(),
+        published: 0,
+    };
+    while let Some(event) = rx.recv().await {
+        subs.handle(event);
+    }
+    // The room was left: its route, and with it the sender, is gone.
+    subs.release_all();
+}
+
+fn set_subscribed(client: &Client, publication: u64, subscribe: bool) -> Result<(), RoomError> {
     let answer = client.request(ffi_request::Message::SetSubscribed(
         proto::SetSubscribedRequest {
-            subscribe: true,
+            subscribe,
             publication_handle: publication,
         },
     ))?;
@@ -215,5 +333,31 @@ fn open_stream(client: &Client, track: u64) -> Result<u64, RoomError> {
     match answer {
         ffi_response::Message::NewAudioStream(r) => Ok(r.stream.handle.id),
         other => Err(unexpected("NewAudioStream", other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_microphone_is_listened_to_else_the_latest_of_any_source() {
+        let mut p = HashMap::new();
+        assert_eq!(choose(&p), None);
+        let publication = |microphone, order| Publication {
+            handle: order,
+            microphone,
+            order,
+        };
+        p.insert("TR_screen".to_string(), publication(false, 1));
+        assert_eq!(choose(&p), Some("TR_screen"));
+        p.insert("TR_mic".to_string(), publication(true, 2));
+        assert_eq!(choose(&p), Some("TR_mic"));
+        p.insert("TR_screen2".to_string(), publication(false, 3));
+        assert_eq!(choose(&p), Some("TR_mic"), "a microphone beats a later screen share");
+        p.insert("TR_mic_again".to_string(), publication(true, 4));
+        assert_eq!(choose(&p), Some("TR_mic_again"), "a republished microphone wins");
+        p.remove("TR_mic_again");
+        assert_eq!(choose(&p), Some("TR_mic"));
     }
 }
