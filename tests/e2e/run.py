@@ -906,11 +906,12 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def room_load(ctx: Ctx, rooms: int, seconds: float = 10.0):
+async def room_load(ctx: Ctx, rooms: int, seconds: float = 10.0, via: str = "data"):
     """`rooms` real rooms with audio both ways: the target sends 100 data packets a second to
-    each, and each user's client streams 100 frames a second of PCM, which the bridge publishes.
-    The bridge process's CPU, RSS and threads per room, from /proc, and the delay through the
-    bridge (arrival to the client, ms resolution)."""
+    each (with `via="track"`, publishes an Opus microphone track instead, which the bridge
+    subscribes to and decodes), and each user's client streams 100 frames a second of PCM,
+    which the bridge publishes. The bridge process's CPU, RSS and threads per room, from /proc,
+    and the delay through the bridge (arrival to the client, ms resolution)."""
     await ctx.joined("warmup")
     await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id="warmup", reason="warmup"))
     await asyncio.sleep(1.0)
@@ -918,9 +919,17 @@ async def room_load(ctx: Ctx, rooms: int, seconds: float = 10.0):
     users = [f"load{i}" for i in range(rooms)]
     calls, parts = [], []
     for u in users:
-        call, queue = await streaming(ctx, u)
+        if via == "track":
+            await ctx.joined(u)
+            call, queue = ctx.stream(u)
+            p = await ctx.participant(u)
+            await p.publish_track_as("target", f"TR_load_{u}", ToneTrack(440, 3600.0))
+            await asyncio.wait_for(p.subscribed.get(), 15)
+        else:
+            call, queue = await streaming(ctx, u)
+            p = await ctx.participant(u)
         calls.append((call, queue))
-        parts.append(await ctx.participant(u))
+        parts.append(p)
     received = {"n": 0, "sent": 0}
     delays = []
     stop = asyncio.Event()
@@ -942,7 +951,9 @@ async def room_load(ctx: Ctx, rooms: int, seconds: float = 10.0):
             for (call, queue), p in zip(calls, parts):
                 queue.put_nowait(ctx.pb.AudioChunk(pcm_data=frame, sample_rate=16000,
                                                    channels=1, track_id=0))
-                if p.try_send_data("target", packet):
+                if via == "track":
+                    received["sent"] += 1  # the track's 10 ms that the library delivers
+                elif p.try_send_data("target", packet):
                     received["sent"] += 1
             i += 1
             await asyncio.sleep(max(0, t0 + i * 0.01 - time.monotonic()))
@@ -1376,8 +1387,10 @@ SCENARIOS = {
     "room_cost": lambda ctx: room_cost(ctx, int(os.environ.get("E2E_ROOMS", "20")),
                                        int(os.environ.get("E2E_ROUNDS", "3"))),
     # A measurement for BENCHMARKS.md, not run by the test suite:
-    # E2E_ROOMS=10 unshare -n vendor/e2e-venv/bin/python tests/e2e/run.py BIN room_load
-    "room_load": lambda ctx: room_load(ctx, int(os.environ.get("E2E_ROOMS", "10"))),
+    # E2E_ROOMS=10 [E2E_VIA=track] unshare -n vendor/e2e-venv/bin/python tests/e2e/run.py BIN
+    # room_load
+    "room_load": lambda ctx: room_load(ctx, int(os.environ.get("E2E_ROOMS", "10")),
+                                       via=os.environ.get("E2E_VIA", "data")),
 }
 
 
