@@ -13,8 +13,8 @@ use reqwest::Url;
 
 use crate::audio::{Overflow, RingConfig};
 use crate::listener::ConnectionLimits;
-use crate::room::AudioSource;
 pub use crate::logging::LogFormat;
+use crate::room::AudioSource;
 use crate::service::admission::Limits;
 use crate::service::{ServiceSettings, TlsPem};
 

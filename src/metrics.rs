@@ -279,7 +279,10 @@ impl Metrics {
         }
         let (routed, unrouted, streams) = s.track_frames;
         advance(&self.track_frames.with_label_values(&["routed"]), routed);
-        advance(&self.track_frames.with_label_values(&["unrouted"]), unrouted);
+        advance(
+            &self.track_frames.with_label_values(&["unrouted"]),
+            unrouted,
+        );
         self.track_streams.set(streams as i64);
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

@@ -64,10 +64,13 @@ async fn worker(bridge: Arc<Bridge>, user: String) -> Tally {
         let (hz, band) = tone(cycle);
         let server_drop = if way == 3 { "&drop_after_ms=10" } else { "" };
         // Every way of ending, with the audio as data packets and as track frames in turn.
-        let via = if (cycle / 4) % 2 == 0 { "data" } else { "track" };
-        let url = format!(
-            "sim://tone?pace=max&hz={hz}&via={via}&linger_ms=30&chatter_ms=1{server_drop}"
-        );
+        let via = if (cycle / 4) % 2 == 0 {
+            "data"
+        } else {
+            "track"
+        };
+        let url =
+            format!("sim://tone?pace=max&hz={hz}&via={via}&linger_ms=30&chatter_ms=1{server_drop}");
         join_ok(&mut c, &user, &url).await;
         if let Some((mut old, session)) = to_be_replaced.take() {
             assert_eq!(old.end().await.2.as_deref(), Some("replaced"));

@@ -505,7 +505,11 @@ fn connections_beyond_the_limit_are_closed_at_once() {
         std::thread::sleep(Duration::from_millis(200));
         held.retain_mut(|c| !closed_by_server(c, Duration::from_millis(50)));
     }
-    assert_eq!(held.len(), 8, "eight connections within the limit were not all kept");
+    assert_eq!(
+        held.len(),
+        8,
+        "eight connections within the limit were not all kept"
+    );
     let mut extra = TcpStream::connect(&addr).expect("connect");
     assert!(
         closed_by_server(&mut extra, Duration::from_secs(2)),

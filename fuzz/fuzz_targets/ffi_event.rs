@@ -53,7 +53,11 @@ fuzz_target!(|data: &[u8]| {
             Some(ffi_event::Message::AudioStreamEvent(e))
                 if matches!(e.message, Some(audio_stream_event::Message::FrameReceived(_)))
         );
-        assert_eq!(frame.is_some(), is_frame, "the frame reader and prost disagree");
+        assert_eq!(
+            frame.is_some(),
+            is_frame,
+            "the frame reader and prost disagree"
+        );
     } else {
         assert!(frame.is_none(), "a frame read from bytes prost rejects");
     }

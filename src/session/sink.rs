@@ -128,9 +128,16 @@ mod tests {
             audio_source: source,
         };
         let backend = SimBackend::default();
-        let session = Session::connect("u", 1, &backend, request, RingConfig::default(), Arc::default())
-            .await
-            .expect("a simulated room connects");
+        let session = Session::connect(
+            "u",
+            1,
+            &backend,
+            request,
+            RingConfig::default(),
+            Arc::default(),
+        )
+        .await
+        .expect("a simulated room connects");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let received = session.ring_stats().received;
         session.close(EndReason::Left("done".into())).await;

@@ -17,8 +17,8 @@ use prost::Message;
 use super::client::{self, Shared};
 use super::library::EventSink;
 use super::packet::{AudioFrameRef, DataPacketRef};
-use super::subscribe::TrackEvent;
 use super::proto::{self, ffi_event};
+use super::subscribe::TrackEvent;
 use super::translate::{disconnect, log_record};
 use crate::room::DataKind;
 

@@ -274,7 +274,10 @@ extern "C" fn on_event(data: *const u8, len: usize) {
                             // buffer lives until its handle is dropped, which happens only
                             // after the sink has copied what it needs, two lines down.
                             unsafe {
-                                std::slice::from_raw_parts(frame.data_ptr as usize as *const u8, len)
+                                std::slice::from_raw_parts(
+                                    frame.data_ptr as usize as *const u8,
+                                    len,
+                                )
                             }
                         }
                         _ => &[][..],

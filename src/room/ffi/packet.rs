@@ -460,15 +460,21 @@ mod tests {
             samples_per_channel: u32::MAX,
             ..frame
         };
-        assert_eq!(huge.byte_len(usize::MAX), None, "the sample count overflows");
+        assert_eq!(
+            huge.byte_len(usize::MAX),
+            None,
+            "the sample count overflows"
+        );
         assert_eq!(read_audio_frame(&PACKET.to_event().encode_to_vec()), None);
         let eos = proto::FfiEvent {
-            message: Some(ffi_event::Message::AudioStreamEvent(proto::AudioStreamEvent {
-                stream_handle: 4,
-                message: Some(proto::audio_stream_event::Message::Eos(
-                    proto::AudioStreamEos {},
-                )),
-            })),
+            message: Some(ffi_event::Message::AudioStreamEvent(
+                proto::AudioStreamEvent {
+                    stream_handle: 4,
+                    message: Some(proto::audio_stream_event::Message::Eos(
+                        proto::AudioStreamEos {},
+                    )),
+                },
+            )),
         };
         assert_eq!(read_audio_frame(&eos.encode_to_vec()), None);
         assert_eq!(read_audio_frame(&[0x22, 0x05]), None, "truncated");

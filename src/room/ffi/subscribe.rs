@@ -60,10 +60,17 @@ pub(super) enum TrackEvent {
         /// Its source is the microphone (not, say, a screen share's audio).
         microphone: bool,
     },
-    Unpublished { sid: String },
+    Unpublished {
+        sid: String,
+    },
     /// The target's audio track, subscribed; the handle is now the task's.
-    Subscribed { sid: String, track: u64 },
-    Unsubscribed { sid: String },
+    Subscribed {
+        sid: String,
+        track: u64,
+    },
+    Unsubscribed {
+        sid: String,
+    },
 }
 
 /// Open audio streams by handle: where the event callback sends each frame.
@@ -191,7 +198,10 @@ impl Subscriptions {
                 }
                 let stream = match open_stream(self.client, track) {
                     Ok(stream) => {
-                        self.client.shared.streams.register(stream, self.events.clone());
+                        self.client
+                            .shared
+                            .streams
+                            .register(stream, self.events.clone());
                         tracing::info!(room_handle, track_sid = %sid, "receiving the target's audio track");
                         Some(stream)
                     }
@@ -354,9 +364,17 @@ mod tests {
         p.insert("TR_mic".to_string(), publication(true, 2));
         assert_eq!(choose(&p), Some("TR_mic"));
         p.insert("TR_screen2".to_string(), publication(false, 3));
-        assert_eq!(choose(&p), Some("TR_mic"), "a microphone beats a later screen share");
+        assert_eq!(
+            choose(&p),
+            Some("TR_mic"),
+            "a microphone beats a later screen share"
+        );
         p.insert("TR_mic_again".to_string(), publication(true, 4));
-        assert_eq!(choose(&p), Some("TR_mic_again"), "a republished microphone wins");
+        assert_eq!(
+            choose(&p),
+            Some("TR_mic_again"),
+            "a republished microphone wins"
+        );
         p.remove("TR_mic_again");
         assert_eq!(choose(&p), Some("TR_mic"));
     }
