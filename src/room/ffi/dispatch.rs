@@ -56,9 +56,11 @@ impl EventSink for Dispatch {
     }
 
     fn audio_frame(&self, frame: &AudioFrameRef, pcm: &[u8]) {
-        // The stream was asked for the bridge's format; anything else is not pushed as audio.
+        // The stream was asked for the bridge's format; anything else (or a frame the library
+        // callback would not read) is not pushed as audio.
         if frame.num_channels != crate::audio::format::CHANNELS
             || frame.sample_rate != crate::audio::format::SAMPLE_RATE
+            || pcm.is_empty()
         {
             self.0.streams.unrouted.fetch_add(1, Ordering::Relaxed);
             return;
