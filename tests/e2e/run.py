@@ -422,7 +422,9 @@ async def track_edges(ctx: Ctx):
     result("edge_stream_heard_s", f"{h['heard_s']:.3f}")
     result("edge_stream_first_10ms_sent_at_ms", f"{h['first_sent_at_ms']:.0f}")
     result("edge_stream_first_audible_after_ms", f"{(h['first_at'] - t0) * 1000:.0f}")
-    check(abs(h["heard_s"] - seconds) <= 0.03, f"heard {h['heard_s']:.3f} s of {seconds} s")
+    # Lost audio makes it shorter; Opus's ringing after the ramp's abrupt end makes it longer
+    # by 17 to 35 ms (measured), which loses nothing.
+    check(-0.03 <= h["heard_s"] - seconds <= 0.06, f"heard {h['heard_s']:.3f} s of {seconds} s")
     check(h["first_sent_at_ms"] <= 30, f"the first 10 ms heard were sent {h['first_sent_at_ms']:.0f} ms in")
 
     import io
@@ -452,7 +454,9 @@ async def track_edges(ctx: Ctx):
     result("edge_play_first_10ms_sent_at_ms", f"{h['first_sent_at_ms']:.0f}")
     result("edge_play_first_audible_after_ms", f"{(h['first_at'] - asked) * 1000:.0f}")
     result("edge_play_last_audible_minus_completed_ms", f"{(h['last_at'] - completed_at) * 1000:.0f}")
-    check(abs(h["heard_s"] - seconds) <= 0.03, f"heard {h['heard_s']:.3f} s of {seconds} s")
+    # Lost audio makes it shorter; Opus's ringing after the ramp's abrupt end makes it longer
+    # by 17 to 35 ms (measured), which loses nothing.
+    check(-0.03 <= h["heard_s"] - seconds <= 0.06, f"heard {h['heard_s']:.3f} s of {seconds} s")
     check(h["first_sent_at_ms"] <= 30, f"the first 10 ms heard were sent {h['first_sent_at_ms']:.0f} ms in")
     # The last sample reaches the mock about 100 ms after COMPLETED (Opus framing, the jitter
     # buffer), not the source queue's 500 ms later, as it would if COMPLETED came when the
