@@ -74,6 +74,12 @@ fn data_packets_win_over_the_track_while_they_flow_and_the_track_takes_over_afte
 }
 
 #[test]
+fn the_targets_track_is_subscribed_again_after_the_library_reconnects_in_full() {
+    let out = run(&["track_after_reconnect"], &[]);
+    assert!(out.contains("RESULT track_after_reconnect_chunks_in_2s="));
+}
+
+#[test]
 fn the_audio_source_setting_picks_data_packets_or_the_track() {
     let out = run(&["audio_source_settings"], &[]);
     assert!(out.contains("RESULT source_data_chunks="));

@@ -169,6 +169,9 @@ class Bridge:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
+        if os.environ.get("E2E_SHOW_LOG") and self.network is not None:
+            with open(self.log.name) as f:
+                print(f"---- {os.path.basename(self.log.name)} ----\n" + f.read(), flush=True)
         return self.proc.returncode
 
 
@@ -1275,6 +1278,43 @@ async def sfu_restart(ctx: Ctx):
         bridge.stop()
 
 
+async def track_after_reconnect(ctx: Ctx):
+    """The SFU restarts while the target's track flows: the library reconnects the room in full
+    and presents the target's track again, and the bridge subscribes to it again, with no call
+    from the backend."""
+    ctx.sfu.published = {"TR_kept": ("target", ToneTrack(440, 3600.0))}
+    bridge, bctx = await own_bridge(ctx)
+    try:
+        await bctx.joined("retrack")
+        listener = Listener(bctx, "retrack")
+        p = await bctx.participant("retrack")
+        await asyncio.wait_for(p.subscribed.get(), 15)
+        t = time.monotonic()
+        while len(listener.since(t)) < 50:
+            check(time.monotonic() - t < 10, "the track never flowed")
+            await asyncio.sleep(0.05)
+        await ctx.sfu.stop()
+        await asyncio.sleep(1.0)
+        fresh = MockSfu(SFU_HOST, SFU_PORT)
+        fresh.published = {"TR_kept": ("target", ToneTrack(440, 3600.0))}
+        await fresh.start()
+        ctx.sfu = bctx.sfu = fresh
+        t0 = time.monotonic()
+        p = await bctx.participant("retrack")
+        await asyncio.wait_for(p.subscribed.get(), 60)
+        result("track_after_reconnect_subscribed_after_s", f"{time.monotonic() - t0:.1f}")
+        t1 = time.monotonic()
+        await asyncio.sleep(2.0)
+        after = listener.since(t1)
+        result("track_after_reconnect_chunks_in_2s", len(after))
+        check(len(after) >= 150, f"only {len(after)} chunks in the 2 s after the resubscription")
+        check(listener.end is None, f"the stream ended: {listener.end}")
+        listener.call.cancel()
+    finally:
+        ctx.sfu.published = {}
+        await bctx.channel.close()
+        bridge.stop()
+
 async def token_refused(ctx: Ctx):
     """The signalling connection drops and the token is refused when the library reconnects:
     the stream ends with an error status saying so, for the backend to rejoin with a new
@@ -1400,6 +1440,7 @@ SCENARIOS = {
     "track_audio": track_audio,
     "track_and_data": track_and_data,
     "audio_source_settings": audio_source_settings,
+    "track_after_reconnect": track_after_reconnect,
     "churn": lambda ctx: churn(ctx, int(os.environ.get("E2E_CYCLES", "200"))),
     "room_cost": lambda ctx: room_cost(ctx, int(os.environ.get("E2E_ROOMS", "20")),
                                        int(os.environ.get("E2E_ROUNDS", "3"))),

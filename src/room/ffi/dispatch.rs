@@ -151,6 +151,9 @@ impl Dispatch {
                     );
                 } else if was && c.state == proto::ConnectionState::ConnConnected as i32 {
                     tracing::warn!(room_handle = e.room_handle, "room connection restored");
+                    if let Some(tx) = &route.tracks {
+                        let _ = tx.send(TrackEvent::Reconnected);
+                    }
                 }
                 // Cleared only when connected again: the library reports Disconnected as a
                 // state before its Disconnected event, which must still see it gave up.

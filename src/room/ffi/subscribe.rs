@@ -28,8 +28,13 @@
 //! - when the room is left (its route removed, so the channel closes): unregisters and releases
 //!   everything it holds.
 //!
+//! After the library reconnects the room, the chosen track is asked for again if it has not
+//! arrived: a subscription asked for while the library was still reconnecting can be lost.
+//!
 //! A track republished with a new SID is a new publication: it is subscribed to as the first
-//! was, with no call from the backend. Frames of a stream that is no longer registered (the
+//! was, with no call from the backend. So is the same SID announced again with a new
+//! publication handle, which is how the library presents remote tracks after it has
+//! reconnected the room in full. Frames of a stream that is no longer registered (the
 //! room was left while the library still had one queued) are counted as unrouted and released.
 
 use std::collections::HashMap;
@@ -71,6 +76,8 @@ pub(super) enum TrackEvent {
     Unsubscribed {
         sid: String,
     },
+    /// The room's connection is back after the library reconnected it.
+    Reconnected,
 }
 
 /// Open audio streams by handle: where the event callback sends each frame.
@@ -185,8 +192,17 @@ impl Subscriptions {
                     microphone,
                     order: self.published,
                 };
-                if let Some(old) = self.publications.insert(sid, p) {
+                if let Some(old) = self.publications.insert(sid.clone(), p) {
+                    // The same track announced again with a new publication: the library
+                    // reconnected the room in full and its subscriptions went with the old
+                    // one, so it is subscribed to afresh.
                     self.client.lib.drop_handle(old.handle);
+                    if self.chosen.as_deref() == Some(sid.as_str()) {
+                        self.chosen = None;
+                        if let Some(sub) = self.tracks.remove(&sid) {
+                            self.release(sub);
+                        }
+                    }
                 }
                 self.rechoose();
             }
@@ -218,6 +234,28 @@ impl Subscriptions {
                 if let Some(sub) = self.tracks.remove(&sid) {
                     self.release(sub);
                     tracing::info!(room_handle, track_sid = %sid, "the target's audio track ended");
+                }
+            }
+            TrackEvent::Reconnected => {
+                // A subscription asked for while the library was still reconnecting can be lost
+                // with the old connection (seen: the track presented again 36 ms before the
+                // room was back, its subscription never reaching the server). Ask again for the
+                // chosen track if it has not arrived.
+                let Some(sid) = self.chosen.clone() else {
+                    return;
+                };
+                if self.tracks.contains_key(&sid) {
+                    return;
+                }
+                if let Some(p) = self.publications.get(&sid) {
+                    match set_subscribed(self.client, p.handle, true) {
+                        Ok(()) => {
+                            tracing::info!(room_handle, track_sid = %sid, "subscribing again to the target's audio track after the room reconnected")
+                        }
+                        Err(e) => {
+                            tracing::warn!(room_handle, track_sid = %sid, error = %e, "could not subscribe again to the target's audio track")
+                        }
+                    }
                 }
             }
             TrackEvent::Unpublished { sid } => {
