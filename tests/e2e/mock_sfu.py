@@ -344,10 +344,8 @@ class Participant:
 
     async def participant_update(self, identity, joined, sid=None):
         """Another participant joins (or leaves) the room, as the server tells its clients."""
-        state = models.ParticipantInfo.ACTIVE if joined else models.ParticipantInfo.DISCONNECTED
-        info = models.ParticipantInfo(sid=sid or f"PA_{identity}", identity=identity,
-                                      name=identity, state=state)
-        await self.send(update=rtc.ParticipantUpdate(participants=[info]))
+        await self.send(update=rtc.ParticipantUpdate(
+            participants=[self._info(identity, joined, sid)]))
 
     async def server_disconnect(self, reason):
         await self.send(leave=rtc.LeaveRequest(reason=reason, action=rtc.LeaveRequest.DISCONNECT,

@@ -480,23 +480,10 @@ class Listener:
         self.task = asyncio.ensure_future(self.read())
 
     async def read(self):
-        self.end = await stream_end_keeping(self.call, self.chunks)
+        self.end = await stream_end(self.call, self.chunks, timeout=None)
 
     def since(self, t):
         return [c for (at, c) in self.chunks if at >= t]
-
-
-async def stream_end_keeping(call, into):
-    try:
-        while True:
-            chunk = await call.read()
-            if chunk is grpc.aio.EOF:
-                break
-            into.append((time.monotonic(), chunk))
-        trailers, code = await call.trailing_metadata(), await call.code()
-    except grpc.aio.AioRpcError as e:
-        trailers, code = e.trailing_metadata(), e.code()
-    return code, dict(trailers or ()).get("x-bridge-end-reason")
 
 
 def heard_tone(chunks, name, hz, seconds):
@@ -696,11 +683,14 @@ async def audio_source_settings(ctx: Ctx):
         bridge.stop()
 
 
-async def stream_end(call):
-    """Reads a StreamAudio to its end: its status code and its x-bridge-end-reason."""
+async def stream_end(call, into=None, timeout=10):
+    """Reads a StreamAudio to its end: its status code and its x-bridge-end-reason. Each chunk
+    is kept in `into` with its arrival time, if given; each read waits at most `timeout` s
+    (None: for as long as it takes)."""
     try:
-        while await asyncio.wait_for(call.read(), 10) is not grpc.aio.EOF:
-            pass
+        while (chunk := await asyncio.wait_for(call.read(), timeout)) is not grpc.aio.EOF:
+            if into is not None:
+                into.append((time.monotonic(), chunk))
         trailers, code = await call.trailing_metadata(), await call.code()
     except grpc.aio.AioRpcError as e:
         trailers, code = e.trailing_metadata(), e.code()

@@ -5,20 +5,18 @@
 //! A data packet is read without allocating, its room found under the routing table's read
 //! lock, and pushed into the session's ring; an audio frame likewise, found by its stream's
 //! handle; the library's buffer is released after the copy (by [`super::library`]). Other
-//! events are decoded with prost. Nothing here blocks or calls back into the library, except
+//! events come decoded with prost (once, by [`super::library`]). Nothing here blocks or calls back into the library, except
 //! to release handles: every publication handle not passed to a subscription task is released
 //! here.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use prost::Message;
-
 use super::client::{self, Shared};
 use super::library::EventSink;
 use super::packet::{AudioFrameRef, DataPacketRef};
 use super::proto::{self, ffi_event};
-use super::subscribe::TrackEvent;
+use super::subscribe::{self, TrackEvent};
 use super::translate::{disconnect, log_record};
 use crate::room::DataKind;
 
@@ -68,14 +66,7 @@ impl EventSink for Dispatch {
         self.0.streams.frame(frame.stream_handle, pcm);
     }
 
-    fn other(&self, event: &[u8]) {
-        let Ok(event) = proto::FfiEvent::decode(event) else {
-            tracing::warn!(
-                bytes = event.len(),
-                "undecodable event from the LiveKit library"
-            );
-            return;
-        };
+    fn other(&self, event: proto::FfiEvent) {
         let Some(message) = event.message else { return };
         let async_id = match &message {
             ffi_event::Message::Connect(c) => c.async_id,
@@ -176,22 +167,12 @@ fn track_event(e: &proto::RoomEvent, route: Option<&client::Route>) -> Option<()
     let tasks = route.and_then(|r| r.tracks.as_ref().map(|tx| (r.target.as_str(), tx)));
     let for_target = |identity: &str| tasks.filter(|(target, _)| *target == identity);
     let audio = proto::TrackKind::KindAudio as i32;
-    // What goes to the task, and the handle to release if it cannot.
-    let (sent, handle) = match message {
+    match message {
         M::TrackPublished(p) => {
-            let handle = p.publication.handle.id;
-            let sent = for_target(&p.participant_identity)
-                .filter(|_| p.publication.info.kind == audio)
-                .map(|(_, tx)| {
-                    tx.send(TrackEvent::Published {
-                        sid: p.publication.info.sid.clone(),
-                        publication: handle,
-                        microphone: p.publication.info.source
-                            == proto::TrackSource::SourceMicrophone as i32,
-                    })
-                    .is_ok()
-                });
-            (sent.unwrap_or(false), handle)
+            if let Some(c) = client::opened() {
+                let task = for_target(&p.participant_identity).map(|(_, tx)| tx);
+                subscribe::offer(c.lib, task, &p.publication);
+            }
         }
         M::TrackSubscribed(t) => {
             // A track's handle is never released here: the library releases every remote
@@ -204,7 +185,6 @@ fn track_event(e: &proto::RoomEvent, route: Option<&client::Route>) -> Option<()
                     track: t.track.handle.id,
                 });
             }
-            return Some(());
         }
         M::TrackUnpublished(u) => {
             if let Some((_, tx)) = for_target(&u.participant_identity) {
@@ -212,7 +192,6 @@ fn track_event(e: &proto::RoomEvent, route: Option<&client::Route>) -> Option<()
                     sid: u.publication_sid.clone(),
                 });
             }
-            return Some(());
         }
         M::TrackUnsubscribed(u) => {
             if let Some((_, tx)) = for_target(&u.participant_identity) {
@@ -220,7 +199,6 @@ fn track_event(e: &proto::RoomEvent, route: Option<&client::Route>) -> Option<()
                     sid: u.track_sid.clone(),
                 });
             }
-            return Some(());
         }
         M::TrackSubscriptionFailed(f) => {
             if for_target(&f.participant_identity).is_some() {
@@ -231,24 +209,18 @@ fn track_event(e: &proto::RoomEvent, route: Option<&client::Route>) -> Option<()
                     "subscribing to the target's audio track failed"
                 );
             }
-            return Some(());
         }
         M::TrackMuted(m) => {
             if for_target(&m.participant_identity).is_some() {
                 tracing::info!(room_handle = e.room_handle, track_sid = %m.track_sid, "the target muted its audio track");
             }
-            return Some(());
         }
         M::TrackUnmuted(m) => {
             if for_target(&m.participant_identity).is_some() {
                 tracing::info!(room_handle = e.room_handle, track_sid = %m.track_sid, "the target unmuted its audio track");
             }
-            return Some(());
         }
         _ => return None,
-    };
-    if !sent && let Some(c) = client::opened() {
-        c.lib.drop_handle(handle);
     }
     Some(())
 }

@@ -17,7 +17,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use super::packet::{AudioFrameRef, DataPacketRef, read_audio_frame, read_data_packet};
+use super::packet::{AudioFrameRef, DataPacketRef, audio_frame_of, read_data_packet};
 use super::proto;
 
 /// The pinned library: version and sha256 of `liblivekit_ffi.so` in the wheel.
@@ -200,8 +200,8 @@ pub trait EventSink: Send + Sync + 'static {
     /// A frame of a remote audio stream; `pcm` (16-bit samples, native byte order) is borrowed
     /// from the library for this call only. Hot path, like `data_packet`.
     fn audio_frame(&self, frame: &AudioFrameRef, pcm: &[u8]);
-    /// Any other event, encoded.
-    fn other(&self, event: &[u8]);
+    /// Any other event, decoded.
+    fn other(&self, event: proto::FfiEvent);
 }
 
 /// The longest audio frame the callback will read: one second of 48 kHz stereo, far beyond
@@ -264,28 +264,36 @@ extern "C" fn on_event(data: *const u8, len: usize) {
                 sink.data_packet(&packet, payload);
                 lib.drop_handle(packet.buffer_handle);
             }
-            None => match read_audio_frame(event) {
-                Some(frame) => {
-                    let pcm = match frame.byte_len(MAX_FRAME_BYTES) {
-                        Some(len) if frame.data_ptr != 0 && len > 0 => {
-                            // SAFETY: `data_ptr` and the sample count describe the
-                            // OwnedAudioFrameBuffer this very event hands us (16-bit samples,
-                            // read here as their bytes, so no alignment is assumed); the
-                            // buffer lives until its handle is dropped, which happens only
-                            // after the sink has copied what it needs, two lines down.
-                            unsafe {
-                                std::slice::from_raw_parts(
-                                    frame.data_ptr as usize as *const u8,
-                                    len,
-                                )
+            // Every other event is decoded once, here: frames are taken out of it, the rest
+            // goes to the sink as it is.
+            None => match proto::FfiEvent::decode(event) {
+                Err(_) => tracing::warn!(
+                    bytes = event.len(),
+                    "undecodable event from the LiveKit library"
+                ),
+                Ok(decoded) => match audio_frame_of(&decoded) {
+                    Some(frame) => {
+                        let pcm = match frame.byte_len(MAX_FRAME_BYTES) {
+                            Some(len) if frame.data_ptr != 0 && len > 0 => {
+                                // SAFETY: `data_ptr` and the sample count describe the
+                                // OwnedAudioFrameBuffer this very event hands us (16-bit samples,
+                                // read here as their bytes, so no alignment is assumed); the
+                                // buffer lives until its handle is dropped, which happens only
+                                // after the sink has copied what it needs, two lines down.
+                                unsafe {
+                                    std::slice::from_raw_parts(
+                                        frame.data_ptr as usize as *const u8,
+                                        len,
+                                    )
+                                }
                             }
-                        }
-                        _ => &[][..],
-                    };
-                    sink.audio_frame(&frame, pcm);
-                    lib.drop_handle(frame.buffer_handle);
-                }
-                None => sink.other(event),
+                            _ => &[][..],
+                        };
+                        sink.audio_frame(&frame, pcm);
+                        lib.drop_handle(frame.buffer_handle);
+                    }
+                    None => sink.other(decoded),
+                },
             },
         }
     });

@@ -180,23 +180,9 @@ async fn connect(
     for p in &result.participants {
         client.lib.drop_handle(p.participant.handle.id);
         let is_target = p.participant.info.identity == request.target_identity;
+        let task = tracks.as_ref().filter(|_| is_target);
         for publication in &p.publications {
-            let handle = publication.handle.id;
-            let wanted = is_target && publication.info.kind == proto::TrackKind::KindAudio as i32;
-            let sent = match &tracks {
-                Some(tx) if wanted => tx
-                    .send(subscribe::TrackEvent::Published {
-                        sid: publication.info.sid.clone(),
-                        publication: handle,
-                        microphone: publication.info.source
-                            == proto::TrackSource::SourceMicrophone as i32,
-                    })
-                    .is_ok(),
-                _ => false,
-            };
-            if !sent {
-                client.lib.drop_handle(handle);
-            }
+            subscribe::offer(client.lib, task, publication);
         }
     }
     let participants = result.participants.len() as u32 + 1;

@@ -108,17 +108,21 @@ impl AudioFrameRef {
     }
 }
 
-/// The audio frame in `event`, if it is one. An audio stream event holds numbers only, so
-/// prost's decoding of it allocates nothing (`tests/alloc_free_push.rs` checks); any other
-/// event is left to the caller.
+/// The audio frame in the encoded `event`, if it is one. An audio stream event holds numbers
+/// only, so prost's decoding of it allocates nothing (`tests/alloc_free_push.rs` checks).
 pub fn read_audio_frame(event: &[u8]) -> Option<AudioFrameRef> {
     use prost::Message;
+    audio_frame_of(&proto::FfiEvent::decode(event).ok()?)
+}
+
+/// The audio frame in a decoded `event`, if it is one: what the event callback, which decodes
+/// every event that is not a data packet once, asks of it.
+pub fn audio_frame_of(event: &proto::FfiEvent) -> Option<AudioFrameRef> {
     use proto::{audio_stream_event, ffi_event};
-    let decoded = proto::FfiEvent::decode(event).ok()?;
-    let Some(ffi_event::Message::AudioStreamEvent(e)) = decoded.message else {
+    let Some(ffi_event::Message::AudioStreamEvent(e)) = &event.message else {
         return None;
     };
-    let Some(audio_stream_event::Message::FrameReceived(f)) = e.message else {
+    let Some(audio_stream_event::Message::FrameReceived(f)) = &e.message else {
         return None;
     };
     Some(AudioFrameRef {

@@ -5,8 +5,8 @@
 //! no video, no other participant's audio, nothing the bridge would decode and throw away.
 //! [`super::dispatch`] sees the room's track events on the library's thread and passes only the
 //! target's audio ones here, to one task per room, because subscribing and opening a stream are
-//! requests into the library, which its event thread must never make. Every handle the library
-//! gives for anything else is released on that thread at once.
+//! requests into the library, which its event thread must never make. The handle of every other
+//! publication is released at once ([`offer`]).
 //!
 //! One track at a time: a target may publish more than one audio track (a microphone and a
 //! screen share's audio, or a republished microphone before the old one is gone), and two
@@ -45,6 +45,7 @@ use crossbeam_utils::sync::ShardedLock;
 use tokio::sync::mpsc;
 
 use super::client::{Client, unexpected};
+use super::library::Library;
 use super::proto::{self, ffi_request, ffi_response};
 use crate::audio::format;
 use crate::room::{RoomError, RoomEvents};
@@ -126,6 +127,32 @@ impl Streams {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+}
+
+/// One of a room's remote publications, as the join found it or as the library announced it:
+/// an audio one goes to `task` (the room's subscription task, when the publisher is the
+/// target and the session takes its tracks), which then owns its handle; the handle of any
+/// other, or of one the task can no longer take, is released here.
+pub(super) fn offer(
+    lib: &Library,
+    task: Option<&mpsc::UnboundedSender<TrackEvent>>,
+    publication: &proto::OwnedTrackPublication,
+) {
+    let info = &publication.info;
+    let handle = publication.handle.id;
+    let taken = task
+        .filter(|_| info.kind == proto::TrackKind::KindAudio as i32)
+        .is_some_and(|tx| {
+            tx.send(TrackEvent::Published {
+                sid: info.sid.clone(),
+                publication: handle,
+                microphone: info.source == proto::TrackSource::SourceMicrophone as i32,
+            })
+            .is_ok()
+        });
+    if !taken {
+        lib.drop_handle(handle);
     }
 }
 
