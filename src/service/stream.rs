@@ -1,24 +1,29 @@
 //! StreamAudio: one bidirectional stream per user.
 //!
-//! The first client chunk names the session. Then two tasks run: one drains the session's ring
-//! into the response (room audio out), one publishes the client's chunks into the room (client
-//! audio in). How the stream ends tells the backend what to do:
+//! The first client chunk names the session. Then the response body ([`RoomAudio`]) polls the
+//! session's ring directly from the task hyper drives the HTTP/2 stream with: a frame pushed by
+//! the room wakes that task, which encodes it; no task or channel sits in between. A task
+//! publishes the client's chunks into the room (client audio in), and a watcher task, idle
+//! while audio flows, ends the stream for the reasons that do not come through the ring. How
+//! the stream ends tells the backend what to do:
 //! - session left, replaced or shut down, or stream taken over by a newer StreamAudio: status
 //!   OK, with the reason in the `x-bridge-end-reason` trailer (the backend does not reconnect);
 //! - room lost: UNAVAILABLE (the backend reconnects);
 //! - a bad client chunk: INVALID_ARGUMENT saying what was wrong; the session stays;
 //! - the client fails or cancels: the session, and only that one, is closed.
 //!
-//! A client that stops reading fills a small queue, then HTTP/2 flow control; the writer stops
-//! draining, and the ring's overflow policy drops and counts frames. Memory stays bounded and
-//! nothing else slows down.
+//! A client that stops reading exhausts HTTP/2 flow control; hyper stops polling the body, and
+//! the ring's overflow policy drops and counts frames. Memory stays bounded and nothing else
+//! slows down. If such a stream must end (taken over, session closed), the watcher takes the
+//! ring back and stops counting the stream at once; the status waits for the client to read.
 
-use std::pin::pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::oneshot;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status, Streaming};
 
@@ -29,10 +34,6 @@ use crate::proto::AudioChunk;
 use crate::room::track_name;
 use crate::session::{EndReason, Session, StreamLease, unix_ms};
 
-/// Chunks queued between the ring and the HTTP/2 stream.
-const OUTBOUND_QUEUE: usize = 4;
-/// How long the final status may wait for room in a stream whose client is not reading.
-const FINAL_STATUS_WAIT: Duration = Duration::from_secs(1);
 /// The room's audio format, which is also the only format accepted from the client.
 const SAMPLE_RATE: i32 = format::SAMPLE_RATE as i32;
 /// Trailer naming why a stream ended cleanly.
@@ -72,22 +73,45 @@ pub(super) async fn open(
     }
     validate(&first)?;
     let open = state.stream_opened();
-    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let Some(lease) = session.attach_stream().await else {
         return Err(taken_over_status());
     };
     let (fail_tx, fail_rx) = oneshot::channel();
+    let (gone_tx, gone_rx) = oneshot::channel();
+    let taken_over = lease.taken_over.clone();
+    let stream_id = lease.id;
+    let attachment = Arc::new(Mutex::new(Attachment {
+        lease: Some(lease),
+        end: None,
+        waker: None,
+        open: Some(open),
+    }));
     tokio::spawn(forward_client_audio(
         state.clone(),
         session.clone(),
-        lease.id,
-        lease.taken_over.clone(),
+        stream_id,
+        taken_over.clone(),
         inbound,
         first,
         fail_tx,
     ));
-    tokio::spawn(pump_room_audio(state, session, lease, tx, fail_rx, open));
-    Ok(Box::pin(ReceiverStream::new(rx)))
+    tokio::spawn(watch_end(
+        state.clone(),
+        session.clone(),
+        stream_id,
+        taken_over,
+        fail_rx,
+        gone_rx,
+        attachment.clone(),
+    ));
+    Ok(Box::pin(RoomAudio {
+        attachment,
+        state,
+        session,
+        pcm: Vec::with_capacity(2 * format::FRAME_BYTES),
+        finished: false,
+        _gone: gone_tx,
+    }))
 }
 
 /// Checks a client chunk; its PCM, if it carries any.
@@ -161,78 +185,154 @@ async fn client_gone(state: &BridgeState, session: &Session, stream_id: u64, why
     session.close(EndReason::ClientGone(why.to_string())).await;
 }
 
-enum End {
-    /// End with this status (OK with a reason, or an error).
-    Status(Status),
-    ClientGone,
+/// What a stream's response body and its end watcher share. Locked once per poll of the body
+/// by the task hyper polls it from, and once by the watcher when the stream ends, so it is
+/// never contended on the audio path.
+struct Attachment {
+    /// The right to the session's ring; `None` once the stream has ended here, which frees the
+    /// ring for a newer stream even if this one's client has stopped reading.
+    lease: Option<StreamLease>,
+    /// The status the body yields next, set by the watcher.
+    end: Option<Status>,
+    /// The body's task, woken when the watcher ends the stream.
+    waker: Option<Waker>,
+    /// Counts the stream as open until it has ended.
+    open: Option<OpenStream>,
 }
 
-async fn pump_room_audio(
+impl Attachment {
+    /// Ends the stream here: the ring goes back to the session and the stream stops counting.
+    /// Returns whether this call ended it.
+    fn detach(&mut self) -> bool {
+        self.open = None;
+        self.lease.take().is_some()
+    }
+}
+
+fn lock(a: &Mutex<Attachment>) -> MutexGuard<'_, Attachment> {
+    a.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The response body: polls the session's ring directly from hyper's task for this stream,
+/// so a frame costs one wake (push → this task) and no task or channel in between.
+struct RoomAudio {
+    attachment: Arc<Mutex<Attachment>>,
     state: Arc<BridgeState>,
     session: Arc<Session>,
-    lease: StreamLease,
-    tx: mpsc::Sender<Result<AudioChunk, Status>>,
+    /// The next frame's buffer, allocated before it is needed.
+    pcm: Vec<u8>,
+    /// The body has yielded its last item.
+    finished: bool,
+    /// Dropped with the body; tells the watcher if the client went away first.
+    _gone: oneshot::Sender<()>,
+}
+
+impl RoomAudio {
+    fn finish(
+        &mut self,
+        a: &mut Attachment,
+        status: Status,
+    ) -> Poll<Option<Result<AudioChunk, Status>>> {
+        a.detach();
+        self.finished = true;
+        Poll::Ready(Some(Err(status)))
+    }
+}
+
+impl Stream for RoomAudio {
+    type Item = Result<AudioChunk, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        let attachment = this.attachment.clone();
+        let mut a = lock(&attachment);
+        if let Some(status) = a.end.take() {
+            return this.finish(&mut a, status);
+        }
+        let Some(lease) = a.lease.as_mut() else {
+            // Ended without a status to give: only after the status was yielded.
+            this.finished = true;
+            return Poll::Ready(None);
+        };
+        match lease.consumer.poll_pop(cx, &mut this.pcm) {
+            Poll::Ready(Some(arrived_ms)) => {
+                this.session.delivered(arrived_ms);
+                this.state.metrics.delivered(unix_ms() - arrived_ms);
+                let pcm =
+                    std::mem::replace(&mut this.pcm, Vec::with_capacity(2 * format::FRAME_BYTES));
+                Poll::Ready(Some(Ok(AudioChunk {
+                    pcm_data: pcm,
+                    sample_rate: SAMPLE_RATE,
+                    channels: format::CHANNELS as i32,
+                    timestamp_ms: arrived_ms,
+                    ..Default::default()
+                })))
+            }
+            // The ring closes only when the session does.
+            Poll::Ready(None) => {
+                let status = session_ended(&this.session);
+                this.finish(&mut a, status)
+            }
+            Poll::Pending => {
+                if !a.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    a.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Ends a stream for the reasons that do not come through its ring: taken over, a bad client
+/// chunk, the session closing while the client is not reading, or the client going away. It
+/// runs once per stream and does nothing per frame.
+async fn watch_end(
+    state: Arc<BridgeState>,
+    session: Arc<Session>,
+    stream_id: u64,
+    taken_over: CancellationToken,
     failed: oneshot::Receiver<Status>,
-    _open: OpenStream,
+    gone: oneshot::Receiver<()>,
+    attachment: Arc<Mutex<Attachment>>,
 ) {
-    // The lease's other part (its detach stamp) stays in `lease` and goes with the function.
-    let StreamLease {
-        id,
-        taken_over,
-        mut consumer,
-        ..
-    } = lease;
     // Resolves with the status a bad client chunk ends the stream with; never otherwise.
-    let mut failed = pin!(async move {
+    let failed = async move {
         match failed.await {
             Ok(status) => status,
             Err(_) => std::future::pending().await,
         }
-    });
-    // Each end condition is one future for the whole stream, created once rather than once
-    // per frame (a small saving: 1.42 → 1.41 cores at 1,000 users, BENCHMARKS.md).
-    let mut taken = pin!(taken_over.cancelled());
-    let mut session_closed = pin!(session.closed());
-    let end = loop {
-        let permit = tokio::select! {
-            biased;
-            () = &mut taken => break End::Status(taken_over_status()),
-            status = &mut failed => break End::Status(status),
-            // A client that stops reading must not keep a closed session's stream alive.
-            () = &mut session_closed => break End::Status(session_ended(&session)),
-            permit = tx.reserve() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break End::ClientGone,
-            },
-        };
-        let mut pcm = Vec::with_capacity(2 * format::FRAME_BYTES);
-        let popped = tokio::select! {
-            biased;
-            () = &mut taken => break End::Status(taken_over_status()),
-            status = &mut failed => break End::Status(status),
-            () = tx.closed() => break End::ClientGone,
-            popped = consumer.pop(&mut pcm) => popped,
-        };
-        let Some(arrived_ms) = popped else {
-            break End::Status(session_ended(&session));
-        };
-        session.delivered(arrived_ms);
-        state.metrics.delivered(unix_ms() - arrived_ms);
-        permit.send(Ok(AudioChunk {
-            pcm_data: pcm,
-            sample_rate: SAMPLE_RATE,
-            channels: format::CHANNELS as i32,
-            timestamp_ms: arrived_ms,
-            ..Default::default()
-        }));
     };
-    drop(consumer);
-    match end {
-        End::Status(status) => {
-            // A client that reads nothing gets no status; its stream still ends.
-            let _ = tokio::time::timeout(FINAL_STATUS_WAIT, tx.send(Err(status))).await;
+    let end = tokio::select! {
+        biased;
+        () = taken_over.cancelled() => Some(taken_over_status()),
+        status = failed => Some(status),
+        // A client that stops reading must not keep a closed session's ring or count.
+        () = session.closed() => Some(session_ended(&session)),
+        _ = gone => None,
+    };
+    let client_left = end.is_none();
+    let (ended_here, waker) = {
+        let mut a = lock(&attachment);
+        let ended_here = a.detach();
+        if ended_here {
+            a.end = end;
         }
-        End::ClientGone => client_gone(&state, &session, id, "response stream closed").await,
+        (ended_here, a.waker.take())
+    };
+    if !ended_here {
+        // The body ended first, through its ring, and has yielded its status.
+        return;
+    }
+    if client_left {
+        // The body went away while it still had the ring: its client did.
+        client_gone(&state, &session, stream_id, "response stream closed").await;
+    } else if let Some(waker) = waker {
+        // The body yields the status when hyper next polls it; a client that reads nothing
+        // gets no status, but its stream has ended here.
+        waker.wake();
     }
 }
 
@@ -240,7 +340,7 @@ async fn forward_client_audio(
     state: Arc<BridgeState>,
     session: Arc<Session>,
     stream_id: u64,
-    taken_over: tokio_util::sync::CancellationToken,
+    taken_over: CancellationToken,
     mut inbound: Streaming<AudioChunk>,
     first: AudioChunk,
     fail: oneshot::Sender<Status>,
