@@ -26,7 +26,7 @@ const CYCLES_PER_WORKER: usize = 400;
 
 /// The tone of a cycle's room, and the band a frame of it must measure in.
 fn tone(cycle: usize) -> (u32, std::ops::RangeInclusive<f64>) {
-    if cycle % 2 == 0 {
+    if cycle.is_multiple_of(2) {
         (1000, 800.0..=1200.0)
     } else {
         (3000, 2700.0..=3300.0)

@@ -5,19 +5,30 @@
 //! as rtrb (whose commit is a Release store of the tail and whose read is an Acquire load of it),
 //! so the loom models check the protocol *around* the storage (claim, close, wakeup, accounting),
 //! which is the project's own code; rtrb's internals are rtrb's to prove.
+//!
+//! A frame is written into rtrb's uninitialised chunk (its initialised chunk would first fill
+//! every byte with zero, a memset per frame the copy overwrites at once), and the header, whose
+//! length is a constant, is copied and peeked with fixed-size moves when it does not wrap.
+
+// Unsafe code here: one commit of uninitialised slots, with its SAFETY reason.
+#![allow(unsafe_code)]
 
 /// Writes `parts` one after another into the two halves of a wrapped chunk.
 #[cfg(not(loom))]
-fn scatter(first: &mut [u8], second: &mut [u8], parts: &[&[u8]]) {
+fn scatter(
+    first: &mut [std::mem::MaybeUninit<u8>],
+    second: &mut [std::mem::MaybeUninit<u8>],
+    parts: &[&[u8]],
+) {
     let mut pos = 0;
     for part in parts {
         if pos < first.len() {
             let n = part.len().min(first.len() - pos);
-            first[pos..pos + n].copy_from_slice(&part[..n]);
-            second[..part.len() - n].copy_from_slice(&part[n..]);
+            first[pos..pos + n].write_copy_of_slice(&part[..n]);
+            second[..part.len() - n].write_copy_of_slice(&part[n..]);
         } else {
             let at = pos - first.len();
-            second[at..at + part.len()].copy_from_slice(part);
+            second[at..at + part.len()].write_copy_of_slice(part);
         }
         pos += part.len();
     }
@@ -36,16 +47,29 @@ mod imp {
     }
 
     impl ByteWriter {
-        /// Writes all of `parts` as one commit, or nothing if they do not fit.
-        pub(crate) fn write_all(&mut self, parts: &[&[u8]]) -> bool {
-            let total = parts.iter().map(|p| p.len()).sum();
-            let Ok(mut chunk) = self.0.write_chunk(total) else {
+        /// Writes `header` then `body` as one commit, or nothing if they do not fit.
+        pub(crate) fn write_frame<const H: usize>(
+            &mut self,
+            header: &[u8; H],
+            body: &[u8],
+        ) -> bool {
+            let total = H + body.len();
+            let Ok(mut chunk) = self.0.write_chunk_uninit(total) else {
                 return false;
             };
             let (first, second) = chunk.as_mut_slices();
-            super::scatter(first, second, parts);
-            // Release store of the tail inside rtrb: the bytes above are visible to the reader.
-            chunk.commit_all();
+            if first.len() >= total {
+                first[..H].write_copy_of_slice(header);
+                first[H..total].write_copy_of_slice(body);
+            } else {
+                super::scatter(first, second, &[header, body]);
+            }
+            // SAFETY: the chunk's two slices hold exactly `total` slots, and both branches
+            // above wrote every one of them (`scatter` writes its parts back to back across
+            // the two slices, and the parts are `total` bytes long), so all are initialised.
+            // The commit is rtrb's Release store of the tail: the bytes are visible to the
+            // reader.
+            unsafe { chunk.commit_all() };
             true
         }
     }
@@ -56,15 +80,21 @@ mod imp {
             self.0.slots()
         }
 
-        /// Copies the first `out.len()` bytes without consuming them; false if fewer are there.
-        pub(crate) fn peek(&mut self, out: &mut [u8]) -> bool {
-            let Ok(chunk) = self.0.read_chunk(out.len()) else {
-                return false;
-            };
+        /// Applies `f` to the first `N` bytes, without consuming them; `None` if fewer are
+        /// there. Unwrapped bytes are read in place, not copied first.
+        pub(crate) fn peek<const N: usize, R>(
+            &mut self,
+            f: impl FnOnce(&[u8; N]) -> R,
+        ) -> Option<R> {
+            let chunk = self.0.read_chunk(N).ok()?;
             let (a, b) = chunk.as_slices();
+            if let Some(whole) = a.first_chunk::<N>() {
+                return Some(f(whole));
+            }
+            let mut out = [0u8; N];
             out[..a.len()].copy_from_slice(a);
             out[a.len()..].copy_from_slice(b);
-            true // dropping the chunk uncommitted consumes nothing
+            Some(f(&out)) // dropping the chunk uncommitted consumes nothing
         }
 
         /// Consumes `n` bytes, appending all but the first `skip` to `out` if given. The caller
@@ -105,13 +135,16 @@ mod imp {
     }
 
     impl ByteWriter {
-        pub(crate) fn write_all(&mut self, parts: &[&[u8]]) -> bool {
+        pub(crate) fn write_frame<const H: usize>(
+            &mut self,
+            header: &[u8; H],
+            body: &[u8],
+        ) -> bool {
             let mut g = lock(&self.0);
-            let total: usize = parts.iter().map(|p| p.len()).sum();
-            if g.0 - g.1.len() < total {
+            if g.0 - g.1.len() < H + body.len() {
                 return false;
             }
-            parts.iter().for_each(|p| g.1.extend(p.iter().copied()));
+            g.1.extend(header.iter().chain(body).copied());
             true
         }
     }
@@ -121,13 +154,17 @@ mod imp {
             lock(&self.0).1.len()
         }
 
-        pub(crate) fn peek(&mut self, out: &mut [u8]) -> bool {
+        pub(crate) fn peek<const N: usize, R>(
+            &mut self,
+            f: impl FnOnce(&[u8; N]) -> R,
+        ) -> Option<R> {
             let g = lock(&self.0);
-            if g.1.len() < out.len() {
-                return false;
+            if g.1.len() < N {
+                return None;
             }
+            let mut out = [0u8; N];
             out.iter_mut().zip(g.1.iter()).for_each(|(o, b)| *o = *b);
-            true
+            Some(f(&out))
         }
 
         pub(crate) fn consume(&mut self, n: usize, out: Option<(usize, &mut Vec<u8>)>) {
@@ -151,14 +188,13 @@ mod tests {
     fn writes_are_all_or_nothing_and_survive_wraparound() {
         let (mut w, mut r) = byte_ring(8);
         for round in 0u8..20 {
-            assert!(w.write_all(&[&[round, round + 1], &[round + 2, round + 3, round + 4]]));
-            assert!(!w.write_all(&[&[0; 4]]), "only 3 bytes are free");
-            let mut head = [0u8; 2];
-            assert!(r.peek(&mut head));
-            assert_eq!(head, [round, round + 1]);
+            assert!(w.write_frame(&[round, round + 1], &[round + 2, round + 3, round + 4]));
+            assert!(!w.write_frame(&[0; 4], &[]), "only 3 bytes are free");
+            assert_eq!(r.peek(|h: &[u8; 2]| *h), Some([round, round + 1]));
             let mut out = Vec::new();
             r.consume(5, Some((1, &mut out)));
             assert_eq!(out, [round + 1, round + 2, round + 3, round + 4]);
         }
+        assert_eq!(r.peek(|h: &[u8; 1]| *h), None);
     }
 }

@@ -9,36 +9,45 @@
 //!
 //! # The close protocol
 //!
-//! One atomic word, `state`, carries four bits: `CLOSED` (set once, never cleared), `CLAIMED`
-//! (held by the producer for the duration of one push: a copy of at most one frame into
-//! preallocated memory, which never blocks, allocates or calls out), `PARKED` (the consumer has
-//! registered its waker and wants a wake on the next push) and `LAGGED` (see
-//! [`Overflow::DropOldest`]).
+//! Two atomic words, each on a cache line of its own:
+//! - `state`, the producer's word: `CLOSED` (set once, never cleared), `CLAIMED` (held by the
+//!   producer for the duration of one push: a copy of at most one frame into preallocated
+//!   memory, which never blocks, allocates or calls out) and `PARKED` (the consumer has
+//!   registered its waker and wants a wake on the next push). The producer writes it twice per
+//!   push; the consumer touches it only to go to sleep and after a close.
+//! - `flags`, the consumer's word: `CLOSED` again, and `LAGGED` (see [`Overflow::DropOldest`]).
+//!   The consumer reads it once per pop; it is written only when the ring closes or overflows,
+//!   so in steady state it sits unmodified in both cores' caches and a pop moves no line but
+//!   the byte ring's own indices.
 //!
-//! 1. **Push** (producer): `fetch_or(CLAIMED, Acquire)`. If `CLOSED` was already set the frame is
-//!    counted `dropped_closed` and nothing is written. Otherwise the frame is written and
-//!    committed (rtrb's Release store of its tail). Either way the claim is then released with
-//!    `fetch_and(!(CLAIMED | PARKED), Release)`; if that found `PARKED`, the consumer's waker is
-//!    woken. Claim and close are read-modify-writes of the same word, so they are totally
-//!    ordered: a push either sees `CLOSED` or its claim precedes the close.
-//! 2. **Close** (anyone, any number of times, from any thread): `fetch_or(CLOSED, AcqRel)`, then
-//!    wake the consumer. Close never waits. Every push whose claim comes after it in `state`'s
-//!    modification order sees `CLOSED` and writes nothing.
-//! 3. **Pop** (consumer): `load(Acquire)` of `state` *before* reading the ring. If `CLOSED` is set,
-//!    the consumer waits while `CLAIMED` is set (a push that claimed before the close is
-//!    finishing its copy; the wait is bounded by one frame copy and is the protocol's only
-//!    wait), and its Acquire load of the released claim makes that frame visible. The ring's
-//!    contents are now final; the consumer discards them, counted `dropped_closed` exactly once
-//!    (only the consumer consumes), and reports closed. Otherwise it pops at most one frame. So
-//!    a pop that starts after a close has returned delivers nothing: **no frame reaches a
+//! 1. **Push** (producer): `fetch_or(CLAIMED, Acquire)` on `state`. If `CLOSED` was already set
+//!    the frame is counted `dropped_closed` and nothing is written. Otherwise the frame is
+//!    written and committed (rtrb's Release store of its tail). Either way the claim is then
+//!    released with `fetch_and(!(CLAIMED | PARKED), Release)`; if that found `PARKED`, the
+//!    consumer's waker is woken. Claim and close are read-modify-writes of the same word, so
+//!    they are totally ordered: a push either sees `CLOSED` or its claim precedes the close.
+//! 2. **Close** (anyone, any number of times, from any thread): `fetch_or(CLOSED, AcqRel)` on
+//!    `state`, then `fetch_or(CLOSED, Release)` on `flags`, then wake the consumer. Close never
+//!    waits. Every push whose claim comes after it in `state`'s modification order sees
+//!    `CLOSED` and writes nothing.
+//! 3. **Pop** (consumer): `load(Acquire)` of `flags` *before* reading the ring. If `CLOSED` is
+//!    set, the close's first step, which precedes its second, is visible too, so the consumer's
+//!    loads of `state` read it or later: it waits while `CLAIMED` is set (a push that claimed
+//!    before the close is finishing its copy; the wait is bounded by one frame copy and is the
+//!    protocol's only wait), and its Acquire load of the released claim makes that frame
+//!    visible. The ring's contents are now final; the consumer discards them, counted
+//!    `dropped_closed` exactly once (only the consumer consumes), and reports closed.
+//!    Otherwise it pops at most one frame. A close returns only after its second step, so a
+//!    pop that starts after a close has returned delivers nothing: **no frame reaches a
 //!    closed session.**
 //! 4. **Wait** (consumer): register the waker in an [`AtomicWaker`], then `fetch_or(PARKED,
-//!    AcqRel)` and re-check `CLOSED` and the ring. The producer's release and the consumer's
-//!    park are read-modify-writes of `state`, so one comes first: if the park, the release finds
+//!    AcqRel)` on `state` and re-check. The producer's release and the consumer's park are
+//!    read-modify-writes of `state`, so one comes first: if the park, the release finds
 //!    `PARKED` and wakes; if the release, the park reads from it and the re-check sees the
-//!    committed frame. Close sets `CLOSED` before it wakes, and the park's re-check reads
-//!    `CLOSED` from the same RMW. **No wakeup is lost**, and a push costs two RMWs of `state`
-//!    and no other shared write unless the consumer is asleep.
+//!    committed frame. A close's first step and the park are ordered the same way: if the
+//!    close comes first, the park reads `CLOSED` and the consumer ends as in step 3; if the
+//!    park, the close's wake finds the registered waker. **No wakeup is lost**, and a push
+//!    costs two RMWs of a line the consumer does not read while audio flows.
 //!
 //! A replaced session cannot leak into its successor because rings are never reused: each
 //! session gets a new ring, and a late callback from an old room holds only the old ring's
@@ -211,8 +220,10 @@ fn add_shared(counter: &AtomicU64, n: u64) {
 }
 
 struct Shared {
-    /// `CLOSED | CLAIMED | PARKED | LAGGED`; see the module documentation.
+    /// The producer's word, `CLOSED | CLAIMED | PARKED`; see the module documentation.
     state: CachePadded<AtomicUsize>,
+    /// The consumer's word, `CLOSED | LAGGED`, written only on close and overflow.
+    flags: CachePadded<AtomicUsize>,
     waker: AtomicWaker,
     counters: CachePadded<Counters>,
     consumer_counters: CachePadded<ConsumerCounters>,
@@ -223,12 +234,21 @@ impl Shared {
     /// Step 2 of the close protocol. Returns true for the call that closed the ring.
     fn close(&self) -> bool {
         let first = self.state.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED == 0;
+        if !weaken::CLOSE_SKIPS_FLAGS {
+            // Release: a consumer that reads CLOSED here reads the first step in `state`.
+            let order = if weaken::RELAXED_CLOSE_FLAGS {
+                Ordering::Relaxed
+            } else {
+                Ordering::Release
+            };
+            self.flags.fetch_or(CLOSED, order);
+        }
         self.waker.wake();
         first
     }
 
     fn is_closed(&self) -> bool {
-        self.state.load(Ordering::Acquire) & CLOSED != 0
+        self.flags.load(Ordering::Acquire) & CLOSED != 0
     }
 
     /// Waits until no push is in flight. Acquire: the frame the last push committed is visible.
@@ -259,6 +279,7 @@ pub fn audio_ring(config: RingConfig) -> (FrameProducer, FrameConsumer, RingClos
     let (writer, reader) = byte_ring(config.capacity_bytes.max(FRAME_HEADER + 2));
     let shared = Arc::new(Shared {
         state: CachePadded::new(AtomicUsize::new(0)),
+        flags: CachePadded::new(AtomicUsize::new(0)),
         waker: AtomicWaker::new(),
         counters: CachePadded::new(Counters::default()),
         consumer_counters: CachePadded::new(ConsumerCounters::default()),
@@ -312,8 +333,12 @@ impl FrameProducer {
         } else {
             add(&s.counters.full, 1);
             if s.config.overflow == Overflow::DropOldest {
-                // Published to the consumer by the Release below.
-                s.state.fetch_or(LAGGED, Ordering::Relaxed);
+                // A hint: the consumer acts on it at its next pop, whenever it sees it. Set
+                // once per lag, so a ring that stays full does not keep writing the
+                // consumer's line.
+                if s.flags.load(Ordering::Relaxed) & LAGGED == 0 {
+                    s.flags.fetch_or(LAGGED, Ordering::Relaxed);
+                }
             }
             PushOutcome::Full
         };
@@ -341,7 +366,7 @@ impl FrameProducer {
         self.writer.with_mut(|w| {
             // SAFETY: the caller holds CLAIMED, so this thread is the writer's only user.
             let w = unsafe { &mut *w };
-            w.write_all(&[&header, pcm])
+            w.write_frame(&header, pcm)
         })
     }
 
@@ -381,20 +406,18 @@ impl FrameConsumer {
     /// Pops at most one frame, appending its PCM to `out`. Never blocks.
     pub fn try_pop(&mut self, out: &mut Vec<u8>) -> Pop {
         // Step 3: the closed check comes before any read of the ring.
-        let state = self.shared.state.load(Ordering::Acquire);
-        if !weaken::POP_SKIPS_CLOSED_CHECK && state & CLOSED != 0 {
+        let flags = self.shared.flags.load(Ordering::Acquire);
+        if !weaken::POP_SKIPS_CLOSED_CHECK && flags & CLOSED != 0 {
             self.discard_closed();
             return Pop::Closed;
         }
-        if state & LAGGED != 0 {
-            self.shared.state.fetch_and(!LAGGED, Ordering::Relaxed);
+        if flags & LAGGED != 0 {
+            self.shared.flags.fetch_and(!LAGGED, Ordering::Relaxed);
             self.skip_backlog();
         }
-        let mut header = [0u8; FRAME_HEADER];
-        if !self.reader.peek(&mut header) {
+        let Some((len, arrived_ms)) = self.reader.peek(parse_header) else {
             return Pop::Empty;
-        }
-        let (len, arrived_ms) = parse_header(&header);
+        };
         self.reader
             .consume(FRAME_HEADER + len, Some((FRAME_HEADER, out)));
         add(&self.shared.consumer_counters.delivered, 1);
@@ -415,9 +438,16 @@ impl FrameConsumer {
             // see PARKED, so its effect must be visible here; one ordered after it finds the
             // registered waker.
             let state = self.shared.state.fetch_or(PARKED, Ordering::AcqRel);
-            if !weaken::NO_RECHECK_AFTER_REGISTER
-                && (state & CLOSED != 0 || self.reader.queued() > 0)
-            {
+            if weaken::NO_RECHECK_AFTER_REGISTER {
+                return Poll::Pending;
+            }
+            if state & CLOSED != 0 {
+                // The close's second step may not be visible yet; its first is, which is all
+                // step 3 needs.
+                self.discard_closed();
+                return Poll::Ready(None);
+            }
+            if self.reader.queued() > 0 {
                 continue;
             }
             return Poll::Pending;
@@ -454,10 +484,10 @@ impl FrameConsumer {
     }
 
     fn drop_frames_while(&mut self, keep_going: impl Fn(usize) -> bool) -> u64 {
-        let mut header = [0u8; FRAME_HEADER];
         let mut n = 0;
-        while keep_going(self.reader.queued()) && self.reader.peek(&mut header) {
-            let (len, _) = parse_header(&header);
+        while keep_going(self.reader.queued())
+            && let Some((len, _)) = self.reader.peek(parse_header)
+        {
             self.reader.consume(FRAME_HEADER + len, None);
             n += 1;
         }
@@ -515,11 +545,10 @@ impl fmt::Debug for RingCloser {
 }
 
 fn parse_header(header: &[u8; FRAME_HEADER]) -> (usize, i64) {
-    let mut len = [0u8; 4];
-    let mut ts = [0u8; 8];
-    len.copy_from_slice(&header[..4]);
-    ts.copy_from_slice(&header[4..]);
-    (u32::from_le_bytes(len) as usize, i64::from_le_bytes(ts))
+    let (len, ts) = header.split_at(4);
+    let len = u32::from_le_bytes(len.try_into().unwrap_or_default());
+    let ts = i64::from_le_bytes(ts.try_into().unwrap_or_default());
+    (len as usize, ts)
 }
 
 #[cfg(all(test, not(loom)))]

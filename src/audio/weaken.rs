@@ -15,3 +15,7 @@ pub(crate) const RELAXED_CLAIM_RELEASE: bool = cfg!(loom_weaken = "relaxed_claim
 pub(crate) const PRODUCER_DROP_SKIPS_CLOSE: bool = cfg!(loom_weaken = "producer_drop_skips_close");
 /// A consumer going away does not wait for a wake in progress.
 pub(crate) const CLEAR_SKIPS_WAKE_WAIT: bool = cfg!(loom_weaken = "clear_skips_wake_wait");
+/// Close sets `CLOSED` in the producer's word only, not in the consumer's.
+pub(crate) const CLOSE_SKIPS_FLAGS: bool = cfg!(loom_weaken = "close_skips_flags");
+/// Close sets `CLOSED` in the consumer's word with a Relaxed write instead of Release.
+pub(crate) const RELAXED_CLOSE_FLAGS: bool = cfg!(loom_weaken = "relaxed_close_flags");

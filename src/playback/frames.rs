@@ -92,7 +92,7 @@ impl FrameMaker {
                  {MAX_RATE} Hz are supported"
             ));
         }
-        if !(MIN_RATE..=MAX_RATE).contains(&out_rate) || out_rate % 100 != 0 {
+        if !(MIN_RATE..=MAX_RATE).contains(&out_rate) || !out_rate.is_multiple_of(100) {
             return unsupported(format!("cannot resample to {out_rate} Hz"));
         }
         let resampler = if in_rate == out_rate {

@@ -203,7 +203,7 @@ impl Playout<'_> {
                             source: source.take(),
                         };
                         let _ = self.events.send(started).await;
-                    } else if self.frames % PROGRESS_EVERY == 0 {
+                    } else if self.frames.is_multiple_of(PROGRESS_EVERY) {
                         let progress = PlayEvent::Progress {
                             position: self.position(),
                         };

@@ -198,15 +198,15 @@ impl BridgeState {
             if session.ended().is_some() {
                 continue;
             }
-            if let Some(idle) = session.idle_for().filter(|d| *d >= limit) {
-                if session.close(EndReason::Idle(limit)).await {
-                    reaped += 1;
-                    tracing::info!(
-                        user_id = session.user_id(),
-                        idle_s = idle.as_secs(),
-                        "closed an idle session: no StreamAudio (BRIDGE_IDLE_S)"
-                    );
-                }
+            if let Some(idle) = session.idle_for().filter(|d| *d >= limit)
+                && session.close(EndReason::Idle(limit)).await
+            {
+                reaped += 1;
+                tracing::info!(
+                    user_id = session.user_id(),
+                    idle_s = idle.as_secs(),
+                    "closed an idle session: no StreamAudio (BRIDGE_IDLE_S)"
+                );
             }
         }
         reaped

@@ -132,7 +132,11 @@ fn validate(chunk: &AudioChunk) -> Result<Option<&[u8]>, BridgeError> {
             chunk.channels
         )));
     }
-    if chunk.pcm_data.len() % format::BYTES_PER_SAMPLE != 0 {
+    if !chunk
+        .pcm_data
+        .len()
+        .is_multiple_of(format::BYTES_PER_SAMPLE)
+    {
         return Err(BridgeError::BadRequest(format!(
             "pcm_data must hold whole 16-bit samples; got {} bytes",
             chunk.pcm_data.len()
