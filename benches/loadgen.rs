@@ -152,20 +152,22 @@ fn round(
             .collect();
         tokio::time::sleep(ramp).await;
         let (rss, cpu0) = usage(pid);
+        let (_, own0) = procfs::usage("self");
         let (f0, t0) = (frames.load(Ordering::Relaxed), Instant::now());
         let threads_loaded = threads(&pid.to_string());
         for t in tasks {
             t.await.expect("user task");
         }
         let (_, cpu1) = usage(pid);
+        let (_, own1) = procfs::usage("self");
         let wall = t0.elapsed().as_secs_f64();
         let delivered = frames.load(Ordering::Relaxed) - f0;
-        ((rss, threads_loaded, delivered), cpu1 - cpu0, wall)
+        ((rss, threads_loaded, delivered, own1 - own0), cpu1 - cpu0, wall)
     });
     std::thread::sleep(Duration::from_millis(500));
     let (rss_after, _) = usage(pid);
     let threads_after = threads(&pid.to_string());
-    let (rss_loaded, threads_loaded, delivered) = loaded;
+    let (rss_loaded, threads_loaded, delivered, client_cpu) = loaded;
     let expected = users as f64 * 100.0 * wall;
     println!(
         "loadgen round {round}: {users} users, 100 frames/s each, {wall:.1} s measured after a {ramp:?} ramp"
@@ -184,6 +186,12 @@ fn round(
         "  bridge CPU: {:.2} cores ({:.2} cores per 1000 users; simulated rooms included)",
         cpu_used / wall,
         cpu_used / wall / users as f64 * 1000.0
+    );
+    println!(
+        "  client CPU: {:.2} cores (this process, on the same cores; bridge and client together {:.2} of {} cores)",
+        client_cpu / wall,
+        (cpu_used + client_cpu) / wall,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
         "  bridge CPU per frame delivered: {:.2} µs (everything the process did, divided by frames)",
