@@ -162,7 +162,11 @@ fn round(
         let (_, own1) = procfs::usage("self");
         let wall = t0.elapsed().as_secs_f64();
         let delivered = frames.load(Ordering::Relaxed) - f0;
-        ((rss, threads_loaded, delivered, own1 - own0), cpu1 - cpu0, wall)
+        (
+            (rss, threads_loaded, delivered, own1 - own0),
+            cpu1 - cpu0,
+            wall,
+        )
     });
     std::thread::sleep(Duration::from_millis(500));
     let (rss_after, _) = usage(pid);

@@ -153,6 +153,13 @@ fn a_token_refused_on_reconnect_ends_the_stream_unavailable_saying_so() {
 }
 
 #[test]
+fn the_targets_track_is_heard_again_after_network_outages_of_5_and_20_s() {
+    let out = run(&["track_outage", "track_outage_20s"], &[]);
+    assert!(out.contains("RESULT track_outage_5s_loud_chunks_in_2s_after="));
+    assert!(out.contains("RESULT track_outage_20s_library_reconnected_in_full=True"));
+}
+
+#[test]
 fn an_outage_longer_than_the_library_retries_ends_unavailable_and_leaves_nothing() {
     let out = run(&["gives_up"], &[]);
     assert!(out.contains("RESULT gives_up_stream=UNAVAILABLE room_lost"));

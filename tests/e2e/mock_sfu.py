@@ -111,6 +111,10 @@ class ToneTrack(MediaStreamTrack):
         self.pts = 0
         self.started = None
 
+    def fork(self):
+        """The same tone from its start, as a new source for another connection."""
+        return ToneTrack(self.hz, self.samples / self.RATE, self.amp)
+
     async def recv(self):
         if self.readyState != "live":
             raise MediaStreamError
@@ -324,6 +328,11 @@ class Participant:
 
     async def send_track(self, sid):
         identity, _, track = self.remote_tracks[sid]
+        if track.started is not None:
+            # Already sent on an earlier connection (the client reconnected in full): as an SFU
+            # forwards the publisher's live track to each subscriber, this one gets the same
+            # tone from its own source rather than half of the frames of the first.
+            track = track.fork()
         transceiver = self.subscriber.addTransceiver(track, direction="sendonly")
         # LiveKit's msid: the stream id names the publisher and the track.
         transceiver.sender._stream_id = f"PA_{identity}|{sid}"

@@ -1305,6 +1305,66 @@ async def track_after_reconnect(ctx: Ctx):
         await bctx.channel.close()
         bridge.stop()
 
+def loud(chunk, level=0.05):
+    """Whether a 16 kHz PCM16 chunk holds sound (RMS over `level` of full scale), not the
+    library's concealment fading to silence."""
+    pcm = chunk.pcm_data
+    n = len(pcm) // 2
+    if n == 0:
+        return False
+    total = sum(int.from_bytes(pcm[i:i + 2], "little", signed=True) ** 2 for i in range(0, 2 * n, 2))
+    return math.sqrt(total / n) / 32768.0 > level
+
+
+async def track_outage(ctx: Ctx, seconds: float = 5.0):
+    """The network between the bridge and LiveKit goes down for `seconds` while the target's
+    track flows, then comes back: the stream does not end and the tone is heard again, with no
+    call from the backend. While the link is down the library's audio stream keeps its 10 ms
+    pace with concealment that fades to silence; the backend gets that, not stale audio."""
+    ctx.sfu.published = {"TR_out": ("target", ToneTrack(440, 3600.0))}
+    bridge, bctx = await own_bridge(ctx)
+    try:
+        await bctx.joined("trackout")
+        listener = Listener(bctx, "trackout")
+        p = await bctx.participant("trackout")
+        await asyncio.wait_for(p.subscribed.get(), 15)
+        t = time.monotonic()
+        while len([c for c in listener.since(t) if loud(c)]) < 50:
+            check(time.monotonic() - t < 10, "the track was never heard")
+            await asyncio.sleep(0.05)
+        bridge.network.set(False)
+        t_down = time.monotonic()
+        await asyncio.sleep(seconds)
+        bridge.network.set(True)
+        t_up = time.monotonic()
+        back_at = None
+        while back_at is None and time.monotonic() - t_up < 60:
+            back_at = next((at for at, c in listener.chunks if at >= t_up and loud(c)), None)
+            check(listener.end is None, f"the stream ended: {listener.end}")
+            await asyncio.sleep(0.05)
+        check(back_at is not None, "the tone was not heard again within 60 s of the link coming back")
+        t1 = time.monotonic()
+        await asyncio.sleep(2.0)
+        after = listener.since(t1)
+        # Half a second after the link went down, what was in flight has arrived.
+        during = [c for at, c in listener.chunks if t_down + 0.5 <= at < t_up]
+        tag = f"track_outage_{int(seconds)}s"
+        result(f"{tag}_heard_again_after_link_up_ms", f"{(back_at - t_up) * 1000:.0f}")
+        result(f"{tag}_chunks_during_outage", f"{len(during)} ({sum(map(loud, during))} loud)")
+        result(f"{tag}_loud_chunks_in_2s_after", f"{sum(map(loud, after))} of {len(after)}")
+        with open(bridge.log.name) as f:
+            full = "room connection restored" in f.read()
+        result(f"{tag}_library_reconnected_in_full", full)
+        check(not any(map(loud, during)), "the tone was heard while the link was down: stale audio")
+        check(sum(map(loud, after)) >= 150, f"only {sum(map(loud, after))} loud chunks in the 2 s after the tone came back")
+        check(listener.end is None, f"the stream ended: {listener.end}")
+        listener.call.cancel()
+    finally:
+        ctx.sfu.published = {}
+        await bctx.channel.close()
+        bridge.stop()
+
+
 async def token_refused(ctx: Ctx):
     """The signalling connection drops and the token is refused when the library reconnects:
     the stream ends with an error status saying so, for the backend to rejoin with a new
@@ -1423,6 +1483,8 @@ SCENARIOS = {
     "track_edges": track_edges,
     "outage_2s": lambda ctx: link_outage(ctx, 2.0),
     "outage_10s": lambda ctx: link_outage(ctx, 10.0),
+    "track_outage": track_outage,
+    "track_outage_20s": lambda ctx: track_outage(ctx, 20.0),
     "sfu_restart": sfu_restart,
     "token_refused": token_refused,
     "gives_up": gives_up,
