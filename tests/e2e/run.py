@@ -1268,21 +1268,36 @@ async def sfu_restart(ctx: Ctx):
         bridge.stop()
 
 
+async def hearing_a_track(ctx: Ctx, user, sid):
+    """A bridge of its own (its link to LiveKit can fail) joined for `user`, whose target
+    publishes a 440 Hz microphone track `sid` before the join: once 50 loud chunks have been
+    heard, the bridge, its context and the stream's Listener. The caller stops the bridge and
+    clears `ctx.sfu.published`."""
+    ctx.sfu.published = {sid: ("target", ToneTrack(440, 3600.0))}
+    bridge, bctx = await own_bridge(ctx)
+    try:
+        await bctx.joined(user)
+        listener = Listener(bctx, user)
+        p = await bctx.participant(user)
+        await asyncio.wait_for(p.subscribed.get(), 15)
+        t = time.monotonic()
+        while len([c for c in listener.since(t) if loud(c)]) < 50:
+            check(time.monotonic() - t < 10, "the track was never heard")
+            await asyncio.sleep(0.05)
+    except BaseException:
+        ctx.sfu.published = {}
+        await bctx.channel.close()
+        bridge.stop()
+        raise
+    return bridge, bctx, listener
+
+
 async def track_after_reconnect(ctx: Ctx):
     """The SFU restarts while the target's track flows: the library reconnects the room in full
     and presents the target's track again, and the bridge subscribes to it again, with no call
     from the backend."""
-    ctx.sfu.published = {"TR_kept": ("target", ToneTrack(440, 3600.0))}
-    bridge, bctx = await own_bridge(ctx)
+    bridge, bctx, listener = await hearing_a_track(ctx, "retrack", "TR_kept")
     try:
-        await bctx.joined("retrack")
-        listener = Listener(bctx, "retrack")
-        p = await bctx.participant("retrack")
-        await asyncio.wait_for(p.subscribed.get(), 15)
-        t = time.monotonic()
-        while len(listener.since(t)) < 50:
-            check(time.monotonic() - t < 10, "the track never flowed")
-            await asyncio.sleep(0.05)
         await ctx.sfu.stop()
         await asyncio.sleep(1.0)
         fresh = MockSfu(SFU_HOST, SFU_PORT)
@@ -1321,17 +1336,8 @@ async def track_outage(ctx: Ctx, seconds: float = 5.0):
     track flows, then comes back: the stream does not end and the tone is heard again, with no
     call from the backend. While the link is down the library's audio stream keeps its 10 ms
     pace with concealment that fades to silence; the backend gets that, not stale audio."""
-    ctx.sfu.published = {"TR_out": ("target", ToneTrack(440, 3600.0))}
-    bridge, bctx = await own_bridge(ctx)
+    bridge, bctx, listener = await hearing_a_track(ctx, "trackout", "TR_out")
     try:
-        await bctx.joined("trackout")
-        listener = Listener(bctx, "trackout")
-        p = await bctx.participant("trackout")
-        await asyncio.wait_for(p.subscribed.get(), 15)
-        t = time.monotonic()
-        while len([c for c in listener.since(t) if loud(c)]) < 50:
-            check(time.monotonic() - t < 10, "the track was never heard")
-            await asyncio.sleep(0.05)
         bridge.network.set(False)
         t_down = time.monotonic()
         await asyncio.sleep(seconds)
