@@ -145,6 +145,11 @@ async fn connect(
                         adaptive_stream: Some(false),
                         dynacast: Some(false),
                         join_retries: Some(0),
+                        // LiveKit's two-connection protocol, which every server speaks.
+                        // The single connection mode pre-creates 3 audio and 3 video receive
+                        // transceivers, kept even when the server lacks it: 6 threads and
+                        // 2 MiB per room in a bridge that receives no video (BENCHMARKS.md).
+                        single_peer_connection: Some(false),
                         connect_timeout_ms: Some(timeout_ms),
                     },
                     request_async_id: Some(id),
