@@ -658,9 +658,7 @@ async def audio_source_settings(ctx: Ctx):
         check(len(got) >= 150, f"only {len(got)} chunks of the early track in 2 s")
         listener.call.cancel()
     finally:
-        ctx.sfu.published = {}
-        await bctx.channel.close()
-        bridge.stop()
+        await let_go(ctx, bridge, bctx)
     bridge, bctx = await own_bridge(ctx, {"BRIDGE_AUDIO_SOURCE": "data"})
     try:
         await bctx.joined("dataonly")
@@ -1272,11 +1270,17 @@ async def sfu_restart(ctx: Ctx):
         bridge.stop()
 
 
+async def let_go(ctx: Ctx, bridge, bctx):
+    """Ends a scenario's bridge of its own, and the tracks it had the mock publish."""
+    ctx.sfu.published = {}
+    await bctx.channel.close()
+    bridge.stop()
+
+
 async def hearing_a_track(ctx: Ctx, user, sid):
     """A bridge of its own (its link to LiveKit can fail) joined for `user`, whose target
     publishes a 440 Hz microphone track `sid` before the join: once 50 loud chunks have been
-    heard, the bridge, its context and the stream's Listener. The caller stops the bridge and
-    clears `ctx.sfu.published`."""
+    heard, the bridge, its context and the stream's Listener, for the caller to `let_go`."""
     ctx.sfu.published = {sid: ("target", ToneTrack(440, 3600.0))}
     bridge, bctx = await own_bridge(ctx)
     try:
@@ -1289,9 +1293,7 @@ async def hearing_a_track(ctx: Ctx, user, sid):
             check(time.monotonic() - t < 10, "the track was never heard")
             await asyncio.sleep(0.05)
     except BaseException:
-        ctx.sfu.published = {}
-        await bctx.channel.close()
-        bridge.stop()
+        await let_go(ctx, bridge, bctx)
         raise
     return bridge, bctx, listener
 
@@ -1320,9 +1322,7 @@ async def track_after_reconnect(ctx: Ctx):
         check(listener.end is None, f"the stream ended: {listener.end}")
         listener.call.cancel()
     finally:
-        ctx.sfu.published = {}
-        await bctx.channel.close()
-        bridge.stop()
+        await let_go(ctx, bridge, bctx)
 
 def loud(chunk, level=0.05):
     """Whether a 16 kHz PCM16 chunk holds sound (RMS over `level` of full scale), not the
@@ -1370,9 +1370,7 @@ async def track_outage(ctx: Ctx, seconds: float = 5.0):
         check(listener.end is None, f"the stream ended: {listener.end}")
         listener.call.cancel()
     finally:
-        ctx.sfu.published = {}
-        await bctx.channel.close()
-        bridge.stop()
+        await let_go(ctx, bridge, bctx)
 
 
 async def token_refused(ctx: Ctx):
