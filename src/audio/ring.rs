@@ -544,11 +544,11 @@ impl fmt::Debug for RingCloser {
     }
 }
 
-fn parse_header(header: &[u8; FRAME_HEADER]) -> (usize, i64) {
-    let (len, ts) = header.split_at(4);
-    let len = u32::from_le_bytes(len.try_into().unwrap_or_default());
-    let ts = i64::from_le_bytes(ts.try_into().unwrap_or_default());
-    (len as usize, ts)
+fn parse_header(&[l0, l1, l2, l3, ts @ ..]: &[u8; FRAME_HEADER]) -> (usize, i64) {
+    (
+        u32::from_le_bytes([l0, l1, l2, l3]) as usize,
+        i64::from_le_bytes(ts),
+    )
 }
 
 #[cfg(all(test, not(loom)))]

@@ -231,42 +231,41 @@ struct RoomAudio {
     _gone: oneshot::Sender<()>,
 }
 
-impl RoomAudio {
-    fn finish(
-        &mut self,
-        a: &mut Attachment,
-        status: Status,
-    ) -> Poll<Option<Result<AudioChunk, Status>>> {
-        a.detach();
-        self.finished = true;
-        Poll::Ready(Some(Err(status)))
-    }
-}
-
 impl Stream for RoomAudio {
     type Item = Result<AudioChunk, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.finished {
+        let RoomAudio {
+            attachment,
+            state,
+            session,
+            pcm,
+            finished,
+            ..
+        } = self.get_mut();
+        if *finished {
             return Poll::Ready(None);
         }
-        let attachment = this.attachment.clone();
-        let mut a = lock(&attachment);
+        let mut a = lock(attachment);
+        // The last item: the status the stream ends with, the ring given back.
+        let mut finish = |a: &mut Attachment, status: Status| {
+            a.detach();
+            *finished = true;
+            Poll::Ready(Some(Err(status)))
+        };
         if let Some(status) = a.end.take() {
-            return this.finish(&mut a, status);
+            return finish(&mut a, status);
         }
         let Some(lease) = a.lease.as_mut() else {
             // Ended without a status to give: only after the status was yielded.
-            this.finished = true;
+            *finished = true;
             return Poll::Ready(None);
         };
-        match lease.consumer.poll_pop(cx, &mut this.pcm) {
+        match lease.consumer.poll_pop(cx, pcm) {
             Poll::Ready(Some(arrived_ms)) => {
-                this.session.delivered(arrived_ms);
-                this.state.metrics.delivered(unix_ms() - arrived_ms);
-                let pcm =
-                    std::mem::replace(&mut this.pcm, Vec::with_capacity(2 * format::FRAME_BYTES));
+                session.delivered(arrived_ms);
+                state.metrics.delivered(unix_ms() - arrived_ms);
+                let pcm = std::mem::replace(pcm, Vec::with_capacity(2 * format::FRAME_BYTES));
                 Poll::Ready(Some(Ok(AudioChunk {
                     pcm_data: pcm,
                     sample_rate: SAMPLE_RATE,
@@ -276,10 +275,7 @@ impl Stream for RoomAudio {
                 })))
             }
             // The ring closes only when the session does.
-            Poll::Ready(None) => {
-                let status = session_ended(&this.session);
-                this.finish(&mut a, status)
-            }
+            Poll::Ready(None) => finish(&mut a, session_ended(session)),
             Poll::Pending => {
                 if !a.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     a.waker = Some(cx.waker().clone());
