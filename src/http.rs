@@ -48,7 +48,7 @@ async fn readyz(State(state): State<Arc<BridgeState>>) -> (StatusCode, String) {
     if state.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
     }
-    match state.backends.ffi.available() {
+    match state.backends.ready() {
         Ok(()) => (StatusCode::OK, "ready\n".into()),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }

@@ -21,6 +21,7 @@ use prometheus::{
 
 use crate::audio::RingStats;
 use crate::playback::{PlaybackError, PlaybackStats};
+use crate::room::TrackStats;
 use crate::session::{Session, Totals};
 
 const NAMESPACE: &str = "livekit_bridge";
@@ -34,9 +35,8 @@ pub struct Snapshot<'a> {
     pub capacity_left: Option<usize>,
     pub cpu_used: Option<f64>,
     pub playback: &'a PlaybackStats,
-    /// Frames of target audio tracks routed to sessions, frames for streams no longer routed,
-    /// and the track streams open now.
-    pub track_frames: (u64, u64, usize),
+    /// Frames of target audio tracks, and the track streams open now.
+    pub track_frames: TrackStats,
 }
 
 pub struct Metrics {
@@ -277,13 +277,13 @@ impl Metrics {
         ] {
             advance(&self.frames.with_label_values(&[outcome]), n);
         }
-        let (routed, unrouted, streams) = s.track_frames;
-        advance(&self.track_frames.with_label_values(&["routed"]), routed);
+        let t = s.track_frames;
+        advance(&self.track_frames.with_label_values(&["routed"]), t.routed);
         advance(
             &self.track_frames.with_label_values(&["unrouted"]),
-            unrouted,
+            t.unrouted,
         );
-        self.track_streams.set(streams as i64);
+        self.track_streams.set(t.streams as i64);
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "cannot encode the metrics");
@@ -330,7 +330,11 @@ mod tests {
             capacity_left: Some(7),
             cpu_used: Some(0.25),
             playback: &PlaybackStats::default(),
-            track_frames: (500, 3, 1),
+            track_frames: TrackStats {
+                routed: 500,
+                unrouted: 3,
+                streams: 1,
+            },
         });
         for line in [
             "livekit_bridge_track_frames_total{outcome=\"routed\"} 500",

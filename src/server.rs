@@ -2,9 +2,10 @@
 //! a graceful drain with a deadline.
 //!
 //! [`run`] serves until `shutdown` resolves. Then, in order: health says NOT_SERVING, new joins
-//! and streams are refused, every session is closed (each stream ends with status OK and
-//! reason `shutdown`), the server stops accepting and waits for connections to finish. If that
-//! takes longer than the grace period, counted from the signal, `run` returns anyway.
+//! and streams are refused, every session is closed (each stream ends UNAVAILABLE with reason
+//! `shutdown`, so the backend rejoins on another bridge), the server stops accepting and waits
+//! for connections to finish. If that takes longer than the grace period, counted from the
+//! signal, `run` returns anyway.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +19,8 @@ use tonic_health::ServingStatus;
 use crate::auth::RequireToken;
 use crate::listener::{self, Conn, ConnectionLimits};
 use crate::proto::{self, live_kit_bridge_server::LiveKitBridgeServer};
-use crate::service::admission::CPU_SAMPLE_EVERY;
+use crate::service::checks::MAX_MESSAGE_BYTES;
 use crate::service::{Bridge, BridgeState};
-
-/// The largest message accepted or sent, both ways, as before.
-pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 
 /// HTTP/2 pings to every client connection, so a backend that vanished without closing its
 /// connection (a partition, a frozen host) is noticed and its sessions closed.
@@ -71,7 +69,7 @@ where
 
     let signalled = CancellationToken::new();
     let drained = CancellationToken::new();
-    let sweeper = tokio::spawn(housekeeping(state.clone(), signalled.clone()));
+    let sweeper = tokio::spawn(state.clone().housekeeping(signalled.clone()));
     tokio::spawn({
         let (state, signalled, drained) = (state.clone(), signalled.clone(), drained.clone());
         async move {
@@ -118,24 +116,4 @@ where
     };
     sweeper.abort();
     result
-}
-
-/// Housekeeping, once a second: a CPU sample for admission control, idle sessions closed,
-/// ended sessions forgotten after BRIDGE_KEEP_ENDED_S.
-async fn housekeeping(state: Arc<BridgeState>, stop: CancellationToken) {
-    let mut every = tokio::time::interval(CPU_SAMPLE_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = every.tick() => {
-                state.admission.sample_cpu();
-                state.reap_idle().await;
-                let removed = state.registry.sweep(state.settings.keep_ended);
-                if removed > 0 {
-                    tracing::debug!(removed, "forgot sessions whose room was lost");
-                }
-            }
-        }
-    }
 }

@@ -283,6 +283,42 @@ async fn an_empty_target_identity_means_the_user_id() {
     open(&mut c, "ivy").await.frame().await;
 }
 
+/// The README's first join names no room and no token, where LiveKit's token would name both:
+/// independent users joined that way each get a room of their own and never kick each other,
+/// two of them or a hundred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_who_name_no_room_or_token_never_collide() {
+    for users in [2, 100] {
+        let bridge = Bridge::start().await;
+        let mut c = bridge.client().await;
+        let names: Vec<String> = (0..users).map(|n| format!("hand-{n}")).collect();
+        let mut streams = Vec::new();
+        for user in &names {
+            let req = proto::JoinRoomRequest {
+                user_id: user.clone(),
+                livekit_url: "sim://tone?hz=440".into(),
+                target_identity: user.clone(),
+                ..Default::default()
+            };
+            let joined = c.join_room(req).await.expect("join").into_inner();
+            assert!(joined.success, "{user}: {}", joined.error);
+            streams.push(open(&mut c, user).await);
+        }
+        // Every stream still carries its tone once all have joined: nobody was kicked.
+        for (user, stream) in names.iter().zip(&mut streams) {
+            let hz = zero_crossing_hz(&stream.frame().await.pcm_data);
+            assert!(
+                (400.0..=480.0).contains(&hz),
+                "{user}: tone measured {hz} Hz"
+            );
+            let s = status(&mut c, user).await;
+            assert!(s.connected, "{user} of {users} lost its room");
+            assert_eq!(s.last_disconnect_at, 0, "{user} of {users} was kicked");
+        }
+        assert_eq!(bridge.state.live_sessions(), users);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participant_count_follows_room_events() {
     let bridge = Bridge::start().await;

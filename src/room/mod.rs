@@ -5,10 +5,17 @@
 //! possibly after disconnect was asked for, possibly for a session that has since been replaced.
 //! Sessions are written so that all of that is harmless (see [`crate::audio::ring`]).
 //! [`Backends`] picks the backend from the URL's scheme: `sim://` is the simulated room in
-//! [`sim`]; `ws://` and `wss://` go to LiveKit's own SDK library through [`ffi`].
+//! [`sim`]; `ws://` and `wss://` go to LiveKit's own SDK library through [`ffi`]. Nothing
+//! above this module names either: the service reaches rooms through [`Backends`] and the
+//! traits here.
 
+mod backends;
 pub mod ffi;
 pub mod sim;
+
+pub use backends::Backends;
+/// Where LiveKit's SDK library is looked for unless a setting says otherwise.
+pub use ffi::DEFAULT_PATH as DEFAULT_LIVEKIT_LIBRARY;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +29,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Everything a backend needs to join a room for one user.
 #[derive(Clone, Debug)]
 pub struct ConnectRequest {
+    /// The user the session is for (JoinRoom's `user_id`).
+    pub user_id: String,
     pub url: String,
     pub token: String,
     pub room_name: String,
@@ -134,11 +143,33 @@ pub trait Room: Send + Sync {
 
 /// A way of reaching rooms.
 pub trait RoomBackend: Send + Sync {
+    /// Whether a room can be joined through this backend now; why not, worded for the
+    /// operator (readiness probe).
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// What became of the frames of the target's audio tracks (metrics).
+    fn track_stats(&self) -> TrackStats {
+        TrackStats::default()
+    }
+
     fn connect(
         &self,
         request: ConnectRequest,
         events: Arc<dyn RoomEvents>,
     ) -> BoxFuture<'static, Result<Connected, RoomError>>;
+}
+
+/// Frames of target audio tracks, as a backend counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackStats {
+    /// Frames handed to a session.
+    pub routed: u64,
+    /// Frames of streams no longer routed (the session had ended).
+    pub unrouted: u64,
+    /// Track audio streams open now.
+    pub streams: usize,
 }
 
 /// What went wrong reaching a room, and whose fault it is.
@@ -164,40 +195,6 @@ pub enum RoomError {
     Library(String),
 }
 
-/// The backends of this process, chosen by URL scheme.
-pub struct Backends {
-    pub sim: Arc<sim::SimBackend>,
-    pub ffi: Arc<ffi::FfiBackend>,
-}
-
-impl Backends {
-    /// The backends, with LiveKit's SDK library expected at `ffi_library`.
-    pub fn new(ffi_library: std::path::PathBuf) -> Self {
-        Self {
-            sim: Arc::new(sim::SimBackend::default()),
-            ffi: Arc::new(ffi::FfiBackend::new(ffi_library)),
-        }
-    }
-
-    /// The backend for `url`, or why there is none.
-    pub fn for_url(&self, url: &str) -> Result<Arc<dyn RoomBackend>, RoomError> {
-        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-        match scheme.as_deref() {
-            Some("sim") => Ok(self.sim.clone()),
-            Some("ws" | "wss") => Ok(self.ffi.clone()),
-            _ => Err(RoomError::InvalidUrl(format!(
-                "{url:?} must start with ws://, wss:// or sim://"
-            ))),
-        }
-    }
-}
-
-impl Default for Backends {
-    fn default() -> Self {
-        Self::new(ffi::library::DEFAULT_PATH.into())
-    }
-}
-
 /// The name of the published track for a contract track id: 0 `speaker`, 1 `app_audio`,
 /// 2 `tts`, any other n `track_<n>`.
 pub fn track_name(track_id: i32) -> String {
@@ -220,19 +217,5 @@ mod tests {
         assert_eq!(track_name(2), "tts");
         assert_eq!(track_name(7), "track_7");
         assert_eq!(track_name(-3), "track_-3");
-    }
-
-    #[test]
-    fn schemes_choose_backends() {
-        let b = Backends::default();
-        assert!(b.for_url("sim://tone").is_ok());
-        assert!(b.for_url("SIM://tone").is_ok());
-        assert!(b.for_url("wss://x").is_ok());
-        assert!(b.for_url("ws://x").is_ok());
-        assert!(matches!(
-            b.for_url("http://x"),
-            Err(RoomError::InvalidUrl(_))
-        ));
-        assert!(matches!(b.for_url(""), Err(RoomError::InvalidUrl(_))));
     }
 }

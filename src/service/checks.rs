@@ -1,7 +1,11 @@
-//! Every size and shape a caller controls, checked in one place before any work is done: the
-//! README's bad-input table is this file. A value outside its bound is INVALID_ARGUMENT with
-//! the field, the bound and what was sent (its length, never the value itself when that is
-//! too long or unprintable, so one request cannot flood the logs or the reply).
+//! The bounds of every request field a caller controls, checked before any work is done, and
+//! the message size limit. A value outside its bound is INVALID_ARGUMENT with the field, the
+//! bound and what was sent (its length, never the value itself when that is too long or
+//! unprintable, so one request cannot flood the logs or the reply).
+//!
+//! Checks that need more than the request live where that is: a StreamAudio chunk's format
+//! against its session and the first chunk's deadline (`stream.rs`), a `sim://` URL's grammar
+//! (`room/sim`), and PlayAudio's URL against the egress policy (`playback/egress.rs`).
 
 use reqwest::Url;
 
@@ -9,6 +13,9 @@ use crate::error::BridgeError;
 use crate::playback::PlayRequest;
 use crate::proto;
 use crate::room::track_name;
+
+/// The largest message accepted or sent, both ways, as the service it replaces had it.
+pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 
 /// A string field of a request and its bounds.
 struct Field {

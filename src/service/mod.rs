@@ -83,7 +83,7 @@ impl Default for ServiceSettings {
             first_chunk_timeout: Duration::from_secs(10),
             keep_ended: Duration::from_secs(600),
             playback: PlaybackSettings::default(),
-            livekit_ffi_lib: crate::room::ffi::library::DEFAULT_PATH.into(),
+            livekit_ffi_lib: crate::room::DEFAULT_LIVEKIT_LIBRARY.into(),
             limits: admission::Limits::default(),
             idle: Some(Duration::from_secs(300)),
             auth_token: None,
@@ -169,6 +169,26 @@ impl BridgeState {
     }
 
     /// Sessions connected or reconnecting (not ended).
+    /// Housekeeping, once a second until `stop`: a CPU sample for admission control, idle
+    /// sessions closed, ended sessions forgotten after BRIDGE_KEEP_ENDED_S.
+    pub async fn housekeeping(self: Arc<Self>, stop: CancellationToken) {
+        let mut every = tokio::time::interval(admission::CPU_SAMPLE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = every.tick() => {
+                    self.admission.sample_cpu();
+                    self.reap_idle().await;
+                    let removed = self.registry.sweep(self.settings.keep_ended);
+                    if removed > 0 {
+                        tracing::debug!(removed, "forgot sessions whose room was lost");
+                    }
+                }
+            }
+        }
+    }
+
     pub fn live_sessions(&self) -> usize {
         self.registry.counts().1
     }
@@ -184,7 +204,7 @@ impl BridgeState {
             capacity_left: self.admission.sessions_left(live),
             cpu_used: self.admission.cpu_used(),
             playback: self.player.stats(),
-            track_frames: crate::room::ffi::FfiBackend::track_frame_counts(),
+            track_frames: self.backends.track_stats(),
         })
     }
 
@@ -286,6 +306,7 @@ impl BridgeState {
             return Ok(voided_answer());
         };
         let request = ConnectRequest {
+            user_id: req.user_id.clone(),
             url: req.livekit_url,
             token: req.token,
             room_name: req.room_name,

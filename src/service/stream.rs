@@ -6,9 +6,9 @@
 //! publishes the client's chunks into the room (client audio in), and a watcher task, idle
 //! while audio flows, ends the stream for the reasons that do not come through the ring. How
 //! the stream ends tells the backend what to do:
-//! - session left, replaced or shut down, or stream taken over by a newer StreamAudio: status
-//!   OK, with the reason in the `x-bridge-end-reason` trailer (the backend does not reconnect);
-//! - room lost: UNAVAILABLE (the backend reconnects);
+//! - session left or replaced, or stream taken over by a newer StreamAudio: status OK, with the
+//!   reason in the `x-bridge-end-reason` trailer (the backend does not reconnect);
+//! - room lost, or the bridge shutting down: UNAVAILABLE (the backend reconnects);
 //! - a bad client chunk: INVALID_ARGUMENT saying what was wrong; the session stays;
 //! - the client fails or cancels: the session, and only that one, is closed.
 //!
@@ -384,7 +384,7 @@ async fn forward_client_audio(
             // A chunk over the message limit is a bad chunk, not a client that went away: the
             // stream ends OUT_OF_RANGE and the session stays for the next stream.
             Err(status) if status.code() == Code::OutOfRange => {
-                let limit = crate::server::MAX_MESSAGE_BYTES;
+                let limit = super::checks::MAX_MESSAGE_BYTES;
                 let _ = fail.send(Status::out_of_range(format!(
                     "an AudioChunk is over the {limit}-byte message limit ({}); send audio in \
                      chunks of at most a few seconds",

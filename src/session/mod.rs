@@ -152,10 +152,14 @@ pub(crate) struct SessionCore {
     /// Cancelled when the session closes.
     closed: CancellationToken,
     /// A newer JoinRoom for this user has begun here: LiveKit's `DUPLICATE_IDENTITY` kick,
-    /// which its connect causes, means `Replaced`, not `ReplacedElsewhere`. Release/Acquire:
-    /// the kick is caused by the newer join after it sets this, and reaches the callback
-    /// thread through the library's and the network's own synchronisation; the pair states
-    /// the order this relies on.
+    /// which its connect causes, means `Replaced`, not `ReplacedElsewhere`. Release/Acquire.
+    /// The store precedes the newer join's connect in program order; the kick it causes
+    /// reaches the callback thread through the library's request channel, the signalling
+    /// socket at both ends (a write and a read under the kernel's socket lock) and the
+    /// library's event channel, each of which synchronises, so the callback's Acquire load
+    /// reads `true`. The simulated room's kick goes through its participant table's mutex.
+    /// Were the chain ever broken, the cost is the end trailer's word (`replaced_elsewhere`
+    /// for `replaced`): both end the stream OK and neither makes the backend rejoin.
     replacing: AtomicBool,
     /// When (unix ms) the session last had no StreamAudio attached: made, or a stream's lease
     /// dropped. Status for idle reaping, Relaxed.
@@ -174,7 +178,8 @@ impl Drop for SessionCore {
 
 impl SessionCore {
     /// Closes the session for `reason`; only the first call has an effect. Callable from any
-    /// thread: it closes the ring (waiting at most for one frame copy) and cancels a token.
+    /// thread: it closes the ring (two atomic writes and a wake; never a wait: a push copying its
+    /// frame is waited out by the consumer, see [`crate::audio::ring`]) and cancels a token.
     pub(crate) fn close(&self, reason: EndReason) -> bool {
         let index = reason.index();
         if self.end.set((reason, unix_ms(), Instant::now())).is_err() {

@@ -272,6 +272,7 @@ mod tests {
 
     async fn session(user: &str, generation: u64) -> Arc<Session> {
         let request = ConnectRequest {
+            user_id: user.into(),
             url: "sim://silent".into(),
             token: String::new(),
             room_name: user.into(),

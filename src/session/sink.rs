@@ -120,6 +120,7 @@ mod tests {
     /// ring of a session taking `source`, in 300 ms.
     async fn received(via: &str, source: AudioSource) -> u64 {
         let request = ConnectRequest {
+            user_id: "u".into(),
             url: format!("sim://tone?via={via}&chatter_ms=1000"),
             token: String::new(),
             room_name: "r".into(),

@@ -5,39 +5,35 @@
 //! A data packet is read without allocating, its room found under the routing table's read
 //! lock, and pushed into the session's ring; an audio frame likewise, found by its stream's
 //! handle; the library's buffer is released after the copy (by [`super::library`]). Other
-//! events come decoded with prost (once, by [`super::library`]). Nothing here blocks or calls back into the library, except
-//! to release handles: every publication handle not passed to a subscription task is released
+//! events come decoded with prost (once, by [`super::library`]). Nothing here blocks or calls
+//! back into the library, except to release handles: every publication handle not passed to a subscription task is released
 //! here.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::client::{self, Shared};
-use super::library::EventSink;
+use super::calls::Calls;
+use super::library::{EventSink, Library};
 use super::packet::{AudioFrameRef, DataPacketRef};
 use super::proto::{self, ffi_event};
-use super::subscribe::{self, TrackEvent};
+use super::routes::{Route, Routes, TrackEvent};
+use super::streams::Streams;
+use super::subscribe;
 use super::translate::{disconnect, log_record};
 use crate::room::DataKind;
 
-/// Receives the library's events.
-pub(super) struct Dispatch(Arc<Shared>);
-
-impl Dispatch {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self(shared)
-    }
+/// Receives the library's events: the tables it routes by and the calls it answers.
+pub(super) struct Dispatch {
+    pub calls: Arc<Calls>,
+    pub routes: Arc<Routes>,
+    pub streams: Arc<Streams>,
 }
 
 impl EventSink for Dispatch {
-    fn data_packet(&self, p: &DataPacketRef<'_>, payload: &[u8]) {
-        let rooms = self
-            .0
-            .rooms
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn data_packet(&self, _lib: &Library, p: &DataPacketRef<'_>, payload: &[u8]) {
+        let routes = &self.routes;
         // Relaxed counters: statistics, read by nobody who needs them ordered with the audio.
-        match rooms.get(&p.room_handle) {
+        routes.with(p.room_handle, |route| match route {
             Some(route) => {
                 let kind = if p.kind == 1 {
                     DataKind::Reliable
@@ -45,28 +41,28 @@ impl EventSink for Dispatch {
                     DataKind::Lossy
                 };
                 route.events.on_data(p.identity, kind, p.topic, payload);
-                self.0.routed.fetch_add(1, Ordering::Relaxed);
+                routes.routed.fetch_add(1, Ordering::Relaxed);
             }
             None => {
-                self.0.unrouted.fetch_add(1, Ordering::Relaxed);
+                routes.unrouted.fetch_add(1, Ordering::Relaxed);
             }
-        }
+        });
     }
 
-    fn audio_frame(&self, frame: &AudioFrameRef, pcm: &[u8]) {
+    fn audio_frame(&self, _lib: &Library, frame: &AudioFrameRef, pcm: &[u8]) {
         // The stream was asked for the bridge's format; anything else (or a frame the library
         // callback would not read) is not pushed as audio.
         if frame.num_channels != crate::audio::format::CHANNELS
             || frame.sample_rate != crate::audio::format::SAMPLE_RATE
             || pcm.is_empty()
         {
-            self.0.streams.unrouted.fetch_add(1, Ordering::Relaxed);
+            self.streams.unrouted.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.0.streams.frame(frame.stream_handle, pcm);
+        self.streams.frame(frame.stream_handle, pcm);
     }
 
-    fn other(&self, event: proto::FfiEvent) {
+    fn other(&self, lib: &Library, event: proto::FfiEvent) {
         let Some(message) = event.message else { return };
         let async_id = match &message {
             ffi_event::Message::Connect(c) => c.async_id,
@@ -77,7 +73,7 @@ impl EventSink for Dispatch {
             ffi_event::Message::Dispose(c) => c.async_id,
             ffi_event::Message::GetStats(c) => c.async_id,
             ffi_event::Message::RoomEvent(e) => {
-                self.room_event(e);
+                self.room_event(lib, e);
                 return;
             }
             ffi_event::Message::Logs(batch) => {
@@ -92,19 +88,19 @@ impl EventSink for Dispatch {
             // subscription task releases streams when their track goes).
             ffi_event::Message::AudioStreamEvent(_) => return,
         };
-        self.0.answer(async_id, message);
+        self.calls.answer(async_id, message);
     }
 }
 
 impl Dispatch {
-    fn room_event(&self, e: &proto::RoomEvent) {
+    fn room_event(&self, lib: &Library, e: &proto::RoomEvent) {
         use proto::room_event::Message as M;
-        let route = self.0.route(e.room_handle);
+        let route = self.routes.get(e.room_handle);
         // Participant handles are not needed: release them at once, routed or not.
-        if let (Some(M::ParticipantConnected(p)), Some(c)) = (&e.message, client::opened()) {
-            c.lib.drop_handle(p.info.handle.id);
+        if let Some(M::ParticipantConnected(p)) = &e.message {
+            lib.drop_handle(p.info.handle.id);
         }
-        if let Some(track) = track_event(e, route.as_deref()) {
+        if let Some(track) = track_event(lib, e, route.as_deref()) {
             return track;
         }
         let Some(route) = route else { return };
@@ -161,7 +157,7 @@ impl Dispatch {
 /// Handles `e` if it is a track event: the target's audio ones go to its room's subscription
 /// task (with their handles); the publication handles of all others are released. `None` if
 /// `e` is not a track event.
-fn track_event(e: &proto::RoomEvent, route: Option<&client::Route>) -> Option<()> {
+fn track_event(lib: &Library, e: &proto::RoomEvent, route: Option<&Route>) -> Option<()> {
     use proto::room_event::Message as M;
     let message = e.message.as_ref()?;
     let tasks = route.and_then(|r| r.tracks.as_ref().map(|tx| (r.target.as_str(), tx)));
@@ -169,10 +165,8 @@ fn track_event(e: &proto::RoomEvent, route: Option<&client::Route>) -> Option<()
     let audio = proto::TrackKind::KindAudio as i32;
     match message {
         M::TrackPublished(p) => {
-            if let Some(c) = client::opened() {
-                let task = for_target(&p.participant_identity).map(|(_, tx)| tx);
-                subscribe::offer(c.lib, task, &p.publication);
-            }
+            let task = for_target(&p.participant_identity).map(|(_, tx)| tx);
+            subscribe::offer(lib, task, &p.publication);
         }
         M::TrackSubscribed(t) => {
             // A track's handle is never released here: the library releases every remote

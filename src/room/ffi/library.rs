@@ -7,7 +7,9 @@
 //!
 //! This is the only module of the LiveKit adapter that uses `unsafe` or hands the library an
 //! address: calling foreign functions, reading memory the library lends us, and lending it
-//! the samples of a captured frame. Each says why it is sound.
+//! the samples of a captured frame. Each says why it is sound. Requests are typed: no caller
+//! outside can put an address in one (see [`Library::request`]), so the module's edge is the
+//! adapter's one `unsafe` boundary.
 #![allow(unsafe_code)]
 
 use std::io::Read;
@@ -27,7 +29,7 @@ pub const LIB_SHA256: &str = "b0e3b91dcf42b486045b6acca4863b132e3c4d114d5701b575
 pub const DEFAULT_PATH: &str = "vendor/livekit-ffi/liblivekit_ffi.so";
 
 /// `void (*)(const uint8_t *data, size_t len)`: receives each encoded `FfiEvent`.
-pub type EventCallback = extern "C" fn(*const u8, usize);
+type EventCallback = extern "C" fn(*const u8, usize);
 type InitializeFn = unsafe extern "C" fn(EventCallback, bool, *const i8, *const i8);
 type RequestFn = unsafe extern "C" fn(*const u8, usize, *mut *const u8, *mut usize) -> u64;
 type DropHandleFn = unsafe extern "C" fn(u64) -> bool;
@@ -39,7 +41,6 @@ pub struct Library {
     initialize: InitializeFn,
     // Keeps the code above mapped. Never unloaded: the library's threads live until exit.
     _lib: libloading::Library,
-    pub path: PathBuf,
 }
 
 /// What went wrong with the library, worded for the operator.
@@ -55,6 +56,12 @@ pub enum LibraryError {
     /// The library answered a request with no response.
     #[error("it refused the request")]
     Refused,
+    /// The library's response did not decode as an `FfiResponse`.
+    #[error("undecodable response")]
+    Undecodable,
+    /// A request carrying an address was sent other than through the call that lends it.
+    #[error("a request that carries an address must go through its own call")]
+    CarriesAddress,
     /// A frame too long to describe to the library.
     #[error("an audio frame of {0} samples is too long")]
     FrameTooLong(usize),
@@ -87,7 +94,7 @@ fn sha256_of(path: &Path) -> std::io::Result<String> {
 
 impl Library {
     /// Opens the library at `path` after checking it is the pinned build.
-    pub fn open(path: &Path) -> Result<Self, LibraryError> {
+    fn open(path: &Path) -> Result<Self, LibraryError> {
         let unusable = unusable(path);
         let digest = sha256_of(path).map_err(|e| unusable(&e))?;
         if digest != LIB_SHA256 {
@@ -116,12 +123,11 @@ impl Library {
             drop_handle,
             initialize,
             _lib: lib,
-            path: path.to_path_buf(),
         })
     }
 
     /// Registers `callback` for every event. Called once per process.
-    pub fn initialize(&self, callback: EventCallback) {
+    fn initialize(&self, callback: EventCallback) {
         // Reported to the LiveKit server as the client SDK; it knows "rust" (the library is
         // LiveKit's Rust SDK).
         let sdk = c"rust";
@@ -132,25 +138,23 @@ impl Library {
         unsafe { (self.initialize)(callback, true, sdk.as_ptr(), version.as_ptr()) }
     }
 
-    /// Sends one encoded `FfiRequest` and returns the encoded `FfiResponse`.
-    pub fn request(&self, request: &[u8]) -> Result<Vec<u8>, LibraryError> {
-        let mut ptr: *const u8 = std::ptr::null();
-        let mut len: usize = 0;
-        // SAFETY: `request` is a live slice for the duration of the call; `ptr` and `len` are
-        // valid places for the library to write the response's location.
-        let handle = unsafe { (self.request)(request.as_ptr(), request.len(), &mut ptr, &mut len) };
-        if handle == 0 || ptr.is_null() {
-            return Err(LibraryError::Refused);
+    /// Sends one request and returns the library's response. A request that would hand the
+    /// library an address (`CaptureAudioFrame`) is refused: only [`Library::capture_frame`]
+    /// builds one, from samples it borrows for the call.
+    pub fn request(
+        &self,
+        message: proto::ffi_request::Message,
+    ) -> Result<proto::ffi_response::Message, LibraryError> {
+        if matches!(message, proto::ffi_request::Message::CaptureAudioFrame(_)) {
+            return Err(LibraryError::CarriesAddress);
         }
-        // SAFETY: the library guarantees `ptr..ptr+len` stays valid until `handle` is dropped,
-        // which happens right after this copy.
-        let response = unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec();
-        self.drop_handle(handle);
-        Ok(response)
+        self.send(&proto::FfiRequest {
+            message: Some(message),
+        })
     }
 
     /// Sends a `CaptureAudioFrame` request, call `async_id`, handing `samples` (mono, at
-    /// `sample_rate`) to the audio source `source`; returns the encoded `FfiResponse`.
+    /// `sample_rate`) to the audio source `source`.
     ///
     /// The request carries the samples' address, not the samples. That is sound because the
     /// library reads exactly `num_channels * samples_per_channel` samples, both set here from
@@ -163,8 +167,8 @@ impl Library {
         samples: &[i16],
         sample_rate: u32,
         async_id: u64,
-    ) -> Result<Vec<u8>, LibraryError> {
-        let request = proto::FfiRequest {
+    ) -> Result<proto::ffi_response::Message, LibraryError> {
+        self.send(&proto::FfiRequest {
             message: Some(proto::ffi_request::Message::CaptureAudioFrame(
                 proto::CaptureAudioFrameRequest {
                     source_handle: source,
@@ -178,8 +182,32 @@ impl Library {
                     request_async_id: Some(async_id),
                 },
             )),
-        };
-        self.request(&request.encode_to_vec())
+        })
+    }
+
+    /// Sends one `FfiRequest` and decodes the `FfiResponse`. Every address in `request` must
+    /// stay valid for the call: the callers above see to it.
+    fn send(
+        &self,
+        request: &proto::FfiRequest,
+    ) -> Result<proto::ffi_response::Message, LibraryError> {
+        let encoded = request.encode_to_vec();
+        let mut ptr: *const u8 = std::ptr::null();
+        let mut len: usize = 0;
+        // SAFETY: `encoded` is a live slice for the duration of the call; `ptr` and `len` are
+        // valid places for the library to write the response's location.
+        let handle = unsafe { (self.request)(encoded.as_ptr(), encoded.len(), &mut ptr, &mut len) };
+        if handle == 0 || ptr.is_null() {
+            return Err(LibraryError::Refused);
+        }
+        // SAFETY: the library guarantees `ptr..ptr+len` stays valid until `handle` is dropped,
+        // which happens right after this decode.
+        let response = proto::FfiResponse::decode(unsafe { std::slice::from_raw_parts(ptr, len) });
+        self.drop_handle(handle);
+        response
+            .ok()
+            .and_then(|r| r.message)
+            .ok_or(LibraryError::Undecodable)
     }
 
     /// Releases a handle the library gave us (room, participant, track, buffer, ...).
@@ -192,16 +220,17 @@ impl Library {
     }
 }
 
-/// Where the library's events go.
+/// Where the library's events go, on the library's threads; each call may release handles
+/// through `lib`, and must not make any other request of it.
 pub trait EventSink: Send + Sync + 'static {
     /// A user data packet; `payload` is borrowed from the library for this call only. The hot
     /// path: must not allocate, block, or take a lock anything slow can hold.
-    fn data_packet(&self, packet: &DataPacketRef<'_>, payload: &[u8]);
+    fn data_packet(&self, lib: &Library, packet: &DataPacketRef<'_>, payload: &[u8]);
     /// A frame of a remote audio stream; `pcm` (16-bit samples, native byte order) is borrowed
     /// from the library for this call only. Hot path, like `data_packet`.
-    fn audio_frame(&self, frame: &AudioFrameRef, pcm: &[u8]);
+    fn audio_frame(&self, lib: &Library, frame: &AudioFrameRef, pcm: &[u8]);
     /// Any other event, decoded.
-    fn other(&self, event: proto::FfiEvent);
+    fn other(&self, lib: &Library, event: proto::FfiEvent);
 }
 
 /// The longest audio frame the callback will read: one second of 48 kHz stereo, far beyond
@@ -261,7 +290,7 @@ extern "C" fn on_event(data: *const u8, len: usize) {
                         )
                     }
                 };
-                sink.data_packet(&packet, payload);
+                sink.data_packet(lib, &packet, payload);
                 lib.drop_handle(packet.buffer_handle);
             }
             // Every other event is decoded once, here: frames are taken out of it, the rest
@@ -289,10 +318,10 @@ extern "C" fn on_event(data: *const u8, len: usize) {
                             }
                             _ => &[][..],
                         };
-                        sink.audio_frame(&frame, pcm);
+                        sink.audio_frame(lib, &frame, pcm);
                         lib.drop_handle(frame.buffer_handle);
                     }
-                    None => sink.other(decoded),
+                    None => sink.other(lib, decoded),
                 },
             },
         }

@@ -1,27 +1,40 @@
 //! The `ffi` backend: real LiveKit rooms (`ws://`, `wss://`) through LiveKit's own SDK library,
 //! `liblivekit_ffi.so`, driven by its FFI protobuf protocol.
 //!
-//! - [`library`]: opening the pinned library, its C ABI and the event callback: the only
-//!   module here with `unsafe` code or that hands the library an address.
+//! - `library`: opening the pinned library, its C ABI, typed requests and the event callback:
+//!   the only module here with `unsafe` code or that hands the library an address.
 //! - [`packet`]: the zero-copy read of data packet events, the hot path.
-//! - `client`: requests, asynchronous calls answered by id, the room routing table.
+//! - `client`: synchronous requests and asynchronous calls (`calls`: the ones waiting for
+//!   their answer, by id).
+//! - `routes`: connected rooms by handle; `streams`: the target's open audio streams by
+//!   handle. The event callback routes by both.
 //! - `dispatch`: the library's events, on its threads, to rings, waiting calls and sessions.
 //! - `subscribe`: the target's audio tracks, subscribed to and streamed into the same rings.
 //! - `translate`: the library's disconnect reasons and log records in the bridge's words.
-//! - here: [`FfiBackend`] and connecting; `room`: the joined room (publishing, leaving);
+//! - here: [`FfiBackend`], connecting, and the wiring of one client, its tables and the
+//!   dispatcher to the process's library; `room`: the joined room (publishing, leaving);
 //!   `reframe`: client audio into the 10 ms frames the library's audio source takes.
+//!
+//! The modules depend one way: `library` and `packet` on nothing here; `calls`, `routes` and
+//! `streams` on nothing but the protocol; `client` on those; `subscribe` and `room` on
+//! `client`; `dispatch` on the tables and `subscribe`; this module on all of them.
 //!
 //! An answer from the library that is not the one asked for is an error
 //! ([`RoomError::Library`]), never a default value.
 
+mod calls;
 mod client;
 mod dispatch;
-pub mod library;
+mod library;
 pub mod packet;
 mod reframe;
 mod room;
+mod routes;
+mod streams;
 mod subscribe;
 mod translate;
+
+pub use library::DEFAULT_PATH;
 
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto {
@@ -33,16 +46,53 @@ pub mod proto {
         include_bytes!(concat!(env!("OUT_DIR"), "/livekit_ffi_descriptor.bin"));
 }
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tokio::sync::oneshot;
 
-use self::client::{Client, Route, unexpected};
+use self::client::{Client, unexpected};
+use self::dispatch::Dispatch;
 use self::proto::{connect_callback, ffi_event, ffi_request};
 use self::room::{CALL_TIMEOUT, FfiRoom};
-use super::{BoxFuture, ConnectRequest, Connected, Room, RoomBackend, RoomError, RoomEvents};
+use self::routes::Route;
+use super::{
+    BoxFuture, ConnectRequest, Connected, Room, RoomBackend, RoomError, RoomEvents, TrackStats,
+};
+
+static CLIENT: OnceLock<Client> = OnceLock::new();
+static OPENING: Mutex<()> = Mutex::new(());
+
+/// The process's client, opening the library at `path` on first use with a dispatcher
+/// sharing the client's tables. One opening at a time, so the dispatcher the library calls
+/// and the client share the same tables.
+fn client(path: &Path) -> Result<&'static Client, library::LibraryError> {
+    if let Some(c) = CLIENT.get() {
+        return Ok(c);
+    }
+    let _one_at_a_time = OPENING.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(c) = CLIENT.get() {
+        return Ok(c);
+    }
+    let dispatch = Dispatch {
+        calls: Arc::default(),
+        routes: Arc::default(),
+        streams: Arc::default(),
+    };
+    let (calls, routes, streams) = (
+        dispatch.calls.clone(),
+        dispatch.routes.clone(),
+        dispatch.streams.clone(),
+    );
+    let lib = library::global(path, move || Box::new(dispatch))?;
+    Ok(CLIENT.get_or_init(|| Client {
+        lib,
+        calls,
+        routes,
+        streams,
+    }))
+}
 
 /// Real LiveKit rooms through `liblivekit_ffi.so` at `library`.
 pub struct FfiBackend {
@@ -53,11 +103,13 @@ impl FfiBackend {
     pub fn new(library: PathBuf) -> Self {
         Self { library }
     }
+}
 
-    /// Whether a ws:// room can be joined: the library is loaded, or its file is there (its
-    /// checksum is checked when it is loaded). Why not, otherwise.
-    pub fn available(&self) -> Result<(), String> {
-        if client::opened().is_some() || self.library.is_file() {
+impl RoomBackend for FfiBackend {
+    /// Ready when the library is loaded, or its file is there (its checksum is checked when it
+    /// is loaded).
+    fn ready(&self) -> Result<(), String> {
+        if CLIENT.get().is_some() || self.library.is_file() {
             return Ok(());
         }
         Err(format!(
@@ -66,42 +118,18 @@ impl FfiBackend {
         ))
     }
 
-    /// Data packets routed to sessions, and ones that arrived for rooms no longer routed.
-    pub fn packet_counts() -> (u64, u64) {
-        client::opened().map_or((0, 0), |c| {
-            (
-                c.shared.routed.load(Ordering::Relaxed),
-                c.shared.unrouted.load(Ordering::Relaxed),
-            )
+    fn track_stats(&self) -> TrackStats {
+        CLIENT.get().map_or_else(TrackStats::default, |c| {
+            // Relaxed: statistics, each read on its own.
+            let s = &c.streams;
+            TrackStats {
+                routed: s.routed.load(Ordering::Relaxed),
+                unrouted: s.unrouted.load(Ordering::Relaxed),
+                streams: s.open(),
+            }
         })
     }
 
-    /// Frames of target audio tracks routed to sessions, frames of streams no longer routed,
-    /// and the streams open now.
-    pub fn track_frame_counts() -> (u64, u64, usize) {
-        client::opened().map_or((0, 0, 0), |c| {
-            let s = &c.shared.streams;
-            (
-                s.routed.load(Ordering::Relaxed),
-                s.unrouted.load(Ordering::Relaxed),
-                s.open(),
-            )
-        })
-    }
-
-    /// Rooms currently routed (connected and not yet left).
-    pub fn routed_rooms() -> usize {
-        client::opened().map_or(0, |c| {
-            c.shared
-                .rooms
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .len()
-        })
-    }
-}
-
-impl RoomBackend for FfiBackend {
     fn connect(
         &self,
         request: ConnectRequest,
@@ -109,8 +137,7 @@ impl RoomBackend for FfiBackend {
     ) -> BoxFuture<'static, Result<Connected, RoomError>> {
         let path = self.library.clone();
         Box::pin(async move {
-            let client =
-                client::client(&path).map_err(|e| RoomError::Unavailable(e.to_string()))?;
+            let client = client(&path).map_err(|e| RoomError::Unavailable(e.to_string()))?;
             // The session layer may give up waiting (its own timeout, or the caller leaving)
             // while the library is still connecting. The connect runs on its own task, so a
             // room that connects after nobody wants it is left again, not leaked.
@@ -191,7 +218,7 @@ async fn connect(
         }
     }
     let participants = result.participants.len() as u32 + 1;
-    client.shared.add_route(
+    client.routes.add(
         room_handle,
         Route {
             events,

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::client::{Client, decode_response, unexpected};
+use super::client::{Client, library_error, unexpected};
 use super::proto::{self, ffi_event, ffi_request, ffi_response};
 use super::reframe::Reframer;
 use crate::audio::format;
@@ -225,11 +225,10 @@ impl FfiRoom {
     async fn capture(&self, source: u64, frame: &[i16]) -> Result<(), RoomError> {
         let c = self.client;
         let send = |id| {
-            let response = c
-                .lib
+            c.lib
                 .capture_frame(source, frame, format::SAMPLE_RATE, id)
-                .map_err(|e| RoomError::Library(e.to_string()))?;
-            decode_response(&response).map(drop)
+                .map(drop)
+                .map_err(library_error)
         };
         match c.call_with(send, CALL_TIMEOUT).await? {
             ffi_event::Message::CaptureAudioFrame(cb) => match cb.error {
@@ -324,7 +323,7 @@ impl Room for FfiRoom {
             if let Err(e) = left {
                 tracing::warn!(room_handle = room, error = %e, "leaving the LiveKit room did not finish");
             }
-            c.shared.remove_route(room);
+            c.routes.remove(room);
             c.lib.drop_handle(self.local_handle);
             c.lib.drop_handle(room);
             tracing::info!(room_handle = room, "left LiveKit room");

@@ -19,7 +19,7 @@
 //!   publication until it is unpublished, and `SetSubscribed(true)` if it is now the one to
 //!   listen to (`SetSubscribed(false)` on the previous one);
 //! - on `TrackSubscribed`: `NewAudioStream` (16 kHz, mono, 10 ms frames), then registers the
-//!   stream's handle in the routing table ([`Streams`]), where the event callback finds it for
+//!   stream's handle in the stream table ([`super::streams`]), where the event callback finds it for
 //!   every frame;
 //! - on `TrackUnsubscribed` or `TrackUnpublished`: unregisters and releases the stream (the
 //!   library ends the stream when its handle is released; the track's handle is the library's
@@ -38,15 +38,14 @@
 //! room was left while the library still had one queued) are counted as unrouted and released.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
-use crossbeam_utils::sync::ShardedLock;
 use tokio::sync::mpsc;
 
 use super::client::{Client, unexpected};
 use super::library::Library;
 use super::proto::{self, ffi_request, ffi_response};
+use super::routes::TrackEvent;
 use crate::audio::format;
 use crate::room::{RoomError, RoomEvents};
 
@@ -55,80 +54,6 @@ use crate::room::{RoomError, RoomEvents};
 const STREAM_QUEUE_FRAMES: u32 = 10;
 /// The frame length asked of the library's stream, the bridge's frame.
 const FRAME_MS: u32 = 10;
-
-/// A track event for the target's audio, from the event callback to the room's task.
-#[derive(Debug)]
-pub(super) enum TrackEvent {
-    /// An audio publication of the target; the handle is now the task's.
-    Published {
-        sid: String,
-        publication: u64,
-        /// Its source is the microphone (not, say, a screen share's audio).
-        microphone: bool,
-    },
-    Unpublished {
-        sid: String,
-    },
-    /// The target's audio track, subscribed; the handle is now the task's.
-    Subscribed {
-        sid: String,
-        track: u64,
-    },
-    Unsubscribed {
-        sid: String,
-    },
-    /// The room's connection is back after the library reconnected it.
-    Reconnected,
-}
-
-/// Open audio streams by handle: where the event callback sends each frame.
-#[derive(Default)]
-pub(super) struct Streams {
-    table: ShardedLock<HashMap<u64, Arc<dyn RoomEvents>>>,
-    /// Frames pushed to a session, and frames of streams no longer registered.
-    pub routed: AtomicU64,
-    pub unrouted: AtomicU64,
-}
-
-impl Streams {
-    /// Hands one frame of stream `handle` to its session, if it is still registered.
-    /// The hot path: a read lock that only registration and release take for writing.
-    pub fn frame(&self, handle: u64, pcm: &[u8]) {
-        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        // Relaxed counters: statistics, read on their own.
-        match table.get(&handle) {
-            Some(events) => {
-                events.on_track_audio(pcm);
-                self.routed.fetch_add(1, Ordering::Relaxed);
-            }
-            None => {
-                self.unrouted.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    fn register(&self, handle: u64, events: Arc<dyn RoomEvents>) {
-        self.table
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(handle, events);
-    }
-
-    fn unregister(&self, handle: u64) {
-        self.table
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&handle);
-    }
-
-    /// Streams open now.
-    pub fn open(&self) -> usize {
-        self.table
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-}
 
 /// One of a room's remote publications, as the join found it or as the library announced it:
 /// an audio one goes to `task` (the room's subscription task, when the publisher is the
@@ -241,10 +166,7 @@ impl Subscriptions {
                 }
                 let stream = match open_stream(self.client, track) {
                     Ok(stream) => {
-                        self.client
-                            .shared
-                            .streams
-                            .register(stream, self.events.clone());
+                        self.client.streams.register(stream, self.events.clone());
                         tracing::info!(room_handle, track_sid = %sid, "receiving the target's audio track");
                         Some(stream)
                     }
@@ -342,7 +264,7 @@ impl Subscriptions {
     fn release(&self, sub: Subscribed) {
         tracing::debug!(room_handle = self.room_handle, track = sub.track, stream = ?sub.stream, "releasing a track's stream");
         if let Some(stream) = sub.stream {
-            self.client.shared.streams.unregister(stream);
+            self.client.streams.unregister(stream);
             self.client.lib.drop_handle(stream);
         }
     }

@@ -31,8 +31,11 @@
 //!   the participant), `deleted` (an operator deleted the room) or `duplicate_identity`.
 //! - Identities are kicked as LiveKit kicks them. Each bridge's simulated rooms form one
 //!   simulated server, or, with `server=<name>`, the rooms of every bridge in the process that
-//!   name it do; the bridge's identity is its join's token (a sim room has no JWT to read one
-//!   from). A join to a room name where that identity is already connected kicks the older
+//!   name it do. A LiveKit token names the room and the identity; a sim room has no JWT to
+//!   read them from, so the join's token is the bridge's identity and its `room_name` the
+//!   room, and where either is empty the user's own stands in (room `<user_id>`, identity
+//!   `cloud-agent:<user_id>`, as the backend's joins have it): users who name neither never
+//!   meet. A join to a room where that identity is already connected kicks the older
 //!   participant with `DUPLICATE_IDENTITY`: its callback thread delivers the kick
 //!   `kick_delay_ms` (a parameter of the newer join, default 0) after the newer join; with 0
 //!   the newer join completes only once the kick has been delivered.
@@ -384,6 +387,22 @@ fn participants() -> &'static Mutex<HashMap<Participant, Arc<Lifetime>>> {
     PARTICIPANTS.get_or_init(Mutex::default)
 }
 
+/// The room a sim join enters and the identity it enters as, where a LiveKit token would name
+/// both: the join's `room_name` and token, or the user's own where either is empty.
+fn room_and_identity(request: &ConnectRequest) -> (String, String) {
+    let room = if request.room_name.is_empty() {
+        request.user_id.clone()
+    } else {
+        request.room_name.clone()
+    };
+    let identity = if request.token.is_empty() {
+        format!("cloud-agent:{}", request.user_id)
+    } else {
+        request.token.clone()
+    };
+    (room, identity)
+}
+
 impl SimRoom {
     /// Leaves the simulated server, unless a newer participant with its identity took its
     /// place.
@@ -414,11 +433,12 @@ impl SimRoom {
             linger_ms: spec.linger_ms,
             kick_at: Mutex::new(None),
         });
-        let participant = (server, request.room_name.clone(), request.token.clone());
+        let (room_name, bridge_identity) = room_and_identity(&request);
+        let participant = (server, room_name.clone(), bridge_identity);
         let older = lock(participants()).insert(participant.clone(), life.clone());
         let older = older.filter(|o| !o.stopping());
         let identity = spec.identity.clone().unwrap_or(request.target_identity);
-        lock(&tracks).insert(request.room_name.clone(), Vec::new());
+        lock(&tracks).insert(room_name.clone(), Vec::new());
         let ctx = Ctx {
             spec,
             identity,
@@ -435,7 +455,7 @@ impl SimRoom {
         // Built first, so that a thread that cannot start drops it, which stops the others.
         let room = SimRoom {
             participant_id: format!("PA_sim{n}"),
-            room_name: request.room_name,
+            room_name,
             life,
             echo: Mutex::new(echo_tx),
             tracks,

@@ -1,0 +1,89 @@
+//! The backends of this process, chosen by a room URL's scheme.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{RoomBackend, RoomError, TrackStats, ffi, sim};
+
+/// The backends of this process, chosen by URL scheme.
+pub struct Backends {
+    /// The simulated rooms (`sim://`); tests read its state.
+    pub sim: Arc<sim::SimBackend>,
+    ffi: Arc<ffi::FfiBackend>,
+}
+
+impl Backends {
+    /// The backends, with LiveKit's SDK library expected at `livekit_library`.
+    pub fn new(livekit_library: PathBuf) -> Self {
+        Self {
+            sim: Arc::new(sim::SimBackend::default()),
+            ffi: Arc::new(ffi::FfiBackend::new(livekit_library)),
+        }
+    }
+
+    /// The backend for `url`, or why there is none.
+    pub fn for_url(&self, url: &str) -> Result<Arc<dyn RoomBackend>, RoomError> {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("sim") => Ok(self.sim.clone()),
+            Some("ws" | "wss") => Ok(self.ffi.clone()),
+            _ => Err(RoomError::InvalidUrl(format!(
+                "{url:?} must start with ws://, wss:// or sim://"
+            ))),
+        }
+    }
+
+    fn all(&self) -> [&dyn RoomBackend; 2] {
+        [self.sim.as_ref(), self.ffi.as_ref()]
+    }
+
+    /// Whether every kind of room can be joined now; the first reason one cannot.
+    pub fn ready(&self) -> Result<(), String> {
+        self.all().iter().try_for_each(|b| b.ready())
+    }
+
+    /// Track frames of every backend, summed.
+    pub fn track_stats(&self) -> TrackStats {
+        self.all()
+            .iter()
+            .map(|b| b.track_stats())
+            .fold(TrackStats::default(), |a, b| TrackStats {
+                routed: a.routed + b.routed,
+                unrouted: a.unrouted + b.unrouted,
+                streams: a.streams + b.streams,
+            })
+    }
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Self::new(ffi::DEFAULT_PATH.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_choose_backends() {
+        let b = Backends::default();
+        assert!(b.for_url("sim://tone").is_ok());
+        assert!(b.for_url("SIM://tone").is_ok());
+        assert!(b.for_url("wss://x").is_ok());
+        assert!(b.for_url("ws://x").is_ok());
+        assert!(matches!(
+            b.for_url("http://x"),
+            Err(RoomError::InvalidUrl(_))
+        ));
+        assert!(matches!(b.for_url(""), Err(RoomError::InvalidUrl(_))));
+    }
+
+    #[test]
+    fn a_missing_livekit_library_is_not_ready_and_says_where() {
+        let b = Backends::new("/nonexistent/liblivekit_ffi.so".into());
+        let why = b.ready().expect_err("not ready");
+        assert!(why.contains("/nonexistent/liblivekit_ffi.so"), "{why}");
+        assert_eq!(b.track_stats(), TrackStats::default());
+    }
+}

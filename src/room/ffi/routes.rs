@@ -1,0 +1,89 @@
+//! The routing table of connected rooms: where the event callback finds, for every data
+//! packet and room event, the session it is for.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::{Arc, PoisonError};
+
+use crossbeam_utils::sync::ShardedLock;
+use tokio::sync::mpsc;
+
+use crate::room::RoomEvents;
+
+/// A track event for the target's audio, from the event callback to the room's subscription
+/// task (`subscribe`).
+#[derive(Debug)]
+pub(super) enum TrackEvent {
+    /// An audio publication of the target; the handle is now the task's.
+    Published {
+        sid: String,
+        publication: u64,
+        /// Its source is the microphone (not, say, a screen share's audio).
+        microphone: bool,
+    },
+    Unpublished {
+        sid: String,
+    },
+    /// The target's audio track, subscribed; the handle is now the task's.
+    Subscribed {
+        sid: String,
+        track: u64,
+    },
+    Unsubscribed {
+        sid: String,
+    },
+    /// The room's connection is back after the library reconnected it.
+    Reconnected,
+}
+
+/// A room's entry in the routing table: the session's callbacks and its participant count.
+pub(super) struct Route {
+    pub events: Arc<dyn RoomEvents>,
+    /// Participants in the room, the bridge included.
+    pub participants: AtomicU32,
+    /// The library is reconnecting the room (a disconnect now means it gave up).
+    pub reconnecting: AtomicBool,
+    /// The participant whose audio the session takes.
+    pub target: String,
+    /// The room's subscription task, when the session takes the target's audio tracks.
+    pub tracks: Option<mpsc::UnboundedSender<TrackEvent>>,
+}
+
+/// Connected rooms by handle. Written only to insert or remove one room; read by the callback
+/// threads for every packet (a `ShardedLock`: readers on different threads do not contend).
+#[derive(Default)]
+pub(super) struct Routes {
+    rooms: ShardedLock<HashMap<u64, Arc<Route>>>,
+    /// Data packets routed to a room, and ones for rooms no longer routed (closed sessions).
+    pub routed: AtomicU64,
+    pub unrouted: AtomicU64,
+}
+
+impl Routes {
+    /// The route of `room_handle`, if the room is still routed.
+    pub fn get(&self, room_handle: u64) -> Option<Arc<Route>> {
+        self.read().get(&room_handle).cloned()
+    }
+
+    /// Runs `f` on the route of `room_handle` under the read lock, without touching the
+    /// route's reference count: the hot path of every data packet.
+    pub fn with<R>(&self, room_handle: u64, f: impl FnOnce(Option<&Route>) -> R) -> R {
+        f(self.read().get(&room_handle).map(Arc::as_ref))
+    }
+
+    pub fn add(&self, room_handle: u64, route: Route) {
+        self.write().insert(room_handle, Arc::new(route));
+    }
+
+    pub fn remove(&self, room_handle: u64) {
+        self.write().remove(&room_handle);
+    }
+
+    fn read(&self) -> crossbeam_utils::sync::ShardedLockReadGuard<'_, HashMap<u64, Arc<Route>>> {
+        self.rooms.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> crossbeam_utils::sync::ShardedLockWriteGuard<'_, HashMap<u64, Arc<Route>>> {
+        self.rooms.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
