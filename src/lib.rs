@@ -1,22 +1,55 @@
 //! A gRPC bridge between a cloud backend and LiveKit rooms.
 //!
 //! # Layout
-//! - [`audio`]: the lock-free core. One SPSC ring per session carries room audio from the room's
-//!   event thread to the session's gRPC writer; its close protocol is why a late callback can
-//!   never reach a closed or replaced session. No tokio, gRPC or LiveKit in it.
-//! - `room`: the [`room::RoomBackend`] trait, the only way sessions reach LiveKit, and the
-//!   simulated room (`sim://` URLs).
-//! - `session`: a session (ring halves, room, state, cancellation) and the registry that maps
-//!   user ids to sessions by generation.
-//! - `playback`: PlayAudio's fetch, decode, resample and paced playout, and StopAudio, into
-//!   an `Output` (a session is one), reporting its own events: it knows nothing of sessions
-//!   or gRPC.
-//! - `service`: the gRPC service of the wire contract; `server`: serving it with health,
-//!   reflection and graceful shutdown; `listener`: the accept loop (back-off, connection
-//!   limit, handshake deadline) and the Unix socket's ownership; `config`: settings from flags
-//!   and environment.
-#![deny(unsafe_code)]
-#![deny(clippy::undocumented_unsafe_blocks)]
+//! Each layer uses only the ones below it; playback and rooms know nothing of sessions or
+//! gRPC, and nothing above [`room`] names a concrete room backend.
+//!
+//! ```text
+//! main.rs        settings, logging, bind, signals; runs `ctl` and `decode-worker` (thin binary)
+//! config         settings from flags and the environment (clap), checked and typed
+//! ctl            the operator's client: health, status, join, leave, play, stop, record
+//! server         tonic server: the contract + grpc.health.v1 + reflection, drain with a deadline
+//! listener       accept loop (back-off, connection limit, handshake deadline), socket ownership
+//! auth           BRIDGE_AUTH_TOKEN: a tower layer refusing every RPC without the bearer token
+//! authority      Unix socket: a socket-path :authority (grpcio, grpc-java, grpcurl) -> localhost
+//! http           the operators' HTTP listener: /metrics, /livez, /readyz, /availability
+//! metrics        Prometheus metrics: events counted where they happen, state read at scrape
+//! logging        tracing set-up; control characters in fields escaped
+//! error          BridgeError: whose fault (caller, LiveKit, bridge) and its one gRPC status
+//! service/       the contract's RPCs and the state they share (BridgeState, housekeeping);
+//!                checks.rs: the bounds of every request field and the message size;
+//!                stream.rs: StreamAudio (the response body polls the ring; a watcher ends it);
+//!                play.rs: PlayAudio and StopAudio; admission.rs: session and CPU limits
+//! session/       Session (ring halves, room, state, cancellation; a playback Output),
+//!                registry.rs (sessions by generation; refuses joins once drained),
+//!                sink.rs (what room callbacks call: the hot path), totals.rs (ends by reason,
+//!                retired ring counters)
+//! playback/      PlayAudio into an Output: fetch.rs (HTTP), egress.rs (which addresses may be
+//!                fetched), decode.rs (symphonia), worker.rs (the decoder in a memory-limited
+//!                child), frames.rs (downmix, resample, volume, 10 ms frames), table.rs (a
+//!                session's playbacks per track, interruption, StopAudio), playout.rs (paced)
+//! room/          RoomBackend and RoomEvents, the only way to a room; backends.rs: the backend
+//!                for a URL's scheme; sim/: the simulated room (`sim://`) and its pacer threads;
+//!                ffi/: real LiveKit rooms through liblivekit_ffi.so (its module docs list
+//!                its files and the one way they depend on each other)
+//! audio/         the lock-free core: format.rs (16 kHz mono PCM16, 10 ms), payload.rs (the
+//!                contract's payload rule), ring.rs (AudioRing and its close protocol),
+//!                bytes.rs (framing in rtrb's byte ring), waker.rs (an atomic waker); no tokio,
+//!                gRPC or LiveKit: it builds without the `server` feature, which is how loom
+//!                checks it (`loom-tests/`)
+//! sync.rs        atomics and Arc from std, or from loom under cfg(loom)
+//! ```
+//!
+//! Room audio: a backend's thread calls `SessionSink::on_data` (identity and topic filter,
+//! clock read) or, for the target's audio track, `SessionSink::on_track_audio`, which pushes
+//! into the session's ring ([`audio::ring`]: payload rule, claim, copy, release, wake); the
+//! StreamAudio response body, polled by hyper's task for the stream, pops it into an
+//! `AudioChunk { pcm_data, sample_rate: 16000, channels: 1, timestamp_ms }`.
+//!
+//! `unsafe` is denied everywhere (`[lints]` in Cargo.toml) but in four modules that allow it
+//! and justify each block with `// SAFETY:`: `audio::ring`, `audio::bytes` and
+//! `audio::waker` (the lock-free core), and `room::ffi::library` (the C ABI of LiveKit's
+//! library).
 
 pub mod audio;
 mod sync;

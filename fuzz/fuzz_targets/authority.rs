@@ -48,7 +48,7 @@ fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
 fn filtered(input: &[u8], reads: &[u16]) -> Vec<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
-        .unwrap();
+        .expect("a current-thread runtime builds");
     rt.block_on(async {
         let mut fix = AuthorityFix::new(input);
         let mut out = Vec::new();
@@ -58,7 +58,7 @@ fn filtered(input: &[u8], reads: &[u16]) -> Vec<u8> {
                 .next()
                 .map_or(4096, |s| usize::from(*s).clamp(1, 20_000));
             let mut buf = vec![0u8; size];
-            let n = fix.read(&mut buf).await.unwrap();
+            let n = fix.read(&mut buf).await.expect("reading an in-memory input cannot fail");
             if n == 0 {
                 return out;
             }

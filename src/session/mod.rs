@@ -27,7 +27,7 @@ use crate::room::{BoxFuture, ConnectRequest, Connected, Room, RoomBackend, RoomE
 ///
 /// How its stream ends follows one rule: with an error status (the backend rejoins after 2 s)
 /// when a retry can succeed, OK when a retry would fight another bridge or an operator, or
-/// when the backend itself asked for the end. The README's end table lists every reason.
+/// when the backend itself asked for the end. The end table in docs/backend.md lists every reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EndReason {
     /// LeaveRoom, with the caller's reason.

@@ -697,7 +697,7 @@ async def stream_end(call, into=None, timeout=10):
 
 async def participants_and_server_disconnect(ctx: Ctx):
     """participant_count follows joins and leaves; a server disconnect ends the stream as the
-    README's end table says (OK when a rejoin would fight an operator or another bridge,
+    end table (docs/backend.md) says (OK when a rejoin would fight an operator or another bridge,
     UNAVAILABLE when a rejoin can work), and GetStatus says why."""
     R, S = models.DisconnectReason, grpc.StatusCode
     for user, reason, name, code, end in [

@@ -10,37 +10,14 @@
 //! `echo` room and a `pace=max` tone, driven by what the bridge publishes or takes rather than
 //! by a clock, each keep a thread of their own.
 //!
-//! Grammar: `sim://<mode>?<param>=<value>&...` (values percent-decoded).
-//! - modes: `tone` (a sine wave as lossy data packets), `echo` (what the bridge publishes comes
-//!   back as lossy data packets), `silent` (no audio).
-//! - `hz` (440), `level` (0.5 of full scale), `frame_ms` (10, 1..=100): the tone and the size of
-//!   every packet. Each packet is a 1-byte rolling sequence number and 16 kHz mono PCM16 LE.
-//! - `pace`: `realtime` (default, one frame per `frame_ms`) or `max` (as fast as the bridge takes
-//!   them: a frame that finds the session's ring full is retried).
-//! - `frames` (unlimited): stop the tone after this many packets.
-//! - `identity` (the join's `target_identity`): who the audio packets come from.
-//! - `via` (`data`): how the tone and echo audio arrive: `data` packets, or frames of the
-//!   target's audio `track` (as LiveKit's library delivers a subscribed track).
-//! - `chatter_ms` (20): period of the reliable thread's packets: one with a topic from the
-//!   audio identity and one without a topic from `sim-other`; neither is the user's audio.
-//! - `participants` (2): the participant count reported on join.
-//! - `join_after_ms`: one more participant joins after this long (a participant event).
-//! - `linger_ms` (20): how long callbacks keep coming after disconnect.
-//! - `drop_after_ms`: the server closes the room after this long, for `drop_reason`: `lost`
-//!   (default: the server went away, a new join can succeed), `removed` (an operator removed
-//!   the participant), `deleted` (an operator deleted the room) or `duplicate_identity`.
-//! - Identities are kicked as LiveKit kicks them. Each bridge's simulated rooms form one
-//!   simulated server, or, with `server=<name>`, the rooms of every bridge in the process that
-//!   name it do. A LiveKit token names the room and the identity; a sim room has no JWT to
-//!   read them from, so the join's token is the bridge's identity and its `room_name` the
-//!   room, and where either is empty the user's own stands in (room `<user_id>`, identity
-//!   `cloud-agent:<user_id>`, as the backend's joins have it): users who name neither never
-//!   meet. A join to a room where that identity is already connected kicks the older
-//!   participant with `DUPLICATE_IDENTITY`: its callback thread delivers the kick
-//!   `kick_delay_ms` (a parameter of the newer join, default 0) after the newer join; with 0
-//!   the newer join completes only once the kick has been delivered.
-//! - `fail`: the connection fails with this text. `connect_delay_ms` (0): connecting takes
-//!   this long (to exercise the join timeout).
+//! The URL's grammar, every parameter and its default, is in `docs/backend.md` (the simulated
+//! room), written once; [`SimSpec::parse`] implements it and names what is wrong with a URL.
+//! Identities are kicked as LiveKit kicks them, on one simulated server per bridge (or per
+//! `server=` name, shared by every bridge in the process that names it): a join to a room
+//! where the bridge's identity is already connected kicks the older participant with
+//! `DUPLICATE_IDENTITY`, `kick_delay_ms` after the newer join (with 0, before it completes).
+//! A sim room has no token to read room and identity from: they are the join's `room_name`
+//! and token, or the user's own where either is empty (`room_and_identity`).
 
 mod pacer;
 
@@ -81,7 +58,7 @@ pub enum Pace {
     Max,
 }
 
-/// A parsed `sim://` URL; see the module documentation for the grammar.
+/// A parsed `sim://` URL (grammar: `docs/backend.md`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimSpec {
     pub mode: Mode,
