@@ -190,7 +190,9 @@ async fn connect(
     let result = match answer {
         ffi_event::Message::Connect(callback) => match callback.message {
             Some(connect_callback::Message::Result(r)) => r,
-            Some(connect_callback::Message::Error(e)) => return Err(RoomError::ConnectFailed(e)),
+            Some(connect_callback::Message::Error(e)) => {
+                return Err(RoomError::ConnectFailed(translate::without_tokens(&e)));
+            }
             None => return Err(unexpected("Connect", "an empty callback")),
         },
         other => return Err(unexpected("Connect", other)),

@@ -47,10 +47,12 @@ fn disconnect_reason(reason: i32, gave_up: bool) -> String {
     format!("{text} ({name})")
 }
 
-/// One of the library's log records, into the bridge's logs under the target `livekit_ffi`.
+/// One of the library's log records, into the bridge's logs under the target `livekit_ffi`,
+/// with any access token in it redacted.
 pub(super) fn log_record(r: &proto::LogRecord) {
     use proto::LogLevel as L;
-    let (module, message) = (r.target.as_str(), r.message.as_str());
+    let module = r.target.as_str();
+    let message = without_tokens(&r.message);
     match L::try_from(r.level) {
         Ok(L::LogError) => tracing::error!(target: "livekit_ffi", module, "{message}"),
         Ok(L::LogWarn) => tracing::warn!(target: "livekit_ffi", module, "{message}"),
@@ -60,9 +62,51 @@ pub(super) fn log_record(r: &proto::LogRecord) {
     }
 }
 
+/// `text` with every JSON Web Token in it (`eyJ…` and two more dot-separated base64url
+/// parts) replaced by `<token>`. LiveKit's server echoes a refused token whole in its 401
+/// ("invalid token: eyJ…, error: token is expired"), which the library passes on in its
+/// connect error and its log; a token is a credential, and must reach neither JoinRoom's
+/// answer nor the logs. What the server said about it stays.
+pub(super) fn without_tokens(text: &str) -> String {
+    let is_part = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("eyJ") {
+        out.push_str(&rest[..at]);
+        let candidate = &rest[at..];
+        let len = candidate
+            .find(|c: char| !is_part(c) && c != '.')
+            .unwrap_or(candidate.len());
+        let word = &candidate[..len];
+        let parts = word.split('.').filter(|p| !p.is_empty()).count();
+        if parts == 3 && word.matches('.').count() == 2 {
+            out.push_str("<token>");
+            rest = &candidate[len..];
+        } else {
+            out.push_str("eyJ");
+            rest = &candidate[3..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_redacted_and_the_servers_words_kept() {
+        let said = "401 Unauthorized - invalid token: eyJhbGci.eyJ2aWRlbyI6.NGz4Qe-_q0, error: \
+                    token is expired";
+        assert_eq!(
+            without_tokens(said),
+            "401 Unauthorized - invalid token: <token>, error: token is expired"
+        );
+        for kept in ["no token", "eyJ alone", "eyJa.b", "a.eyJb.c.d.e", ""] {
+            assert_eq!(without_tokens(kept), kept);
+        }
+    }
 
     #[test]
     fn causes_follow_who_disconnected() {
