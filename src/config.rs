@@ -1,253 +1,37 @@
-//! Settings from command-line flags and the environment (flags win). Every setting is in
-//! [`SETTINGS`]: clap (with its `env` feature) reads each as a flag or its environment variable
-//! and writes `--help` from it; [`Config::parse`] then checks and types the values, and a bad
-//! one is a [`ConfigError`] naming it (the binary exits 64).
+//! Settings from command-line flags and the environment (flags win, and the last of a repeated
+//! flag). Each setting is one field of [`Settings`]: its doc comment is its `--help` (and the
+//! settings table in docs/operating.md, which a test checks against it), its `env` the
+//! environment variable, its default a constant of the layer it sets, its value parser the
+//! check of its range. A bad value does not stop the parse: every one is collected and
+//! reported at once ([`ConfigErrors`], exit 64), each naming its setting.
 
+use std::ffi::OsStr;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::playback::PlaybackSettings;
-use crate::playback::egress::EgressPolicy;
+use clap::builder::TypedValueParser;
 use reqwest::Url;
 
 use crate::audio::{Overflow, RingConfig};
 use crate::listener::ConnectionLimits;
 pub use crate::logging::LogFormat;
+use crate::playback::PlaybackSettings;
+use crate::playback::egress::EgressPolicy;
 use crate::room::AudioSource;
 use crate::service::admission::Limits;
 use crate::service::{ServiceSettings, TlsPem};
 
-/// One setting: its flag, its environment variable, its default and what it does.
-pub struct Setting {
-    pub flag: &'static str,
-    pub env: &'static str,
-    pub default: &'static str,
-    pub help: &'static str,
-}
-
-pub const SETTINGS: &[Setting] = &[
-    Setting {
-        flag: "--socket",
-        env: "LIVEKIT_GRPC_SOCKET",
-        default: "",
-        help: "Unix socket path to serve on (stale file removed, directory created, mode 0666). \
-               When set, TCP is not used.",
-    },
-    Setting {
-        flag: "--socket-mode",
-        env: "LIVEKIT_GRPC_SOCKET_MODE",
-        default: "0666",
-        help: "File mode of the Unix socket, in octal (0660 with a shared group keeps other \
-               users out).",
-    },
-    Setting {
-        flag: "--auth-token",
-        env: "BRIDGE_AUTH_TOKEN",
-        default: "",
-        help: "When set, every RPC (health and reflection included) must carry \
-               'authorization: Bearer <token>', else UNAUTHENTICATED. Off when empty.",
-    },
-    Setting {
-        flag: "--tls-cert",
-        env: "BRIDGE_TLS_CERT",
-        default: "",
-        help: "PEM certificate chain for TLS on the TCP listener (with --tls-key). Off when \
-               empty; not for the Unix socket.",
-    },
-    Setting {
-        flag: "--tls-key",
-        env: "BRIDGE_TLS_KEY",
-        default: "",
-        help: "PEM private key of --tls-cert.",
-    },
-    Setting {
-        flag: "--port",
-        env: "PORT",
-        default: "9090",
-        help: "TCP port to serve on when no socket is set.",
-    },
-    Setting {
-        flag: "--host",
-        env: "BRIDGE_HOST",
-        default: "0.0.0.0",
-        help: "Address to bind the TCP port on.",
-    },
-    Setting {
-        flag: "--max-connections",
-        env: "BRIDGE_MAX_CONNECTIONS",
-        default: "1024",
-        help: "Client connections open at once; one more is closed as soon as it is accepted.",
-    },
-    Setting {
-        flag: "--handshake-timeout-ms",
-        env: "BRIDGE_HANDSHAKE_TIMEOUT_MS",
-        default: "5000",
-        help: "A new connection that has not started HTTP/2 within this long is closed.",
-    },
-    Setting {
-        flag: "--connect-timeout-ms",
-        env: "BRIDGE_CONNECT_TIMEOUT_MS",
-        default: "10000",
-        help: "How long JoinRoom waits for a room to connect before answering success: false.",
-    },
-    Setting {
-        flag: "--audio-source",
-        env: "BRIDGE_AUDIO_SOURCE",
-        default: "both",
-        help: "Where the target's audio comes from: data (its data packets of 16 kHz PCM16), \
-               track (its published microphone track, subscribed to and decoded to 16 kHz) or \
-               both (data packets win while they flow; the track fills in when they stop).",
-    },
-    Setting {
-        flag: "--ring-ms",
-        env: "BRIDGE_RING_MS",
-        default: "2000",
-        help: "Room audio buffered per session (ms of 10 ms frames) for a slow reader.",
-    },
-    Setting {
-        flag: "--overflow",
-        env: "BRIDGE_OVERFLOW",
-        default: "drop-newest",
-        help: "When a session's buffer is full: drop-newest (keep what is queued) or \
-               drop-oldest (also skip the stale half, back to live audio).",
-    },
-    Setting {
-        flag: "--first-chunk-timeout-ms",
-        env: "BRIDGE_FIRST_CHUNK_TIMEOUT_MS",
-        default: "10000",
-        help: "How long StreamAudio waits for the first chunk, which names the session.",
-    },
-    Setting {
-        flag: "--keep-ended-s",
-        env: "BRIDGE_KEEP_ENDED_S",
-        default: "600",
-        help: "How long GetStatus keeps reporting a session whose room was lost.",
-    },
-    Setting {
-        flag: "--http-addr",
-        env: "BRIDGE_HTTP_ADDR",
-        default: "",
-        help: "Address (IP:port) of the operators' HTTP listener: /metrics (Prometheus), /livez, \
-               /readyz, /availability. Off when empty.",
-    },
-    Setting {
-        flag: "--max-sessions",
-        env: "BRIDGE_MAX_SESSIONS",
-        default: "0",
-        help: "Sessions held at once; a JoinRoom for one more is refused at once (success: false, \
-               'bridge at capacity'). 0: no limit.",
-    },
-    Setting {
-        flag: "--max-cpu",
-        env: "BRIDGE_MAX_CPU",
-        default: "0",
-        help: "The machine's CPU use (a fraction of all its cores, over the last 3 s) beyond which \
-               a JoinRoom is refused at once. 0: no limit.",
-    },
-    Setting {
-        flag: "--idle-s",
-        env: "BRIDGE_IDLE_S",
-        default: "300",
-        help: "A session with no StreamAudio attached for this long is closed as idle (the \
-               backend went away without LeaveRoom). 0: never.",
-    },
-    Setting {
-        flag: "--livekit-ffi-lib",
-        env: "LIVEKIT_FFI_LIB",
-        default: "vendor/livekit-ffi/liblivekit_ffi.so",
-        help: "LiveKit's SDK library (liblivekit_ffi.so 1.2.1), needed for ws:// and wss:// \
-               rooms; scripts/fetch-livekit-ffi puts it at the default path.",
-    },
-    Setting {
-        flag: "--playback-connect-timeout-ms",
-        env: "PLAYBACK_CONNECT_TIMEOUT_MS",
-        default: "5000",
-        help: "PlayAudio: how long connecting to the audio URL's server may take.",
-    },
-    Setting {
-        flag: "--playback-read-timeout-ms",
-        env: "PLAYBACK_READ_TIMEOUT_MS",
-        default: "10000",
-        help: "PlayAudio: the longest the audio server may go without sending a byte.",
-    },
-    Setting {
-        flag: "--playback-max-stall-ms",
-        env: "PLAYBACK_MAX_STALL_MS",
-        default: "5000",
-        help: "PlayAudio: how far playout may fall behind waiting for the download (and how long \
-               the first audio may take after the response headers) before it fails as too slow.",
-    },
-    Setting {
-        flag: "--playback-decoder-memory-mb",
-        env: "PLAYBACK_DECODER_MEMORY_MB",
-        default: "512",
-        help: "PlayAudio: the address space (MiB) of the child process that decodes each \
-               playback; a file that needs more fails its playback and nothing else.",
-    },
-    Setting {
-        flag: "--playback-max-bytes",
-        env: "PLAYBACK_MAX_BYTES",
-        default: "52428800",
-        help: "PlayAudio: the largest audio file accepted, in bytes.",
-    },
-    Setting {
-        flag: "--playback-max-redirects",
-        env: "PLAYBACK_MAX_REDIRECTS",
-        default: "5",
-        help: "PlayAudio: HTTP redirects followed before giving up.",
-    },
-    Setting {
-        flag: "--playback-ca-file",
-        env: "PLAYBACK_CA_FILE",
-        default: "",
-        help: "PlayAudio: a PEM file of extra root certificates to trust for https URLs \
-               (an internal CA), besides the built-in web roots.",
-    },
-    Setting {
-        flag: "--playback-allow-hosts",
-        env: "PLAYBACK_ALLOW_HOSTS",
-        default: "",
-        help: "PlayAudio: host names (comma-separated; *.example.com for every name under it) \
-               that may be fetched whatever they resolve to. By default only public internet \
-               addresses are fetched: never loopback, private, link-local (cloud metadata), \
-               unique-local, multicast or reserved ones.",
-    },
-    Setting {
-        flag: "--playback-allow-nets",
-        env: "PLAYBACK_ALLOW_NETS",
-        default: "",
-        help: "PlayAudio: networks (comma-separated CIDRs, e.g. 10.20.0.0/16) that may be \
-               fetched from besides the public internet.",
-    },
-    Setting {
-        flag: "--playback-proxy",
-        env: "PLAYBACK_PROXY",
-        default: "",
-        help: "PlayAudio: fetch every URL through this HTTP proxy, e.g. \
-               http://user:password@proxy.internal:3128 (CONNECT for https URLs). The proxy \
-               then resolves names and its access list governs them; the bridge still refuses \
-               non-public IP literals on every hop.",
-    },
-    Setting {
-        flag: "--shutdown-timeout-ms",
-        env: "BRIDGE_SHUTDOWN_TIMEOUT_MS",
-        default: "5000",
-        help: "On SIGTERM or SIGINT, the deadline for ending streams and closing sessions.",
-    },
-    Setting {
-        flag: "--log-format",
-        env: "LOG_FORMAT",
-        default: "text",
-        help: "Log format: text or json.",
-    },
-    Setting {
-        flag: "--log",
-        env: "RUST_LOG",
-        default: "info",
-        help: "Log filter, in tracing's EnvFilter syntax.",
-    },
-];
+/// TCP port and address served on when no socket is set.
+pub const PORT: u16 = 9090;
+pub const HOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+/// The Unix socket's file mode: any local user, as the service the bridge replaces had it.
+pub const SOCKET_MODE: u32 = 0o666;
+/// The drain deadline on SIGTERM or SIGINT.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The address space of PlayAudio's decoder child, MiB.
+pub const DECODER_MEMORY_MIB: u64 = 512;
 
 /// Where the bridge listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -283,16 +67,39 @@ pub enum Command {
 }
 
 /// A bad setting: which one (by environment name and flag) and why.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message}")]
 pub struct ConfigError {
     pub key: String,
     pub message: String,
 }
 
-/// The command line: clap parses flags and their environment fallbacks (flags win) and
-/// writes `--help`; every setting comes from [`SETTINGS`] ([`Settings`]), and [`Config::parse`]
-/// checks and types the values.
+/// Every bad setting of one start, in the order of `--help`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, e) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// Whether one of the errors is about `key` (an environment name or a flag).
+    pub fn names(&self, key: &str) -> bool {
+        self.0.iter().any(|e| e.key.contains(key))
+    }
+}
+
+/// The command line.
 #[derive(clap::Parser, Debug)]
 #[command(
     name = "livekit-bridge",
@@ -315,281 +122,407 @@ enum Subcommand {
     Ctl(crate::ctl::Ctl),
 }
 
-/// The raw value of every setting given, by flag, as clap found it (flag or environment).
-#[derive(Debug, Default)]
-pub struct Settings(std::collections::HashMap<&'static str, String>);
+/// A setting's value as given: the value, or why it is not valid, so that one bad value does
+/// not hide the next.
+#[derive(Clone, Debug)]
+struct Given<T>(Result<T, ConfigError>);
 
-impl clap::Args for Settings {
-    fn augment_args(cmd: clap::Command) -> clap::Command {
-        SETTINGS.iter().fold(cmd, |cmd, s| {
-            let mut arg = clap::Arg::new(s.flag)
-                .long(&s.flag[2..])
-                .env(s.env)
-                .value_name(s.env)
-                .help(s.help)
-                // --help must not print a token or path found in the environment.
-                .hide_env_values(true)
-                // A flag given twice: the last wins, as with the environment it overrides.
-                .overrides_with(s.flag)
-                .action(clap::ArgAction::Set);
-            if !s.default.is_empty() {
-                arg = arg.default_value(s.default);
-            }
-            cmd.arg(arg)
-        })
-    }
-
-    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
-        Self::augment_args(cmd)
+impl<T: fmt::Display> fmt::Display for Given<T> {
+    /// Only defaults are displayed (clap renders them for `--help` and parses them back).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Ok(v) => v.fmt(f),
+            Err(e) => e.fmt(f),
+        }
     }
 }
 
-impl clap::FromArgMatches for Settings {
-    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
-        Ok(Self(
-            SETTINGS
-                .iter()
-                .filter_map(|s| m.get_one::<String>(s.flag).map(|v| (s.flag, v.clone())))
-                .collect(),
-        ))
+impl<T> Given<T> {
+    fn ok(value: T) -> Self {
+        Self(Ok(value))
     }
 
-    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
-        *self = Self::from_arg_matches(m)?;
-        Ok(())
+    /// The value, or `None` with its error added to `errors`.
+    fn take(self, errors: &mut Vec<ConfigError>) -> Option<T> {
+        self.0.map_err(|e| errors.push(e)).ok()
     }
 }
 
-/// A clap error as the setting it is about: `ENV (--flag)` and clap's one-line reason.
-fn config_error(e: &clap::Error) -> ConfigError {
-    use clap::error::{ContextKind, ContextValue};
-    let arg = match e.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(a)) => a.clone(),
-        _ => String::new(),
-    };
-    let long = arg.trim_start_matches("--").split([' ', '=']).next();
-    let key = SETTINGS
-        .iter()
-        .find(|s| Some(&s.flag[2..]) == long)
-        .map_or_else(
-            || {
-                if arg.is_empty() {
-                    "arguments".into()
-                } else {
-                    arg.clone()
-                }
-            },
-            |s| format!("{} ({})", s.env, s.flag),
-        );
-    let rendered = e.render().to_string();
-    let message = rendered
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("error: ")
-        .to_string();
-    ConfigError { key, message }
-}
+/// A setting's check as a clap value parser that never fails the parse: the outcome, with the
+/// setting named, is kept for [`Config`] to report with every other.
+#[derive(Clone)]
+struct Check<F>(F);
 
-impl Config {
-    /// Parses `args` (without the program name) over the process environment.
-    pub fn parse(args: &[String]) -> Result<Command, ConfigError> {
-        use clap::CommandFactory;
-        Self::parse_with(Cli::command(), args)
-    }
+impl<T, F> TypedValueParser for Check<F>
+where
+    T: Clone + Send + Sync + 'static,
+    F: Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static,
+{
+    type Value = Given<T>;
 
-    /// Parses `args` with `command` (the tests' has no environment fallbacks).
-    fn parse_with(command: clap::Command, args: &[String]) -> Result<Command, ConfigError> {
-        use clap::FromArgMatches;
-        let argv = std::iter::once("livekit-bridge".to_string()).chain(args.iter().cloned());
-        let parsed = command
-            .try_get_matches_from(argv)
-            .and_then(|m| Cli::from_arg_matches(&m));
-        let cli = match parsed {
-            Ok(cli) => cli,
-            Err(e) => {
-                use clap::error::ErrorKind;
-                return match e.kind() {
-                    ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-                        Ok(Command::Help(e.render().to_string()))
-                    }
-                    _ => Err(config_error(&e)),
-                };
-            }
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<Given<T>, clap::Error> {
+        let checked = match value.to_str() {
+            Some(text) => (self.0)(text),
+            None => Err("is not valid UTF-8".into()),
         };
-        if let Some(Subcommand::Ctl(ctl)) = cli.command {
-            return Ok(Command::Ctl(Box::new(ctl)));
-        }
-        let given = cli.settings.0;
-        let get = |flag: &str| -> (&'static Setting, String) {
-            let setting = SETTINGS
-                .iter()
-                .find(|s| s.flag == flag)
-                .expect("flag is in SETTINGS");
-            let value = given
-                .get(flag)
-                .cloned()
-                .unwrap_or_else(|| setting.default.to_string());
-            (setting, value)
-        };
-        let ms = |flag: &str, lo: u64, hi: u64| -> Result<Duration, ConfigError> {
-            number(get(flag), lo, hi).map(Duration::from_millis)
-        };
-
-        let (_, socket) = get("--socket");
-        let listen = if socket.is_empty() {
-            let port = number(get("--port"), 0, 65_535)? as u16;
-            let (host_setting, host) = get("--host");
-            let ip: IpAddr = host
-                .parse()
-                .map_err(|_| invalid(host_setting, &host, "an IP address"))?;
-            Listen::Tcp(SocketAddr::new(ip, port))
-        } else {
-            Listen::Unix(PathBuf::from(socket))
-        };
-        let (overflow_setting, overflow) = get("--overflow");
-        let overflow = match overflow.as_str() {
-            "drop-newest" => Overflow::DropNewest,
-            "drop-oldest" => Overflow::DropOldest,
-            _ => {
-                return Err(invalid(
-                    overflow_setting,
-                    &overflow,
-                    "drop-newest or drop-oldest",
-                ));
-            }
-        };
-        let (source_setting, source) = get("--audio-source");
-        let audio_source = match source.as_str() {
-            "data" => AudioSource::Data,
-            "track" => AudioSource::Track,
-            "both" => AudioSource::Both,
-            _ => return Err(invalid(source_setting, &source, "data, track or both")),
-        };
-        let (format_setting, format) = get("--log-format");
-        let log_format = match format.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => return Err(invalid(format_setting, &format, "text or json")),
-        };
-        let ring_ms = number(get("--ring-ms"), 10, 60_000)? as u32;
-        let (cpu_setting, cpu) = get("--max-cpu");
-        let max_cpu = match cpu.trim().parse::<f64>() {
-            Ok(0.0) => None,
-            Ok(f) if f > 0.0 && f <= 1.0 => Some(f),
-            _ => {
-                return Err(invalid(
-                    cpu_setting,
-                    &cpu,
-                    "a fraction of the machine's cores in 0..=1 (0: no limit)",
-                ));
-            }
-        };
-        let (token_setting, token) = get("--auth-token");
-        let auth_token = match token.as_str() {
-            "" => None,
-            t if t.len() <= 4096 && t.bytes().all(|b| b.is_ascii_graphic()) => Some(t.to_string()),
-            _ => {
-                return Err(invalid(
-                    token_setting,
-                    "<redacted>",
-                    "1 to 4096 visible ASCII characters (no spaces)",
-                ));
-            }
-        };
-        let (mode_setting, mode) = get("--socket-mode");
-        let socket_mode = u32::from_str_radix(mode.trim(), 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .ok_or_else(|| invalid(mode_setting, &mode, "an octal file mode, e.g. 0660"))?;
-        let (hosts_setting, hosts) = get("--playback-allow-hosts");
-        let (nets_setting, nets) = get("--playback-allow-nets");
-        let egress = EgressPolicy::parse(&hosts, &nets).map_err(|why| ConfigError {
-            key: format!("{} ({})", nets_setting.env, nets_setting.flag),
-            message: why,
-        })?;
-        if hosts.split(',').any(|h| h.trim().contains(['/', ' ', ':'])) {
-            return Err(invalid(
-                hosts_setting,
-                &hosts,
-                "host names, comma-separated",
-            ));
-        }
-        let proxy = proxy_url(get("--playback-proxy"))?;
-        let tls = tls_files(get("--tls-cert"), get("--tls-key"))?;
-        if tls.is_some() && matches!(listen, Listen::Unix(_)) {
-            return Err(ConfigError {
-                key: "BRIDGE_TLS_CERT (--tls-cert)".into(),
-                message: "TLS is for the TCP listener; a Unix socket (LIVEKIT_GRPC_SOCKET) is \
-                          protected by its file mode"
-                    .into(),
-            });
-        }
-        let (http_setting, http) = get("--http-addr");
-        let http_addr = match http.trim() {
-            "" => None,
-            text => Some(
-                text.parse::<SocketAddr>()
-                    .map_err(|_| invalid(http_setting, &http, "IP:port, e.g. 127.0.0.1:9091"))?,
-            ),
-        };
-        Ok(Command::Run(Box::new(Config {
-            listen,
-            limits: ConnectionLimits {
-                max_connections: number(get("--max-connections"), 1, 1_000_000)? as usize,
-                handshake_timeout: ms("--handshake-timeout-ms", 100, 600_000)?,
-            },
-            service: ServiceSettings {
-                connect_timeout: ms("--connect-timeout-ms", 1, 600_000)?,
-                audio_source,
-                ring: RingConfig::for_duration_ms(ring_ms, overflow),
-                first_chunk_timeout: ms("--first-chunk-timeout-ms", 1, 600_000)?,
-                keep_ended: Duration::from_secs(number(get("--keep-ended-s"), 0, 86_400)?),
-                playback: PlaybackSettings {
-                    connect_timeout: ms("--playback-connect-timeout-ms", 1, 600_000)?,
-                    read_timeout: ms("--playback-read-timeout-ms", 1, 600_000)?,
-                    max_stall: ms("--playback-max-stall-ms", 100, 600_000)?,
-                    max_bytes: number(get("--playback-max-bytes"), 1, 1 << 40)?,
-                    max_redirects: number(get("--playback-max-redirects"), 0, 50)? as usize,
-                    egress,
-                    proxy,
-                    ca_file: Some(get("--playback-ca-file").1)
-                        .filter(|p| !p.is_empty())
-                        .map(PathBuf::from),
-                    ..PlaybackSettings::default()
-                },
-                livekit_ffi_lib: PathBuf::from(get("--livekit-ffi-lib").1),
-                limits: Limits {
-                    max_sessions: Some(number(get("--max-sessions"), 0, 10_000_000)? as usize)
-                        .filter(|n| *n > 0),
-                    max_cpu,
-                },
-                idle: Some(Duration::from_secs(number(get("--idle-s"), 0, 604_800)?))
-                    .filter(|d| !d.is_zero()),
-                auth_token,
-                tls,
-            },
-            socket_mode,
-            http_addr,
-            shutdown_timeout: ms("--shutdown-timeout-ms", 0, 600_000)?,
-            decoder_memory_mib: number(get("--playback-decoder-memory-mb"), 64, 65_536)?,
-            log_format,
-            log_filter: get("--log").1,
+        Ok(Given(checked.map_err(|message| ConfigError {
+            key: arg.map_or_else(|| "a setting".into(), key_of),
+            message,
         })))
     }
 }
 
+/// `ENV (--flag)`, as every error names a setting.
+fn key_of(arg: &clap::Arg) -> String {
+    let flag = arg.get_long().unwrap_or_default();
+    match arg.get_env().and_then(OsStr::to_str) {
+        Some(env) => format!("{env} (--{flag})"),
+        None => format!("--{flag}"),
+    }
+}
+
+fn invalid(value: &str, expected: &str) -> String {
+    format!("{value:?} is not valid; expected {expected}")
+}
+
+/// An integer in `lo..=hi`.
+fn int(lo: u64, hi: u64) -> Check<impl Fn(&str) -> Result<u64, String> + Clone> {
+    Check(move |text: &str| {
+        text.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (lo..=hi).contains(n))
+            .ok_or_else(|| invalid(text, &format!("an integer in {lo}..={hi}")))
+    })
+}
+
+/// Milliseconds in `lo..=hi`.
+fn ms(lo: u64, hi: u64) -> Check<impl Fn(&str) -> Result<Millis, String> + Clone> {
+    let int = int(lo, hi).0;
+    Check(move |text: &str| int(text).map(|n| Millis(Duration::from_millis(n))))
+}
+
+/// Seconds in `lo..=hi`.
+fn secs(lo: u64, hi: u64) -> Check<impl Fn(&str) -> Result<Secs, String> + Clone> {
+    let int = int(lo, hi).0;
+    Check(move |text: &str| int(text).map(|n| Secs(Duration::from_secs(n))))
+}
+
+/// One of the `(name, value)` pairs, by name.
+fn one_of<T: Copy + Send + Sync + 'static>(
+    names: &'static [(&'static str, T)],
+) -> Check<impl Fn(&str) -> Result<Choice<T>, String> + Clone> {
+    Check(move |text: &str| {
+        names
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|&(name, value)| Choice { name, value })
+            .ok_or_else(|| {
+                let all: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+                invalid(text, &all.join(", "))
+            })
+    })
+}
+
+/// A setting that is off when unset or empty (as an empty environment variable is): `check`
+/// for any other value.
+fn off_or<T, F>(check: F) -> Check<impl Fn(&str) -> Result<Option<T>, String> + Clone>
+where
+    F: Fn(&str) -> Result<T, String> + Clone,
+{
+    Check(move |text: &str| {
+        if text.trim().is_empty() {
+            Ok(None)
+        } else {
+            check(text).map(Some)
+        }
+    })
+}
+
+/// Any text.
+fn any(text: &str) -> Result<String, String> {
+    Ok(text.to_string())
+}
+
+/// A duration written in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Millis(Duration);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.as_millis())
+    }
+}
+
+/// A duration written in seconds; 0 where a setting says it means "never".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Secs(Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.as_secs())
+    }
+}
+
+/// A file mode written in octal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mode(u32);
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+const OVERFLOWS: &[(&str, Overflow)] = &[
+    ("drop-newest", Overflow::DropNewest),
+    ("drop-oldest", Overflow::DropOldest),
+];
+const SOURCES: &[(&str, AudioSource)] = &[
+    ("data", AudioSource::Data),
+    ("track", AudioSource::Track),
+    ("both", AudioSource::Both),
+];
+const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", LogFormat::Json)];
+
+/// A value from a fixed set, with its name (how it is written and shown).
+#[derive(Clone, Copy, Debug)]
+struct Choice<T> {
+    name: &'static str,
+    value: T,
+}
+
+impl<T: PartialEq + Copy> Choice<T> {
+    /// `value` as a default, named as `names` name it.
+    fn of(names: &'static [(&'static str, T)], value: T) -> Given<Self> {
+        let name = names
+            .iter()
+            .find(|(_, v)| *v == value)
+            .map_or("", |(n, _)| *n);
+        Given::ok(Self { name, value })
+    }
+}
+
+impl<T> fmt::Display for Choice<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Every setting of the bridge. A doc comment's first paragraph is the setting's help.
+#[derive(clap::Args, Debug)]
+struct Settings {
+    /// Unix socket to serve on (directory created, mode --socket-mode). A socket nobody answers
+    /// on is removed first; if a bridge answers there, or the path is not a socket, the bridge
+    /// refuses to start. On exit it removes the socket only if it is still its own. When set,
+    /// TCP is not used.
+    #[arg(long, env = "LIVEKIT_GRPC_SOCKET", value_parser = off_or(any))]
+    socket: Option<Given<Option<String>>>,
+    /// The Unix socket's file mode, octal (0666: any local user; 0660 with a shared group keeps
+    /// others out).
+    #[arg(long, env = "LIVEKIT_GRPC_SOCKET_MODE", value_parser = Check(socket_mode),
+          default_value_t = Given::ok(Mode(SOCKET_MODE)))]
+    socket_mode: Given<Mode>,
+    /// When set, every RPC (the contract's, grpc.health.v1 and reflection) must carry
+    /// 'authorization: Bearer TOKEN', else UNAUTHENTICATED; 1 to 4096 visible ASCII
+    /// characters. Off when unset.
+    #[arg(long, env = "BRIDGE_AUTH_TOKEN", value_parser = off_or(auth_token))]
+    auth_token: Option<Given<Option<String>>>,
+    /// PEM certificate chain: the TCP listener speaks TLS (with --tls-key; both or neither).
+    /// Not for the Unix socket, which its file mode protects. Plaintext when unset.
+    #[arg(long, env = "BRIDGE_TLS_CERT", value_parser = off_or(any))]
+    tls_cert: Option<Given<Option<String>>>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "BRIDGE_TLS_KEY", value_parser = off_or(any))]
+    tls_key: Option<Given<Option<String>>>,
+    /// TCP port to serve on when no socket is set.
+    #[arg(long, env = "PORT", value_parser = int(0, 65_535), default_value_t = Given::ok(u64::from(PORT)))]
+    port: Given<u64>,
+    /// Address to bind the TCP port on.
+    #[arg(long, env = "BRIDGE_HOST", value_parser = Check(ip), default_value_t = Given::ok(HOST))]
+    host: Given<IpAddr>,
+    /// Client connections open at once; one more is closed as soon as it is accepted.
+    #[arg(long, env = "BRIDGE_MAX_CONNECTIONS", value_parser = int(1, 1_000_000),
+          default_value_t = Given::ok(ConnectionLimits::DEFAULT.max_connections as u64))]
+    max_connections: Given<u64>,
+    /// A connection that has not started HTTP/2 within this long (ms) is closed.
+    #[arg(long, env = "BRIDGE_HANDSHAKE_TIMEOUT_MS", value_parser = ms(100, 600_000),
+          default_value_t = Given::ok(Millis(ConnectionLimits::DEFAULT.handshake_timeout)))]
+    handshake_timeout_ms: Given<Millis>,
+    /// How long (ms) JoinRoom waits for a room to connect before answering success: false.
+    #[arg(long, env = "BRIDGE_CONNECT_TIMEOUT_MS", value_parser = ms(1, 600_000),
+          default_value_t = Given::ok(Millis(ServiceSettings::CONNECT_TIMEOUT)))]
+    connect_timeout_ms: Given<Millis>,
+    /// Where the target's audio comes from: data (its data packets of 16 kHz PCM16; no track
+    /// is subscribed to), track (its published audio track, decoded to 16 kHz mono; data
+    /// packets ignored) or both (data packets win while they flow; the track is heard once
+    /// none has come for 500 ms).
+    #[arg(long, env = "BRIDGE_AUDIO_SOURCE", value_parser = one_of(SOURCES),
+          default_value_t = Choice::of(SOURCES, AudioSource::default()))]
+    audio_source: Given<Choice<AudioSource>>,
+    /// Room audio buffered per session (ms of 10 ms frames) for a slow reader.
+    #[arg(long, env = "BRIDGE_RING_MS", value_parser = int(10, 60_000),
+          default_value_t = Given::ok(u64::from(RingConfig::DEFAULT_MS)))]
+    ring_ms: Given<u64>,
+    /// When a session's buffer is full: drop-newest (keep what is queued, as the service the
+    /// bridge replaces did) or drop-oldest (also skip the stale half, back to live audio).
+    #[arg(long, env = "BRIDGE_OVERFLOW", value_parser = one_of(OVERFLOWS),
+          default_value_t = Choice::of(OVERFLOWS, Overflow::default()))]
+    overflow: Given<Choice<Overflow>>,
+    /// How long (ms) StreamAudio waits for the first chunk, which names the session.
+    #[arg(long, env = "BRIDGE_FIRST_CHUNK_TIMEOUT_MS", value_parser = ms(1, 600_000),
+          default_value_t = Given::ok(Millis(ServiceSettings::FIRST_CHUNK_TIMEOUT)))]
+    first_chunk_timeout_ms: Given<Millis>,
+    /// How long (s) GetStatus keeps reporting a session whose room was lost.
+    #[arg(long, env = "BRIDGE_KEEP_ENDED_S", value_parser = secs(0, 86_400),
+          default_value_t = Given::ok(Secs(ServiceSettings::KEEP_ENDED)))]
+    keep_ended_s: Given<Secs>,
+    /// Address (IP:port) of the operators' HTTP listener: /metrics (Prometheus), /livez,
+    /// /readyz, /availability. Off when unset.
+    #[arg(long, env = "BRIDGE_HTTP_ADDR", value_parser = off_or(socket_addr))]
+    http_addr: Option<Given<Option<SocketAddr>>>,
+    /// Sessions held at once; a JoinRoom for one more (not one replacing a user's live session)
+    /// is refused at once: success: false, 'bridge at capacity'. 0: no limit.
+    #[arg(long, env = "BRIDGE_MAX_SESSIONS", value_parser = int(0, 10_000_000),
+          default_value_t = Given::ok(0))]
+    max_sessions: Given<u64>,
+    /// The machine's CPU use, a fraction of all its cores over the last 3 s, beyond which a
+    /// JoinRoom is refused at once. 0: no limit.
+    #[arg(long, env = "BRIDGE_MAX_CPU", value_parser = Check(cpu_fraction),
+          default_value_t = Given::ok(0.0))]
+    max_cpu: Given<f64>,
+    /// A session with no StreamAudio attached for this long (s) is closed as idle and its room
+    /// left (the backend went away without LeaveRoom). 0: never.
+    #[arg(long, env = "BRIDGE_IDLE_S", value_parser = secs(0, 604_800),
+          default_value_t = Given::ok(Secs(ServiceSettings::IDLE)))]
+    idle_s: Given<Secs>,
+    /// LiveKit's SDK library (liblivekit_ffi.so 1.2.1), needed for ws:// and wss:// rooms;
+    /// scripts/fetch-livekit-ffi puts it at the default path.
+    #[arg(long, env = "LIVEKIT_FFI_LIB", value_parser = Check(any),
+          default_value_t = Given::ok(crate::room::DEFAULT_LIVEKIT_LIBRARY.to_string()))]
+    livekit_ffi_lib: Given<String>,
+    /// PlayAudio: how long (ms) connecting to the audio URL's server may take.
+    #[arg(long, env = "PLAYBACK_CONNECT_TIMEOUT_MS", value_parser = ms(1, 600_000),
+          default_value_t = Given::ok(Millis(PlaybackSettings::CONNECT_TIMEOUT)))]
+    playback_connect_timeout_ms: Given<Millis>,
+    /// PlayAudio: the longest (ms) the audio server may go without sending a byte.
+    #[arg(long, env = "PLAYBACK_READ_TIMEOUT_MS", value_parser = ms(1, 600_000),
+          default_value_t = Given::ok(Millis(PlaybackSettings::READ_TIMEOUT)))]
+    playback_read_timeout_ms: Given<Millis>,
+    /// PlayAudio: how far (ms) playout may fall behind waiting for the download (and how long
+    /// the first audio may take after the response headers) before it fails as too slow.
+    #[arg(long, env = "PLAYBACK_MAX_STALL_MS", value_parser = ms(100, 600_000),
+          default_value_t = Given::ok(Millis(PlaybackSettings::MAX_STALL)))]
+    playback_max_stall_ms: Given<Millis>,
+    /// PlayAudio: the address space (MiB) of the child process that decodes each playback; a
+    /// file that needs more fails its playback and nothing else.
+    #[arg(long, env = "PLAYBACK_DECODER_MEMORY_MB", value_parser = int(64, 65_536),
+          default_value_t = Given::ok(DECODER_MEMORY_MIB))]
+    playback_decoder_memory_mb: Given<u64>,
+    /// PlayAudio: the largest audio file accepted, in bytes.
+    #[arg(long, env = "PLAYBACK_MAX_BYTES", value_parser = int(1, 1 << 40),
+          default_value_t = Given::ok(PlaybackSettings::MAX_BYTES))]
+    playback_max_bytes: Given<u64>,
+    /// PlayAudio: HTTP redirects followed before giving up.
+    #[arg(long, env = "PLAYBACK_MAX_REDIRECTS", value_parser = int(0, 50),
+          default_value_t = Given::ok(PlaybackSettings::MAX_REDIRECTS as u64))]
+    playback_max_redirects: Given<u64>,
+    /// PlayAudio: a PEM file of extra root certificates to trust for https URLs (an internal
+    /// CA), besides the built-in web roots.
+    #[arg(long, env = "PLAYBACK_CA_FILE", value_parser = off_or(any))]
+    playback_ca_file: Option<Given<Option<String>>>,
+    /// PlayAudio: host names (comma-separated; *.example.com for every name under it) that may
+    /// be fetched whatever they resolve to. By default only public internet addresses are
+    /// fetched: never loopback, private, link-local (cloud metadata), unique-local, multicast
+    /// or reserved ones.
+    #[arg(long, env = "PLAYBACK_ALLOW_HOSTS", value_parser = off_or(host_names))]
+    playback_allow_hosts: Option<Given<Option<String>>>,
+    /// PlayAudio: networks (comma-separated CIDRs, e.g. 10.20.0.0/16) that may be fetched from
+    /// besides the public internet.
+    #[arg(long, env = "PLAYBACK_ALLOW_NETS", value_parser = off_or(networks))]
+    playback_allow_nets: Option<Given<Option<String>>>,
+    /// PlayAudio: fetch every URL through this HTTP proxy, e.g.
+    /// http://user:password@proxy.internal:3128 (CONNECT for https URLs). The proxy then
+    /// resolves names and its access list governs them; the bridge still refuses non-public IP
+    /// literals on every hop.
+    #[arg(long, env = "PLAYBACK_PROXY", value_parser = off_or(proxy_url))]
+    playback_proxy: Option<Given<Option<Url>>>,
+    /// On SIGTERM or SIGINT, the deadline (ms) for ending streams and closing sessions.
+    #[arg(long, env = "BRIDGE_SHUTDOWN_TIMEOUT_MS", value_parser = ms(0, 600_000),
+          default_value_t = Given::ok(Millis(SHUTDOWN_TIMEOUT)))]
+    shutdown_timeout_ms: Given<Millis>,
+    /// Log format: text or json (logs go to stderr).
+    #[arg(long, env = "LOG_FORMAT", value_parser = one_of(LOG_FORMATS),
+          default_value_t = Choice::of(LOG_FORMATS, LogFormat::Text))]
+    log_format: Given<Choice<LogFormat>>,
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, env = "RUST_LOG", value_parser = Check(any),
+          default_value_t = Given::ok("info".to_string()))]
+    log: Given<String>,
+}
+
+fn socket_mode(text: &str) -> Result<Mode, String> {
+    u32::from_str_radix(text.trim(), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .map(Mode)
+        .ok_or_else(|| invalid(text, "an octal file mode, e.g. 0660"))
+}
+
+fn auth_token(text: &str) -> Result<String, String> {
+    if text.len() <= 4096 && text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(text.to_string());
+    }
+    // The value is a secret: never echoed.
+    Err(invalid(
+        "<redacted>",
+        "1 to 4096 visible ASCII characters (no spaces)",
+    ))
+}
+
+fn ip(text: &str) -> Result<IpAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| invalid(text, "an IP address"))
+}
+
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| invalid(text, "IP:port, e.g. 127.0.0.1:9091"))
+}
+
+fn cpu_fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(invalid(
+            text,
+            "a fraction of the machine's cores in 0..=1 (0: no limit)",
+        )),
+    }
+}
+
+fn host_names(text: &str) -> Result<String, String> {
+    if text.split(',').any(|h| h.trim().contains(['/', ' ', ':'])) {
+        return Err(invalid(text, "host names, comma-separated"));
+    }
+    EgressPolicy::parse(text, "").map(|_| text.to_string())
+}
+
+fn networks(text: &str) -> Result<String, String> {
+    EgressPolicy::parse("", text).map(|_| text.to_string())
+}
+
 /// The PlayAudio proxy: an http:// or https:// URL naming a host, and nothing past the port.
 /// The value is never echoed whole, since it may carry the proxy's password.
-fn proxy_url((setting, value): (&'static Setting, String)) -> Result<Option<Url>, ConfigError> {
-    if value.trim().is_empty() {
-        return Ok(None);
-    }
-    let bad = |why: &str| ConfigError {
-        key: format!("{} ({})", setting.env, setting.flag),
-        message: format!("{why}; expected a proxy URL such as http://proxy.internal:3128"),
-    };
-    let url = Url::parse(value.trim()).map_err(|e| bad(&format!("not a URL ({e})")))?;
+fn proxy_url(text: &str) -> Result<Url, String> {
+    let bad = |why: &str| format!("{why}; expected a proxy URL such as http://proxy.internal:3128");
+    let url = Url::parse(text.trim()).map_err(|e| bad(&format!("not a URL ({e})")))?;
     let shown = crate::playback::fetch::redacted(&url);
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad(&format!(
@@ -605,78 +538,289 @@ fn proxy_url((setting, value): (&'static Setting, String)) -> Result<Option<Url>
             "{shown} has a path or query, which a proxy does not take"
         )));
     }
-    Ok(Some(url))
+    Ok(url)
+}
+
+/// An optional setting's value: `None` when unset, empty or bad (then with its error).
+fn off<T>(given: Option<Given<Option<T>>>, errors: &mut Vec<ConfigError>) -> Option<T> {
+    given.and_then(|g| g.take(errors)).flatten()
 }
 
 /// The TLS certificate chain and key, both or neither, each read and parsed as PEM.
-fn tls_files(
-    (cert_setting, cert): (&'static Setting, String),
-    (key_setting, key): (&'static Setting, String),
-) -> Result<Option<TlsPem>, ConfigError> {
+fn tls_files(cert: Option<String>, key: Option<String>) -> Result<Option<TlsPem>, ConfigError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let fail = |setting: &Setting, message: String| ConfigError {
-        key: format!("{} ({})", setting.env, setting.flag),
+    let fail = |key: &str, message: String| ConfigError {
+        key: key.into(),
         message,
     };
-    match (cert.is_empty(), key.is_empty()) {
-        (true, true) => return Ok(None),
-        (false, true) => return Err(fail(key_setting, "needed with BRIDGE_TLS_CERT".into())),
-        (true, false) => return Err(fail(cert_setting, "needed with BRIDGE_TLS_KEY".into())),
-        (false, false) => {}
-    }
-    let read = |setting: &Setting, path: &str| {
+    const CERT: &str = "BRIDGE_TLS_CERT (--tls-cert)";
+    const KEY: &str = "BRIDGE_TLS_KEY (--tls-key)";
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => return Err(fail(KEY, "needed with BRIDGE_TLS_CERT".into())),
+        (None, Some(_)) => return Err(fail(CERT, "needed with BRIDGE_TLS_KEY".into())),
+        (Some(c), Some(k)) => (c, k),
+    };
+    let read = |setting: &str, path: &str| {
         std::fs::read(path).map_err(|e| fail(setting, format!("cannot read {path}: {e}")))
     };
-    let (cert_pem, key_pem) = (read(cert_setting, &cert)?, read(key_setting, &key)?);
+    let (cert_pem, key_pem) = (read(CERT, &cert)?, read(KEY, &key)?);
     let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(cert_setting, format!("{cert}: {e}")))?;
+        .map_err(|e| fail(CERT, format!("{cert}: {e}")))?;
     if certs.is_empty() {
-        return Err(fail(cert_setting, format!("no PEM certificate in {cert}")));
+        return Err(fail(CERT, format!("no PEM certificate in {cert}")));
     }
     PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| fail(key_setting, format!("no PEM private key in {key}: {e}")))?;
+        .map_err(|e| fail(KEY, format!("no PEM private key in {key}: {e}")))?;
     Ok(Some(TlsPem {
         cert: cert_pem,
         key: key_pem,
     }))
 }
 
-fn invalid(setting: &Setting, value: &str, expected: &str) -> ConfigError {
-    ConfigError {
-        key: format!("{} ({})", setting.env, setting.flag),
-        message: format!("{value:?} is not valid; expected {expected}"),
+impl Settings {
+    /// The settings, typed, or every one that is wrong: each is taken (its error, if any,
+    /// kept) before any is used, so one bad value never hides another.
+    fn into_config(self) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let e = &mut errors;
+        let socket = off(self.socket, e);
+        let socket_mode = self.socket_mode.take(e);
+        let auth_token = off(self.auth_token, e);
+        let (tls_cert, tls_key) = (off(self.tls_cert, e), off(self.tls_key, e));
+        let port = self.port.take(e);
+        let host = self.host.take(e);
+        let max_connections = self.max_connections.take(e);
+        let handshake_timeout = self.handshake_timeout_ms.take(e);
+        let connect_timeout = self.connect_timeout_ms.take(e);
+        let audio_source = self.audio_source.take(e);
+        let ring_ms = self.ring_ms.take(e);
+        let overflow = self.overflow.take(e);
+        let first_chunk_timeout = self.first_chunk_timeout_ms.take(e);
+        let keep_ended = self.keep_ended_s.take(e);
+        let http_addr = off(self.http_addr, e);
+        let max_sessions = self.max_sessions.take(e);
+        let max_cpu = self.max_cpu.take(e);
+        let idle = self.idle_s.take(e);
+        let livekit_ffi_lib = self.livekit_ffi_lib.take(e);
+        let playback_connect = self.playback_connect_timeout_ms.take(e);
+        let playback_read = self.playback_read_timeout_ms.take(e);
+        let playback_stall = self.playback_max_stall_ms.take(e);
+        let decoder_memory = self.playback_decoder_memory_mb.take(e);
+        let max_bytes = self.playback_max_bytes.take(e);
+        let max_redirects = self.playback_max_redirects.take(e);
+        let ca_file = off(self.playback_ca_file, e);
+        let allow_hosts = off(self.playback_allow_hosts, e).unwrap_or_default();
+        let allow_nets = off(self.playback_allow_nets, e).unwrap_or_default();
+        let proxy = off(self.playback_proxy, e);
+        let shutdown_timeout = self.shutdown_timeout_ms.take(e);
+        let log_format = self.log_format.take(e);
+        let log_filter = self.log.take(e);
+        let tls = tls_files(tls_cert, tls_key).map_err(|err| e.push(err)).ok();
+        if matches!(tls, Some(Some(_))) && socket.is_some() {
+            e.push(ConfigError {
+                key: "BRIDGE_TLS_CERT (--tls-cert)".into(),
+                message: "TLS is for the TCP listener; a Unix socket (LIVEKIT_GRPC_SOCKET) is \
+                          protected by its file mode"
+                    .into(),
+            });
+        }
+        // Each part was checked on its own; together they make the policy.
+        let egress = EgressPolicy::parse(&allow_hosts, &allow_nets)
+            .map_err(|message| {
+                e.push(ConfigError {
+                    key: "PLAYBACK_ALLOW_NETS (--playback-allow-nets)".into(),
+                    message,
+                })
+            })
+            .ok();
+        let config = (|| {
+            Some(Config {
+                listen: match socket {
+                    Some(path) => Listen::Unix(PathBuf::from(path)),
+                    // In 0..=65535 by its check.
+                    None => Listen::Tcp(SocketAddr::new(host?, port? as u16)),
+                },
+                http_addr,
+                socket_mode: socket_mode?.0,
+                limits: ConnectionLimits {
+                    max_connections: max_connections? as usize,
+                    handshake_timeout: handshake_timeout?.0,
+                },
+                service: ServiceSettings {
+                    connect_timeout: connect_timeout?.0,
+                    audio_source: audio_source?.value,
+                    // In 10..=60000 by its check.
+                    ring: RingConfig::for_duration_ms(ring_ms? as u32, overflow?.value),
+                    first_chunk_timeout: first_chunk_timeout?.0,
+                    keep_ended: keep_ended?.0,
+                    playback: PlaybackSettings {
+                        connect_timeout: playback_connect?.0,
+                        read_timeout: playback_read?.0,
+                        max_stall: playback_stall?.0,
+                        max_bytes: max_bytes?,
+                        max_redirects: max_redirects? as usize,
+                        egress: egress?,
+                        proxy,
+                        ca_file: ca_file.map(PathBuf::from),
+                        ..PlaybackSettings::default()
+                    },
+                    livekit_ffi_lib: PathBuf::from(livekit_ffi_lib?),
+                    limits: Limits {
+                        max_sessions: Some(max_sessions? as usize).filter(|n| *n > 0),
+                        max_cpu: Some(max_cpu?).filter(|f| *f > 0.0),
+                    },
+                    idle: Some(idle?.0).filter(|d| !d.is_zero()),
+                    auth_token,
+                    tls: tls?,
+                },
+                shutdown_timeout: shutdown_timeout?.0,
+                decoder_memory_mib: decoder_memory?,
+                log_format: log_format?.value,
+                log_filter: log_filter?,
+            })
+        })();
+        match config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(ConfigErrors(errors)),
+        }
     }
 }
 
-fn number(
-    (setting, value): (&'static Setting, String),
-    lo: u64,
-    hi: u64,
-) -> Result<u64, ConfigError> {
-    value
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .filter(|n| (lo..=hi).contains(n))
-        .ok_or_else(|| invalid(setting, &value, &format!("an integer in {lo}..={hi}")))
+/// The command line's definition: the settings, `ctl`, and how every setting is shown.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+        // A flag given twice: the last wins, as with the environment it overrides.
+        .args_override_self(true)
+        .mut_args(|a| {
+            // --help must not print a token or path found in the environment.
+            let a = a.hide_env_values(true);
+            match a.get_env().and_then(OsStr::to_str).map(str::to_string) {
+                Some(env) => a.value_name(env),
+                None => a,
+            }
+        })
 }
 
-/// The `--help` text (clap's, from [`SETTINGS`]).
+/// A clap error (an unknown flag, a flag without its value) as the setting it is about.
+fn clap_error(e: &clap::Error) -> ConfigError {
+    use clap::error::{ContextKind, ContextValue};
+    let key = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(a)) => a.split([' ', '=']).next().unwrap_or_default().into(),
+        _ => "arguments".into(),
+    };
+    let rendered = e.render().to_string();
+    let message = rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_string();
+    ConfigError { key, message }
+}
+
+impl Config {
+    /// Parses `args` (without the program name) over the process environment.
+    pub fn parse(args: &[String]) -> Result<Command, ConfigErrors> {
+        Self::parse_with(command(), args)
+    }
+
+    /// Parses `args` with `command` (the tests' has no environment fallbacks).
+    fn parse_with(command: clap::Command, args: &[String]) -> Result<Command, ConfigErrors> {
+        use clap::FromArgMatches;
+        let argv = std::iter::once("livekit-bridge".to_string()).chain(args.iter().cloned());
+        let parsed = command
+            .try_get_matches_from(argv)
+            .and_then(|m| Cli::from_arg_matches(&m));
+        let cli = match parsed {
+            Ok(cli) => cli,
+            Err(e) => {
+                use clap::error::ErrorKind;
+                return match e.kind() {
+                    ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                        Ok(Command::Help(e.render().to_string()))
+                    }
+                    _ => Err(ConfigErrors(vec![clap_error(&e)])),
+                };
+            }
+        };
+        match cli.command {
+            Some(Subcommand::Ctl(ctl)) => Ok(Command::Ctl(Box::new(ctl))),
+            None => cli
+                .settings
+                .into_config()
+                .map(|c| Command::Run(Box::new(c))),
+        }
+    }
+}
+
+/// The `--help` text.
 pub fn help() -> String {
-    use clap::CommandFactory;
-    Cli::command().render_help().to_string()
+    command().render_help().to_string()
+}
+
+/// One setting as `--help` and the settings table in docs/operating.md give it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingDoc {
+    pub flag: String,
+    pub env: String,
+    /// Empty when unset by default.
+    pub default: String,
+    pub help: String,
+}
+
+/// Every setting, in `--help`'s order.
+pub fn settings() -> Vec<SettingDoc> {
+    command()
+        .get_arguments()
+        .filter_map(|a| {
+            let env = a.get_env()?.to_str()?.to_string();
+            Some(SettingDoc {
+                flag: format!("--{}", a.get_long()?),
+                env,
+                default: a
+                    .get_default_values()
+                    .iter()
+                    .filter_map(|d| d.to_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                help: a.get_help().map(|h| h.to_string()).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// The settings table of docs/operating.md, made from [`settings`].
+pub fn settings_table() -> String {
+    let mut out = String::from("| flag | environment | default | meaning |\n|---|---|---|---|\n");
+    for s in settings() {
+        let default = if s.default.is_empty() {
+            "unset".to_string()
+        } else {
+            format!("`{}`", s.default)
+        };
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} | {} |\n",
+            s.flag,
+            s.env,
+            default,
+            s.help.replace('|', "\\|").replace('\n', " ")
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Parses flags only: the tests must not depend on the process environment.
-    fn parse(args: &[&str]) -> Result<Command, ConfigError> {
-        use clap::CommandFactory;
-        let command = Cli::command().mut_args(|a| a.env(None::<&str>));
+    /// Parses flags only: the tests must not depend on the process environment (so errors
+    /// name the flag alone; tests/binary.rs checks they name the variable too).
+    fn parse(args: &[&str]) -> Result<Command, ConfigErrors> {
+        let command = command().mut_args(|a| a.env(None::<&str>));
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         Config::parse_with(command, &args)
     }
@@ -689,7 +833,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_old_service() {
+    fn defaults_are_the_layers_own() {
         let c = run(&[]);
         assert_eq!(c.listen, Listen::Tcp("0.0.0.0:9090".parse().expect("addr")));
         assert_eq!(c.service.connect_timeout, Duration::from_secs(10));
@@ -699,6 +843,32 @@ mod tests {
         assert_eq!(c.socket_mode, 0o666);
         assert_eq!(c.service.idle, Some(Duration::from_secs(300)));
         assert!(c.service.auth_token.is_none() && c.http_addr.is_none());
+        let d = ServiceSettings::default();
+        assert_eq!(
+            (c.service.first_chunk_timeout, c.service.keep_ended),
+            (d.first_chunk_timeout, d.keep_ended)
+        );
+        assert_eq!(c.service.audio_source, d.audio_source);
+        assert_eq!(c.service.livekit_ffi_lib, d.livekit_ffi_lib);
+        let p = PlaybackSettings::default();
+        assert_eq!(
+            (
+                c.service.playback.connect_timeout,
+                c.service.playback.read_timeout,
+                c.service.playback.max_stall,
+                c.service.playback.max_bytes,
+                c.service.playback.max_redirects
+            ),
+            (
+                p.connect_timeout,
+                p.read_timeout,
+                p.max_stall,
+                p.max_bytes,
+                p.max_redirects
+            )
+        );
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.decoder_memory_mib, 512);
     }
 
     #[test]
@@ -714,37 +884,63 @@ mod tests {
         assert_eq!(c.service.limits.max_cpu, Some(0.8));
         assert_eq!(c.service.limits.max_sessions, Some(100));
         assert_eq!(c.service.idle, None);
+        let c = run(&["--audio-source", "track", "--socket", ""]);
+        assert_eq!(c.service.audio_source, AudioSource::Track);
+        assert!(
+            matches!(c.listen, Listen::Tcp(_)),
+            "an empty socket is unset"
+        );
     }
 
     #[test]
     fn bad_settings_name_the_key() {
         for (args, key) in [
-            (vec!["--port", "70000"], "PORT"),
-            (vec!["--port", "http"], "PORT"),
-            (vec!["--overflow", "drop-all"], "BRIDGE_OVERFLOW"),
-            (vec!["--audio-source", "video"], "BRIDGE_AUDIO_SOURCE"),
-            (vec!["--ring-ms", "0"], "BRIDGE_RING_MS"),
-            (vec!["--host", "localhost:1"], "BRIDGE_HOST"),
-            (vec!["--max-cpu", "2"], "BRIDGE_MAX_CPU"),
+            (vec!["--port", "70000"], "--port"),
+            (vec!["--port", "http"], "--port"),
+            (vec!["--overflow", "drop-all"], "--overflow"),
+            (vec!["--audio-source", "video"], "--audio-source"),
+            (vec!["--ring-ms", "0"], "--ring-ms"),
+            (vec!["--host", "localhost:1"], "--host"),
+            (vec!["--max-cpu", "2"], "--max-cpu"),
             (vec!["--nonsense"], "--nonsense"),
             (vec!["--port"], "--port"),
             (
                 vec!["--playback-proxy", "socks5://p:1080"],
-                "PLAYBACK_PROXY",
+                "--playback-proxy",
             ),
-            (vec!["--playback-proxy", "proxy:3128"], "PLAYBACK_PROXY"),
+            (vec!["--playback-proxy", "proxy:3128"], "--playback-proxy"),
             (
                 vec!["--playback-proxy", "http://p:3128/x"],
-                "PLAYBACK_PROXY",
+                "--playback-proxy",
             ),
+            (vec!["--tls-cert", "Cargo.toml"], "BRIDGE_TLS_KEY"),
         ] {
             let err = parse(&args).expect_err("must fail");
-            assert!(err.key.contains(key), "{err} should name {key}");
+            assert!(err.names(key), "{err} should name {key}");
         }
     }
 
     #[test]
-    fn the_proxy_password_is_never_echoed() {
+    fn every_bad_value_is_reported_at_once() {
+        let err = parse(&[
+            "--port",
+            "http",
+            "--ring-ms",
+            "0",
+            "--overflow",
+            "sometimes",
+            "--socket-mode",
+            "0999",
+        ])
+        .expect_err("must fail");
+        for key in ["--port", "--ring-ms", "--overflow", "--socket-mode"] {
+            assert!(err.names(key), "{err} should name {key}");
+        }
+        assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn secrets_are_never_echoed() {
         let err = parse(&["--playback-proxy", "ftp://u:hunter2@p:21"]).expect_err("must fail");
         assert!(!err.to_string().contains("hunter2"), "{err}");
         assert!(err.to_string().contains("only http and https"), "{err}");
@@ -752,14 +948,21 @@ mod tests {
         let proxy = c.service.playback.proxy.expect("a proxy");
         assert_eq!(proxy.host_str(), Some("proxy.internal"));
         assert_eq!(proxy.password(), Some("hunter2"));
+        let err = parse(&["--auth-token", "has space"]).expect_err("must fail");
+        assert!(!err.to_string().contains("has space"), "{err}");
     }
 
     #[test]
-    fn help_lists_every_setting_with_its_environment_variable() {
+    fn help_lists_every_setting_with_its_environment_variable_and_default() {
         assert!(matches!(parse(&["--help"]), Ok(Command::Help(_))));
         let text = help();
-        for s in SETTINGS {
-            assert!(text.contains(s.flag) && text.contains(s.env), "{}", s.env);
+        let all = settings();
+        assert_eq!(all.len(), 33, "every setting has a flag and a variable");
+        for s in &all {
+            assert!(text.contains(&s.flag) && text.contains(&s.env), "{}", s.env);
+            assert!(!s.help.is_empty(), "{} has no help", s.env);
         }
+        let mode = all.iter().find(|s| s.env == "LIVEKIT_GRPC_SOCKET_MODE");
+        assert_eq!(mode.map(|s| s.default.as_str()), Some("0666"));
     }
 }

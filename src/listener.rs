@@ -48,12 +48,17 @@ pub struct ConnectionLimits {
     pub handshake_timeout: Duration,
 }
 
+impl ConnectionLimits {
+    /// BRIDGE_MAX_CONNECTIONS and BRIDGE_HANDSHAKE_TIMEOUT_MS by default.
+    pub const DEFAULT: Self = Self {
+        max_connections: 1024,
+        handshake_timeout: Duration::from_secs(5),
+    };
+}
+
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self {
-            max_connections: 1024,
-            handshake_timeout: Duration::from_secs(5),
-        }
+        Self::DEFAULT
     }
 }
 

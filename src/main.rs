@@ -31,8 +31,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Command::Ctl(ctl)) => return run_ctl(*ctl),
-        Err(e) => {
-            eprintln!("livekit-bridge: invalid configuration: {e}");
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("livekit-bridge: invalid configuration: {e}");
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };

@@ -65,6 +65,22 @@ fn bad_configuration_exits_64_naming_the_setting() {
     }
     let out = Command::new(BIN).arg("--bogus").output().expect("run");
     assert_eq!(out.status.code(), Some(64));
+    // Every bad value at once, each named: an operator fixes them in one round.
+    let bad = [
+        ("PORT", "http"),
+        ("BRIDGE_RING_MS", "0"),
+        ("LOG_FORMAT", "xml"),
+    ];
+    let out = Command::new(BIN)
+        .env_clear()
+        .envs(bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (key, _) in bad {
+        assert!(stderr.contains(key), "{key} not named: {stderr}");
+    }
 }
 
 #[test]
@@ -72,9 +88,9 @@ fn help_documents_every_setting() {
     let out = Command::new(BIN).arg("--help").output().expect("run");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for s in livekit_bridge::config::SETTINGS {
+    for s in livekit_bridge::config::settings() {
         assert!(
-            text.contains(s.flag) && text.contains(s.env),
+            text.contains(&s.flag) && text.contains(&s.env),
             "{} missing",
             s.env
         );

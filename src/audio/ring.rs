@@ -121,10 +121,15 @@ impl RingConfig {
     }
 }
 
+impl RingConfig {
+    /// Audio a ring holds by default (BRIDGE_RING_MS), in milliseconds.
+    pub const DEFAULT_MS: u32 = 2000;
+}
+
 impl Default for RingConfig {
     /// About 2 s of audio, dropping the newest frame when full, as the old bridge did.
     fn default() -> Self {
-        Self::for_duration_ms(2000, Overflow::DropNewest)
+        Self::for_duration_ms(Self::DEFAULT_MS, Overflow::default())
     }
 }
 

@@ -112,15 +112,24 @@ pub struct PlaybackSettings {
     pub decoder_process: Option<worker::DecoderProcess>,
 }
 
+impl PlaybackSettings {
+    /// The defaults of the settings that have one (PLAYBACK_CONNECT_TIMEOUT_MS and friends).
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const MAX_BYTES: u64 = 50 * 1024 * 1024;
+    pub const MAX_REDIRECTS: usize = 5;
+    pub const MAX_STALL: Duration = Duration::from_secs(5);
+}
+
 impl Default for PlaybackSettings {
     fn default() -> Self {
         Self {
-            connect_timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(10),
-            max_bytes: 50 * 1024 * 1024,
-            max_redirects: 5,
+            connect_timeout: Self::CONNECT_TIMEOUT,
+            read_timeout: Self::READ_TIMEOUT,
+            max_bytes: Self::MAX_BYTES,
+            max_redirects: Self::MAX_REDIRECTS,
             lookahead: Duration::from_secs(2),
-            max_stall: Duration::from_secs(5),
+            max_stall: Self::MAX_STALL,
             sample_rate: crate::audio::format::SAMPLE_RATE,
             ca_file: None,
             egress: egress::EgressPolicy::default(),

@@ -74,18 +74,26 @@ impl std::fmt::Debug for TlsPem {
     }
 }
 
+impl ServiceSettings {
+    /// The defaults of the settings that have one (BRIDGE_CONNECT_TIMEOUT_MS and friends).
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const FIRST_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const KEEP_ENDED: Duration = Duration::from_secs(600);
+    pub const IDLE: Duration = Duration::from_secs(300);
+}
+
 impl Default for ServiceSettings {
     fn default() -> Self {
         Self {
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: Self::CONNECT_TIMEOUT,
             audio_source: AudioSource::default(),
             ring: RingConfig::default(),
-            first_chunk_timeout: Duration::from_secs(10),
-            keep_ended: Duration::from_secs(600),
+            first_chunk_timeout: Self::FIRST_CHUNK_TIMEOUT,
+            keep_ended: Self::KEEP_ENDED,
             playback: PlaybackSettings::default(),
             livekit_ffi_lib: crate::room::DEFAULT_LIVEKIT_LIBRARY.into(),
             limits: admission::Limits::default(),
-            idle: Some(Duration::from_secs(300)),
+            idle: Some(Self::IDLE),
             auth_token: None,
             tls: None,
         }
