@@ -156,6 +156,41 @@ fn real_server_refused_tokens_fail_the_join_saying_why_and_nothing_else() {
     }
 }
 
+/// The bridge's own link to LiveKit down for 2 s and for 10 s with audio flowing both ways:
+/// the library resumes the session (a real ICE restart), the stream stays open, audio comes
+/// back both ways, and the phone's packets lost are at most the outage's.
+#[test]
+fn real_server_network_outages_are_resumed_on_the_same_stream() {
+    let r = real(&["real_outage_2s", "real_outage_10s"]);
+    for tag in ["real_outage_2s", "real_outage_10s"] {
+        assert_eq!(r.text(&format!("{tag}_stream")), "open");
+        r.within(&format!("{tag}_uplink_back_ms"), 0.0, 5_000.0);
+        r.within(&format!("{tag}_downlink_back_ms"), 0.0, 10_000.0);
+    }
+}
+
+/// The server killed and started again: the library's resume is refused and it rejoins in
+/// full, on the same stream, audio back both ways.
+#[test]
+fn real_server_restart_is_rejoined_in_full_on_the_same_stream() {
+    let r = real(&["real_server_restart"]);
+    assert_eq!(r.text("real_restart_stream"), "open");
+    r.within("real_restart_downlink_back_ms", 0.0, 15_000.0);
+    r.within("real_restart_uplink_back_ms", 0.0, 15_000.0);
+}
+
+/// The server stopped as an operator stops it: UNAVAILABLE `room_lost`, so the backend
+/// rejoins, and the rejoin on the restarted server hears audio.
+#[test]
+fn real_server_shutdown_ends_unavailable_and_the_rejoin_works() {
+    let r = real(&["real_server_shutdown"]);
+    assert!(
+        r.text("real_shutdown_end")
+            .starts_with("UNAVAILABLE room_lost")
+    );
+    assert_eq!(r.text("real_shutdown_rejoined"), "audio");
+}
+
 // Against the mock SFU (tests/e2e/run.py).
 
 #[test]

@@ -51,13 +51,18 @@ class Phone:
 
     async def send_microphone(self, seconds, pcm=None, start_seq=0):
         """Data packets as the phone sends them, 100 a second, paced by the clock: returns the
-        payloads sent. `pcm` (16 kHz mono PCM16 LE) is sent in 320-byte pieces; silence if
-        None."""
+        payloads sent. `pcm` (16 kHz mono PCM16 LE) is sent in 320-byte pieces; if None, each
+        packet is silence but for its first sample, which counts the packets from `start_seq`
+        (the 1-byte sequence number is cut by the payload rule, so the client counts losses
+        by this)."""
         sent = []
         frames = int(seconds * 100)
         start = time.monotonic()
         for i in range(frames):
-            piece = pcm[i * 320:(i + 1) * 320] if pcm is not None else bytes(320)
+            if pcm is not None:
+                piece = pcm[i * 320:(i + 1) * 320]
+            else:
+                piece = ((start_seq + i) % 32768).to_bytes(2, "little") + bytes(318)
             payload = bytes([(start_seq + i) % 256]) + piece
             await self.send_data(payload)
             sent.append(payload)
