@@ -191,6 +191,46 @@ fn real_server_shutdown_ends_unavailable_and_the_rejoin_works() {
     assert_eq!(r.text("real_shutdown_rejoined"), "audio");
 }
 
+/// The target's track followed with no backend call: unpublished, republished, muted and
+/// unmuted from the server.
+#[test]
+fn real_server_the_targets_track_is_followed_through_unpublish_republish_and_mute() {
+    let r = real(&["real_track_follows"]);
+    r.within("real_follow_after_unpublish_loud_chunks", 0.0, 0.0);
+    r.within("real_follow_muted_loud_s", 0.0, 0.1);
+    assert!(r.text("real_follow_republished").ends_with("660Hz"));
+    assert!(r.text("real_follow_unmuted").ends_with("880Hz"));
+}
+
+/// PlayAudio into a fresh track, heard by the phone from its first 10 ms to its last.
+#[test]
+fn real_server_play_audio_is_heard_whole_from_its_first_10_ms() {
+    let r = real(&["real_play_heard"]);
+    r.within("real_play_heard_s", 1.96, 2.04);
+    r.within("real_play_first_heard_sent_at_ms", 0.0, 10.0);
+}
+
+/// Ten other participants publishing and sending data: every one of the target's packets
+/// arrives and the bridge's CPU barely moves (it subscribes to none of their tracks).
+#[test]
+fn real_server_a_crowded_room_costs_the_bridge_nothing_it_does_not_take() {
+    let r = real(&["real_crowded"]);
+    let (alone, crowded) = (
+        r.number("real_crowded_bridge_cpu_alone"),
+        r.number("real_crowded_bridge_cpu_with_others"),
+    );
+    assert!(crowded <= alone * 1.5 + 0.02, "{alone} -> {crowded} cores");
+    r.within("real_crowded_participants", 12.0, 12.0);
+}
+
+/// A join whose token has expired by the time the library reconnects survives: the library
+/// uses the token the server refreshed.
+#[test]
+fn real_server_a_reconnect_after_the_token_expired_uses_the_refreshed_one() {
+    let r = real(&["real_token_refresh"]);
+    assert_eq!(r.text("real_refresh_stream"), "open");
+}
+
 // Against the mock SFU (tests/e2e/run.py).
 
 #[test]

@@ -17,8 +17,10 @@ FRAME = 160  # samples in 10 ms
 
 
 class Phone:
-    def __init__(self, identity, room):
-        self.identity, self.room_name = identity, room
+    """`listen`: subscribe to the bridge's tracks (every other participant's are ignored)."""
+
+    def __init__(self, identity, room, listen=True):
+        self.identity, self.room_name, self.listen = identity, room, listen
         self.room = rtc.Room()
         self.heard = {}  # track name -> [(arrival, samples: list of int)]
         self.readers = []
@@ -29,11 +31,12 @@ class Phone:
         self.room.on("track_subscribed", self._subscribed)
         self.room.on("disconnected", lambda reason: setattr(self, "disconnected", reason))
         await self.room.connect(livekit_server.LiveKitServer.url, token,
-                                rtc.RoomOptions(auto_subscribe=True))
+                                rtc.RoomOptions(auto_subscribe=self.listen))
         return self
 
     def _subscribed(self, track, publication, participant):
-        if track.kind != rtc.TrackKind.KIND_AUDIO:
+        if track.kind != rtc.TrackKind.KIND_AUDIO or not participant.identity.startswith(
+                "cloud-agent:"):
             return
         frames = self.heard.setdefault(publication.name, [])
         self.readers.append(asyncio.ensure_future(self._read(track, frames)))

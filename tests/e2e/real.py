@@ -22,8 +22,8 @@ import grpc  # noqa: E402
 import livekit_server  # noqa: E402
 from livekit_server import LiveKitServer, token  # noqa: E402
 from phone import Phone  # noqa: E402
-from run import (Bridge, Ctx, check, load_stubs, measure, netns_setup, payload_rule,  # noqa: E402
-                 read_chunks, result, stream_end, tone)
+from run import (Bridge, Ctx, check, cpu_seconds, load_stubs, measure, netns_setup,  # noqa: E402
+                 payload_rule, ramp, read_chunks, result, stream_end, tone)
 from livekit import api  # noqa: E402
 
 
@@ -38,8 +38,8 @@ class RealCtx(Ctx):
             livekit_url=self.sfu.url, target_identity=f"phone-{user}"), timeout=20)
 
 
-async def phone_for(user, identity=None):
-    return await Phone(identity or f"phone-{user}", user).join()
+async def phone_for(user, identity=None, listen=True):
+    return await Phone(identity or f"phone-{user}", user, listen).join()
 
 
 async def real_data_packets(ctx: RealCtx):
@@ -49,7 +49,7 @@ async def real_data_packets(ctx: RealCtx):
     user's audio. Reliable packets without a topic count; packets with a topic do not."""
     user = "dana"
     target = await phone_for(user)
-    others = [await phone_for(user, f"visitor-{n}") for n in range(3)]
+    others = [await phone_for(user, f"visitor-{n}", listen=False) for n in range(3)]
     for n, o in enumerate(others):
         _, feed = await o.publish_microphone(tone(300 + 100 * n, 5.0))
         asyncio.ensure_future(feed)
@@ -162,19 +162,11 @@ async def real_target_track(ctx: RealCtx):
     await ctx.joined(user)
     call, queue = ctx.stream(user)
     await asyncio.sleep(1.0)  # subscribed
+    stream = Collector(call)
     started = time.monotonic()
     await feed
-    chunks = []
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline:
-        try:
-            chunk = await asyncio.wait_for(call.read(), deadline - time.monotonic())
-        except asyncio.TimeoutError:
-            break
-        check(chunk is not grpc.aio.EOF, "the stream ended")
-        chunks.append(chunk)
-    samples = [int.from_bytes(c.pcm_data[i:i + 2], "little", signed=True)
-               for c in chunks for i in range(0, len(c.pcm_data), 2)]
+    await stream.read_for(3.0)
+    samples = pcm_of(stream.chunks)
     seconds, hz, rms = heard_span(samples)
     check(abs(seconds - 3.0) <= 0.05, f"heard {seconds:.3f} s of 3 s")
     check(abs(hz - 440) < 2, f"heard {hz:.1f} Hz")
@@ -545,7 +537,257 @@ async def real_leaks(ctx: RealCtx, rooms: int, rounds: int = 2):
     await lk.aclose()
 
 
+class Collector:
+    """Reads a StreamAudio on a task of its own, keeping (arrival, chunk): a grpcio read that
+    is cancelled (say, by a timeout) cancels the whole call, so reads are never timed out."""
+
+    def __init__(self, call):
+        self.chunks = []
+        self.ended = None
+        self.task = asyncio.ensure_future(self._read(call))
+
+    async def _read(self, call):
+        self.ended = await stream_end(call, into=self.chunks, timeout=None)
+
+    async def read_for(self, seconds):
+        """The chunks that arrive in the next `seconds`."""
+        start = len(self.chunks)
+        await asyncio.sleep(seconds)
+        check(self.ended is None, f"the stream ended: {self.ended}")
+        return self.chunks[start:]
+
+    async def during(self, work, settle=1.0):
+        """The chunks that arrive while `work` runs and for `settle` seconds after."""
+        start = len(self.chunks)
+        await work
+        await asyncio.sleep(settle)
+        check(self.ended is None, f"the stream ended: {self.ended}")
+        return self.chunks[start:]
+
+
+def pcm_of(chunks):
+    return [int.from_bytes(c.pcm_data[i:i + 2], "little", signed=True)
+            for _, c in chunks for i in range(0, len(c.pcm_data), 2)]
+
+
+async def real_track_follows(ctx: RealCtx):
+    """The target's microphone track followed with no backend call: unpublished, nothing
+    arrives; republished (a new SID), heard whole again at its new pitch; muted from the server
+    (MutePublishedTrack), nothing audible; unmuted, heard again."""
+    user = "nia"
+    target = await phone_for(user)
+    lk = ctx.sfu.api()
+    await ctx.joined(user)
+    call, queue = ctx.stream(user)
+    stream = Collector(call)
+    read_for = stream.read_for
+    publication, feed = await target.publish_microphone(tone(440, 2.0))
+    await asyncio.sleep(1.0)  # subscribed
+    first = heard_span(pcm_of(await stream.during(feed)))
+    await target.room.local_participant.unpublish_track(publication.sid)
+    # What was in flight at the unpublish may still come (and the decoder's tail fades out);
+    # nothing loud after that.
+    await read_for(0.2)
+    after_unpublish = [c for c in await read_for(1.0)
+                       if heard_span(pcm_of([c]))[0] > 0]
+    publication, feed = await target.publish_microphone(tone(660, 2.0), name="microphone-2")
+    await asyncio.sleep(1.0)  # subscribed
+    second = heard_span(pcm_of(await stream.during(feed)))
+    # A muted track sends nothing audible; the server tells the publisher to stop.
+    feeding = asyncio.ensure_future(target._feed(target.source, tone(880, 6.0)))
+    await asyncio.sleep(1.0)
+    await lk.room.mute_published_track(api.MuteRoomTrackRequest(
+        room=user, identity=target.identity, track_sid=publication.sid, muted=True))
+    await asyncio.sleep(0.5)
+    muted = heard_span(pcm_of(await read_for(1.5)))
+    await lk.room.mute_published_track(api.MuteRoomTrackRequest(
+        room=user, identity=target.identity, track_sid=publication.sid, muted=False))
+    await asyncio.sleep(0.5)
+    unmuted = heard_span(pcm_of(await read_for(1.5)))
+    feeding.cancel()
+    result("real_follow_first", f"{first[0]:.2f}s {first[1]:.0f}Hz")
+    result("real_follow_after_unpublish_loud_chunks", len(after_unpublish))
+    result("real_follow_republished", f"{second[0]:.2f}s {second[1]:.0f}Hz")
+    result("real_follow_muted_loud_s", f"{muted[0]:.2f}")
+    result("real_follow_unmuted", f"{unmuted[0]:.2f}s {unmuted[1]:.0f}Hz")
+    # A talk spurt after the track sat silent can lose its first few tens of milliseconds
+    # between the phone's encoder and the decoder (measured 30-50 ms); more would be a gap.
+    check(abs(first[0] - 2.0) <= 0.08 and abs(first[1] - 440) < 3, f"first track heard {first}")
+    check(not after_unpublish, f"{len(after_unpublish)} loud chunks after the unpublish")
+    check(abs(second[0] - 2.0) <= 0.08 and abs(second[1] - 660) < 3, f"republished {second}")
+    check(muted[0] < 0.1, f"{muted[0]:.2f} s audible while muted")
+    check(unmuted[0] > 1.0 and abs(unmuted[1] - 880) < 5, f"unmuted {unmuted}")
+    queue.put_nowait(None)
+    await target.leave()
+    await lk.aclose()
+
+
+class Files:
+    """Plain HTTP on the namespace's address for PlayAudio's files (the bridge's egress policy
+    is opened to 10.99.0.0/16 by run.py's Bridge)."""
+
+    def __init__(self, files):
+        import http.server
+        import threading
+        served = files
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                kind, body = served[self.path.lstrip("/")]
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((livekit_server.HOST, 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, name):
+        return f"http://{livekit_server.HOST}:{self.port}/{name}"
+
+    def close(self):
+        self.server.shutdown()
+
+
+def wav(pcm, rate=16000):
+    import io
+    import wave
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return buf.getvalue()
+
+
+async def real_play_heard(ctx: RealCtx):
+    """PlayAudio of a 2 s rising ramp (a WAV over HTTP) into a fresh track is heard by the phone
+    whole: from its first 10 ms (the ramp's level says which 10 ms came first) to its last."""
+    user = "oli"
+    target = await phone_for(user)
+    files = Files({"ramp.wav": ("audio/wav", wav(ramp(2.0)))})
+    try:
+        await ctx.joined(user)
+        events = []
+        async for e in ctx.stub.PlayAudio(ctx.pb.PlayAudioRequest(
+                request_id="p1", audio_url=files.url("ramp.wav"), user_id=user, track_id=2)):
+            events.append(e)
+        kinds = [ctx.pb.PlayAudioEvent.EventType.Name(e.type) for e in events]
+        check(kinds[0] == "STARTED" and kinds[-1] == "COMPLETED", f"events {kinds}")
+        await asyncio.sleep(1.0)
+        samples = target.samples("tts")
+        check(samples, f"the phone heard nothing on tts: {list(target.heard)}")
+        loud = [i for i, x in enumerate(samples) if abs(x) > 0.008 * 32767]
+        check(loud, "the phone heard silence")
+        first, last = loud[0], loud[-1]
+        ten_ms = samples[first:first + 160]
+        amp = (2 * sum(x * x for x in ten_ms) / len(ten_ms)) ** 0.5 / 32767
+        sent_at_ms = max(0.0, (amp - 0.02) / 0.88 * 2000)
+        heard_s = (last - first + 1) / 16000
+        result("real_play_heard_s", f"{heard_s:.3f}")
+        result("real_play_first_heard_sent_at_ms", f"{sent_at_ms:.0f}")
+        result("real_play_duration_ms", events[-1].duration_ms)
+        check(abs(heard_s - 2.0) <= 0.04, f"heard {heard_s:.3f} s of 2 s")
+        check(sent_at_ms <= 10, f"the first 10 ms heard were sent {sent_at_ms:.0f} ms in")
+    finally:
+        files.close()
+        await target.leave()
+
+
+async def real_crowded(ctx: RealCtx, others: int = 10):
+    """A crowded room: `others` participants publishing tracks and sending data besides the
+    target. The bridge subscribes to nothing but the target, so its CPU does not grow with
+    them, and only the target's audio arrives."""
+    user = "pat"
+    target = await phone_for(user)
+    await ctx.joined(user)
+    call, queue = ctx.stream(user)
+    stream = Collector(call)
+
+    async def cpu_over(seconds):
+        """The bridge's CPU (cores) while the phone sends for `seconds`, and (packets sent,
+        chunks the client got)."""
+        pid = ctx.bridge.proc.pid
+        before, t0 = cpu_seconds(pid), time.monotonic()
+        sending = asyncio.ensure_future(target.send_microphone(seconds))
+        got = await stream.during(sending, settle=0.5)
+        cores = (cpu_seconds(pid) - before) / (time.monotonic() - t0)
+        return cores, (len(sending.result()), len(got))
+
+    await asyncio.sleep(1.0)
+    alone, got_alone = await cpu_over(5.0)
+    crowd = []
+
+    async def chat(o, n):
+        while True:  # 10 packets a second each, with a topic and without
+            await o.send_data(bytes([0xEE, n]) + bytes(318), topic="chat" if n % 2 else "")
+            await asyncio.sleep(0.1)
+
+    for n in range(others):
+        o = await phone_for(user, f"guest-{n}", listen=False)
+        # Published, and sending: a source given nothing is fed silence by the library, which
+        # encodes and sends it like speech (the driver cannot feed ten tones in real time).
+        await o.publish_microphone(b"")
+        o.chatting = asyncio.ensure_future(chat(o, n))
+        crowd.append(o)
+    await asyncio.sleep(2.0)
+    crowded, got_crowded = await cpu_over(5.0)
+    result("real_crowded_bridge_cpu_alone", f"{alone:.3f}")
+    result("real_crowded_bridge_cpu_with_others", f"{crowded:.3f}")
+    result("real_crowded_chunks_alone", f"{got_alone[1]} of {got_alone[0]}")
+    result("real_crowded_chunks_with_others", f"{got_crowded[1]} of {got_crowded[0]}")
+    status = await ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id=user))
+    result("real_crowded_participants", status.participant_count)
+    check(status.participant_count == others + 2, f"participant_count {status.participant_count}")
+    for sent, got in (got_alone, got_crowded):
+        check(got == sent, f"{got} chunks for the phone's {sent} packets")
+    check(crowded <= alone * 1.5 + 0.02, f"bridge CPU {alone:.3f} -> {crowded:.3f} cores")
+    for o in crowd:
+        o.chatting.cancel()
+        await o.leave()
+    queue.put_nowait(None)
+    await target.leave()
+
+
+async def real_token_refresh(ctx: RealCtx):
+    """A join whose token expires 10 s after it is issued, then an outage after 15 s: every
+    reconnect presents a token, and the library uses the one the server refreshed, so the
+    session survives and audio comes back."""
+    bridge, bctx = await own_bridge(ctx)
+    user = "quinn"
+    phone = await phone_for(user)
+    try:
+        r = await bctx.join(user, tok=token(f"cloud-agent:{user}", user, ttl_s=10))
+        check(r.success, f"join: {r.error}")
+        flow = TwoWay(bctx, user, phone)
+        await flow.start()
+        await asyncio.sleep(15)  # the join's token has expired
+        bridge.network.set(False)
+        await asyncio.sleep(3)
+        bridge.network.set(True)
+        down, up = await flow.back_since(time.monotonic(), 30)
+        result("real_refresh_stream", "open" if flow.ended is None else f"{flow.ended}")
+        result("real_refresh_back_ms", "never" if down is None else f"{down * 1000:.0f}")
+        check(flow.ended is None, f"the stream ended: {flow.ended}")
+        check(down is not None and up is not None, f"audio did not come back: {down} {up}")
+        await flow.stop()
+    finally:
+        await phone.leave()
+        await bctx.channel.close()
+        bridge.stop()
+
+
 SCENARIOS = {
+    "real_track_follows": real_track_follows,
+    "real_play_heard": real_play_heard,
+    "real_crowded": real_crowded,
+    "real_token_refresh": real_token_refresh,
     "real_leaks": lambda ctx: real_leaks(ctx, int(os.environ.get("E2E_ROOMS", "20"))),
     "real_outage_2s": lambda ctx: real_outage(ctx, 2.0),
     "real_outage_10s": lambda ctx: real_outage(ctx, 10.0),
