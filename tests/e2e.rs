@@ -103,6 +103,7 @@ fn run_script(script: &str, scenarios: &[&str], env: &[(&str, &str)]) -> String 
 /// Every one of the phone's packets arrives, byte-exact after the payload rule, while three
 /// other participants send data and publish tracks: a real SFU forwards everyone's.
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_the_targets_data_packets_arrive_byte_exact_and_nobody_elses() {
     let r = real(&["real_data_packets"]);
     r.within("real_data_packets_checked", 204.0, 204.0);
@@ -111,6 +112,7 @@ fn real_server_the_targets_data_packets_arrive_byte_exact_and_nobody_elses() {
 
 /// What the backend sends is heard by the phone from its first 10 ms to its last.
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_client_audio_is_heard_whole_by_the_phone() {
     let r = real(&["real_publish_heard"]);
     r.within("real_publish_heard_s", 2.96, 3.04);
@@ -120,6 +122,7 @@ fn real_server_client_audio_is_heard_whole_by_the_phone() {
 
 /// The phone's microphone as an Opus track is heard whole by the backend.
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_the_targets_track_is_heard_whole() {
     let r = real(&["real_target_track"]);
     r.within("real_track_heard_s", 2.95, 3.05);
@@ -130,6 +133,7 @@ fn real_server_the_targets_track_is_heard_whole() {
 /// RemoveParticipant, DeleteRoom and a second client as the bridge's identity end the stream
 /// OK with the reason (a rejoin would fight), and nothing fights back.
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_disconnects_end_the_stream_as_the_end_table_says() {
     let r = real(&["real_end_table"]);
     for (key, want) in [
@@ -144,6 +148,7 @@ fn real_server_disconnects_end_the_stream_as_the_end_table_says() {
 
 /// A token the server refuses: success: false saying why, the token itself never echoed.
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_refused_tokens_fail_the_join_saying_why_and_nothing_else() {
     let r = real(&["real_tokens"]);
     assert!(r.text("real_token_expired").contains("token is expired"));
@@ -160,6 +165,7 @@ fn real_server_refused_tokens_fail_the_join_saying_why_and_nothing_else() {
 /// the library resumes the session (a real ICE restart), the stream stays open, audio comes
 /// back both ways, and the phone's packets lost are at most the outage's.
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_network_outages_are_resumed_on_the_same_stream() {
     let r = real(&["real_outage_2s", "real_outage_10s"]);
     for tag in ["real_outage_2s", "real_outage_10s"] {
@@ -172,6 +178,7 @@ fn real_server_network_outages_are_resumed_on_the_same_stream() {
 /// The server killed and started again: the library's resume is refused and it rejoins in
 /// full, on the same stream, audio back both ways.
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_restart_is_rejoined_in_full_on_the_same_stream() {
     let r = real(&["real_server_restart"]);
     assert_eq!(r.text("real_restart_stream"), "open");
@@ -182,6 +189,7 @@ fn real_server_restart_is_rejoined_in_full_on_the_same_stream() {
 /// The server stopped as an operator stops it: UNAVAILABLE `room_lost`, so the backend
 /// rejoins, and the rejoin on the restarted server hears audio.
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_shutdown_ends_unavailable_and_the_rejoin_works() {
     let r = real(&["real_server_shutdown"]);
     assert!(
@@ -194,6 +202,7 @@ fn real_server_shutdown_ends_unavailable_and_the_rejoin_works() {
 /// The target's track followed with no backend call: unpublished, republished, muted and
 /// unmuted from the server.
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_the_targets_track_is_followed_through_unpublish_republish_and_mute() {
     let r = real(&["real_track_follows"]);
     r.within("real_follow_after_unpublish_loud_chunks", 0.0, 0.0);
@@ -204,6 +213,7 @@ fn real_server_the_targets_track_is_followed_through_unpublish_republish_and_mut
 
 /// PlayAudio into a fresh track, heard by the phone from its first 10 ms to its last.
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_play_audio_is_heard_whole_from_its_first_10_ms() {
     let r = real(&["real_play_heard"]);
     r.within("real_play_heard_s", 1.96, 2.04);
@@ -213,6 +223,7 @@ fn real_server_play_audio_is_heard_whole_from_its_first_10_ms() {
 /// Ten other participants publishing and sending data: every one of the target's packets
 /// arrives and the bridge's CPU barely moves (it subscribes to none of their tracks).
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_a_crowded_room_costs_the_bridge_nothing_it_does_not_take() {
     let r = real(&["real_crowded"]);
     let (alone, crowded) = (
@@ -226,6 +237,7 @@ fn real_server_a_crowded_room_costs_the_bridge_nothing_it_does_not_take() {
 /// A join whose token has expired by the time the library reconnects survives: the library
 /// uses the token the server refreshed.
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_a_reconnect_after_the_token_expired_uses_the_refreshed_one() {
     let r = real(&["real_token_refresh"]);
     assert_eq!(r.text("real_refresh_stream"), "open");
@@ -234,6 +246,7 @@ fn real_server_a_reconnect_after_the_token_expired_uses_the_refreshed_one() {
 // Against the mock SFU (tests/e2e/run.py).
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn data_packets_from_the_target_arrive_byte_exact_and_others_do_not() {
     let out = run(&["data_packets"], &[]);
     assert!(out.contains("RESULT data_packets_checked="));
@@ -242,6 +255,7 @@ fn data_packets_from_the_target_arrive_byte_exact_and_others_do_not() {
 /// The first ~200 ms of every fresh track were lost before a track was fed only once its
 /// sender was sending (src/room/ffi/room.rs): heard 1.795 s of 2 s, from 200 ms in.
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn a_fresh_track_is_heard_from_its_first_sample_to_its_last() {
     let out = run(&["track_edges"], &[]);
     assert!(out.contains("RESULT edge_play_heard_s="));
@@ -249,6 +263,7 @@ fn a_fresh_track_is_heard_from_its_first_sample_to_its_last() {
 
 /// Browsers and LiveKit's SDKs publish a microphone as an Opus track, not as data packets.
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn the_targets_audio_track_is_heard_whole_and_follows_unpublish_and_republish() {
     let out = run(&["track_audio"], &[]);
     assert!(out.contains("RESULT track_first_heard_s="));
@@ -256,30 +271,35 @@ fn the_targets_audio_track_is_heard_whole_and_follows_unpublish_and_republish() 
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn data_packets_win_over_the_track_while_they_flow_and_the_track_takes_over_after() {
     let out = run(&["track_and_data"], &[]);
     assert!(out.contains("RESULT both_switches=1"));
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn the_targets_track_is_subscribed_again_after_the_library_reconnects_in_full() {
     let out = run(&["track_after_reconnect"], &[]);
     assert!(out.contains("RESULT track_after_reconnect_chunks_in_2s="));
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn the_audio_source_setting_picks_data_packets_or_the_track() {
     let out = run(&["audio_source_settings"], &[]);
     assert!(out.contains("RESULT source_data_chunks="));
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn client_audio_comes_out_of_the_room_as_the_same_tone() {
     let out = run(&["publish_tone"], &[]);
     assert!(out.contains("RESULT tone_hz="));
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn participant_count_follows_and_a_server_disconnect_ends_the_stream_with_the_reason() {
     let out = run(&["participants_and_server_disconnect"], &[]);
     assert!(out.contains("RESULT disconnect_end_DUPLICATE_IDENTITY=OK replaced_elsewhere"));
@@ -287,6 +307,7 @@ fn participant_count_follows_and_a_server_disconnect_ends_the_stream_with_the_re
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn two_bridges_joined_as_one_identity_do_not_take_the_room_from_each_other() {
     let out = run(&["two_bridges"], &[]);
     assert!(out.contains("RESULT two_bridges_older_ended=OK replaced_elsewhere"));
@@ -294,6 +315,7 @@ fn two_bridges_joined_as_one_identity_do_not_take_the_room_from_each_other() {
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn a_replacement_here_ends_ok_replaced_whichever_of_the_kick_and_the_close_comes_first() {
     let out = run(&["replaced_here"], &[]);
     assert!(out.contains("RESULT replaced_kick_after_0.0s=OK replaced"));
@@ -301,18 +323,21 @@ fn a_replacement_here_ends_ok_replaced_whichever_of_the_kick_and_the_close_comes
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn play_audio_from_a_url_comes_out_of_the_room() {
     let out = run(&["play_url"], &[]);
     assert!(out.contains("RESULT play_hz="));
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn sessions_closed_and_replaced_while_packets_flow_on_the_real_library() {
     let out = run(&["churn"], &[("E2E_CYCLES", "300")]);
     assert!(out.contains("RESULT churn_cycles=300"));
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn rooms_cost_bounded_memory_and_threads_and_give_them_back() {
     let out = run(&["room_cost"], &[("E2E_ROOMS", "20"), ("E2E_ROUNDS", "5")]);
     assert!(out.contains("RESULT per_room_kib="));
@@ -322,6 +347,7 @@ fn rooms_cost_bounded_memory_and_threads_and_give_them_back() {
 // (tests/e2e/run.py, `OwnNetwork`), figures in BENCHMARKS.md.
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn network_outages_of_2_and_10_s_do_not_end_the_stream_and_audio_resumes_both_ways() {
     let out = run(&["outage_2s", "outage_10s"], &[]);
     assert!(out.contains("RESULT outage_2s_uplink_back_after_link_up_ms="));
@@ -329,18 +355,21 @@ fn network_outages_of_2_and_10_s_do_not_end_the_stream_and_audio_resumes_both_wa
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn an_sfu_restart_is_recovered_by_the_library_on_the_same_stream() {
     let out = run(&["sfu_restart"], &[]);
     assert!(out.contains("RESULT sfu_restart_stream=open"));
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn a_token_refused_on_reconnect_ends_the_stream_unavailable_saying_so() {
     let out = run(&["token_refused"], &[]);
     assert!(out.contains("RESULT token_refused_stream=UNAVAILABLE room_lost"));
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn the_targets_track_is_heard_again_after_network_outages_of_5_and_20_s() {
     let out = run(&["track_outage", "track_outage_20s"], &[]);
     assert!(out.contains("RESULT track_outage_5s_loud_chunks_in_2s_after="));
@@ -348,12 +377,14 @@ fn the_targets_track_is_heard_again_after_network_outages_of_5_and_20_s() {
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn an_outage_longer_than_the_library_retries_ends_unavailable_and_leaves_nothing() {
     let out = run(&["gives_up"], &[]);
     assert!(out.contains("RESULT gives_up_stream=UNAVAILABLE room_lost"));
 }
 
 #[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn the_target_reconnecting_with_a_new_sid_keeps_its_audio_flowing() {
     let out = run(&["target_new_sid"], &[]);
     assert!(out.contains("RESULT target_new_sid_frames_in_2s="));

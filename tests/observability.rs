@@ -201,6 +201,7 @@ fn parse_vector(text: &str) -> Option<Vec<(String, f64)>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Prometheus and promtool (scripts/setup); scripts/test runs it"]
 async fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them_after_traffic() {
     let bridge = Proc::start(&[("PLAYBACK_ALLOW_NETS", "127.0.0.0/8")]);
     let mut client = bridge.client().await;

@@ -55,6 +55,7 @@ impl Drop for Container {
 }
 
 #[test]
+#[ignore = "needs root, podman and debootstrap (scripts/setup); scripts/test runs it"]
 fn the_image_runs_as_a_sidecar_on_a_shared_socket() {
     let built = Command::new("scripts/image")
         .arg(IMAGE)
@@ -166,6 +167,7 @@ fn the_image_runs_as_a_sidecar_on_a_shared_socket() {
 /// that covers preStop and the drain, a socket on a volume the backend shares
 /// (tests/deploy/check.py says what each check is).
 #[test]
+#[ignore = "needs the end-to-end tests' Python environment (scripts/setup); scripts/test runs it"]
 fn the_kubernetes_manifests_are_valid_and_consistent_with_the_bridge() {
     let manifests: Vec<_> = std::fs::read_dir("deploy/kubernetes")
         .expect("deploy/kubernetes")

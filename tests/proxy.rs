@@ -97,6 +97,7 @@ fn failure(out: &std::process::Output) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tinyproxy (scripts/setup); scripts/test runs it"]
 async fn playback_goes_through_the_proxy_and_its_faults_are_named() {
     let dir = scratch("proxy");
     let (ca, cert, key) = common::files::test_pki();
