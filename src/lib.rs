@@ -26,7 +26,7 @@
 //!                retired ring counters)
 //! playback/      PlayAudio into an Output: fetch.rs (HTTP), egress.rs (which addresses may be
 //!                fetched), decode.rs (symphonia), worker.rs (the decoder in a memory-limited
-//!                child), frames.rs (downmix, resample, volume, 10 ms frames), table.rs (a
+//!                child), frames.rs (downmix, resample, volume, 10 ms frames), playbacks.rs (a
 //!                session's playbacks per track, interruption, StopAudio), playout.rs (paced)
 //! room/          RoomBackend and RoomEvents, the only way to a room; backends.rs: the backend
 //!                for a URL's scheme; sim/: the simulated room (`sim://`) and its pacer threads;
@@ -34,7 +34,7 @@
 //!                its files and the one way they depend on each other)
 //! audio/         the lock-free core: format.rs (16 kHz mono PCM16, 10 ms), payload.rs (the
 //!                contract's payload rule), ring.rs (AudioRing and its close protocol),
-//!                bytes.rs (framing in rtrb's byte ring), waker.rs (an atomic waker); no tokio,
+//!                storage.rs (the bytes under the ring: rtrb), waker.rs (an atomic waker); no tokio,
 //!                gRPC or LiveKit: it builds without the `server` feature, which is how loom
 //!                checks it (`loom-tests/`)
 //! sync.rs        atomics and Arc from std, or from loom under cfg(loom)
@@ -47,7 +47,7 @@
 //! `AudioChunk { pcm_data, sample_rate: 16000, channels: 1, timestamp_ms }`.
 //!
 //! `unsafe` is denied everywhere (`[lints]` in Cargo.toml) but in four modules that allow it
-//! and justify each block with `// SAFETY:`: `audio::ring`, `audio::bytes` and
+//! and justify each block with `// SAFETY:`: `audio::ring`, `audio::storage` and
 //! `audio::waker` (the lock-free core), and `room::ffi::library` (the C ABI of LiveKit's
 //! library).
 

@@ -20,7 +20,7 @@ use prometheus::{
 };
 
 use crate::audio::RingStats;
-use crate::playback::{PlaybackError, PlaybackStats};
+use crate::playback::{FailureKind, PlaybackStats};
 use crate::room::TrackStats;
 use crate::session::{Session, Totals};
 
@@ -37,6 +37,34 @@ pub struct Snapshot<'a> {
     pub playback: &'a PlaybackStats,
     /// Frames of target audio tracks, and the track streams open now.
     pub track_frames: TrackStats,
+}
+
+/// How a JoinRoom ended, as the `result` label of `joins_total` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinResult {
+    Ok,
+    ConnectFailed,
+    Timeout,
+    Superseded,
+    RefusedCapacity,
+    RefusedCpu,
+    ShuttingDown,
+    Invalid,
+}
+
+impl JoinResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::ConnectFailed => "connect_failed",
+            Self::Timeout => "timeout",
+            Self::Superseded => "superseded",
+            Self::RefusedCapacity => "refused_capacity",
+            Self::RefusedCpu => "refused_cpu",
+            Self::ShuttingDown => "shutting_down",
+            Self::Invalid => "invalid",
+        }
+    }
 }
 
 pub struct Metrics {
@@ -190,11 +218,9 @@ impl Metrics {
         Ok(m)
     }
 
-    /// One JoinRoom's result (`ok`, `connect_failed`, `timeout`, `superseded`,
-    /// `refused_capacity`, `refused_cpu`, `shutting_down`) and, when it succeeded, how long it
-    /// took.
-    pub fn join(&self, result: &str, took: Option<std::time::Duration>) {
-        self.joins.with_label_values(&[result]).inc();
+    /// One JoinRoom's result and, when it succeeded, how long it took.
+    pub fn join(&self, result: JoinResult, took: Option<std::time::Duration>) {
+        self.joins.with_label_values(&[result.as_str()]).inc();
         if let Some(took) = took {
             self.join_seconds.observe(took.as_secs_f64());
         }
@@ -242,9 +268,12 @@ impl Metrics {
             let n = n.load(std::sync::atomic::Ordering::Relaxed);
             advance(&self.playbacks.with_label_values(&[outcome]), n);
         }
-        for (kind, n) in PlaybackError::KINDS.iter().zip(&p.failed_by) {
+        for (kind, n) in FailureKind::ALL.iter().zip(&p.failed_by) {
             let n = n.load(std::sync::atomic::Ordering::Relaxed);
-            advance(&self.playback_failures.with_label_values(&[kind]), n);
+            advance(
+                &self.playback_failures.with_label_values(&[kind.as_str()]),
+                n,
+            );
         }
         advance(
             &self.bytes_fetched,
@@ -318,8 +347,8 @@ mod tests {
     #[test]
     fn the_exposition_names_every_metric_with_the_prefix_and_no_user_label() {
         let m = Metrics::new().expect("metrics");
-        m.join("ok", Some(std::time::Duration::from_millis(300)));
-        m.join("refused_capacity", None);
+        m.join(JoinResult::Ok, Some(std::time::Duration::from_millis(300)));
+        m.join(JoinResult::RefusedCapacity, None);
         m.chunk_published();
         m.delivered(3);
         let totals = Totals::default();

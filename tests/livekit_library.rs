@@ -1,8 +1,8 @@
-//! LiveKit's real SDK library, loaded in process, without a server: the library loads from
-//! the pinned file, answers requests and calls back, and a room it cannot reach fails JoinRoom
-//! cleanly while simulated sessions carry on. (A wrong or missing library is covered in
-//! tests/grpc.rs; rooms on a server are covered by the end-to-end tests.) Only loopback is
-//! contacted.
+//! LiveKit's real SDK library, loaded in process, without a server: a join to a server that is
+//! not there is answered `success: false` within the connect timeout (the library loaded,
+//! took the Connect request and called back with its failure), and a simulated session beside
+//! it carries on. (A wrong or missing library is covered in tests/grpc.rs; rooms on LiveKit's
+//! own server by the end-to-end tests.) Only loopback is contacted.
 
 mod common;
 

@@ -1,10 +1,10 @@
 //! The lock-free audio core: the payload rule, the per-session ring and its close protocol.
 //! Nothing here knows of tokio, gRPC or LiveKit; `loom-tests/` model-checks it.
 
-mod bytes;
 pub mod format;
 pub mod payload;
 pub mod ring;
+mod storage;
 mod waker;
 mod weaken;
 

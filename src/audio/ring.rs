@@ -73,9 +73,9 @@ use std::task::{Context, Poll};
 
 use crossbeam_utils::CachePadded;
 
-use super::bytes::{ByteReader, ByteWriter, byte_ring};
 use super::format;
 use super::payload::sample_aligned;
+use super::storage::{ByteReader, ByteWriter, byte_ring};
 use super::waker::AtomicWaker;
 use super::weaken;
 use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering, SpinWait, UnsafeCell};
@@ -401,7 +401,7 @@ impl fmt::Debug for FrameProducer {
     }
 }
 
-/// The writer side of a ring: one task at a time pops frames from it.
+/// The consumer of a ring (the session's gRPC writer pops from it): one task at a time.
 pub struct FrameConsumer {
     shared: Arc<Shared>,
     reader: ByteReader,

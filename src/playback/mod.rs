@@ -32,8 +32,8 @@ pub mod decode;
 pub mod egress;
 pub mod fetch;
 pub mod frames;
+pub mod playbacks;
 pub mod playout;
-pub mod table;
 pub mod worker;
 
 use std::sync::Arc;
@@ -42,8 +42,8 @@ use std::time::Duration;
 
 pub use decode::SourceInfo;
 pub use frames::{FrameMaker, measure_tone};
+pub use playbacks::{Playbacks, StopCause, StopTarget};
 pub use playout::{PlayRequest, Player};
-pub use table::{Playbacks, StopCause, StopTarget};
 
 use crate::room::{BoxFuture, RoomError};
 
@@ -168,32 +168,60 @@ pub enum PlaybackError {
     Stopped(String),
 }
 
-impl PlaybackError {
-    /// Every [`kind`](Self::kind), in index order.
-    pub const KINDS: [&'static str; 8] = [
-        "http_status",
-        "fetch",
-        "timeout",
-        "too_large",
-        "unsupported",
-        "corrupt",
-        "room",
-        "stopped",
+/// What kind of failure a playback had, as the metrics count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    HttpStatus,
+    Fetch,
+    Timeout,
+    TooLarge,
+    Unsupported,
+    Corrupt,
+    Room,
+    Stopped,
+}
+
+impl FailureKind {
+    /// Every kind, in declaration order (`kind as usize` is its position).
+    pub const ALL: [Self; 8] = [
+        Self::HttpStatus,
+        Self::Fetch,
+        Self::Timeout,
+        Self::TooLarge,
+        Self::Unsupported,
+        Self::Corrupt,
+        Self::Room,
+        Self::Stopped,
     ];
 
-    /// A short machine-readable name of the failure's kind, and its index in [`Self::KINDS`].
-    pub fn kind(&self) -> (usize, &'static str) {
-        let index = match self {
-            Self::HttpStatus { .. } => 0,
-            Self::Fetch(_) => 1,
-            Self::Timeout(_) => 2,
-            Self::TooLarge(_) => 3,
-            Self::Unsupported(_) => 4,
-            Self::Corrupt(_) => 5,
-            Self::Room(_) => 6,
-            Self::Stopped(_) => 7,
-        };
-        (index, Self::KINDS[index])
+    /// The kind as the `kind` label of `playback_failures_total` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HttpStatus => "http_status",
+            Self::Fetch => "fetch",
+            Self::Timeout => "timeout",
+            Self::TooLarge => "too_large",
+            Self::Unsupported => "unsupported",
+            Self::Corrupt => "corrupt",
+            Self::Room => "room",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+impl PlaybackError {
+    /// The kind of this failure.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Self::HttpStatus { .. } => FailureKind::HttpStatus,
+            Self::Fetch(_) => FailureKind::Fetch,
+            Self::Timeout(_) => FailureKind::Timeout,
+            Self::TooLarge(_) => FailureKind::TooLarge,
+            Self::Unsupported(_) => FailureKind::Unsupported,
+            Self::Corrupt(_) => FailureKind::Corrupt,
+            Self::Room(_) => FailureKind::Room,
+            Self::Stopped(_) => FailureKind::Stopped,
+        }
     }
 }
 
@@ -210,8 +238,8 @@ pub struct PlaybackStats {
     pub started: AtomicU64,
     pub completed: AtomicU64,
     pub failed: AtomicU64,
-    /// Failures by [`PlaybackError::KINDS`] index.
-    pub failed_by: [AtomicU64; PlaybackError::KINDS.len()],
+    /// Failures by [`FailureKind`].
+    pub failed_by: [AtomicU64; FailureKind::ALL.len()],
     /// Body bytes downloaded.
     pub bytes_fetched: AtomicU64,
 }

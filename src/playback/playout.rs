@@ -17,7 +17,7 @@ use tokio::time::sleep_until;
 
 use super::decode::{self, DecodeJob, DecodeThread, Decoded, SourceInfo};
 use super::fetch::{self, ClientError, Fetcher};
-use super::table::Begun;
+use super::playbacks::Begun;
 use super::{Gauge, Output, PlayEvent, PlaybackError, PlaybackSettings, PlaybackStats, worker};
 use crate::audio::format::FRAME;
 
@@ -142,7 +142,7 @@ impl Player {
             }
             Err(error) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                self.stats.failed_by[error.kind().0].fetch_add(1, Ordering::Relaxed);
+                self.stats.failed_by[error.kind() as usize].fetch_add(1, Ordering::Relaxed);
                 tracing::info!(request_id = %request.request_id, track = %request.track, %error, "playback failed");
                 PlayEvent::Failed { error, position }
             }

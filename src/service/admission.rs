@@ -5,6 +5,7 @@
 //! `max_cpu_utilization`: the whole machine's busy share of all its cores, from `/proc/stat`,
 //! over the last few seconds.
 
+use crate::metrics::JoinResult;
 use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
@@ -37,11 +38,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The metric label of this refusal.
-    pub fn label(&self) -> &'static str {
+    /// The JoinRoom result this refusal is counted as.
+    pub fn result(&self) -> JoinResult {
         match self {
-            Self::Sessions { .. } => "refused_capacity",
-            Self::Cpu { .. } => "refused_cpu",
+            Self::Sessions { .. } => JoinResult::RefusedCapacity,
+            Self::Cpu { .. } => JoinResult::RefusedCpu,
         }
     }
 }

@@ -166,11 +166,11 @@ fn session_ended(session: &Session) -> Status {
             let mut status = Status::unavailable(reason.describe());
             status.metadata_mut().insert(
                 END_REASON_TRAILER,
-                MetadataValue::from_static(reason.code()),
+                MetadataValue::from_static(reason.code().as_str()),
             );
             status
         }
-        Some((reason, _)) => ended_cleanly(reason.code(), reason.describe()),
+        Some((reason, _)) => ended_cleanly(reason.code().as_str(), reason.describe()),
         None => Status::internal("the session's audio ended while the session is open"),
     }
 }

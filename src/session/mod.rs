@@ -9,7 +9,7 @@ mod registry;
 mod sink;
 mod totals;
 
-pub use registry::{Drained, JoinTicket, Registry, Superseded};
+pub use registry::{Drained, JoinTicket, Registry, SessionCounts, Superseded};
 pub use totals::Totals;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -55,50 +55,68 @@ pub enum EndReason {
     Idle(Duration),
 }
 
-impl EndReason {
-    /// Every [`code`](Self::code), in [`index`](Self::index) order.
-    pub const CODES: [&'static str; 10] = [
-        "left",
-        "replaced",
-        "replaced_elsewhere",
-        "removed",
-        "room_deleted",
-        "superseded",
-        "room_lost",
-        "client_gone",
-        "shutdown",
-        "idle",
+/// What kind of end a session had, as the `x-bridge-end-reason` trailer, GetStatus and the
+/// metrics name it: one per [`EndReason`], without its details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndCode {
+    Left,
+    Replaced,
+    ReplacedElsewhere,
+    Removed,
+    RoomDeleted,
+    Superseded,
+    RoomLost,
+    ClientGone,
+    Shutdown,
+    Idle,
+}
+
+impl EndCode {
+    /// Every code, in declaration order (`code as usize` is its position).
+    pub const ALL: [Self; 10] = [
+        Self::Left,
+        Self::Replaced,
+        Self::ReplacedElsewhere,
+        Self::Removed,
+        Self::RoomDeleted,
+        Self::Superseded,
+        Self::RoomLost,
+        Self::ClientGone,
+        Self::Shutdown,
+        Self::Idle,
     ];
 
-    /// This reason's position in [`CODES`](Self::CODES).
-    pub fn index(&self) -> usize {
+    /// The code as it goes on the wire.
+    pub fn as_str(self) -> &'static str {
         match self {
-            Self::Left(_) => 0,
-            Self::Replaced => 1,
-            Self::ReplacedElsewhere(_) => 2,
-            Self::Removed(_) => 3,
-            Self::RoomDeleted(_) => 4,
-            Self::Superseded => 5,
-            Self::RoomLost(_) => 6,
-            Self::ClientGone(_) => 7,
-            Self::Shutdown => 8,
-            Self::Idle(_) => 9,
+            Self::Left => "left",
+            Self::Replaced => "replaced",
+            Self::ReplacedElsewhere => "replaced_elsewhere",
+            Self::Removed => "removed",
+            Self::RoomDeleted => "room_deleted",
+            Self::Superseded => "superseded",
+            Self::RoomLost => "room_lost",
+            Self::ClientGone => "client_gone",
+            Self::Shutdown => "shutdown",
+            Self::Idle => "idle",
         }
     }
+}
 
-    /// A short machine-readable name, sent as trailing metadata when a stream ends.
-    pub fn code(&self) -> &'static str {
+impl EndReason {
+    /// This reason's code, sent as trailing metadata when a stream ends.
+    pub fn code(&self) -> EndCode {
         match self {
-            Self::Left(_) => "left",
-            Self::Replaced => "replaced",
-            Self::ReplacedElsewhere(_) => "replaced_elsewhere",
-            Self::Removed(_) => "removed",
-            Self::RoomDeleted(_) => "room_deleted",
-            Self::Superseded => "superseded",
-            Self::RoomLost(_) => "room_lost",
-            Self::ClientGone(_) => "client_gone",
-            Self::Shutdown => "shutdown",
-            Self::Idle(_) => "idle",
+            Self::Left(_) => EndCode::Left,
+            Self::Replaced => EndCode::Replaced,
+            Self::ReplacedElsewhere(_) => EndCode::ReplacedElsewhere,
+            Self::Removed(_) => EndCode::Removed,
+            Self::RoomDeleted(_) => EndCode::RoomDeleted,
+            Self::Superseded => EndCode::Superseded,
+            Self::RoomLost(_) => EndCode::RoomLost,
+            Self::ClientGone(_) => EndCode::ClientGone,
+            Self::Shutdown => EndCode::Shutdown,
+            Self::Idle(_) => EndCode::Idle,
         }
     }
 
@@ -181,16 +199,23 @@ impl SessionCore {
     /// thread: it closes the ring (two atomic writes and a wake; never a wait: a push copying its
     /// frame is waited out by the consumer, see [`crate::audio::ring`]) and cancels a token.
     pub(crate) fn close(&self, reason: EndReason) -> bool {
-        let index = reason.index();
+        let code = reason.code();
         if self.end.set((reason, unix_ms(), Instant::now())).is_err() {
             return false;
         }
-        self.totals.count_end(index);
+        self.totals.count_end(code);
         self.connected.store(false, Ordering::Relaxed);
         self.closer.close();
         self.closed.cancel();
         true
     }
+}
+
+/// The StreamAudio that owns a session's audio.
+struct StreamOwner {
+    id: u64,
+    /// Cancelled when a newer stream takes the audio over.
+    taken_over: CancellationToken,
 }
 
 /// A live (or recently ended) session of one user.
@@ -199,8 +224,8 @@ pub struct Session {
     room: Box<dyn Room>,
     participant_id: String,
     consumer: Arc<tokio::sync::Mutex<FrameConsumer>>,
-    /// The stream that currently owns the session's audio: its id and its cancellation.
-    stream: Mutex<(u64, CancellationToken)>,
+    /// The stream that currently owns the session's audio.
+    stream: Mutex<StreamOwner>,
     next_stream: AtomicU64,
     room_released: AtomicBool,
     playbacks: Playbacks,
@@ -280,7 +305,10 @@ impl Session {
             room,
             participant_id,
             consumer: Arc::new(tokio::sync::Mutex::new(consumer)),
-            stream: Mutex::new((0, CancellationToken::new())),
+            stream: Mutex::new(StreamOwner {
+                id: 0,
+                taken_over: CancellationToken::new(),
+            }),
             next_stream: AtomicU64::new(1),
             room_released: AtomicBool::new(false),
             playbacks: Playbacks::default(),
@@ -400,8 +428,11 @@ impl Session {
         let taken_over = CancellationToken::new();
         {
             let mut owner = self.stream.lock().unwrap_or_else(PoisonError::into_inner);
-            owner.1.cancel();
-            *owner = (id, taken_over.clone());
+            owner.taken_over.cancel();
+            *owner = StreamOwner {
+                id,
+                taken_over: taken_over.clone(),
+            };
         }
         tokio::select! {
             consumer = self.consumer.clone().lock_owned() => Some(StreamLease {
@@ -424,7 +455,11 @@ impl Session {
 
     /// Whether stream `id` still owns the session's audio.
     pub fn owns_stream(&self, id: u64) -> bool {
-        self.stream.lock().unwrap_or_else(PoisonError::into_inner).0 == id
+        self.stream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .id
+            == id
     }
 }
 

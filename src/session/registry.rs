@@ -40,6 +40,15 @@ impl Slot {
     }
 }
 
+/// How many sessions a registry holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionCounts {
+    /// Users with a registered session.
+    pub registered: usize,
+    /// Of those, the ones whose room is connected.
+    pub connected: usize,
+}
+
 #[derive(Default)]
 pub struct Registry {
     slots: Mutex<HashMap<String, Slot>>,
@@ -243,12 +252,13 @@ impl Registry {
         removed
     }
 
-    /// Number of users with a registered session, and of those whose room is connected.
-    pub fn counts(&self) -> (usize, usize) {
+    /// Users with a registered session, and those of them whose room is connected.
+    pub fn counts(&self) -> SessionCounts {
         let slots = self.lock();
         let sessions = slots.values().filter_map(|s| s.session.as_ref());
-        sessions.fold((0, 0), |(all, live), s| {
-            (all + 1, live + usize::from(s.is_connected()))
+        sessions.fold(SessionCounts::default(), |c, s| SessionCounts {
+            registered: c.registered + 1,
+            connected: c.connected + usize::from(s.is_connected()),
         })
     }
 
@@ -316,7 +326,13 @@ mod tests {
         let g3 = third.generation();
         let replaced = third.install(session("u", g3).await).expect("installs");
         assert_eq!(replaced.map(|s| s.generation()), Some(g2));
-        assert_eq!(r.counts(), (1, 1));
+        assert_eq!(
+            r.counts(),
+            SessionCounts {
+                registered: 1,
+                connected: 1
+            }
+        );
     }
 
     #[tokio::test]

@@ -6,21 +6,21 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use super::EndReason;
+use super::EndCode;
 use crate::audio::RingStats;
 
 #[derive(Default)]
 pub struct Totals {
-    /// Sessions ended, by [`EndReason::CODES`] index. Relaxed: statistics, read on their own.
-    ended: [AtomicU64; EndReason::CODES.len()],
+    /// Sessions ended, by [`EndCode`]. Relaxed: statistics, read on their own.
+    ended: [AtomicU64; EndCode::ALL.len()],
     /// The ring counters of sessions already dropped.
     retired: Mutex<RingStats>,
 }
 
 impl Totals {
-    /// One more session ended for the reason at `index` in [`EndReason::CODES`].
-    pub(super) fn count_end(&self, index: usize) {
-        self.ended[index].fetch_add(1, Ordering::Relaxed);
+    /// One more session ended with `code`.
+    pub(super) fn count_end(&self, code: EndCode) {
+        self.ended[code as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn retire(&self, stats: RingStats) {
@@ -32,10 +32,10 @@ impl Totals {
 
     /// Sessions ended so far, by end reason code (every code, zeros included).
     pub fn ended(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        EndReason::CODES
+        EndCode::ALL
             .iter()
             .zip(&self.ended)
-            .map(|(code, n)| (*code, n.load(Ordering::Relaxed)))
+            .map(|(code, n)| (code.as_str(), n.load(Ordering::Relaxed)))
     }
 
     /// The ring counters of every session already dropped. Add the live sessions' own for the
@@ -50,6 +50,7 @@ impl Totals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::EndReason;
     use std::time::Duration;
 
     #[test]
@@ -68,15 +69,15 @@ mod tests {
             EndReason::Idle(Duration::from_secs(300)),
         ];
         for (i, r) in reasons.iter().enumerate() {
-            assert_eq!(EndReason::CODES[r.index()], r.code());
+            assert_eq!(EndCode::ALL[r.code() as usize], r.code());
             for _ in 0..=i {
-                totals.count_end(r.index());
+                totals.count_end(r.code());
             }
         }
         let counted: Vec<_> = totals.ended().collect();
         assert_eq!(counted.len(), reasons.len());
         for (i, (code, n)) in counted.into_iter().enumerate() {
-            assert_eq!((code, n), (reasons[i].code(), i as u64 + 1));
+            assert_eq!((code, n), (reasons[i].code().as_str(), i as u64 + 1));
         }
     }
 }
