@@ -34,9 +34,9 @@
 //!                its files and the one way they depend on each other)
 //! audio/         the lock-free core: format.rs (16 kHz mono PCM16, 10 ms), payload.rs (the
 //!                contract's payload rule), ring.rs (AudioRing and its close protocol),
-//!                storage.rs (the bytes under the ring: rtrb), waker.rs (an atomic waker); no tokio,
-//!                gRPC or LiveKit: it builds without the `server` feature, which is how loom
-//!                checks it (`loom-tests/`)
+//!                storage.rs (the bytes under the ring: rtrb), waker.rs (an atomic waker); no
+//!                tokio, gRPC or LiveKit: it builds without the `server` feature, which is how
+//!                loom checks it (`loom-tests/`)
 //! sync.rs        atomics and Arc from std, or from loom under cfg(loom)
 //! ```
 //!

@@ -245,13 +245,6 @@ fn real_server_a_reconnect_after_the_token_expired_uses_the_refreshed_one() {
 
 // Against the mock SFU (tests/e2e/run.py).
 
-#[test]
-#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
-fn data_packets_from_the_target_arrive_byte_exact_and_others_do_not() {
-    let out = run(&["data_packets"], &[]);
-    assert!(out.contains("RESULT data_packets_checked="));
-}
-
 /// The first ~200 ms of every fresh track were lost before a track was fed only once its
 /// sender was sending (src/room/ffi/room.rs): heard 1.795 s of 2 s, from 200 ms in.
 #[test]
@@ -293,13 +286,6 @@ fn the_audio_source_setting_picks_data_packets_or_the_track() {
 
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
-fn client_audio_comes_out_of_the_room_as_the_same_tone() {
-    let out = run(&["publish_tone"], &[]);
-    assert!(out.contains("RESULT tone_hz="));
-}
-
-#[test]
-#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn participant_count_follows_and_a_server_disconnect_ends_the_stream_with_the_reason() {
     let out = run(&["participants_and_server_disconnect"], &[]);
     assert!(out.contains("RESULT disconnect_end_DUPLICATE_IDENTITY=OK replaced_elsewhere"));
@@ -324,13 +310,6 @@ fn a_replacement_here_ends_ok_replaced_whichever_of_the_kick_and_the_close_comes
 
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
-fn play_audio_from_a_url_comes_out_of_the_room() {
-    let out = run(&["play_url"], &[]);
-    assert!(out.contains("RESULT play_hz="));
-}
-
-#[test]
-#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn sessions_closed_and_replaced_while_packets_flow_on_the_real_library() {
     let out = run(&["churn"], &[("E2E_CYCLES", "300")]);
     assert!(out.contains("RESULT churn_cycles=300"));
@@ -345,21 +324,6 @@ fn rooms_cost_bounded_memory_and_threads_and_give_them_back() {
 
 // Faults of the network and the server, each with a bridge in a network namespace of its own
 // (tests/e2e/run.py, `OwnNetwork`), figures in BENCHMARKS.md.
-
-#[test]
-#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
-fn network_outages_of_2_and_10_s_do_not_end_the_stream_and_audio_resumes_both_ways() {
-    let out = run(&["outage_2s", "outage_10s"], &[]);
-    assert!(out.contains("RESULT outage_2s_uplink_back_after_link_up_ms="));
-    assert!(out.contains("RESULT outage_10s_uplink_back_after_link_up_ms="));
-}
-
-#[test]
-#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
-fn an_sfu_restart_is_recovered_by_the_library_on_the_same_stream() {
-    let out = run(&["sfu_restart"], &[]);
-    assert!(out.contains("RESULT sfu_restart_stream=open"));
-}
 
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]

@@ -1,6 +1,7 @@
-"""End-to-end scenarios: the release bridge binary, with LiveKit's real client library inside it,
-against the mock SFU (mock_sfu.py), driven by a Python grpcio client over the bridge's Unix
-socket, as the backend would. TEST-ONLY CODE.
+"""End-to-end scenarios against the mock SFU (mock_sfu.py): the release bridge binary, with
+LiveKit's real client library inside it, driven by a Python grpcio client over the bridge's Unix
+socket, as the backend would. TEST-ONLY CODE. The scenarios LiveKit's own server runs are in
+real.py; what is still here is not yet moved there (docs/testing.md says which).
 
 Run by tests/e2e.rs as `unshare -n python run.py <bridge binary> <scenario>`: each run gets a
 private network namespace in which this script brings up loopback and a veth pair with
@@ -12,7 +13,6 @@ the machine's real interface). Exits non-zero, with the reason, if any check fai
 import asyncio
 import math
 import os
-import random
 import resource
 import subprocess
 import sys
@@ -290,81 +290,6 @@ async def read_chunks(call, count, timeout=10.0):
 
 # --------------------------------------------------------------------------------------------
 # Scenarios
-
-
-async def data_packets(ctx: Ctx):
-    """Packets from the target identity reach the client byte-exact after the payload rule;
-    packets from anyone else, or with a topic, do not."""
-    r = await ctx.joined("alice")
-    check(r.participant_count == 2, f"participant_count {r.participant_count} (bridge + target)")
-    call, _ = ctx.stream("alice")
-    p = await ctx.participant("alice")
-    rng = random.Random(7)
-    sent = []
-    for i in range(300):
-        n = rng.choice([0, 1, 2, 3, 320, 321, 641, 200])
-        payload = bytes(rng.getrandbits(8) for _ in range(n))
-        # Interleave noise that must not arrive: another identity, and a topic.
-        await p.send_data("someone-else", b"\x01" + bytes(320))
-        await p.send_data("target", b"\x02" + bytes(320), topic="chat")
-        await p.send_data("target", payload, reliable=(i % 3 == 0))
-        if payload_rule(payload):
-            sent.append(payload_rule(payload))
-        if i % 20 == 0:
-            await asyncio.sleep(0.01)
-    got = await read_chunks(call, len(sent))
-    for chunk in got:
-        check(chunk.sample_rate == 16000 and chunk.channels == 1, "format")
-    # Every payload arrives byte-exact, once. Not necessarily in the order sent: the lossy data
-    # channel is unordered, and the reliable one is a separate stream, so WebRTC may reorder
-    # packets across (and on the lossy channel, within) them; the bridge adds no reordering.
-    want_sorted = sorted(sent)
-    got_sorted = sorted(chunk.pcm_data for chunk in got)
-    for i, (want, have) in enumerate(zip(want_sorted, got_sorted)):
-        check(have == want, f"payload {i} (sorted): {len(have)} bytes, wanted {len(want)}")
-    # Nothing else arrives.
-    try:
-        extra = await asyncio.wait_for(call.read(), 0.5)
-        check(False, f"unexpected chunk of {len(extra.pcm_data)} bytes")
-    except asyncio.TimeoutError:
-        pass
-    result("data_packets_checked", len(sent))
-    call.cancel()
-
-
-async def publish_tone(ctx: Ctx):
-    """A 440 Hz tone sent on StreamAudio comes out of the mock's decoded track at 440 Hz, at the
-    right level, without gaps."""
-    await ctx.joined("bob")
-    call, queue = ctx.stream("bob")
-    p = await ctx.participant("bob")
-    pcm = tone(440, 3.0, amp=0.5)
-    t0 = time.monotonic()
-    for i in range(0, len(pcm), 640):  # 20 ms chunks, paced like a real client
-        await queue.put(ctx.pb.AudioChunk(pcm_data=pcm[i:i + 640], sample_rate=16000, channels=1,
-                                          track_id=0))
-        await asyncio.sleep(max(0, t0 + (i // 640 + 1) * 0.02 - time.monotonic()))
-    await asyncio.sleep(1.0)
-    track = p.tracks.get("speaker")
-    check(track is not None and track.frames, f"no decoded audio; tracks {list(p.tracks)}")
-    samples, rate = track.pcm_mono()
-    # Skip the first and last 300 ms (encoder start-up and the tail).
-    active = [s for s in samples]
-    nz = [i for i, s in enumerate(active) if abs(s) > 0.05]
-    check(nz, "the decoded track is silent")
-    body = active[nz[0] + int(0.3 * rate): nz[-1] - int(0.3 * rate)]
-    hz, rms = measure(body, rate)
-    want_rms = 0.5 / math.sqrt(2)
-    gaps = track.gaps()
-    result("tone_hz", f"{hz:.1f}")
-    result("tone_rms", f"{rms:.4f}")
-    result("tone_decoded_seconds", f"{len(samples) / rate:.2f}")
-    result("tone_gaps", len(gaps))
-    check(abs(hz - 440) <= 440 * 0.02, f"measured {hz:.1f} Hz")
-    check(abs(rms - want_rms) <= want_rms * 0.1, f"level {rms:.4f}, wanted {want_rms:.4f}")
-    check(not gaps, f"timestamp gaps in the decoded track: {gaps[:10]}")
-    await queue.put(None)
-    call.cancel()
 
 
 def ramp(seconds, rate=16000, hz=1000, start=0.02, end=0.9):
@@ -734,52 +659,6 @@ async def wait_for_count(ctx, user, want):
             return
         await asyncio.sleep(0.05)
     check(False, f"participant_count stayed {status.participant_count}, wanted {want}")
-
-
-async def play_url(ctx: Ctx):
-    """PlayAudio into a real room: a 1 kHz WAV (44.1 kHz stereo) served over HTTP comes out of
-    the mock's Opus decoder at 1 kHz and the requested volume, with no gaps, and COMPLETED
-    reports the audio's length."""
-    import io
-    import wave
-    rate, seconds = 44100, 2.0
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(2)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        frames = bytearray()
-        for i in range(int(rate * seconds)):
-            v = int(round(0.5 * 32767 * math.sin(2 * math.pi * 1000 * i / rate)))
-            frames += v.to_bytes(2, "little", signed=True) * 2
-        w.writeframes(bytes(frames))
-    ctx.sfu.files["tone.wav"] = ("audio/wav", buf.getvalue())
-    await ctx.joined("frank")
-    p = await ctx.participant("frank")
-    events = []
-    async for e in ctx.stub.PlayAudio(ctx.pb.PlayAudioRequest(
-            request_id="r1", audio_url=ctx.sfu.file_url("tone.wav"), volume=0.5,
-            user_id="frank", track_id=2)):
-        events.append(e)
-    kinds = [ctx.pb.PlayAudioEvent.EventType.Name(e.type) for e in events]
-    check(kinds[0] == "STARTED" and kinds[-1] == "COMPLETED", f"events {kinds}: {events[-1]}")
-    check(abs(events[-1].duration_ms - 2000) <= 10, f"duration_ms {events[-1].duration_ms}")
-    await asyncio.sleep(0.5)
-    track = p.tracks.get("tts")
-    check(track is not None and track.frames, f"no decoded audio on tts; {list(p.tracks)}")
-    samples, srate = track.pcm_mono()
-    nz = [i for i, s in enumerate(samples) if abs(s) > 0.05]
-    check(nz, "the decoded track is silent")
-    body = samples[nz[0] + int(0.3 * srate): nz[-1] - int(0.3 * srate)]
-    hz, rms = measure(body, srate)
-    want = 0.25 / math.sqrt(2)
-    result("play_hz", f"{hz:.1f}")
-    result("play_rms", f"{rms:.4f}")
-    result("play_start_latency_ms", events[0].metadata["start_latency_ms"])
-    result("play_gaps", len(track.gaps()))
-    check(abs(hz - 1000) <= 20, f"measured {hz:.1f} Hz")
-    check(abs(rms - want) <= want * 0.1, f"level {rms:.4f}, wanted {want:.4f}")
-    check(not track.gaps(), f"gaps {track.gaps()[:10]}")
 
 
 async def churn(ctx: Ctx, cycles: int):
@@ -1185,91 +1064,6 @@ async def watch_states(ctx, user, seconds, ages=None):
     return seen
 
 
-async def link_outage(ctx: Ctx, seconds: float):
-    """The network between the bridge and LiveKit goes down for `seconds` with audio flowing both
-    ways, then comes back: the stream does not end, audio flows again both ways, and the frames
-    lost are about the outage."""
-    bridge, bctx = await own_bridge(ctx)
-    try:
-        user = f"outage{int(seconds)}"
-        await bctx.joined(user)
-        flow = Flow(bctx, user)
-        await flow.start()
-        down, up = await flow.both_flowing_since(time.monotonic(), 15)
-        check(down is not None and up is not None, "audio never flowed both ways")
-        await asyncio.sleep(2)
-        sent_before = flow.sent
-        got_before = len(flow.got)
-        bridge.network.set(False)
-        t_down = time.monotonic()
-        ages = []
-        states = await watch_states(bctx, user, seconds, ages)
-        bridge.network.set(True)
-        t_up = time.monotonic()
-        down, up = await flow.both_flowing_since(t_up, 60)
-        states += [s for s in await watch_states(bctx, user, 0.5) if s != states[-1]]
-        await asyncio.sleep(1)
-        sent = flow.sent - sent_before
-        lost = sent - (len(flow.got) - got_before)
-        tag = f"outage_{int(seconds)}s"
-        result(f"{tag}_downlink_back_after_link_up_ms", "never" if down is None else f"{down * 1000:.0f}")
-        result(f"{tag}_uplink_back_after_link_up_ms", "never" if up is None else f"{up * 1000:.0f}")
-        result(f"{tag}_target_frames_lost", f"{lost} of {sent} ({lost * 10} ms; outage {(t_up - t_down) * 1000:.0f} ms)")
-        result(f"{tag}_states", ",".join(str(s) for s in states))
-        result(f"{tag}_max_target_audio_age_s", f"{max(ages):.1f}")
-        # GetStatus shows the silence as it grows, whatever state the library reports.
-        check(max(ages) >= seconds - 1.5, f"target audio age during the outage: {max(ages)}")
-        result(f"{tag}_resumes", ctx.sfu.resumes)
-        check(flow.ended is None, f"the stream ended: {flow.ended}")
-        check(down is not None, "target audio never reached the client again")
-        check(up is not None, "client audio never reached the room again")
-        # Lost: the outage, plus what it takes to notice the link is back; nothing more.
-        check(lost * 0.01 <= (t_up - t_down) + down + 1.0, f"{lost} frames lost")
-        await flow.stop()
-    finally:
-        await bctx.channel.close()
-        bridge.stop()
-
-
-async def sfu_restart(ctx: Ctx):
-    """The SFU process restarts with its sessions forgotten: the library reconnects in full and
-    audio flows again both ways on the same stream, with no call from the backend."""
-    bridge, bctx = await own_bridge(ctx)
-    try:
-        await bctx.joined("restart")
-        flow = Flow(bctx, "restart")
-        await flow.start()
-        down, up = await flow.both_flowing_since(time.monotonic(), 15)
-        check(down is not None and up is not None, "audio never flowed both ways")
-        await asyncio.sleep(1)
-        t0 = time.monotonic()
-        await ctx.sfu.stop()
-        await asyncio.sleep(1.0)  # a crash and a restart
-        fresh = MockSfu(SFU_HOST, SFU_PORT)
-        await fresh.start()
-        ctx.sfu = bctx.sfu = fresh
-        states = await watch_states(bctx, "restart", 1.0)
-        await flow.both_flowing_since(time.monotonic(), 60)
-        d2 = next((t - t0 for t, _ in flow.got if t > t0 + 0.5), None)
-        u2 = next((t - t0 for t in flow.uplink() if t > t0), None)
-        result("sfu_restart_downlink_silence_ms", "never back" if d2 is None else f"{d2 * 1000:.0f}")
-        result("sfu_restart_uplink_silence_ms", "never back" if u2 is None else f"{u2 * 1000:.0f}")
-        result("sfu_restart_states", ",".join(str(s) for s in states))
-        result("sfu_restart_stream", "open" if flow.ended is None else str(flow.ended))
-        with open(bridge.log.name) as f:
-            log = f.read()
-        check("room connection lost; the LiveKit library is reconnecting" in log
-              and "room connection restored" in log, "the reconnection is not in the bridge's log")
-        check(flow.ended is None or flow.ended[0] != grpc.StatusCode.OK,
-              f"the stream ended OK, so the backend would not rejoin: {flow.ended}")
-        if flow.ended is None:
-            check(d2 is not None and u2 is not None, "audio never flowed again, stream still open")
-        await flow.stop()
-    finally:
-        await bctx.channel.close()
-        bridge.stop()
-
-
 async def let_go(ctx: Ctx, bridge, bctx):
     """Ends a scenario's bridge of its own, and the tracks it had the mock publish."""
     ctx.sfu.published = {}
@@ -1484,16 +1278,10 @@ async def target_new_sid(ctx: Ctx):
 SCENARIOS = {
     "replaced_here": replaced_here,
     "two_bridges": two_bridges,
-    "data_packets": data_packets,
-    "publish_tone": publish_tone,
     "participants_and_server_disconnect": participants_and_server_disconnect,
-    "play_url": play_url,
     "track_edges": track_edges,
-    "outage_2s": lambda ctx: link_outage(ctx, 2.0),
-    "outage_10s": lambda ctx: link_outage(ctx, 10.0),
     "track_outage": track_outage,
     "track_outage_20s": lambda ctx: track_outage(ctx, 20.0),
-    "sfu_restart": sfu_restart,
     "token_refused": token_refused,
     "gives_up": gives_up,
     "target_new_sid": target_new_sid,
