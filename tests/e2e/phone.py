@@ -75,14 +75,15 @@ class Phone:
         return sent
 
     async def publish_microphone(self, pcm, name="microphone"):
-        """Publishes `pcm` (16 kHz mono PCM16 LE) as a microphone track, in real time, then
-        keeps the track published (silent). Returns the publication."""
+        """Publishes a microphone track and returns the publication and a coroutine that feeds
+        it `pcm` (16 kHz mono PCM16 LE) in real time (`None` for a track left silent, which the
+        library feeds with silence); the track stays published after the feed."""
         source = rtc.AudioSource(RATE, 1)
         track = rtc.LocalAudioTrack.create_audio_track(name, source)
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         publication = await self.room.local_participant.publish_track(track, options)
         self.source = source
-        return publication, self._feed(source, pcm)
+        return publication, None if pcm is None else self._feed(source, pcm)
 
     async def _feed(self, source, pcm):
         for i in range(0, len(pcm) // 2 - FRAME + 1, FRAME):

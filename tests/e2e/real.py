@@ -733,7 +733,7 @@ async def real_crowded(ctx: RealCtx, others: int = 10):
         o = await phone_for(user, f"guest-{n}", listen=False)
         # Published, and sending: a source given nothing is fed silence by the library, which
         # encodes and sends it like speech (the driver cannot feed ten tones in real time).
-        await o.publish_microphone(b"")
+        await o.publish_microphone(None)
         o.chatting = asyncio.ensure_future(chat(o, n))
         crowd.append(o)
     await asyncio.sleep(2.0)
