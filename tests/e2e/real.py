@@ -11,7 +11,6 @@ import asyncio
 import os
 import resource
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -22,8 +21,8 @@ import grpc  # noqa: E402
 import livekit_server  # noqa: E402
 from livekit_server import LiveKitServer, token  # noqa: E402
 from phone import Phone  # noqa: E402
-from run import (Bridge, Ctx, check, cpu_seconds, load_stubs, measure, netns_setup,  # noqa: E402
-                 payload_rule, ramp, read_chunks, result, stream_end, tone)
+from run import (Bridge, Ctx, check, cpu_seconds, measure, payload_rule, ramp,  # noqa: E402
+                 read_chunks, result, run_scenarios, stream_end, tone)
 from livekit import api  # noqa: E402
 
 
@@ -107,6 +106,18 @@ def thread_names(pid):
     return dict(sorted(names.items()))
 
 
+def heard_whole(tag, samples, seconds, hz, tolerance_s):
+    """Checks `samples` hold `seconds` of a tone at `hz` and half scale (RMS 0.354), from its
+    first loud 10 ms to its last, and reports what was heard under `tag`."""
+    heard_s, got_hz, rms = heard_span(samples)
+    result(f"{tag}_heard_s", f"{heard_s:.3f}")
+    result(f"{tag}_hz", f"{got_hz:.1f}")
+    result(f"{tag}_rms", f"{rms:.3f}")
+    check(abs(heard_s - seconds) <= tolerance_s, f"heard {heard_s:.3f} s of {seconds} s")
+    check(abs(got_hz - hz) < 2, f"heard {got_hz:.1f} Hz")
+    check(abs(rms - 0.354) < 0.05, f"heard RMS {rms:.3f}")
+
+
 def heard_span(samples, rate=16000, level=0.05):
     """(seconds from the first loud 10 ms to the last, Hz, RMS of that span) of what a phone
     heard."""
@@ -139,15 +150,9 @@ async def real_publish_heard(ctx: RealCtx):
         await asyncio.sleep(0.1)
     frames = target.heard.get("speaker", [])
     check(frames, "the phone never heard the bridge's speaker track")
-    seconds, hz, rms = heard_span(target.samples("speaker"))
     first = next(t for t, b in frames if max(abs(s) for s in b) > 0.05 * 32767)
-    check(abs(seconds - 3.0) <= 0.04, f"heard {seconds:.3f} s of 3 s")
-    check(abs(hz - 440) < 2, f"heard {hz:.1f} Hz")
-    check(abs(rms - 0.354) < 0.05, f"heard RMS {rms:.3f}")
-    result("real_publish_heard_s", f"{seconds:.3f}")
-    result("real_publish_hz", f"{hz:.1f}")
-    result("real_publish_rms", f"{rms:.3f}")
     result("real_publish_first_heard_ms", f"{(first - sent_at) * 1000:.0f}")
+    heard_whole("real_publish", target.samples("speaker"), 3.0, 440, 0.04)
     queue.put_nowait(None)
     await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
     await target.leave()
@@ -166,15 +171,8 @@ async def real_target_track(ctx: RealCtx):
     started = time.monotonic()
     await feed
     await stream.read_for(3.0)
-    samples = pcm_of(stream.chunks)
-    seconds, hz, rms = heard_span(samples)
-    check(abs(seconds - 3.0) <= 0.05, f"heard {seconds:.3f} s of 3 s")
-    check(abs(hz - 440) < 2, f"heard {hz:.1f} Hz")
-    check(abs(rms - 0.354) < 0.05, f"heard RMS {rms:.3f}")
-    result("real_track_heard_s", f"{seconds:.3f}")
-    result("real_track_hz", f"{hz:.1f}")
-    result("real_track_rms", f"{rms:.3f}")
     result("real_track_fed_s", f"{time.monotonic() - started:.2f}")
+    heard_whole("real_track", pcm_of(stream.chunks), 3.0, 440, 0.05)
     queue.put_nowait(None)
     await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
     await target.leave()
@@ -801,38 +799,12 @@ SCENARIOS = {
 }
 
 
-async def main(binary, names):
-    netns_setup()
-    with tempfile.TemporaryDirectory() as tmp:
-        pb, pbg = load_stubs(tmp)
-        server = LiveKitServer(tmp)
-        await server.start()
-        bridge = Bridge(binary, tmp)
-        failed = ctx = None
-        try:
-            await bridge.wait_ready()
-            ctx = RealCtx(pb, pbg, bridge, server)
-            for name in names:
-                started = time.monotonic()
-                await asyncio.wait_for(SCENARIOS[name](ctx), 600)
-                result(f"{name}_seconds", f"{time.monotonic() - started:.1f}")
-            check(bridge.proc.poll() is None, "the bridge exited")
-            await ctx.channel.close()
-        except BaseException as e:  # report, then show the logs
-            failed = e
-        finally:
-            code = bridge.stop()
-            await server.stop()
-            with open(os.path.join(tmp, "bridge.log")) as f:
-                log = f.read()
-            server_log = server.tail()
-        if failed is not None or "panicked" in log:
-            print("---- bridge log (tail) ----\n" + log[-6000:], flush=True)
-            print("---- livekit-server log (tail) ----\n" + server_log, flush=True)
-            raise failed or AssertionError("the bridge panicked")
-        check(code == 0, f"the bridge exited with {code} on SIGTERM")
+async def start_server(tmp):
+    server = LiveKitServer(tmp)
+    await server.start()
+    return server
 
 
 if __name__ == "__main__":
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
-    asyncio.run(main(sys.argv[1], sys.argv[2:]))
+    asyncio.run(run_scenarios(sys.argv[1], sys.argv[2:], SCENARIOS, start_server, RealCtx))

@@ -1300,38 +1300,52 @@ SCENARIOS = {
 }
 
 
-async def main(binary, names):
+async def run_scenarios(binary, names, scenarios, start_server, make_ctx, bridge_options=None):
+    """The harness's one way of running scenarios: this namespace's network, the gRPC stubs, a
+    server (`start_server(tmp)`, awaited; it has `stop()` and `tail()`), the release bridge,
+    then each scenario with a 600 s limit, its duration reported. On a failure, or a panic in
+    the bridge's log, the tails of the bridge's and the server's logs are shown."""
     netns_setup()
     with tempfile.TemporaryDirectory() as tmp:
         pb, pbg = load_stubs(tmp)
-        sfu = MockSfu(SFU_HOST, SFU_PORT)
-        await sfu.start()
-        bridge = Bridge(binary, tmp, metrics=True)
+        server = await start_server(tmp)
+        bridge = Bridge(binary, tmp, **(bridge_options or {}))
         failed = ctx = None
         try:
             await bridge.wait_ready()
-            ctx = Ctx(pb, pbg, bridge, sfu)
+            ctx = make_ctx(pb, pbg, bridge, server)
             for name in names:
                 started = time.monotonic()
-                await asyncio.wait_for(SCENARIOS[name](ctx), 600)
+                await asyncio.wait_for(scenarios[name](ctx), 600)
                 result(f"{name}_seconds", f"{time.monotonic() - started:.1f}")
             check(bridge.proc.poll() is None, "the bridge exited")
             await ctx.channel.close()
-        except BaseException as e:  # report, then show the bridge's log
+        except BaseException as e:  # report, then show the logs
             failed = e
         finally:
             code = bridge.stop()
-            await (ctx.sfu if ctx is not None else sfu).stop()
+            # A scenario may have replaced the server (a restart): stop the one running.
+            server = ctx.sfu if ctx is not None else server
+            await server.stop()
             with open(os.path.join(tmp, "bridge.log")) as f:
                 log = f.read()
+            server_log = server.tail()
         if os.environ.get("E2E_SHOW_LOG"):
             print("---- bridge log ----\n" + log, flush=True)
         if failed is not None or "panicked" in log:
             print("---- bridge log (tail) ----\n" + log[-6000:], flush=True)
+            print("---- server log (tail) ----\n" + server_log, flush=True)
             raise failed or AssertionError("the bridge panicked")
         check(code == 0, f"the bridge exited with {code} on SIGTERM")
 
 
+async def start_mock(tmp):
+    sfu = MockSfu(SFU_HOST, SFU_PORT)
+    await sfu.start()
+    return sfu
+
+
 if __name__ == "__main__":
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
-    asyncio.run(main(sys.argv[1], sys.argv[2:]))
+    asyncio.run(run_scenarios(sys.argv[1], sys.argv[2:], SCENARIOS, start_mock, Ctx,
+                              {"metrics": True}))
