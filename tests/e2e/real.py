@@ -178,18 +178,26 @@ async def real_target_track(ctx: RealCtx):
     await target.leave()
 
 
-async def ended(ctx, user, cause):
-    """Joins `user`, waits for its audio, then `cause()`s the end: the stream's (status, reason)
-    and GetStatus's reason."""
-    target = await phone_for(user)
+async def joined_hearing(ctx, user, phone):
+    """Joins `user` and opens its stream, once the phone's packets reach the client: the
+    stream's call and its queue of client chunks."""
     await ctx.joined(user)
     call, queue = ctx.stream(user)
-    await asyncio.sleep(0.5)
-    await target.send_data(b"\x00" + bytes(320))
+    await asyncio.sleep(0.5)  # the bridge's data channels are open
+    await phone.send_data(b"\x00" + bytes(320))
     await read_chunks(call, 1)
+    return call, queue
+
+
+async def ended(ctx, user, cause, timeout=10):
+    """Joins `user`, waits for its audio, then `cause()`s the end: the stream's (status, reason),
+    GetStatus's reason and how long the end took; each read of the stream waits at most
+    `timeout` s."""
+    target = await phone_for(user)
+    call, queue = await joined_hearing(ctx, user, target)
     asked = time.monotonic()
     await cause(user)
-    got = await stream_end(call)
+    got = await stream_end(call, timeout=timeout)
     took = time.monotonic() - asked
     status = await ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id=user))
     queue.put_nowait(None)
@@ -241,9 +249,7 @@ async def real_tokens(ctx: RealCtx):
     session already in the room is untouched."""
     bystander = "jay"
     target = await phone_for(bystander)
-    await ctx.joined(bystander)
-    call, queue = ctx.stream(bystander)
-    await asyncio.sleep(0.5)
+    call, queue = await joined_hearing(ctx, bystander, target)
     tokens = []
     for name, tok, said in [
             ("expired", token("cloud-agent:kim", "kim", ttl_s=-60), "token is expired"),
@@ -439,30 +445,17 @@ async def real_server_shutdown(ctx: RealCtx):
     closes every room with SERVER_SHUTDOWN): the stream ends UNAVAILABLE `room_lost` with the
     server's reason, so the backend rejoins, and a rejoin on the restarted server works."""
     user = "max"
-    phone = await phone_for(user)
-    await ctx.joined(user)
-    call, queue = ctx.stream(user)
-    await asyncio.sleep(0.5)
-    await phone.send_data(b"\x00" + bytes(320))
-    await read_chunks(call, 1)
-    asked = time.monotonic()
-    await ctx.sfu.stop("term")
-    got = await stream_end(call, timeout=30)
-    took = time.monotonic() - asked
-    status = await ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id=user))
+
+    async def stop(_user):
+        await ctx.sfu.stop("term")
+
+    got, reason, took = await ended(ctx, user, stop, timeout=30)
     check(got == (grpc.StatusCode.UNAVAILABLE, "room_lost"), f"the stream ended {got}")
     result("real_shutdown_end", f"{got[0].name} {got[1]} after {took * 1000:.0f} ms")
-    result("real_shutdown_reason", repr(status.last_disconnect_reason))
-    queue.put_nowait(None)
-    await phone.leave()
+    result("real_shutdown_reason", repr(reason))
     await ctx.sfu.start()
     phone = await phone_for(user)
-    r = await ctx.join(user)
-    check(r.success, f"the rejoin failed: {r.error}")
-    call, queue = ctx.stream(user)
-    await asyncio.sleep(0.5)
-    await phone.send_data(b"\x00" + bytes(320))
-    await read_chunks(call, 1)
+    _, queue = await joined_hearing(ctx, user, phone)
     result("real_shutdown_rejoined", "audio")
     queue.put_nowait(None)
     await phone.leave()

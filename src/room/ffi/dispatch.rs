@@ -6,8 +6,8 @@
 //! lock, and pushed into the session's ring; an audio frame likewise, found by its stream's
 //! handle; the library's buffer is released after the copy (by [`super::library`]). Other
 //! events come decoded with prost (once, by [`super::library`]). Nothing here blocks or calls
-//! back into the library, except to release handles: every publication handle not passed to a subscription task is released
-//! here.
+//! back into the library, except to release handles: every publication handle not passed to a
+//! subscription task is released here.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,20 +31,15 @@ pub(super) struct Dispatch {
 
 impl EventSink for Dispatch {
     fn data_packet(&self, _lib: &Library, p: &DataPacketRef<'_>, payload: &[u8]) {
-        let routes = &self.routes;
-        // Relaxed counters: statistics, read by nobody who needs them ordered with the audio.
-        routes.with(p.room_handle, |route| match route {
-            Some(route) => {
+        // A packet for a room no longer routed (its session closed) is dropped.
+        self.routes.with(p.room_handle, |route| {
+            if let Some(route) = route {
                 let kind = if p.kind == 1 {
                     DataKind::Reliable
                 } else {
                     DataKind::Lossy
                 };
                 route.events.on_data(p.identity, kind, p.topic, payload);
-                routes.routed.fetch_add(1, Ordering::Relaxed);
-            }
-            None => {
-                routes.unrouted.fetch_add(1, Ordering::Relaxed);
             }
         });
     }

@@ -2,7 +2,7 @@
 //! packet and room event, the session it is for.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, PoisonError};
 
 use crossbeam_utils::sync::ShardedLock;
@@ -54,9 +54,6 @@ pub(super) struct Route {
 #[derive(Default)]
 pub(super) struct Routes {
     rooms: ShardedLock<HashMap<u64, Arc<Route>>>,
-    /// Data packets routed to a room, and ones for rooms no longer routed (closed sessions).
-    pub routed: AtomicU64,
-    pub unrouted: AtomicU64,
 }
 
 impl Routes {
