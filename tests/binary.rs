@@ -112,6 +112,12 @@ fn the_backends_own_grpc_client_drives_the_bridge_over_a_unix_socket() {
     std::fs::create_dir_all(socket.parent().expect("parent")).expect("mkdir");
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
     assert!(socket.exists());
+    // Another test's thread may be spawning a process right now: until it execs, its child
+    // holds a copy of the listener and the stale socket still answers. Wait until it is
+    // refused, so that the only socket that can answer below is the bridge's.
+    wait_for("the stale socket to be refused", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_err()
+    });
     let mut bridge = spawn_on_socket(&socket, &[]);
     // The stale socket is a socket too: wait for one that answers.
     wait_for("the socket", || {
