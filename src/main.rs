@@ -64,7 +64,13 @@ fn main() -> ExitCode {
         eprintln!("livekit-bridge: invalid configuration: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Named, so a per-thread profile (/proc/<pid>/task/*/comm) tells the bridge's workers from
+    // the tokio workers of LiveKit's library in the same process.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bridge-worker")
+        .enable_all()
+        .build();
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("livekit-bridge: cannot start the runtime: {e}");

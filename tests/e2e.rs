@@ -19,13 +19,15 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const PYTHON: &str = "vendor/e2e-venv/bin/python";
 
+const BRIDGE: &str = env!("CARGO_BIN_EXE_livekit-bridge");
+
 fn run(scenarios: &[&str], env: &[(&str, &str)]) -> String {
-    run_script("tests/e2e/run.py", scenarios, env)
+    run_script("tests/e2e/run.py", BRIDGE, scenarios, env)
 }
 
 /// Runs scenarios against LiveKit's own server; the figures they report, by key.
 fn real(scenarios: &[&str]) -> Results {
-    Results::of(&run_script("tests/e2e/real.py", scenarios, &[]))
+    Results::of(&run_script("tests/e2e/real.py", BRIDGE, scenarios, &[]))
 }
 
 /// A scenario's `RESULT key=value` lines.
@@ -62,7 +64,8 @@ impl Results {
     }
 }
 
-fn run_script(script: &str, scenarios: &[&str], env: &[(&str, &str)]) -> String {
+/// Runs `script binary args...` in a network namespace of its own; its stdout.
+fn run_script(script: &str, binary: &str, scenarios: &[&str], env: &[(&str, &str)]) -> String {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for need in [
         PYTHON,
@@ -78,7 +81,7 @@ fn run_script(script: &str, scenarios: &[&str], env: &[(&str, &str)]) -> String 
         .arg("-n")
         .arg(PYTHON)
         .arg(script)
-        .arg(env!("CARGO_BIN_EXE_livekit-bridge"))
+        .arg(binary)
         .args(scenarios)
         .envs(env.iter().copied())
         .output()
@@ -352,4 +355,58 @@ fn an_outage_longer_than_the_library_retries_ends_unavailable_and_leaves_nothing
 fn the_target_reconnecting_with_a_new_sid_keeps_its_audio_flowing() {
     let out = run(&["target_new_sid"], &[]);
     assert!(out.contains("RESULT target_new_sid_frames_in_2s="));
+}
+
+// The density benchmark's harness (tests/e2e/density.py), at a size that runs in seconds.
+
+/// The load generator cargo built beside this test (`cargo test --all-targets` and
+/// `cargo bench --no-run` build it into the same directory): the newest `loadgen-<hash>`.
+fn loadgen() -> String {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let deps = exe.parent().expect("the test's directory");
+    let newest = std::fs::read_dir(deps)
+        .expect("read the test's directory")
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("loadgen-") && !name.contains('.')
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+    let path = newest.unwrap_or_else(|| {
+        panic!(
+            "no load generator in {}: build it with cargo test --release --all-targets",
+            deps.display()
+        )
+    });
+    path.path().to_string_lossy().into_owned()
+}
+
+/// Three rooms of each kind on LiveKit's own server, with the Go phones: silent rooms deliver
+/// nothing, listening rooms every frame with a small delay, and the bridge's answer in a room
+/// where it spoke once reaches the phone.
+#[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
+fn density_harness_drives_real_rooms_of_each_shape() {
+    assert!(
+        Path::new("vendor/phones").exists(),
+        "vendor/phones is missing: run scripts/setup"
+    );
+    let loadgen = loadgen();
+    let args = ["--shapes", "S1,S2,S4", "--rooms", "3", "--seconds", "3"];
+    let r = Results::of(&run_script("tests/e2e/density.py", &loadgen, &args, &[]));
+    r.within("density_S1_3_frames", 0.0, 0.0);
+    for shape in ["S2", "S4"] {
+        let expected = r.number(&format!("density_{shape}_3_frames_expected"));
+        r.within(
+            &format!("density_{shape}_3_frames"),
+            expected * 0.99,
+            expected * 1.01,
+        );
+        r.within(&format!("density_{shape}_3_p99_ms"), 0.0, 20.0);
+        r.within(&format!("density_{shape}_3_phones_joined"), 3.0, 3.0);
+    }
+    // The bridge's 2 s answer reached each phone (50 packets a second), and nothing reaches
+    // the phones of rooms where the bridge publishes nothing.
+    r.within("density_S4_3_phones_rtp_packets", 3.0 * 90.0, f64::MAX);
+    r.within("density_S2_3_phones_rtp_packets", 0.0, 0.0);
 }

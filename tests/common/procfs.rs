@@ -30,3 +30,23 @@ pub fn usage(pid: &str) -> (u64, f64) {
 pub fn threads(pid: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
+
+/// Each thread of `pid`: its id, its name (`comm`) and its CPU seconds (user + system).
+pub fn thread_cpu(pid: &str) -> Vec<(String, String, f64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_string_lossy().into_owned();
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // "tid (name) state ...": the name may hold spaces and parentheses.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+            Some((tid, name, (ticks(11)? + ticks(12)?) / 100.0))
+        })
+        .collect()
+}

@@ -144,7 +144,11 @@ impl FfiRoom {
                         local_participant_handle: local,
                         track_handle: track,
                         options: proto::TrackPublishOptions {
-                            dtx: Some(false),
+                            // Opus DTX: in silence (the source's own 10 ms feed between answers) the
+                            // encoder sends a packet every 400 ms instead of every 20 ms.
+                            // An idle published track: 46 -> 11 packets a second to each
+                            // listener, 11 % less bridge CPU (BENCHMARKS.md, density).
+                            dtx: Some(true),
                             red: Some(true),
                             source: Some(proto::TrackSource::SourceMicrophone as i32),
                         },
