@@ -307,19 +307,25 @@ fn watched() -> Vec<(String, String)> {
         .collect()
 }
 
-/// One round of load against the bridge `pid`; prints its figures.
-#[allow(clippy::too_many_arguments)]
-fn round(
-    rt: &tokio::runtime::Runtime,
-    socket: &Path,
-    pid: u32,
-    rooms: &Rooms,
+/// What each round does: where the rooms are, what the backend sends into them, the frames a
+/// second each should deliver, how many users, and for how long it is measured.
+struct Load {
+    rooms: Rooms,
     speak: Speak,
     expect_fps: f64,
     users: usize,
     seconds: u64,
-    round: usize,
-) {
+}
+
+/// One round of load against the bridge `pid`; prints its figures.
+fn round(rt: &tokio::runtime::Runtime, socket: &Path, pid: u32, load: &Load, round: usize) {
+    let Load {
+        ref rooms,
+        speak,
+        expect_fps,
+        users,
+        seconds,
+    } = *load;
     let (rss_idle, _) = usage(pid);
     let threads_idle = threads(&pid.to_string());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -590,18 +596,15 @@ fn main() {
     let bridge = Bridge(start_bridge(&socket));
     let pid = bridge.0.id();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let load = Load {
+        rooms,
+        speak,
+        expect_fps,
+        users,
+        seconds: seconds as u64,
+    };
     for r in 1..=rounds {
-        round(
-            &rt,
-            &socket,
-            pid,
-            &rooms,
-            speak,
-            expect_fps,
-            users,
-            seconds as u64,
-            r,
-        );
+        round(&rt, &socket, pid, &load, r);
     }
     drop(bridge);
 }

@@ -61,11 +61,12 @@ def results(text):
 
 async def point(loadgen, shape, rooms, seconds, tmp, server, bridge_env):
     mode, listen, speak, fps = SHAPES[shape]
-    phones = subprocess.Popen(
-        [PHONES, "-url", LiveKitServer.url, "-key", livekit_server.KEY,
-         "-secret", livekit_server.SECRET, "-rooms", str(rooms), "-mode", mode,
-         "-opus", OPUS] + (["-listen"] if listen else []),
-        stdout=subprocess.PIPE, stderr=open(os.path.join(tmp, "phones.log"), "a"), text=True)
+    with open(os.path.join(tmp, "phones.log"), "a") as log:
+        phones = subprocess.Popen(
+            [PHONES, "-url", LiveKitServer.url, "-key", livekit_server.KEY,
+             "-secret", livekit_server.SECRET, "-rooms", str(rooms), "-mode", mode,
+             "-opus", OPUS] + (["-listen"] if listen else []),
+            stdout=subprocess.PIPE, stderr=log, text=True)
     ready = phones.stdout.readline().split()
     if ready[:1] != ["READY"] or int(ready[1]) != rooms:
         phones.kill()
