@@ -23,21 +23,20 @@
 //! Under `cargo test` it is a smoke run with 20 users for 1 s.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use client::{Client, Stream};
+use common::client::{Client, Stream};
 use livekit_bridge::proto::live_kit_bridge_client::LiveKitBridgeClient;
 use livekit_bridge::session::unix_ms;
 
-#[path = "../tests/common/client.rs"]
-mod client;
-#[path = "../tests/common/procfs.rs"]
-mod procfs;
-#[path = "../tests/common/unix.rs"]
-mod unix;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::process::Launch;
+use common::{client, procfs, unix};
 
 use procfs::threads;
 
@@ -53,25 +52,6 @@ fn env_or(key: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn start_bridge(socket: &Path) -> Child {
-    let _ = std::fs::remove_file(socket);
-    let child = Command::new(env!("CARGO_BIN_EXE_livekit-bridge"))
-        .env("LIVEKIT_GRPC_SOCKET", socket)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the bridge");
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the bridge did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
 }
 
 async fn connect(socket: &Path) -> Client {
@@ -593,8 +573,10 @@ fn main() {
         "livekit-bridge-loadgen-{}.sock",
         std::process::id()
     ));
-    let bridge = Bridge(start_bridge(&socket));
-    let pid = bridge.0.id();
+    let _ = std::fs::remove_file(&socket);
+    // The caller's environment passes through: the density harness sets the bridge's settings.
+    let mut bridge = Launch::on_socket(&socket).inherit_env().start();
+    let pid = bridge.child.id();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let load = Load {
         rooms,
@@ -606,26 +588,6 @@ fn main() {
     for r in 1..=rounds {
         round(&rt, &socket, pid, &load, r);
     }
-    drop(bridge);
-}
-
-/// The bridge process, stopped when the run ends, a panic included: SIGTERM (it drains),
-/// and SIGKILL if it has not exited within 10 s.
-struct Bridge(Child);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    // SIGTERM: the bridge drains; a panic above kills it instead (BridgeProcess's drop).
+    bridge.stop_within(Duration::from_secs(10));
 }

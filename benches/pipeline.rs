@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::{Client, Stream};
+use common::client::{Client, Stream};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use livekit_bridge::proto::AudioChunk;
 use livekit_bridge::proto::live_kit_bridge_client::LiveKitBridgeClient;
@@ -23,12 +23,10 @@ use tokio::runtime::Runtime;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::Streaming;
 
-#[path = "../tests/common/client.rs"]
-mod client;
-#[path = "../tests/common/procfs.rs"]
-mod procfs;
-#[path = "../tests/common/unix.rs"]
-mod unix;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{client, procfs, unix};
 
 struct Bridge {
     socket: PathBuf,

@@ -2,37 +2,14 @@
 //! Unix socket served to the backend's own gRPC stack (Node `@grpc/grpc-js`) and to stock Python
 //! `grpcio`, and SIGTERM.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-#[path = "common/files.rs"]
-mod files;
-#[path = "common/process.rs"]
-mod process;
-#[path = "common/unix.rs"]
-mod unix;
+mod common;
 
-use process::{BIN, sigterm, wait_exit, wait_for};
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("livekit-bridge-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn spawn_on_socket(socket: &Path, extra_env: &[(&str, &str)]) -> Child {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("LIVEKIT_GRPC_SOCKET", socket)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("start the bridge")
-}
+use common::process::{BIN, Launch, scratch, wait_for};
+use common::{files, unix};
 
 #[test]
 fn bad_configuration_exits_64_naming_the_setting() {
@@ -104,7 +81,7 @@ fn the_backends_own_grpc_client_drives_the_bridge_over_a_unix_socket() {
         node_dir.join("node_modules/@grpc/grpc-js").exists(),
         "the Node gRPC client is not installed: run scripts/setup (npm ci in tests/node)"
     );
-    let dir = scratch_dir("node");
+    let dir = scratch("node");
     // A stale socket where the socket goes, as a crashed predecessor would leave: bound, then
     // closed without being removed, so nobody answers on it.
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -118,11 +95,8 @@ fn the_backends_own_grpc_client_drives_the_bridge_over_a_unix_socket() {
     wait_for("the stale socket to be refused", || {
         std::os::unix::net::UnixStream::connect(&socket).is_err()
     });
-    let mut bridge = spawn_on_socket(&socket, &[]);
-    // The stale socket is a socket too: wait for one that answers.
-    wait_for("the socket", || {
-        std::os::unix::net::UnixStream::connect(&socket).is_ok()
-    });
+    // The stale socket is a socket too: `start` waits for one that answers.
+    let bridge = Launch::on_socket(&socket).start();
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&socket)
         .expect("stat")
@@ -144,9 +118,7 @@ fn the_backends_own_grpc_client_drives_the_bridge_over_a_unix_socket() {
     );
     assert!(stdout.contains("\"ok\":true"), "{stdout}");
 
-    sigterm(&bridge);
-    let (status, _) = wait_exit(&mut bridge, Duration::from_secs(10));
-    assert!(status.success(), "{status:?}");
+    bridge.stop();
     assert!(!socket.exists(), "the socket file is removed on exit");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -161,12 +133,9 @@ fn stock_python_grpcio_drives_the_bridge_over_a_unix_socket() {
         python.exists(),
         "the Python gRPC client is not installed: run scripts/setup"
     );
-    let dir = scratch_dir("python");
+    let dir = scratch("python");
     let socket = dir.join("bridge.sock");
-    let mut bridge = spawn_on_socket(&socket, &[]);
-    wait_for("the socket", || {
-        std::os::unix::net::UnixStream::connect(&socket).is_ok()
-    });
+    let bridge = Launch::on_socket(&socket).start();
     let out = Command::new(python)
         .arg(root.join("tests/python/stock_client.py"))
         .arg(&socket)
@@ -179,9 +148,7 @@ fn stock_python_grpcio_drives_the_bridge_over_a_unix_socket() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("\"ok\": true"), "{stdout}");
-    sigterm(&bridge);
-    let (status, _) = wait_exit(&mut bridge, Duration::from_secs(10));
-    assert!(status.success(), "{status:?}");
+    bridge.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -190,10 +157,11 @@ fn sigterm_ends_open_streams_and_exits_within_the_deadline() {
     use livekit_bridge::proto::live_kit_bridge_client::LiveKitBridgeClient;
     use livekit_bridge::proto::{AudioChunk, JoinRoomRequest};
 
-    let dir = scratch_dir("term");
+    let dir = scratch("term");
     let socket = dir.join("bridge.sock");
-    let mut bridge = spawn_on_socket(&socket, &[("BRIDGE_SHUTDOWN_TIMEOUT_MS", "2000")]);
-    wait_for("the socket", || socket.exists());
+    let mut bridge = Launch::on_socket(&socket)
+        .env("BRIDGE_SHUTDOWN_TIMEOUT_MS", "2000")
+        .start();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (code, reason) = rt.block_on(async {
         let channel = unix::unix_channel(&socket).await;
@@ -225,7 +193,7 @@ fn sigterm_ends_open_streams_and_exits_within_the_deadline() {
             .expect("stream")
             .into_inner();
         assert!(stream.message().await.expect("frame").is_some());
-        sigterm(&bridge);
+        bridge.sigterm();
         loop {
             match stream.message().await {
                 Ok(Some(_)) => continue,
@@ -253,7 +221,7 @@ fn sigterm_ends_open_streams_and_exits_within_the_deadline() {
         (tonic::Code::Unavailable, Some("shutdown")),
         "a drained stream ends with an error status, so the backend rejoins elsewhere"
     );
-    let (status, took) = wait_exit(&mut bridge, Duration::from_secs(5));
+    let (status, took) = bridge.wait_exit(Duration::from_secs(5));
     assert!(status.success(), "{status:?}");
     assert!(
         took < Duration::from_secs(3),
@@ -269,19 +237,13 @@ fn sigterm_ends_open_streams_and_exits_within_the_deadline() {
 #[test]
 fn with_a_token_every_rpc_needs_it_and_the_stock_clients_carrying_it_pass() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = scratch_dir("token");
+    let dir = scratch("token");
     let socket = dir.join("bridge.sock");
     let token = "s3cret-t0ken";
-    let mut bridge = spawn_on_socket(
-        &socket,
-        &[
-            ("BRIDGE_AUTH_TOKEN", token),
-            ("LIVEKIT_GRPC_SOCKET_MODE", "0660"),
-        ],
-    );
-    wait_for("the socket", || {
-        std::os::unix::net::UnixStream::connect(&socket).is_ok()
-    });
+    let bridge = Launch::on_socket(&socket)
+        .env("BRIDGE_AUTH_TOKEN", token)
+        .env("LIVEKIT_GRPC_SOCKET_MODE", "0660")
+        .start();
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&socket)
         .expect("stat")
@@ -320,9 +282,7 @@ fn with_a_token_every_rpc_needs_it_and_the_stock_clients_carrying_it_pass() {
             "{stdout}"
         );
     }
-    sigterm(&bridge);
-    let (status, _) = wait_exit(&mut bridge, Duration::from_secs(10));
-    assert!(status.success(), "{status:?}");
+    bridge.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -332,29 +292,16 @@ fn with_a_token_every_rpc_needs_it_and_the_stock_clients_carrying_it_pass() {
 #[test]
 fn tls_on_tcp_serves_the_backends_client_and_refuses_plaintext() {
     let (ca, cert, key) = files::test_pki();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let mut bridge = Command::new(BIN)
-        .env_clear()
-        .env("PORT", port.to_string())
-        .env("BRIDGE_HOST", "127.0.0.1")
+    let bridge = Launch::on_tcp()
         .env("BRIDGE_TLS_CERT", &cert)
         .env("BRIDGE_TLS_KEY", &key)
         .env("BRIDGE_AUTH_TOKEN", "tls-and-token")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the bridge");
-    wait_for("the TCP port", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+        .start();
+    let addr = bridge.tcp();
     let node = |ca: Option<&Path>| {
         let mut c = Command::new("node");
         c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/stock_client.mjs"))
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(&addr)
             .env("BRIDGE_AUTH_TOKEN", "tls-and-token");
         if let Some(ca) = ca {
             c.env("BRIDGE_CA_FILE", ca);
@@ -372,9 +319,7 @@ fn tls_on_tcp_serves_the_backends_client_and_refuses_plaintext() {
         !node(None).status.success(),
         "a plaintext client was served"
     );
-    sigterm(&bridge);
-    let (status, _) = wait_exit(&mut bridge, Duration::from_secs(10));
-    assert!(status.success(), "{status:?}");
+    bridge.stop();
 
     let toml = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     for (env, key) in [

@@ -7,21 +7,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod common;
-#[path = "common/process.rs"]
-mod process;
 
-use process::{KillOnDrop, ctl, ok, scratch, sigterm, wait_exit};
+use common::process::{BridgeProcess, Launch, ctl, ok, scratch};
 
 const TOKEN: &str = "ctl-token";
 
-fn start(dir: &Path) -> (KillOnDrop, PathBuf) {
-    process::start_on_socket(
-        dir,
-        &[
-            ("BRIDGE_AUTH_TOKEN", TOKEN),
-            ("PLAYBACK_ALLOW_NETS", "127.0.0.0/8"),
-        ],
-    )
+fn start(dir: &Path) -> (BridgeProcess, PathBuf) {
+    let socket = dir.join("bridge.sock");
+    let bridge = Launch::on_socket(&socket)
+        .env("BRIDGE_AUTH_TOKEN", TOKEN)
+        .env("PLAYBACK_ALLOW_NETS", "127.0.0.0/8")
+        .start();
+    (bridge, socket)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,8 +93,7 @@ async fn every_subcommand_against_a_running_bridge() {
         "a session that left is not connected"
     );
 
-    sigterm(&bridge.0);
-    let (status, _) = wait_exit(&mut bridge.0, Duration::from_secs(10));
+    let (status, _) = bridge.stop_within(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
     let unreachable = ctl(&socket, t, &["health"]);
     assert_eq!(unreachable.status.code(), Some(2));

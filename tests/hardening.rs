@@ -3,86 +3,66 @@
 //! log line, or leak what a URL returned. Each test failed before the fix it covers.
 
 mod common;
-#[path = "common/process.rs"]
-mod process;
-#[path = "common/procfs.rs"]
-mod procfs;
-#[path = "common/unix.rs"]
-mod unix;
 
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::http::{HttpServer, Route};
+use common::process::{BIN, BridgeProcess, Launch, scratch};
+use common::procfs;
+use common::unix::unix_channel;
 use livekit_bridge::proto::live_kit_bridge_client::LiveKitBridgeClient;
 use livekit_bridge::proto::{self, AudioChunk};
 use tonic::Code;
 use tonic::transport::Channel;
-use unix::unix_channel;
 
 use common::play::outcome as play;
 use common::{Client, join, join_request};
-use process::{BIN, sigterm, wait_exit, wait_for};
 
-/// A bridge process with its stderr in a file.
+/// A bridge process in a scratch directory of its own, its stderr in `stderr.log` there.
 struct Proc {
-    child: Child,
+    bridge: BridgeProcess,
     dir: PathBuf,
     socket: PathBuf,
+}
+
+/// Every bridge here logs at `info` into `dir`, and may fetch from the tests' audio servers
+/// (on loopback, which the egress policy refuses).
+fn launch(listen: Launch, dir: &Path, log: &str) -> Launch {
+    listen
+        .env("RUST_LOG", "info")
+        .env("PLAYBACK_ALLOW_NETS", "127.0.0.0/8")
+        .log_to(&dir.join(log))
 }
 
 impl Proc {
     /// Starts the bridge on a Unix socket in a fresh directory, under `wrapper` (e.g. prlimit).
     fn start(name: &str, wrapper: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = std::env::temp_dir().join(format!("lkb-hard-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let dir = scratch(&format!("hard-{name}"));
         let socket = dir.join("bridge.sock");
-        let child = Self::spawn(
-            &dir,
-            wrapper,
-            &[&[("LIVEKIT_GRPC_SOCKET", path(&socket))], env].concat(),
-        );
-        let proc = Self { child, dir, socket };
-        wait_for("the socket", || proc.socket.exists());
-        proc
-    }
-
-    fn spawn(dir: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> Child {
-        let log = std::fs::File::create(dir.join("stderr.log")).expect("log file");
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        cmd.env_clear()
-            .env("RUST_LOG", "info")
-            // The tests' audio servers are on loopback, which the egress policy refuses.
-            .env("PLAYBACK_ALLOW_NETS", "127.0.0.0/8")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
+        let bridge = launch(Launch::on_socket(&socket), &dir, "stderr.log")
+            .under(wrapper)
+            .envs(env)
+            .start();
+        Self {
+            bridge,
+            dir,
+            socket,
         }
-        cmd.spawn().expect("start the bridge")
     }
 
     fn pid(&self) -> String {
-        self.child.id().to_string()
+        self.bridge.pid()
     }
 
     fn alive(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
+        self.bridge.alive()
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+        self.bridge.log()
     }
 
     async fn client(&self) -> Client {
@@ -93,21 +73,14 @@ impl Proc {
 
     /// SIGTERM, then the exit status and how long it took.
     fn stop(&mut self) -> (std::process::ExitStatus, Duration) {
-        sigterm(&self.child);
-        wait_exit(&mut self.child, Duration::from_secs(15))
+        self.bridge.stop_within(Duration::from_secs(15))
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -370,34 +343,27 @@ fn raw_connections(addr: &str, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn tcp_bridge(name: &str, nofile: Option<&str>, env: &[(&str, &str)]) -> (Proc, String) {
-    let dir = std::env::temp_dir().join(format!("lkb-hard-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let port = free_port().to_string();
+    let dir = scratch(&format!("hard-{name}"));
     let limit = nofile.map(|n| format!("--nofile={n}"));
     let wrapper: Vec<&str> = match &limit {
         Some(l) => vec!["prlimit", l.as_str(), "--"],
         None => vec![],
     };
-    let env = [
-        &[("PORT", port.as_str()), ("BRIDGE_HOST", "127.0.0.1")],
-        env,
-    ]
-    .concat();
-    let child = Proc::spawn(&dir, &wrapper, &env);
-    let addr = format!("127.0.0.1:{port}");
-    wait_for("the TCP port", || TcpStream::connect(&addr).is_ok());
+    let bridge = launch(Launch::on_tcp(), &dir, "stderr.log")
+        .under(&wrapper)
+        .envs(env)
+        .start();
+    let addr = bridge.tcp();
     let socket = dir.join("unused");
-    (Proc { child, dir, socket }, addr)
+    (
+        Proc {
+            bridge,
+            dir,
+            socket,
+        },
+        addr,
+    )
 }
 
 async fn tcp_health(addr: &str) -> Result<(), String> {
@@ -538,13 +504,13 @@ fn connections_beyond_the_limit_are_closed_at_once() {
 fn a_second_instance_never_takes_a_live_socket_or_deletes_a_file() {
     let mut first = Proc::start("owner", &[], &[]);
     let socket = first.socket.clone();
-    let mut second = Proc::spawn(&first.dir, &[], &[("LIVEKIT_GRPC_SOCKET", path(&socket))]);
-    let status = second.wait().expect("wait");
+    let mut second = launch(Launch::on_socket(&socket), &first.dir, "second.log").spawn();
+    let status = second.child.wait().expect("wait");
     assert!(
         !status.success(),
         "the second instance started on a live socket"
     );
-    let log = std::fs::read_to_string(first.dir.join("stderr.log")).unwrap_or_default();
+    let log = second.log();
     assert!(log.contains("another process is serving on"), "{log}");
     let rt = rt();
     rt.block_on(async {
@@ -556,8 +522,8 @@ fn a_second_instance_never_takes_a_live_socket_or_deletes_a_file() {
     });
     let file = first.dir.join("not-a-socket");
     std::fs::write(&file, b"keep me").expect("write");
-    let mut third = Proc::spawn(&first.dir, &[], &[("LIVEKIT_GRPC_SOCKET", path(&file))]);
-    assert!(!third.wait().expect("wait").success());
+    let mut third = launch(Launch::on_socket(&file), &first.dir, "third.log").spawn();
+    assert!(!third.child.wait().expect("wait").success());
     assert_eq!(
         std::fs::read(&file).expect("the file is still there"),
         b"keep me"
@@ -791,9 +757,10 @@ fn a_room_whose_threads_cannot_start_is_a_failed_join_not_a_broken_session() {
     let bin = dir.join("livekit-bridge");
     std::fs::copy(BIN, &bin).expect("copy the binary");
     let socket = dir.join("bridge.sock");
-    let log = std::fs::File::create(dir.join("stderr.log")).expect("log");
-    let child = Command::new("prlimit")
-        .args([
+    let bridge = Launch::on_socket(&socket)
+        .binary(&bin)
+        .under(&[
+            "prlimit",
             "--nproc=24",
             "--",
             "setpriv",
@@ -801,20 +768,13 @@ fn a_room_whose_threads_cannot_start_is_a_failed_join_not_a_broken_session() {
             "--regid=65534",
             "--clear-groups",
         ])
-        .arg(&bin)
-        .env_clear()
-        .env("LIVEKIT_GRPC_SOCKET", &socket)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start the bridge");
+        .log_to(&dir.join("stderr.log"))
+        .start();
     let mut bridge = Proc {
-        child,
+        bridge,
         dir: dir.clone(),
         socket: socket.clone(),
     };
-    wait_for("the socket", || socket.exists());
     let rt = rt();
     let (joined, refused) = rt.block_on(async {
         let mut client = bridge.client().await;

@@ -8,54 +8,28 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-#[path = "common/process.rs"]
-mod process;
 
+use common::process::{BridgeProcess, Launch, free_port};
 use common::{Client, join, join_ok, open, status};
 use livekit_bridge::proto;
 use livekit_bridge::proto::live_kit_bridge_client::LiveKitBridgeClient;
-use process::{BIN, sigterm, wait_exit};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// The release binary on TCP, with its HTTP listener.
 struct Proc {
-    child: Child,
+    bridge: BridgeProcess,
     grpc: String,
     http: String,
 }
 
 impl Proc {
     fn start(env: &[(&str, &str)]) -> Self {
-        let (grpc_port, http_port) = (free_port(), free_port());
-        let http = format!("127.0.0.1:{http_port}");
-        let mut cmd = Command::new(BIN);
-        cmd.env_clear()
-            .env("PORT", grpc_port.to_string())
-            .env("BRIDGE_HOST", "127.0.0.1")
-            .env("BRIDGE_HTTP_ADDR", &http)
-            .env("RUST_LOG", "warn")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
+        let bridge = Launch::on_tcp().with_http().envs(env).start();
+        let http = format!("http://{}", bridge.http.expect("an HTTP listener"));
+        Self {
+            grpc: format!("http://{}", bridge.tcp()),
+            http,
+            bridge,
         }
-        let p = Self {
-            child: cmd.spawn().expect("start the bridge"),
-            grpc: format!("http://127.0.0.1:{grpc_port}"),
-            http: format!("http://{http}"),
-        };
-        process::wait_for("the bridge's ports", || {
-            std::net::TcpStream::connect(("127.0.0.1", grpc_port)).is_ok()
-                && std::net::TcpStream::connect(("127.0.0.1", http_port)).is_ok()
-        });
-        p
     }
 
     async fn client(&self) -> Client {
@@ -71,10 +45,8 @@ impl Proc {
         (r.status().as_u16(), r.text().await.expect("body"))
     }
 
-    fn stop(mut self) {
-        sigterm(&self.child);
-        let (status, _) = wait_exit(&mut self.child, Duration::from_secs(10));
-        assert!(status.success(), "{status:?}");
+    fn stop(self) {
+        self.bridge.stop();
     }
 }
 

@@ -12,10 +12,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod common;
-#[path = "common/process.rs"]
-mod process;
 
-use process::{ok, scratch, wait_for};
+use common::process::{self, ok, scratch, wait_for};
 
 const IMAGE: &str = "localhost/livekit-bridge:test";
 /// The user the Dockerfile runs the bridge as.

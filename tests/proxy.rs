@@ -4,17 +4,13 @@
 //! refused by the bridge before the proxy hears of it; wrong proxy credentials and an
 //! unreachable proxy fail with messages that name the proxy and never its password.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 mod common;
-#[path = "common/process.rs"]
-mod process;
 
 use common::http::{HttpServer, Route};
-use process::{KillOnDrop, ctl, ok, scratch, sigterm, start_on_socket, wait_exit, wait_for};
+use common::process::{BIN, BridgeProcess, Launch, ctl, free_port, ok, scratch, wait_for};
 
 const USER: &str = "bridge";
 const PASSWORD: &str = "proxy-s3cret";
@@ -71,20 +67,10 @@ impl Drop for Tinyproxy {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn stop(mut bridge: KillOnDrop) {
-    sigterm(&bridge.0);
-    assert!(
-        wait_exit(&mut bridge.0, Duration::from_secs(10))
-            .0
-            .success()
-    );
+/// The bridge on `dir/bridge.sock` with `env`.
+fn start_on_socket(dir: &Path, env: &[(&str, &str)]) -> (BridgeProcess, PathBuf) {
+    let socket = dir.join("bridge.sock");
+    (Launch::on_socket(&socket).envs(env).start(), socket)
 }
 
 fn play(socket: &Path, url: &str) -> std::process::Output {
@@ -155,7 +141,7 @@ async fn playback_goes_through_the_proxy_and_its_faults_are_named() {
         "the proxy was asked for a refused URL"
     );
     assert_eq!(http.requests(), 1);
-    stop(bridge);
+    bridge.stop();
 
     // Wrong credentials: tinyproxy refuses the tunnel (with a 401 rather than a 407, so the
     // client cannot tell why), and the message says where to look.
@@ -178,7 +164,7 @@ async fn playback_goes_through_the_proxy_and_its_faults_are_named() {
     );
     assert!(!denied.contains("not-it"), "the password leaked: {denied}");
     assert_eq!(https.requests(), 1);
-    stop(bridge);
+    bridge.stop();
 
     // No proxy listening: the message names the proxy, not the audio's server.
     let gone_dir = dir.join("gone");
@@ -194,10 +180,10 @@ async fn playback_goes_through_the_proxy_and_its_faults_are_named() {
         )),
         "{unreachable}"
     );
-    stop(bridge);
+    bridge.stop();
 
     // A proxy URL the bridge cannot use stops it at start-up, naming the setting.
-    let bad = Command::new(process::BIN)
+    let bad = Command::new(BIN)
         .env_clear()
         .env("PLAYBACK_PROXY", "socks5://u:hunter2@127.0.0.1:1080")
         .output()

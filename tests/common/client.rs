@@ -1,6 +1,5 @@
-//! The calls every driver of the bridge makes (tests, benchmarks, fuzz targets): join a room,
-//! open its StreamAudio, read it to its end. Each includes this file and uses part of it.
-#![allow(dead_code)]
+//! The calls every driver of the bridge makes (tests and benchmarks): join a room, open its
+//! StreamAudio, read it to its end.
 
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
 //! Files the tests play and serve, made by Debian's tools: audio by sox and lame, a CA and a
 //! server certificate by openssl. Made once per test process in its own directory.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -1,10 +1,15 @@
-//! An in-process bridge served over a real TCP socket on loopback, and helpers to drive it.
+//! What the tests and benchmarks share: an in-process bridge served over a real TCP socket on
+//! loopback, the release binary as a process ([`process`]), clients, fixtures and `/proc`.
+//! Every test binary uses a different subset, hence the one `dead_code` allowance here.
 #![allow(dead_code)]
 
 pub mod client;
 pub mod files;
 pub mod http;
 pub mod play;
+pub mod process;
+pub mod procfs;
+pub mod unix;
 
 pub use client::*;
 

@@ -1,5 +1,4 @@
 //! What /proc says of a process: resident memory, CPU time and threads.
-#![allow(dead_code)] // shared by tests and benches; not every user needs every function
 
 /// The name and CPU seconds (user + system) in a `stat` file's text: "pid (name) state ...",
 /// where the name may hold spaces and parentheses; utime and stime are the 12th and 13th
