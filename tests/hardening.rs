@@ -19,7 +19,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use common::play::outcome as play;
-use common::{Client, join, join_request};
+use common::{Client, join, join_ok, join_request, leave};
 
 /// A bridge process in a scratch directory of its own, its stderr in `stderr.log` there.
 struct Proc {
@@ -449,6 +449,110 @@ fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
         "expected one warning per burst, got {warnings}:\n{log}"
     );
     assert!(log.contains("accepting connections again"), "{log}");
+}
+
+/// A backend that stops reading one stream while its room produces as fast as the bridge takes
+/// audio (`pace=max`): the bridge holds the ring and the stream's HTTP/2 window for it and no
+/// more, so its memory stays flat while the room keeps pushing, and the other stream keeps
+/// real time. An unbounded buffer anywhere between the ring and the socket would take the
+/// tone at full speed, the ring would never fill, and memory would grow by megabytes a second.
+#[test]
+fn a_client_that_stops_reading_costs_bounded_memory_and_slows_no_one() {
+    let dir = scratch("hard-stuck");
+    let socket = dir.join("bridge.sock");
+    let bridge = launch(Launch::on_socket(&socket), &dir, "stderr.log")
+        .with_http()
+        .start();
+    let metrics = format!("http://{}/metrics", bridge.http.expect("HTTP"));
+    let mut bridge = Proc {
+        bridge,
+        dir,
+        socket,
+    };
+    let pid = bridge.pid();
+    let dropped_full = || async {
+        let text = reqwest::get(&metrics)
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("body");
+        text.lines()
+            .find_map(|l| l.strip_prefix("livekit_bridge_frames_total{outcome=\"dropped_full\"} "))
+            .map_or(0, |v| v.trim().parse::<u64>().expect("a count"))
+    };
+    let rt = rt();
+    let (baseline, full, flat, pushed) = rt.block_on(async {
+        let mut c = bridge.client().await;
+        join_ok(&mut c, "live", "sim://tone?hz=1000").await;
+        let mut live = common::open(&mut c, "live").await;
+        live.frame().await;
+        let baseline = rss_kib(&pid);
+        join_ok(&mut c, "stuck", "sim://tone?pace=max").await;
+        let _stuck = common::open(&mut c, "stuck").await; // never read
+        let start = Instant::now();
+        while dropped_full().await == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the stuck ring never filled"
+            );
+            live.frame().await;
+        }
+        let (full, before) = (rss_kib(&pid), dropped_full().await);
+        // Two seconds of the live stream, read as the backend reads it.
+        let start = Instant::now();
+        for _ in 0..200 {
+            live.frame().await;
+        }
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_millis(2_500),
+            "the live stream fell behind: 2 s of audio took {took:?}"
+        );
+        let (flat, pushed) = (rss_kib(&pid), dropped_full().await - before);
+        // Leaving ends the stuck stream on the bridge's side even though its client reads
+        // nothing.
+        drop(live);
+        assert!(leave(&mut c, "stuck").await.success);
+        let start = Instant::now();
+        loop {
+            let health = c
+                .health_check(proto::HealthCheckRequest::default())
+                .await
+                .expect("health")
+                .into_inner();
+            if health.active_streams == 0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the stuck stream did not end"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (baseline, full, flat, pushed)
+    });
+    println!(
+        "RESULT stuck_rss_growth_kib={} stuck_rss_drift_kib={} stuck_pushes_refused={pushed}",
+        full.saturating_sub(baseline),
+        flat.saturating_sub(full)
+    );
+    assert!(
+        pushed > 1_000,
+        "the stuck room kept pushing into its full ring ({pushed} refused pushes in 2 s)"
+    );
+    assert!(
+        flat.saturating_sub(full) < 1_024,
+        "memory grew by {} KiB in 2 s while a client read nothing",
+        flat.saturating_sub(full)
+    );
+    assert!(
+        full.saturating_sub(baseline) < 8 * 1_024,
+        "a stuck stream costs {} KiB",
+        full.saturating_sub(baseline)
+    );
+    let (status, _) = bridge.stop();
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]

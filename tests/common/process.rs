@@ -178,10 +178,19 @@ impl Launch {
         }
     }
 
-    /// Starts the process and returns once every listener it was given accepts.
+    /// Starts the process and returns once every listener it was given accepts; fails the
+    /// test at once if the bridge exits first (a bad setting exits 64 and says why on stderr).
     pub fn start(self) -> BridgeProcess {
-        let bridge = self.spawn();
-        wait_for("the bridge's listeners", || bridge.listening());
+        let mut bridge = self.spawn();
+        wait_for("the bridge's listeners", || {
+            if let Some(status) = bridge.child.try_wait().expect("try_wait") {
+                panic!(
+                    "the bridge exited before it listened: {status}\n{}",
+                    bridge.log()
+                );
+            }
+            bridge.listening()
+        });
         bridge
     }
 }
