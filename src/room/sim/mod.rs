@@ -10,16 +10,18 @@
 //! `echo` room and a `pace=max` tone, driven by what the bridge publishes or takes rather than
 //! by a clock, each keep a thread of their own.
 //!
-//! The URL's grammar, every parameter and its default, is in `docs/backend.md` (the simulated
-//! room), written once; [`SimSpec::parse`] implements it and names what is wrong with a URL.
-//! Identities are kicked as LiveKit kicks them, on one simulated server per bridge (or per
-//! `server=` name, shared by every bridge in the process that names it): a join to a room
-//! where the bridge's identity is already connected kicks the older participant with
-//! `DUPLICATE_IDENTITY`, `kick_delay_ms` after the newer join (with 0, before it completes).
-//! A sim room has no token to read room and identity from: they are the join's `room_name`
-//! and token, or the user's own where either is empty (`room_and_identity`).
+//! The URL ([`spec`]) says what the room does. Identities are kicked as LiveKit kicks them, on
+//! one simulated server per bridge (or per `server=` name, shared by every bridge in the
+//! process that names it; [`server`]): a join to a room where the bridge's identity is already
+//! connected kicks the older participant with `DUPLICATE_IDENTITY`, `kick_delay_ms` after the
+//! newer join (with 0, before it completes). The tone is in [`tone`].
 
 mod pacer;
+mod server;
+mod spec;
+mod tone;
+
+pub use spec::{Mode, Pace, SimSpec, Via};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -34,189 +36,8 @@ use super::{
     RoomError, RoomEvents,
 };
 use crate::audio::{PushOutcome, format};
-
-/// What a simulated room does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Tone,
-    Echo,
-    Silent,
-}
-
-/// How a simulated room delivers the target's audio.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Via {
-    /// Data packets (`RoomEvents::on_data`).
-    Data,
-    /// Frames of the target's audio track (`RoomEvents::on_track_audio`).
-    Track,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pace {
-    Realtime,
-    Max,
-}
-
-/// A parsed `sim://` URL (grammar: `docs/backend.md`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct SimSpec {
-    pub mode: Mode,
-    pub hz: f64,
-    pub level: f64,
-    pub frame_ms: u32,
-    pub pace: Pace,
-    pub frames: Option<u64>,
-    pub identity: Option<String>,
-    pub via: Via,
-    pub chatter_ms: u64,
-    pub participants: u32,
-    pub join_after_ms: Option<u64>,
-    pub linger_ms: u64,
-    pub drop_after_ms: Option<u64>,
-    pub drop_reason: DisconnectCause,
-    pub kick_delay_ms: u64,
-    pub server: Option<String>,
-    pub fail: Option<String>,
-    pub connect_delay_ms: u64,
-}
-
-impl SimSpec {
-    pub fn parse(url: &str) -> Result<Self, RoomError> {
-        let bad = |what: String| RoomError::InvalidUrl(format!("{url:?}: {what}"));
-        let rest = url
-            .get(..6)
-            .filter(|s| s.eq_ignore_ascii_case("sim://"))
-            .map(|_| &url[6..])
-            .ok_or_else(|| bad("not a sim:// URL".into()))?;
-        let (mode, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let mode = match mode.trim_end_matches('/') {
-            "tone" => Mode::Tone,
-            "echo" => Mode::Echo,
-            "silent" => Mode::Silent,
-            "" => {
-                return Err(bad(
-                    "no mode: use sim://tone, sim://echo or sim://silent".into()
-                ));
-            }
-            other => return Err(bad(format!("unknown mode {other:?} (tone, echo, silent)"))),
-        };
-        let mut spec = SimSpec {
-            mode,
-            hz: 440.0,
-            level: 0.5,
-            frame_ms: 10,
-            pace: Pace::Realtime,
-            frames: None,
-            identity: None,
-            via: Via::Data,
-            chatter_ms: 20,
-            participants: 2,
-            join_after_ms: None,
-            linger_ms: 20,
-            drop_after_ms: None,
-            drop_reason: DisconnectCause::Lost,
-            kick_delay_ms: 0,
-            server: None,
-            fail: None,
-            connect_delay_ms: 0,
-        };
-        let mut seen: Vec<&str> = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
-            // Each parameter once: a repeat is a mistake (which one was meant?), and refusing it
-            // also bounds the work a URL can ask for to the few known parameters.
-            if seen.contains(&key) {
-                return Err(bad(format!("parameter {key:?} is given more than once")));
-            }
-            seen.push(key);
-            let value = percent_decode(raw).ok_or_else(|| bad(format!("bad escape in {key}")))?;
-            let num = |lo: u64, hi: u64| {
-                value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (lo..=hi).contains(n))
-                    .ok_or_else(|| bad(format!("{key} must be an integer in {lo}..={hi}")))
-            };
-            let unit = || {
-                value
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|x| (0.0..=1.0).contains(x))
-                    .ok_or_else(|| bad(format!("{key} must be a number in 0..=1")))
-            };
-            const DAY_MS: u64 = 86_400_000;
-            match key {
-                "hz" => {
-                    spec.hz = value
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|x| (1.0..8000.0).contains(x))
-                        .ok_or_else(|| bad("hz must be a number in 1..8000".into()))?
-                }
-                "level" => spec.level = unit()?,
-                "frame_ms" => spec.frame_ms = num(1, 100)? as u32,
-                "pace" => {
-                    spec.pace = match value.as_str() {
-                        "realtime" => Pace::Realtime,
-                        "max" => Pace::Max,
-                        _ => return Err(bad("pace must be realtime or max".into())),
-                    }
-                }
-                "frames" => spec.frames = Some(num(0, u64::MAX)?),
-                "identity" => spec.identity = Some(value),
-                "via" => {
-                    spec.via = match value.as_str() {
-                        "data" => Via::Data,
-                        "track" => Via::Track,
-                        _ => return Err(bad("via must be data or track".into())),
-                    }
-                }
-                "chatter_ms" => spec.chatter_ms = num(1, DAY_MS)?,
-                "participants" => spec.participants = num(1, 10_000)? as u32,
-                "join_after_ms" => spec.join_after_ms = Some(num(0, DAY_MS)?),
-                "linger_ms" => spec.linger_ms = num(0, 60_000)?,
-                "drop_after_ms" => spec.drop_after_ms = Some(num(0, DAY_MS)?),
-                "drop_reason" => {
-                    spec.drop_reason = match value.as_str() {
-                        "lost" => DisconnectCause::Lost,
-                        "removed" => DisconnectCause::Removed,
-                        "deleted" => DisconnectCause::RoomDeleted,
-                        "duplicate_identity" => DisconnectCause::DuplicateIdentity,
-                        _ => {
-                            return Err(bad(
-                                "drop_reason must be lost, removed, deleted or duplicate_identity"
-                                    .into(),
-                            ));
-                        }
-                    }
-                }
-                "kick_delay_ms" => spec.kick_delay_ms = num(0, 60_000)?,
-                "server" => spec.server = Some(value),
-                "fail" => spec.fail = Some(value),
-                "connect_delay_ms" => spec.connect_delay_ms = num(0, DAY_MS)?,
-                _ => return Err(bad(format!("unknown parameter {key:?}"))),
-            }
-        }
-        Ok(spec)
-    }
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'%' => {
-                let hex = [bytes.next()?, bytes.next()?];
-                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-    }
-    String::from_utf8(out).ok()
-}
+use server::{Lifetime, Participant};
+use tone::{Tone, ToneJob};
 
 /// The simulated backend. Keeps, per room name, the tracks the bridge published into the
 /// latest room of that name (until it disconnects), and counts its rooms' live callback
@@ -299,48 +120,6 @@ impl RoomBackend for SimBackend {
     }
 }
 
-/// When the room's threads stop: `linger_ms` after disconnect was asked for or the server
-/// dropped the room. Its atomic is Relaxed: the threads poll it for its own value, and nothing
-/// else is published through it.
-struct Lifetime {
-    started: Instant,
-    /// Milliseconds after `started` when the stop was asked for; `u64::MAX` while running.
-    stop_asked_ms: AtomicU64,
-    linger_ms: u64,
-    /// When the simulated server kicks this participant for a newer one with its identity.
-    kick_at: Mutex<Option<Instant>>,
-}
-
-impl Lifetime {
-    fn ask_stop(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
-        let _ = self.stop_asked_ms.compare_exchange(
-            u64::MAX,
-            now,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-    }
-
-    /// The simulated server kicks this participant `after` from now.
-    fn kick_after(&self, after: Duration) {
-        *lock(&self.kick_at) = Some(Instant::now() + after);
-    }
-
-    fn kick_due(&self, now: Instant) -> bool {
-        lock(&self.kick_at).is_some_and(|at| now >= at)
-    }
-
-    fn stopping(&self) -> bool {
-        self.stop_asked_ms.load(Ordering::Relaxed) != u64::MAX
-    }
-
-    fn over(&self) -> bool {
-        let asked = self.stop_asked_ms.load(Ordering::Relaxed);
-        asked != u64::MAX && self.started.elapsed().as_millis() as u64 >= asked + self.linger_ms
-    }
-}
-
 struct SimRoom {
     participant_id: String,
     room_name: String,
@@ -353,47 +132,6 @@ struct SimRoom {
 
 static ROOMS: AtomicU64 = AtomicU64::new(0);
 
-/// (server, room name, the bridge's identity): one participant of a simulated server.
-type Participant = (String, String, String);
-
-/// The simulated server's participants, shared by every bridge in the process: the live room
-/// of each (room name, identity).
-fn participants() -> &'static Mutex<HashMap<Participant, Arc<Lifetime>>> {
-    static PARTICIPANTS: std::sync::OnceLock<Mutex<HashMap<Participant, Arc<Lifetime>>>> =
-        std::sync::OnceLock::new();
-    PARTICIPANTS.get_or_init(Mutex::default)
-}
-
-/// The room a sim join enters and the identity it enters as, where a LiveKit token would name
-/// both: the join's `room_name` and token, or the user's own where either is empty.
-fn room_and_identity(request: &ConnectRequest) -> (String, String) {
-    let room = if request.room_name.is_empty() {
-        request.user_id.clone()
-    } else {
-        request.room_name.clone()
-    };
-    let identity = if request.token.is_empty() {
-        format!("cloud-agent:{}", request.user_id)
-    } else {
-        request.token.clone()
-    };
-    (room, identity)
-}
-
-impl SimRoom {
-    /// Leaves the simulated server, unless a newer participant with its identity took its
-    /// place.
-    fn leave_server(&self) {
-        let mut all = lock(participants());
-        if all
-            .get(&self.participant)
-            .is_some_and(|life| Arc::ptr_eq(life, &self.life))
-        {
-            all.remove(&self.participant);
-        }
-    }
-}
-
 impl SimRoom {
     fn start(
         spec: SimSpec,
@@ -404,16 +142,10 @@ impl SimRoom {
         live: Arc<AtomicUsize>,
     ) -> Result<(Self, Option<Arc<Lifetime>>), RoomError> {
         let n = ROOMS.fetch_add(1, Ordering::Relaxed);
-        let life = Arc::new(Lifetime {
-            started: Instant::now(),
-            stop_asked_ms: AtomicU64::new(u64::MAX),
-            linger_ms: spec.linger_ms,
-            kick_at: Mutex::new(None),
-        });
-        let (room_name, bridge_identity) = room_and_identity(&request);
-        let participant = (server, room_name.clone(), bridge_identity);
-        let older = lock(participants()).insert(participant.clone(), life.clone());
-        let older = older.filter(|o| !o.stopping());
+        let life = Arc::new(Lifetime::new(spec.linger_ms));
+        let participant = Participant::joining(server, &request);
+        let room_name = participant.room.clone();
+        let older = participant.enter(&life);
         let identity = spec.identity.clone().unwrap_or(request.target_identity);
         lock(&tracks).insert(room_name.clone(), Vec::new());
         let ctx = Ctx {
@@ -563,93 +295,6 @@ impl Ctx {
     }
 }
 
-/// The tone's samples, one packet at a time: a sequence byte, then PCM16 LE.
-struct Tone {
-    packet: Vec<u8>,
-    phase: f64,
-    step: f64,
-    /// `2 cos(step)`, the recurrence's factor.
-    k: f64,
-    amplitude: f64,
-}
-
-impl Tone {
-    fn new(ctx: &Ctx) -> Self {
-        Self::with(ctx.spec.hz, ctx.spec.level, ctx.frame_bytes())
-    }
-
-    fn with(hz: f64, level: f64, frame_bytes: usize) -> Self {
-        let step = std::f64::consts::TAU * hz / f64::from(format::SAMPLE_RATE);
-        Self {
-            packet: vec![0u8; 1 + frame_bytes],
-            phase: 0.0,
-            step,
-            k: 2.0 * step.cos(),
-            amplitude: level * f64::from(i16::MAX),
-        }
-    }
-
-    /// The next packet. Two sines per packet, then the recurrence
-    /// `sin(x + h) = 2 cos(h) sin(x) - sin(x - h)` for its samples: a load test measures the
-    /// bridge, not the simulator's sine (a `sin` per sample was a third of its CPU at 1,000
-    /// rooms). Restarting from the tracked phase every packet keeps the error at rounding.
-    fn next(&mut self, seq: u64) -> &[u8] {
-        self.packet[0] = seq as u8;
-        let k = self.k;
-        let (mut prev, mut cur) = ((self.phase - self.step).sin(), self.phase.sin());
-        let mut n = 0usize;
-        for s in self.packet[1..].chunks_exact_mut(2) {
-            s.copy_from_slice(&((cur * self.amplitude) as i16).to_le_bytes());
-            (prev, cur) = (cur, k * cur - prev);
-            n += 1;
-        }
-        self.phase = (self.phase + self.step * n as f64) % std::f64::consts::TAU;
-        &self.packet
-    }
-}
-
-/// A real-time tone on a pacer: one packet every `frame_ms`, on schedule (a late pacer catches
-/// up packet by packet, as a real room's jitter buffer would release them), until `frames` are
-/// sent; then it idles until the room's lifetime is over.
-struct ToneJob {
-    ctx: Ctx,
-    tone: Tone,
-    period: Duration,
-    next: Option<Instant>,
-    seq: u64,
-    _alive: Alive,
-}
-
-impl ToneJob {
-    fn new(ctx: Ctx, alive: Alive) -> Self {
-        Self {
-            tone: Tone::new(&ctx),
-            period: Duration::from_millis(ctx.spec.frame_ms.into()),
-            ctx,
-            next: None,
-            seq: 0,
-            _alive: alive,
-        }
-    }
-}
-
-impl pacer::Job for ToneJob {
-    fn step(&mut self, now: Instant) -> Option<Instant> {
-        if self.ctx.life.over() {
-            return None;
-        }
-        if self.ctx.spec.frames.is_some_and(|n| self.seq >= n) {
-            return Some(now + IDLE_POLL);
-        }
-        let packet = self.tone.next(self.seq);
-        self.ctx.deliver(packet);
-        self.seq += 1;
-        let next = self.next.unwrap_or(now) + self.period;
-        self.next = Some(next);
-        Some(next)
-    }
-}
-
 /// The reliable path: non-audio packets every `chatter_ms`, participant and server-disconnect
 /// events when they are due; it runs at least every 20 ms to notice them.
 struct ReliableJob {
@@ -754,7 +399,7 @@ impl Room for SimRoom {
     fn disconnect(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.life.ask_stop();
-            self.leave_server();
+            self.participant.leave(&self.life);
             lock(&self.echo).take();
             lock(&self.tracks).remove(&self.room_name);
         })
@@ -764,62 +409,6 @@ impl Room for SimRoom {
 impl Drop for SimRoom {
     fn drop(&mut self) {
         self.life.ask_stop();
-        self.leave_server();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_tone_matches_a_sine_per_sample_to_the_last_bit() {
-        for hz in [440.0, 1000.0, 7999.5] {
-            let mut tone = Tone::with(hz, 0.5, 320);
-            let step = std::f64::consts::TAU * hz / f64::from(format::SAMPLE_RATE);
-            let mut worst = 0i32;
-            for seq in 0..6000u64 {
-                let packet = tone.next(seq).to_vec();
-                assert_eq!(packet[0], seq as u8);
-                for (i, s) in packet[1..].chunks_exact(2).enumerate() {
-                    let n = seq as f64 * 160.0 + i as f64;
-                    let want = ((step * n).sin() * 0.5 * f64::from(i16::MAX)) as i32;
-                    let got = i32::from(i16::from_le_bytes([s[0], s[1]]));
-                    worst = worst.max((got - want).abs());
-                }
-            }
-            assert!(worst <= 1, "{hz} Hz: {worst} LSB off after 60 s");
-        }
-    }
-
-    #[test]
-    fn the_grammar_parses_and_rejects_clearly() {
-        let kicked = SimSpec::parse("sim://silent?drop_after_ms=5&drop_reason=removed&server=s1")
-            .expect("valid");
-        assert_eq!(kicked.drop_reason, DisconnectCause::Removed);
-        assert_eq!(kicked.server.as_deref(), Some("s1"));
-        assert!(SimSpec::parse("sim://silent?drop_reason=bored").is_err());
-        let s = SimSpec::parse("sim://tone?hz=1000&frame_ms=20&pace=max&fail=room%20full")
-            .expect("valid");
-        assert_eq!(
-            (s.mode, s.hz, s.frame_ms, s.pace),
-            (Mode::Tone, 1000.0, 20, Pace::Max)
-        );
-        assert_eq!(s.fail.as_deref(), Some("room full"));
-        assert_eq!(SimSpec::parse("sim://echo").map(|s| s.mode), Ok(Mode::Echo));
-        for bad in [
-            "sim://noise",
-            "sim://",
-            "sim://?hz=440",
-            "sim://tone?hz=440&hz=441",
-            "sim://tone?frame_ms=0",
-            "sim://tone?hz=abc",
-            "sim://tone?colour=red",
-            "sim://tone?fail=%zz",
-            "ws://tone",
-        ] {
-            let err = SimSpec::parse(bad).expect_err(bad);
-            assert!(matches!(err, RoomError::InvalidUrl(_)), "{bad}: {err}");
-        }
+        self.participant.leave(&self.life);
     }
 }
