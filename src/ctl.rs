@@ -16,7 +16,7 @@
 //! reached or the command line is wrong.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tonic::metadata::MetadataValue;
@@ -149,86 +149,17 @@ pub async fn run(ctl: Ctl, out: &mut dyn Write) -> Result<(), CtlError> {
         ),
         None => None,
     };
-    let calls = Calls {
-        token,
-        timeout: Duration::from_secs(ctl.timeout_s),
-    };
-    let mut client = LiveKitBridgeClient::new(channel);
-    let say = |out: &mut dyn Write, line: String| {
-        let _ = writeln!(out, "{line}");
+    let mut bridge = Bridge {
+        client: LiveKitBridgeClient::new(channel),
+        calls: Calls {
+            token,
+            timeout: Duration::from_secs(ctl.timeout_s),
+        },
+        out,
     };
     match ctl.action {
-        Action::Health => {
-            let h = client
-                .health_check(calls.unary(proto::HealthCheckRequest::default()))
-                .await?
-                .into_inner();
-            let status = proto::health_check_response::ServingStatus::try_from(h.status)
-                .map_or_else(|_| h.status.to_string(), |s| s.as_str_name().to_string());
-            say(
-                out,
-                format!(
-                    "{status}: {} sessions, {} streams, up {} s",
-                    h.active_sessions, h.active_streams, h.uptime_seconds
-                ),
-            );
-            let mut metadata: Vec<_> = h.metadata.into_iter().collect();
-            metadata.sort();
-            for (k, v) in metadata {
-                say(out, format!("  {k}: {v}"));
-            }
-            if status != "SERVING" {
-                return Err(CtlError::Failed(format!("the bridge is {status}")));
-            }
-        }
-        Action::Status { user } => {
-            let response = client
-                .get_status(calls.unary(proto::BridgeStatusRequest {
-                    user_id: user.clone(),
-                }))
-                .await?;
-            let headers = response.metadata().clone();
-            let s = response.into_inner();
-            let header = |k: &str| {
-                headers
-                    .get(k)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-")
-                    .to_string()
-            };
-            let ago = |k: &str| match header(k) {
-                v if v.parse::<f64>().is_ok() => format!("{v} s ago"),
-                v => v,
-            };
-            say(
-                out,
-                format!(
-                    "{user}: {} ({}), participant {:?}, {} in the room",
-                    if s.connected {
-                        "connected"
-                    } else {
-                        "not connected"
-                    },
-                    header("x-bridge-session-state"),
-                    s.participant_id,
-                    s.participant_count
-                ),
-            );
-            say(
-                out,
-                format!(
-                    "  target audio: {}; delivered to a stream: {}",
-                    ago("x-bridge-target-audio-age-s"),
-                    ago("x-bridge-delivered-audio-age-s")
-                ),
-            );
-            if !s.last_disconnect_reason.is_empty() {
-                say(out, format!("  ended: {}", s.last_disconnect_reason));
-            }
-            if !s.connected {
-                return Err(CtlError::Failed(format!("{user} is not connected")));
-            }
-        }
+        Action::Health => bridge.health().await,
+        Action::Status { user } => bridge.status(&user).await,
         Action::Join {
             user,
             url,
@@ -236,85 +167,32 @@ pub async fn run(ctl: Ctl, out: &mut dyn Write) -> Result<(), CtlError> {
             target,
             room,
         } => {
-            let r = client
-                .join_room(calls.unary(proto::JoinRoomRequest {
-                    room_name: room.unwrap_or_else(|| user.clone()),
-                    target_identity: target.unwrap_or_else(|| user.clone()),
-                    user_id: user.clone(),
-                    token,
-                    livekit_url: url,
-                }))
-                .await?
-                .into_inner();
-            if !r.success {
-                return Err(CtlError::Failed(format!("join failed: {}", r.error)));
-            }
-            say(
-                out,
-                format!(
-                    "{user} joined as {}; {} in the room",
-                    r.participant_id, r.participant_count
-                ),
-            );
+            let request = proto::JoinRoomRequest {
+                room_name: room.unwrap_or_else(|| user.clone()),
+                target_identity: target.unwrap_or_else(|| user.clone()),
+                user_id: user,
+                token,
+                livekit_url: url,
+            };
+            bridge.join(request).await
         }
-        Action::Leave { user } => {
-            let r = client
-                .leave_room(calls.unary(proto::LeaveRoomRequest {
-                    user_id: user.clone(),
-                    reason: "ctl".into(),
-                }))
-                .await?
-                .into_inner();
-            if !r.success {
-                return Err(CtlError::Failed(format!("leave failed: {}", r.error)));
-            }
-            say(out, format!("{user} left"));
-        }
-        Action::Stop { user } => {
-            let r = client
-                .stop_audio(calls.unary(proto::StopAudioRequest {
-                    user_id: user.clone(),
-                    ..Default::default()
-                }))
-                .await?
-                .into_inner();
-            say(out, format!("{user}: {r:?}"));
-        }
+        Action::Leave { user } => bridge.leave(&user).await,
+        Action::Stop { user } => bridge.stop(&user).await,
         Action::Play {
             user,
             url,
             track,
             volume,
         } => {
-            let request_id = format!("ctl-{}", std::process::id());
-            let mut events = client
-                .play_audio(calls.request(proto::PlayAudioRequest {
-                    request_id,
-                    audio_url: url,
-                    volume,
-                    stop_other: false,
-                    user_id: user,
-                    track_id: track,
-                }))
-                .await?
-                .into_inner();
-            while let Some(e) = events.message().await? {
-                match EventType::try_from(e.r#type) {
-                    Ok(EventType::Started) => say(out, "started".into()),
-                    Ok(EventType::Progress) => say(out, format!("playing: {} ms", e.position_ms)),
-                    Ok(EventType::Completed) => {
-                        say(out, format!("completed: {} ms", e.duration_ms));
-                        return Ok(());
-                    }
-                    Ok(EventType::Failed) => {
-                        return Err(CtlError::Failed(format!("playback failed: {}", e.error)));
-                    }
-                    _ => {}
-                }
-            }
-            return Err(CtlError::Failed(
-                "the playback ended without a final event".into(),
-            ));
+            let request = proto::PlayAudioRequest {
+                request_id: format!("ctl-{}", std::process::id()),
+                audio_url: url,
+                volume,
+                stop_other: false,
+                user_id: user,
+                track_id: track,
+            };
+            bridge.play(request).await
         }
         Action::Record {
             user,
@@ -324,81 +202,212 @@ pub async fn run(ctl: Ctl, out: &mut dyn Write) -> Result<(), CtlError> {
             if !(seconds > 0.0 && seconds <= 86_400.0) {
                 return Err(CtlError::Usage("--seconds must be in (0, 86400]".into()));
             }
-            record(&mut client, &calls, &user, seconds, &path, out).await?;
+            bridge.record(&user, seconds, &path).await
         }
     }
-    Ok(())
 }
 
-async fn record(
-    client: &mut LiveKitBridgeClient<Channel>,
-    calls: &Calls,
-    user: &str,
-    seconds: f64,
-    path: &PathBuf,
-    out: &mut dyn Write,
-) -> Result<(), CtlError> {
-    let spec = hound::WavSpec {
-        channels: format::CHANNELS as u16,
-        sample_rate: format::SAMPLE_RATE,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut wav = hound::WavWriter::create(path, spec)
-        .map_err(|e| CtlError::Usage(format!("cannot write {}: {e}", path.display())))?;
-    // The first chunk names the session; the stream then stays open for the room's audio.
-    let first = proto::AudioChunk {
-        user_id: user.to_string(),
-        sample_rate: format::SAMPLE_RATE as i32,
-        channels: format::CHANNELS as i32,
-        ..Default::default()
-    };
-    let mut stream = client
-        .stream_audio(calls.request(tokio_stream::once(first)))
-        .await?
-        .into_inner();
-    let wanted = (seconds * f64::from(format::SAMPLE_RATE)) as u64;
-    let (mut samples, started) = (0u64, Instant::now());
-    let mut last_report = Instant::now();
-    while samples < wanted {
-        let left = Duration::from_secs_f64(seconds) + Duration::from_secs(10);
-        let chunk = tokio::time::timeout(left.saturating_sub(started.elapsed()), stream.message())
-            .await
-            .map_err(|_| CtlError::Failed(format!("no audio for {user} in time")))??;
-        let Some(chunk) = chunk else {
-            let _ = writeln!(out);
-            return Err(CtlError::Failed(format!(
-                "the stream ended after {:.2} s of audio",
-                samples as f64 / f64::from(format::SAMPLE_RATE)
-            )));
-        };
-        for pair in chunk.pcm_data.chunks_exact(2) {
-            if samples >= wanted {
-                break;
-            }
-            wav.write_sample(i16::from_le_bytes([pair[0], pair[1]]))
-                .map_err(|e| CtlError::Usage(format!("writing {}: {e}", path.display())))?;
-            samples += 1;
-        }
-        if last_report.elapsed() >= Duration::from_millis(500) {
-            let _ = write!(
-                out,
-                "\rrecording {user}: {:.1} / {seconds:.1} s",
-                samples as f64 / f64::from(format::SAMPLE_RATE)
-            );
-            let _ = out.flush();
-            last_report = Instant::now();
-        }
+/// The bridge `ctl` talks to and where it prints: one method per action.
+struct Bridge<'a> {
+    client: LiveKitBridgeClient<Channel>,
+    calls: Calls,
+    out: &'a mut dyn Write,
+}
+
+impl Bridge<'_> {
+    fn say(&mut self, line: String) {
+        let _ = writeln!(self.out, "{line}");
     }
-    wav.finalize()
-        .map_err(|e| CtlError::Usage(format!("writing {}: {e}", path.display())))?;
-    let _ = writeln!(
-        out,
-        "\rrecorded {:.2} s of {user} into {}",
-        samples as f64 / f64::from(format::SAMPLE_RATE),
-        path.display()
-    );
-    Ok(())
+
+    /// HealthCheck; fails unless the bridge is SERVING.
+    async fn health(&mut self) -> Result<(), CtlError> {
+        let request = self.calls.unary(proto::HealthCheckRequest::default());
+        let h = self.client.health_check(request).await?.into_inner();
+        let status = proto::health_check_response::ServingStatus::try_from(h.status)
+            .map_or_else(|_| h.status.to_string(), |s| s.as_str_name().to_string());
+        self.say(format!(
+            "{status}: {} sessions, {} streams, up {} s",
+            h.active_sessions, h.active_streams, h.uptime_seconds
+        ));
+        let mut metadata: Vec<_> = h.metadata.into_iter().collect();
+        metadata.sort();
+        for (k, v) in metadata {
+            self.say(format!("  {k}: {v}"));
+        }
+        if status != "SERVING" {
+            return Err(CtlError::Failed(format!("the bridge is {status}")));
+        }
+        Ok(())
+    }
+
+    /// GetStatus, with the session's state and audio ages from its headers; fails unless the
+    /// user is connected.
+    async fn status(&mut self, user: &str) -> Result<(), CtlError> {
+        let request = self.calls.unary(proto::BridgeStatusRequest {
+            user_id: user.to_string(),
+        });
+        let response = self.client.get_status(request).await?;
+        let headers = response.metadata().clone();
+        let s = response.into_inner();
+        let header = |k: &str| {
+            headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string()
+        };
+        let ago = |k: &str| match header(k) {
+            v if v.parse::<f64>().is_ok() => format!("{v} s ago"),
+            v => v,
+        };
+        self.say(format!(
+            "{user}: {} ({}), participant {:?}, {} in the room",
+            if s.connected {
+                "connected"
+            } else {
+                "not connected"
+            },
+            header("x-bridge-session-state"),
+            s.participant_id,
+            s.participant_count
+        ));
+        self.say(format!(
+            "  target audio: {}; delivered to a stream: {}",
+            ago("x-bridge-target-audio-age-s"),
+            ago("x-bridge-delivered-audio-age-s")
+        ));
+        if !s.last_disconnect_reason.is_empty() {
+            self.say(format!("  ended: {}", s.last_disconnect_reason));
+        }
+        if !s.connected {
+            return Err(CtlError::Failed(format!("{user} is not connected")));
+        }
+        Ok(())
+    }
+
+    async fn join(&mut self, request: proto::JoinRoomRequest) -> Result<(), CtlError> {
+        let user = request.user_id.clone();
+        let request = self.calls.unary(request);
+        let r = self.client.join_room(request).await?.into_inner();
+        if !r.success {
+            return Err(CtlError::Failed(format!("join failed: {}", r.error)));
+        }
+        self.say(format!(
+            "{user} joined as {}; {} in the room",
+            r.participant_id, r.participant_count
+        ));
+        Ok(())
+    }
+
+    async fn leave(&mut self, user: &str) -> Result<(), CtlError> {
+        let request = self.calls.unary(proto::LeaveRoomRequest {
+            user_id: user.to_string(),
+            reason: "ctl".into(),
+        });
+        let r = self.client.leave_room(request).await?.into_inner();
+        if !r.success {
+            return Err(CtlError::Failed(format!("leave failed: {}", r.error)));
+        }
+        self.say(format!("{user} left"));
+        Ok(())
+    }
+
+    async fn stop(&mut self, user: &str) -> Result<(), CtlError> {
+        let request = self.calls.unary(proto::StopAudioRequest {
+            user_id: user.to_string(),
+            ..Default::default()
+        });
+        let r = self.client.stop_audio(request).await?.into_inner();
+        self.say(format!("{user}: {r:?}"));
+        Ok(())
+    }
+
+    /// PlayAudio, printing its events until the final one.
+    async fn play(&mut self, request: proto::PlayAudioRequest) -> Result<(), CtlError> {
+        let request = self.calls.request(request);
+        let mut events = self.client.play_audio(request).await?.into_inner();
+        while let Some(e) = events.message().await? {
+            match EventType::try_from(e.r#type) {
+                Ok(EventType::Started) => self.say("started".into()),
+                Ok(EventType::Progress) => self.say(format!("playing: {} ms", e.position_ms)),
+                Ok(EventType::Completed) => {
+                    self.say(format!("completed: {} ms", e.duration_ms));
+                    return Ok(());
+                }
+                Ok(EventType::Failed) => {
+                    return Err(CtlError::Failed(format!("playback failed: {}", e.error)));
+                }
+                _ => {}
+            }
+        }
+        Err(CtlError::Failed(
+            "the playback ended without a final event".into(),
+        ))
+    }
+
+    /// StreamAudio for `seconds`, written to `path` as a WAV, with a progress line.
+    async fn record(&mut self, user: &str, seconds: f64, path: &Path) -> Result<(), CtlError> {
+        let spec = hound::WavSpec {
+            channels: format::CHANNELS as u16,
+            sample_rate: format::SAMPLE_RATE,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut wav = hound::WavWriter::create(path, spec)
+            .map_err(|e| CtlError::Usage(format!("cannot write {}: {e}", path.display())))?;
+        // The first chunk names the session; the stream then stays open for the room's audio.
+        let first = proto::AudioChunk {
+            user_id: user.to_string(),
+            sample_rate: format::SAMPLE_RATE as i32,
+            channels: format::CHANNELS as i32,
+            ..Default::default()
+        };
+        let request = self.calls.request(tokio_stream::once(first));
+        let mut stream = self.client.stream_audio(request).await?.into_inner();
+        let wanted = (seconds * f64::from(format::SAMPLE_RATE)) as u64;
+        let (mut samples, started) = (0u64, Instant::now());
+        let mut last_report = Instant::now();
+        while samples < wanted {
+            let left = Duration::from_secs_f64(seconds) + Duration::from_secs(10);
+            let chunk =
+                tokio::time::timeout(left.saturating_sub(started.elapsed()), stream.message())
+                    .await
+                    .map_err(|_| CtlError::Failed(format!("no audio for {user} in time")))??;
+            let Some(chunk) = chunk else {
+                let _ = writeln!(self.out);
+                return Err(CtlError::Failed(format!(
+                    "the stream ended after {:.2} s of audio",
+                    samples as f64 / f64::from(format::SAMPLE_RATE)
+                )));
+            };
+            for pair in chunk.pcm_data.chunks_exact(2) {
+                if samples >= wanted {
+                    break;
+                }
+                wav.write_sample(i16::from_le_bytes([pair[0], pair[1]]))
+                    .map_err(|e| CtlError::Usage(format!("writing {}: {e}", path.display())))?;
+                samples += 1;
+            }
+            if last_report.elapsed() >= Duration::from_millis(500) {
+                let _ = write!(
+                    self.out,
+                    "\rrecording {user}: {:.1} / {seconds:.1} s",
+                    samples as f64 / f64::from(format::SAMPLE_RATE)
+                );
+                let _ = self.out.flush();
+                last_report = Instant::now();
+            }
+        }
+        wav.finalize()
+            .map_err(|e| CtlError::Usage(format!("writing {}: {e}", path.display())))?;
+        let _ = writeln!(
+            self.out,
+            "\rrecorded {:.2} s of {user} into {}",
+            samples as f64 / f64::from(format::SAMPLE_RATE),
+            path.display()
+        );
+        Ok(())
+    }
 }
 
 /// A channel to a bridge over its Unix socket, as the backend reaches one. The authority it
