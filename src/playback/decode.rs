@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Buf, Bytes};
-use symphonia::core::audio::SampleBuffer;
-use symphonia::core::codecs::{CODEC_TYPE_NULL, DecoderOptions};
+use symphonia::core::audio::{AudioBufferRef, SampleBuffer};
+use symphonia::core::codecs::{CODEC_TYPE_NULL, CodecParameters, Decoder, DecoderOptions};
 use symphonia::core::errors::Error as SymError;
-use symphonia::core::formats::FormatOptions;
+use symphonia::core::formats::{FormatOptions, FormatReader, Packet};
 use symphonia::core::io::{MediaSourceStream, ReadOnlySource};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
@@ -291,154 +291,273 @@ pub fn decode(
     job: &DecodeJob,
     emit: &mut dyn FnMut(Decoded) -> bool,
 ) -> Result<u64, PlaybackError> {
-    let failure = fetch_failure;
-    let fetch_failed = |e: &io::Error| {
-        failure
-            .get()
-            .cloned()
-            .unwrap_or_else(|| PlaybackError::Fetch(format!("reading the audio failed: {e}")))
-    };
+    let prefix = read_prefix(&mut reader).map_err(|e| fetch_error(fetch_failure, &e))?;
+    sniff(&prefix, job)?;
+    let mut source = Source::open(prefix, reader, job, fetch_failure)?;
+    let mut output = Output::new(job);
+    let codec = source.codec.clone();
+    while let Some(packet) = source.next_packet(&output)? {
+        if let Some(decoded) = source.decode(&packet, &output)? {
+            output.push(decoded, &codec, emit)?;
+        }
+    }
+    output.finish(&source, emit)
+}
 
+/// Why reading the body failed: the download's own failure if it has one.
+fn fetch_error(failure: &OnceLock<PlaybackError>, e: &io::Error) -> PlaybackError {
+    failure
+        .get()
+        .cloned()
+        .unwrap_or_else(|| PlaybackError::Fetch(format!("reading the audio failed: {e}")))
+}
+
+/// The first [`SNIFF_BYTES`] of the body (fewer if it is shorter).
+fn read_prefix(reader: &mut impl Read) -> io::Result<Vec<u8>> {
     let mut prefix = Vec::with_capacity(SNIFF_BYTES);
     while prefix.len() < SNIFF_BYTES {
         let mut buf = [0u8; SNIFF_BYTES];
         let want = SNIFF_BYTES - prefix.len();
-        match reader.read(&mut buf[..want]) {
-            Ok(0) => break,
-            Ok(n) => prefix.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(fetch_failed(&e)),
+        match reader.read(&mut buf[..want])? {
+            0 => break,
+            n => prefix.extend_from_slice(&buf[..n]),
         }
     }
-    sniff(&prefix, job)?;
+    Ok(prefix)
+}
 
-    let mut hint = Hint::new();
-    if let Some(ext) = &job.extension {
-        hint.with_extension(ext);
-    }
-    if let Some(ct) = &job.content_type {
-        hint.mime_type(ct);
-    }
-    let source = Read::chain(io::Cursor::new(prefix.clone()), reader);
-    let stream = MediaSourceStream::new(Box::new(ReadOnlySource::new(source)), Default::default());
-    let options = FormatOptions {
-        enable_gapless: true,
-        ..Default::default()
-    };
-    let probed = symphonia::default::get_probe()
-        .format(&hint, stream, &options, &MetadataOptions::default())
-        .map_err(|e| match e {
-            SymError::IoError(io) if failure.get().is_some() => fetch_failed(&io),
-            SymError::IoError(_) | SymError::Unsupported(_) => PlaybackError::Unsupported(format!(
-                "not a supported audio format (MP3, WAV, Ogg Vorbis, FLAC) ({})",
-                declared(job)
-            )),
-            other => PlaybackError::Corrupt(format!("the audio's header is corrupt: {other}")),
-        })?;
-    let mut format = probed.format;
-    let track = format
-        .tracks()
-        .iter()
-        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
-        .ok_or_else(|| PlaybackError::Unsupported("the file has no audio track".into()))?;
-    let track_id = track.id;
-    let params = track.codec_params.clone();
-    let codec = symphonia::default::get_codecs()
-        .get_codec(params.codec)
-        .map_or("unknown", |d| d.short_name)
-        .to_string();
-    check_params(&params, &codec)?;
-    let mut decoder = symphonia::default::get_codecs()
-        .make(&params, &DecoderOptions::default())
-        .map_err(|e| PlaybackError::Unsupported(format!("cannot decode {codec} audio: {e}")))?;
+/// The probed container, its audio track and that track's decoder.
+struct Source<'a> {
+    format: Box<dyn FormatReader>,
+    decoder: Box<dyn Decoder>,
+    track_id: u32,
+    params: CodecParameters,
+    /// The codec's short name, for messages.
+    codec: String,
+    /// Decode errors in a row so far.
+    bad_in_a_row: u32,
+    fetch_failure: &'a OnceLock<PlaybackError>,
+}
 
-    let mut maker: Option<FrameMaker> = None;
-    let mut samples: Option<SampleBuffer<f32>> = None;
-    let mut bad_in_a_row = 0;
-    let mut source_rate = params.sample_rate.unwrap_or(0);
-    loop {
-        let packet = match format.next_packet() {
-            Ok(p) => p,
-            Err(SymError::IoError(e)) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-            Err(SymError::IoError(e)) => return Err(fetch_failed(&e)),
-            Err(SymError::ResetRequired) => break,
-            Err(e) => {
-                let pos = maker.as_ref().map_or(0, FrameMaker::input_frames);
-                return Err(PlaybackError::Corrupt(format!(
-                    "the {codec} audio is corrupt at {}: {e}",
-                    at(pos, source_rate)
-                )));
-            }
+impl<'a> Source<'a> {
+    /// Probes the body (`prefix`, then the rest of `reader`) and opens its first audio track.
+    fn open(
+        prefix: Vec<u8>,
+        reader: impl Read + Send + Sync + 'static,
+        job: &DecodeJob,
+        fetch_failure: &'a OnceLock<PlaybackError>,
+    ) -> Result<Self, PlaybackError> {
+        let mut hint = Hint::new();
+        if let Some(ext) = &job.extension {
+            hint.with_extension(ext);
+        }
+        if let Some(ct) = &job.content_type {
+            hint.mime_type(ct);
+        }
+        let source = Read::chain(io::Cursor::new(prefix), reader);
+        let stream =
+            MediaSourceStream::new(Box::new(ReadOnlySource::new(source)), Default::default());
+        let options = FormatOptions {
+            enable_gapless: true,
+            ..Default::default()
         };
-        if packet.track_id() != track_id {
-            continue;
-        }
-        let decoded = match decoder.decode(&packet) {
-            Ok(d) => d,
-            Err(SymError::DecodeError(e)) => {
-                bad_in_a_row += 1;
-                if bad_in_a_row >= MAX_BAD_PACKETS {
-                    let pos = maker.as_ref().map_or(0, FrameMaker::input_frames);
-                    return Err(PlaybackError::Corrupt(format!(
-                        "the {codec} audio is corrupt at {}: {e}",
-                        at(pos, source_rate)
-                    )));
+        let probed = symphonia::default::get_probe()
+            .format(&hint, stream, &options, &MetadataOptions::default())
+            .map_err(|e| match e {
+                SymError::IoError(io) if fetch_failure.get().is_some() => {
+                    fetch_error(fetch_failure, &io)
                 }
-                continue;
+                SymError::IoError(_) | SymError::Unsupported(_) => {
+                    PlaybackError::Unsupported(format!(
+                        "not a supported audio format (MP3, WAV, Ogg Vorbis, FLAC) ({})",
+                        declared(job)
+                    ))
+                }
+                other => PlaybackError::Corrupt(format!("the audio's header is corrupt: {other}")),
+            })?;
+        let format = probed.format;
+        let track = format
+            .tracks()
+            .iter()
+            .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+            .ok_or_else(|| PlaybackError::Unsupported("the file has no audio track".into()))?;
+        let track_id = track.id;
+        let params = track.codec_params.clone();
+        let codec = symphonia::default::get_codecs()
+            .get_codec(params.codec)
+            .map_or("unknown", |d| d.short_name)
+            .to_string();
+        check_params(&params, &codec)?;
+        let decoder = symphonia::default::get_codecs()
+            .make(&params, &DecoderOptions::default())
+            .map_err(|e| PlaybackError::Unsupported(format!("cannot decode {codec} audio: {e}")))?;
+        Ok(Self {
+            format,
+            decoder,
+            track_id,
+            params,
+            codec,
+            bad_in_a_row: 0,
+            fetch_failure,
+        })
+    }
+
+    /// The track's next packet; `None` at the end of the audio.
+    fn next_packet(&mut self, output: &Output) -> Result<Option<Packet>, PlaybackError> {
+        loop {
+            match self.format.next_packet() {
+                Ok(p) if p.track_id() != self.track_id => continue,
+                Ok(p) => return Ok(Some(p)),
+                Err(SymError::IoError(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Ok(None);
+                }
+                Err(SymError::IoError(e)) => return Err(fetch_error(self.fetch_failure, &e)),
+                Err(SymError::ResetRequired) => return Ok(None),
+                Err(e) => return Err(output.corrupt(&self.codec, &self.params, e)),
             }
-            Err(SymError::IoError(e)) if failure.get().is_some() => return Err(fetch_failed(&e)),
-            Err(e) => {
-                return Err(PlaybackError::Corrupt(format!(
-                    "cannot decode the {codec} audio: {e}"
-                )));
+        }
+    }
+
+    /// Decodes one packet; `None` for a bad packet skipped (up to [`MAX_BAD_PACKETS`] in a
+    /// row, then the audio is corrupt).
+    fn decode(
+        &mut self,
+        packet: &Packet,
+        output: &Output,
+    ) -> Result<Option<AudioBufferRef<'_>>, PlaybackError> {
+        match self.decoder.decode(packet) {
+            Ok(d) => {
+                self.bad_in_a_row = 0;
+                Ok(Some(d))
             }
-        };
-        bad_in_a_row = 0;
+            Err(SymError::DecodeError(e)) => {
+                self.bad_in_a_row += 1;
+                if self.bad_in_a_row >= MAX_BAD_PACKETS {
+                    return Err(output.corrupt(&self.codec, &self.params, e));
+                }
+                Ok(None)
+            }
+            Err(SymError::IoError(e)) if self.fetch_failure.get().is_some() => {
+                Err(fetch_error(self.fetch_failure, &e))
+            }
+            Err(e) => Err(PlaybackError::Corrupt(format!(
+                "cannot decode the {} audio: {e}",
+                self.codec
+            ))),
+        }
+    }
+}
+
+/// Decoded packets made into 10 ms frames at the output rate, from the first packet (which
+/// fixes the source's rate and channels) to the last.
+struct Output {
+    out_rate: u32,
+    volume: f32,
+    maker: Option<FrameMaker>,
+    samples: Option<SampleBuffer<f32>>,
+}
+
+impl Output {
+    fn new(job: &DecodeJob) -> Self {
+        Self {
+            out_rate: job.out_rate,
+            volume: job.volume,
+            maker: None,
+            samples: None,
+        }
+    }
+
+    /// Source frames taken so far.
+    fn position(&self) -> u64 {
+        self.maker.as_ref().map_or(0, FrameMaker::input_frames)
+    }
+
+    /// The source's rate: the first packet's, or the container's before it.
+    fn source_rate(&self, params: &CodecParameters) -> u32 {
+        self.maker
+            .as_ref()
+            .map_or(params.sample_rate.unwrap_or(0), FrameMaker::input_rate)
+    }
+
+    /// The audio is corrupt where decoding has got to.
+    fn corrupt(
+        &self,
+        codec: &str,
+        params: &CodecParameters,
+        e: impl std::fmt::Display,
+    ) -> PlaybackError {
+        PlaybackError::Corrupt(format!(
+            "the {codec} audio is corrupt at {}: {e}",
+            at(self.position(), self.source_rate(params))
+        ))
+    }
+
+    /// Makes frames of one decoded packet; the first also describes the source to `emit`.
+    fn push(
+        &mut self,
+        decoded: AudioBufferRef<'_>,
+        codec: &str,
+        emit: &mut dyn FnMut(Decoded) -> bool,
+    ) -> Result<(), PlaybackError> {
         let spec = *decoded.spec();
         let channels = spec.channels.count();
-        check_packet(decoded.capacity() as u64, channels, &codec)?;
-        if maker.is_none() {
-            source_rate = spec.rate;
-            maker = Some(FrameMaker::new(spec.rate, job.out_rate, job.volume)?);
-            let info = SourceInfo {
-                codec: codec.clone(),
-                sample_rate: spec.rate,
-                channels,
-            };
-            if !emit(Decoded::Source(info)) {
-                return Err(stopped());
+        check_packet(decoded.capacity() as u64, channels, codec)?;
+        let maker = match &mut self.maker {
+            Some(m) => m,
+            slot => {
+                let maker = slot.insert(FrameMaker::new(spec.rate, self.out_rate, self.volume)?);
+                let info = SourceInfo {
+                    codec: codec.to_string(),
+                    sample_rate: spec.rate,
+                    channels,
+                };
+                if !emit(Decoded::Source(info)) {
+                    return Err(stopped());
+                }
+                maker
             }
-        }
-        let buffer = match &mut samples {
+        };
+        let buffer = match &mut self.samples {
             Some(b) if b.capacity() >= decoded.capacity() * channels => b,
             slot => slot.insert(SampleBuffer::new(decoded.capacity() as u64, spec)),
         };
         buffer.copy_interleaved_ref(decoded);
-        let Some(m) = maker.as_mut() else { continue };
         let mut frame = |f: &[u8]| emit(Decoded::Frame(f.to_vec()));
-        if !m.push_interleaved(buffer.samples(), channels, &mut frame) {
+        if !maker.push_interleaved(buffer.samples(), channels, &mut frame) {
             return Err(stopped());
         }
+        Ok(())
     }
-    let Some(mut m) = maker else {
-        return Err(PlaybackError::Unsupported(format!(
-            "no audio could be decoded from the {codec} stream"
-        )));
-    };
-    let total = m
-        .finish(&mut |f: &[u8]| emit(Decoded::Frame(f.to_vec())))
-        .ok_or_else(stopped)?;
-    if let Some(declared) = params.n_frames {
-        let decoded = m.input_frames();
-        let slack = (declared / 50).max(u64::from(source_rate) / 10);
-        if decoded + slack < declared {
-            return Err(PlaybackError::Corrupt(format!(
-                "the {codec} audio is cut short: it declares {} but ends after {}",
-                at(declared, source_rate),
-                at(decoded, source_rate)
+
+    /// Flushes the last frame; the real samples emitted. Audio that ends well before the
+    /// length its header declares is corrupt (a cut download that looks complete).
+    fn finish(
+        self,
+        source: &Source<'_>,
+        emit: &mut dyn FnMut(Decoded) -> bool,
+    ) -> Result<u64, PlaybackError> {
+        let codec = &source.codec;
+        let Some(mut m) = self.maker else {
+            return Err(PlaybackError::Unsupported(format!(
+                "no audio could be decoded from the {codec} stream"
             )));
+        };
+        let total = m
+            .finish(&mut |f: &[u8]| emit(Decoded::Frame(f.to_vec())))
+            .ok_or_else(stopped)?;
+        if let Some(declared) = source.params.n_frames {
+            let (decoded, rate) = (m.input_frames(), m.input_rate());
+            let slack = (declared / 50).max(u64::from(rate) / 10);
+            if decoded + slack < declared {
+                return Err(PlaybackError::Corrupt(format!(
+                    "the {codec} audio is cut short: it declares {} but ends after {}",
+                    at(declared, rate),
+                    at(decoded, rate)
+                )));
+            }
         }
+        Ok(total)
     }
-    Ok(total)
 }
 
 #[cfg(test)]

@@ -83,6 +83,11 @@ struct Resampled {
 }
 
 impl FrameMaker {
+    /// The source's rate, in Hz.
+    pub fn input_rate(&self) -> u32 {
+        self.in_rate
+    }
+
     /// A frame maker from `in_rate` to `out_rate` (both in Hz) at `volume` (1.0 = unchanged).
     pub fn new(in_rate: u32, out_rate: u32, volume: f32) -> Result<Self, PlaybackError> {
         let unsupported = |why: String| Err(PlaybackError::Unsupported(why));
