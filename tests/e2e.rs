@@ -260,6 +260,32 @@ fn real_server_a_crowded_room_costs_the_bridge_nothing_it_does_not_take() {
 
 /// A join whose token has expired by the time the library reconnects survives: the library
 /// uses the token the server refreshed.
+/// UpdateParticipant on the bridge: publishing revoked fails PlayAudio at once saying why, and
+/// given back the next one is heard whole; subscribing revoked and given back; the phone's
+/// packets and the stream carry on throughout.
+#[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
+fn real_server_permissions_revoked_and_given_back_are_followed() {
+    let r = real(&["real_permissions"]);
+    r.starts("perm_play_granted", "COMPLETED");
+    r.starts("perm_play_publish_revoked", "FAILED");
+    assert!(
+        r.text("perm_play_publish_revoked")
+            .contains("permission to publish")
+    );
+    r.starts("perm_play_publish_restored", "COMPLETED");
+    for when in [
+        "granted",
+        "publish_revoked",
+        "subscribe_revoked",
+        "subscribe_restored",
+    ] {
+        r.within(&format!("perm_packets_in_1s_{when}"), 98.0, 100.0);
+    }
+    r.is("perm_connected_after", "True");
+    r.is("perm_stream_open_after", "True");
+}
+
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_a_reconnect_after_the_token_expired_uses_the_refreshed_one() {

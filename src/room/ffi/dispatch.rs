@@ -118,6 +118,27 @@ impl Dispatch {
                     .events
                     .on_participants(before.saturating_sub(1).max(1));
             }
+            Some(M::LocalTrackUnpublished(u)) => {
+                tracing::warn!(
+                    room_handle = e.room_handle,
+                    publication_sid = %u.publication_sid,
+                    "the server unpublished one of the bridge's tracks; the next audio for it publishes it again"
+                );
+                route.unpublished.add(&u.publication_sid);
+            }
+            Some(M::ParticipantPermissionChanged(p))
+                if p.participant_identity == route.local_identity =>
+            {
+                let may_publish = p.permission.as_ref().is_some_and(|p| p.can_publish);
+                if may_publish != route.unpublished.may_publish() {
+                    tracing::warn!(
+                        room_handle = e.room_handle,
+                        may_publish,
+                        "the bridge's permission to publish in this room changed (UpdateParticipant)"
+                    );
+                }
+                route.unpublished.permission(may_publish);
+            }
             Some(M::Disconnected(d)) => {
                 // Relaxed: one flag, written and read by the library's event thread.
                 let gave_up = route.reconnecting.load(Ordering::Relaxed);

@@ -56,7 +56,7 @@ use self::client::{Client, unexpected};
 use self::dispatch::Dispatch;
 use self::proto::{connect_callback, ffi_event, ffi_request};
 use self::room::{CALL_TIMEOUT, FfiRoom};
-use self::routes::Route;
+use self::routes::{Route, Unpublished};
 use super::{
     BoxFuture, ConnectRequest, Connected, Room, RoomBackend, RoomError, RoomEvents, TrackStats,
 };
@@ -220,6 +220,7 @@ async fn connect(
         }
     }
     let participants = result.participants.len() as u32 + 1;
+    let unpublished = Unpublished::default();
     client.routes.add(
         room_handle,
         Route {
@@ -228,9 +229,11 @@ async fn connect(
             reconnecting: AtomicBool::new(false),
             target: request.target_identity.clone(),
             tracks,
+            local_identity: local.info.identity.clone(),
+            unpublished: unpublished.clone(),
         },
     );
-    let room = FfiRoom::new(client, room_handle, local_handle);
+    let room = FfiRoom::new(client, room_handle, local_handle, unpublished);
     let ready = client.request(ffi_request::Message::ReadyForRoomEvent(
         proto::ReadyForRoomEventRequest { room_handle },
     ));

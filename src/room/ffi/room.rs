@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use super::client::{Client, library_error, unexpected};
 use super::proto::{self, ffi_event, ffi_request, ffi_response};
 use super::reframe::Reframer;
+use super::routes::Unpublished;
 use crate::audio::format;
 use crate::room::{BoxFuture, Room, RoomError};
 
@@ -42,6 +43,8 @@ struct Track {
     track: u64,
     publication: u64,
     sid: String,
+    /// [`Unpublished::generation`] when it was published.
+    generation: u64,
     frames: Reframer,
 }
 
@@ -55,17 +58,25 @@ pub(super) struct FfiRoom {
     /// either finishes with its track before the leave takes it, or sees the room left and
     /// never creates a track in a room being left.
     tracks: Mutex<Option<HashMap<String, Slot>>>,
+    /// Tracks of this room the server unpublished, told by the event callback.
+    unpublished: Unpublished,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Track>>>;
 
 impl FfiRoom {
-    pub fn new(client: &'static Client, room_handle: u64, local_handle: u64) -> Self {
+    pub fn new(
+        client: &'static Client,
+        room_handle: u64,
+        local_handle: u64,
+        unpublished: Unpublished,
+    ) -> Self {
         Self {
             client,
             room_handle,
             local_handle,
             tracks: Mutex::new(Some(HashMap::new())),
+            unpublished,
         }
     }
 
@@ -105,6 +116,7 @@ impl FfiRoom {
                 return Err(other.and_then(|a| Err(unexpected("CreateAudioTrack", a)))?);
             }
         };
+        let generation = self.unpublished.generation();
         let publication = match self.publish_track(track).await {
             Ok(p) => p,
             Err(e) => {
@@ -130,6 +142,7 @@ impl FfiRoom {
             track,
             publication: publication.handle.id,
             sid: publication.info.sid,
+            generation,
             frames: Reframer::default(),
         })
     }
@@ -280,6 +293,26 @@ impl Room for FfiRoom {
             let mut slot = slot.lock().await;
             if self.tracks().is_none() {
                 return Err(left());
+            }
+            // A track the server unpublished is released and published anew: while the
+            // permission is still revoked that fails, saying why, and the caller's audio (a
+            // playback, a StreamAudio chunk) fails with it rather than going nowhere.
+            if let Some(gone) = slot.take_if(|t| self.unpublished.take(&t.sid, t.generation)) {
+                tracing::info!(
+                    room_handle = self.room_handle,
+                    track,
+                    "publishing again a track the server took out of the room"
+                );
+                // The library may still count it as published: unpublish it there too.
+                self.unpublish(gone).await;
+            }
+            if !self.unpublished.may_publish() {
+                // The library's PublishTrack would wait out its timeout: say why at once.
+                return Err(RoomError::NotConnected(
+                    "LiveKit revoked the bridge's permission to publish in this room \
+                     (UpdateParticipant); audio can be sent once it is given back"
+                        .into(),
+                ));
             }
             let t = match slot.as_mut() {
                 Some(t) => t,

@@ -1,9 +1,9 @@
 //! The routing table of connected rooms: where the event callback finds, for every data
 //! packet and room event, the session it is for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_utils::sync::ShardedLock;
 use tokio::sync::mpsc;
@@ -47,6 +47,62 @@ pub(super) struct Route {
     pub target: String,
     /// The room's subscription task, when the session takes the target's audio tracks.
     pub tracks: Option<mpsc::UnboundedSender<TrackEvent>>,
+    /// The bridge's own identity in the room.
+    pub local_identity: String,
+    /// The bridge's own tracks the server unpublished, shared with the room's publisher.
+    pub unpublished: Unpublished,
+}
+
+/// The bridge's own tracks the server took out of the room: by publication SID (a
+/// `LocalTrackUnpublished`), or all of them (its publish permission revoked, which the library
+/// reports as a `ParticipantPermissionChanged` only). The event callback records it; the
+/// room's next publish on such a track sees it gone and publishes it anew. A mutex: a room
+/// event, rare, never on the audio path.
+#[derive(Clone, Default)]
+pub(super) struct Unpublished(Arc<Mutex<Gone>>);
+
+#[derive(Default)]
+struct Gone {
+    sids: HashSet<String>,
+    /// How many times every track was taken out; a track published before the latest is gone.
+    all: u64,
+    /// The bridge's publish permission is revoked.
+    revoked: bool,
+}
+
+impl Unpublished {
+    pub fn add(&self, sid: &str) {
+        self.lock().sids.insert(sid.to_string());
+    }
+
+    /// The publish permission changed: revoked, every track published until now is gone.
+    pub fn permission(&self, may_publish: bool) {
+        let mut gone = self.lock();
+        if !may_publish && !gone.revoked {
+            gone.all += 1;
+        }
+        gone.revoked = !may_publish;
+    }
+
+    /// Whether the bridge may publish (its permission is not revoked).
+    pub fn may_publish(&self) -> bool {
+        !self.lock().revoked
+    }
+
+    /// The count of [`Self::all`] so far, to stamp a track published now.
+    pub fn generation(&self) -> u64 {
+        self.lock().all
+    }
+
+    /// Whether the track `sid`, published at `generation`, was taken out; forgets it.
+    pub fn take(&self, sid: &str, generation: u64) -> bool {
+        let mut gone = self.lock();
+        gone.sids.remove(sid) || gone.all > generation
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gone> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Connected rooms by handle. Written only to insert or remove one room; read by the callback
@@ -82,5 +138,30 @@ impl Routes {
 
     fn write(&self) -> crossbeam_utils::sync::ShardedLockWriteGuard<'_, HashMap<u64, Arc<Route>>> {
         self.rooms.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracks_taken_out_are_seen_once_and_revoking_takes_all_published_before() {
+        let gone = Unpublished::default();
+        let before = gone.generation();
+        gone.add("TR_a");
+        assert!(gone.take("TR_a", before));
+        assert!(
+            !gone.take("TR_a", before),
+            "seen once: the new track is not gone"
+        );
+        gone.permission(false);
+        assert!(!gone.may_publish());
+        assert!(gone.take("TR_b", before), "published before the revocation");
+        gone.permission(false);
+        let after = gone.generation();
+        gone.permission(true);
+        assert!(gone.may_publish());
+        assert!(!gone.take("TR_c", after), "published after it");
     }
 }
