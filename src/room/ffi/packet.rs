@@ -251,7 +251,7 @@ fn ffi_event_member(n: u32) -> bool {
 }
 
 fn room_event_member(n: u32) -> bool {
-    matches!(n, 2..=4 | 7..=13 | 21 | 22 | 27)
+    matches!(n, 2..=5 | 7..=13 | 21 | 22 | 27 | 41)
 }
 
 /// What has been read so far, with the oneof bookkeeping prost's merge rules need: a member
