@@ -258,8 +258,6 @@ fn real_server_a_crowded_room_costs_the_bridge_nothing_it_does_not_take() {
     r.within("real_crowded_participants", 12.0, 12.0);
 }
 
-/// A join whose token has expired by the time the library reconnects survives: the library
-/// uses the token the server refreshed.
 /// UpdateParticipant on the bridge: publishing revoked fails PlayAudio at once saying why, and
 /// given back the next one is heard whole; subscribing revoked and given back; the phone's
 /// packets and the stream carry on throughout.
@@ -286,11 +284,39 @@ fn real_server_permissions_revoked_and_given_back_are_followed() {
     r.is("perm_stream_open_after", "True");
 }
 
+/// A join whose token has expired by the time the library reconnects survives: the library
+/// uses the token the server refreshed.
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_a_reconnect_after_the_token_expired_uses_the_refreshed_one() {
     let r = real(&["real_token_refresh"]);
     assert_eq!(r.text("real_refresh_stream"), "open");
+}
+
+/// Two utterances with the track quiet between them (the bridge stops encoding after its
+/// tail): each heard whole at its pitch, the second within 150 ms of being sent, and silence
+/// in between.
+#[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
+fn real_server_an_utterance_after_a_quiet_track_is_heard_whole_and_at_once() {
+    let r = real(&["real_utterances"]);
+    for (n, hz) in [(0, 440.0), (1, 660.0)] {
+        r.within(&format!("real_utterance{n}_heard_s"), 0.96, 1.04);
+        r.within(&format!("real_utterance{n}_hz"), hz - 2.0, hz + 2.0);
+        r.within(&format!("real_utterance{n}_rms"), 0.30, 0.40);
+    }
+    r.within("real_utterance1_first_heard_ms", 0.0, 150.0);
+    r.within("real_utterance_quiet_peak", 0.0, 0.01);
+}
+
+/// Rooms the server ends while tracks flow both ways leave no thread behind: LiveKit's library
+/// strands the local tracks of such a room (rust-sdks #1443), which with a queued audio source
+/// stranded a capture thread each (3 to 6 of every 20 rooms).
+#[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
+fn real_server_rooms_it_ends_leave_no_thread_behind() {
+    let r = real(&["real_leaks"]);
+    r.within("real_leaks_threads_left", -100.0, 0.0);
 }
 
 // Against the mock SFU (tests/e2e/run.py).
@@ -414,8 +440,10 @@ fn rooms_cost_bounded_memory_and_threads_and_give_them_back() {
     // library starts a few shared threads on demand: 0 to 5 for 20 rooms).
     r.within("per_room_kib", 0.0, 1_024.0);
     r.within("per_room_threads", 0.0, 0.5);
-    // Given back: memory stops growing over rounds, every round ends on the idle threads.
-    r.within("rss_growth_in_last_two_rounds_kib", f64::MIN, 1_024.0);
+    // Given back: memory stops growing over rounds (the last of 5 rounds, 20 room cycles, may
+    // add 512 KiB, 25 KiB a cycle: a session's 2 s ring alone is 64 KiB), every round ends on the
+    // idle threads.
+    r.within("rss_growth_in_last_round_kib", f64::MIN, 512.0);
     for round in 0..5 {
         let t = r.numbers(&format!("round{round}_threads_idle_joined_left"));
         assert_eq!(t[2], t[0], "round {round}: threads idle/joined/left {t:?}");

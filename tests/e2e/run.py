@@ -768,14 +768,11 @@ async def room_cost(ctx: Ctx, rooms: int, rounds: int = 3):
             result("per_room_threads", f"{(threads1 - threads0) / rooms:.2f}")
         check(threads2 <= threads0 + 2, f"round {r}: threads {threads0} -> {threads2}")
     # The first rounds take the allocator to its high-water mark, in steps that shrink (with 20
-    # rooms: +640, +230, +160, +100, +20 KiB, then under 20 a round); a leak would grow by the
-    # same amount every round. So the last two rounds (40 room cycles with 20 rooms) are what
-    # is checked: 512 KiB is 13 KiB per room cycle.
+    # rooms, for example +1990, +620, +440, +260 KiB); a leak grows by the same amount every
+    # round. The bound on the last round's step is in tests/e2e.rs.
     check(rounds >= 3, "room_cost needs at least 3 rounds")
-    growth = after[-1] - after[-3]
-    result("rss_growth_in_last_two_rounds_kib", growth)
+    result("rss_growth_in_last_round_kib", after[-1] - after[-2])
     result("rss_after_each_round_kib", "/".join(str(a) for a in after))
-    check(growth <= 512, f"RSS grew {growth} KiB over the last two rounds: a leak")
 
 
 def cpu_seconds(pid):

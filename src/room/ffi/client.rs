@@ -12,6 +12,9 @@ use super::routes::Routes;
 use super::streams::Streams;
 use crate::room::RoomError;
 
+/// How long a call into the library may take, unless it says otherwise.
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The process's connection to the library, and the tables its event callback shares.
 pub(super) struct Client {
     pub lib: &'static Library,

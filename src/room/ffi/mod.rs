@@ -13,11 +13,12 @@
 //! - `translate`: the library's disconnect reasons and log records in the bridge's words.
 //! - here: [`FfiBackend`], connecting, and the wiring of one client, its tables and the
 //!   dispatcher to the process's library; `room`: the joined room (publishing, leaving);
-//!   `reframe`: client audio into the 10 ms frames the library's audio source takes.
+//!   `reframe`: client audio into the 10 ms frames the library's audio source takes;
+//!   `feeder`: each published track's clock, pacing those frames into the source.
 //!
 //! The modules depend one way: `library` and `packet` on nothing here; `calls`, `routes` and
-//! `streams` on nothing but the protocol; `client` on those; `subscribe` and `room` on
-//! `client`; `dispatch` on the tables and `subscribe`; this module on all of them.
+//! `streams` on nothing but the protocol; `client` on those; `subscribe` and `feeder` on
+//! `client`; `room` on `client` and `feeder`; `dispatch` on the tables and `subscribe`; this module on all of them.
 //!
 //! An answer from the library that is not the one asked for is an error
 //! ([`RoomError::Library`]), never a default value.
@@ -25,6 +26,7 @@
 mod calls;
 mod client;
 mod dispatch;
+mod feeder;
 mod library;
 pub mod packet;
 mod reframe;
@@ -52,10 +54,10 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tokio::sync::oneshot;
 
-use self::client::{Client, unexpected};
+use self::client::{CALL_TIMEOUT, Client, unexpected};
 use self::dispatch::Dispatch;
 use self::proto::{connect_callback, ffi_event, ffi_request};
-use self::room::{CALL_TIMEOUT, FfiRoom};
+use self::room::FfiRoom;
 use self::routes::{Route, Unpublished};
 use super::{
     BoxFuture, ConnectRequest, Connected, Room, RoomBackend, RoomError, RoomEvents, TrackStats,

@@ -6,7 +6,7 @@ use crate::audio::format::FRAME_SAMPLES;
 
 /// One track's frame being filled.
 pub(super) struct Reframer {
-    frame: Vec<i16>,
+    frame: [i16; FRAME_SAMPLES],
     filled: usize,
     /// The low byte of a sample whose high byte is in the next chunk.
     odd: Option<u8>,
@@ -15,7 +15,7 @@ pub(super) struct Reframer {
 impl Default for Reframer {
     fn default() -> Self {
         Self {
-            frame: vec![0; FRAME_SAMPLES],
+            frame: [0; FRAME_SAMPLES],
             filled: 0,
             odd: None,
         }
@@ -57,8 +57,8 @@ impl Reframer {
     }
 
     /// The full frame, if it is.
-    pub fn full(&self) -> Option<&[i16]> {
-        self.is_full().then_some(&self.frame[..])
+    pub fn full(&self) -> Option<&[i16; FRAME_SAMPLES]> {
+        self.is_full().then_some(&self.frame)
     }
 
     /// Starts the next frame.

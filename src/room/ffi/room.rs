@@ -1,40 +1,37 @@
-//! A joined LiveKit room: its published tracks (created on first use, fed 10 ms frames with
-//! backpressure from the library's audio source queue) and leaving it.
+//! A joined LiveKit room: its published tracks (created on first use, paced by a
+//! [`Feeder`] each, in the library's direct source mode) and leaving it.
 //!
 //! ## No audio lost at the start of a track
-//! The library's audio source hands its queue to the track's sender every 10 ms whether or not
-//! the sender is listening yet, and drops what nobody takes. The sender listens only once the
-//! publisher's WebRTC negotiation (offer, answer, ICE, DTLS) has completed, and
-//! `PublishTrack` answers before that (it waits for the server's track info only). Audio
-//! captured in between, about 200 ms against a local SFU and more over a real network, was
-//! never heard: the first word of every track was clipped. So a new track is not fed until its
-//! sender has sent RTP (its outbound-rtp `packets_sent`, polled every [`SENDING_POLL`]; the
-//! source's own 10 ms silence counts, so this is the moment audio can go out). Meanwhile the
-//! caller's audio waits where it is: a StreamAudio's chunks in HTTP/2 flow control, a
-//! playback's frames in its decoder queue. Nothing is dropped; the track starts late by the
-//! negotiation time, logged as `waited_ms`.
+//! The sender of a new track listens only once the publisher's WebRTC negotiation (offer,
+//! answer, ICE, DTLS) has completed, and `PublishTrack` answers before that (it waits for the
+//! server's track info only). Audio captured in between, about 200 ms against a local SFU and
+//! more over a real network, was never heard: the first word of every track was clipped. So
+//! a new track's feeder sends silence until its sender has sent RTP (its outbound-rtp
+//! `packets_sent`, polled every [`SENDING_POLL`]), and only then takes the caller's audio.
+//! Meanwhile the caller's audio waits where it is: a StreamAudio's chunks in HTTP/2 flow
+//! control, a playback's frames in its decoder queue. Nothing is dropped; the track starts late
+//! by the negotiation time, logged as `waited_ms`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::client::{Client, library_error, unexpected};
+use super::client::{CALL_TIMEOUT, Client, unexpected};
+use super::feeder::Feeder;
 use super::proto::{self, ffi_event, ffi_request, ffi_response};
 use super::reframe::Reframer;
 use super::routes::Unpublished;
 use crate::audio::format;
 use crate::room::{BoxFuture, Room, RoomError};
 
-/// Audio the library queues per published track before capture applies backpressure.
-const SOURCE_QUEUE_MS: u32 = 500;
+/// The library's direct source mode: no queue and no thread of its own; the feeder paces.
+const SOURCE_QUEUE_MS: u32 = 0;
 /// How long leaving a room may take before its handles are released anyway.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long any other call into the library may take.
-pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a new track's sender is asked whether it has sent RTP yet.
 const SENDING_POLL: Duration = Duration::from_millis(10);
-/// How long a new track may take to start sending before audio is captured anyway (and may
-/// be lost at its start, which is logged).
+/// How long a new track may take to start sending before the caller's audio is captured
+/// anyway (and may be lost at its start, which is logged).
 const SENDING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One published track: its audio source, track and publication, and the frame being filled.
@@ -46,6 +43,7 @@ struct Track {
     /// [`Unpublished::generation`] when it was published.
     generation: u64,
     frames: Reframer,
+    feeder: Feeder,
 }
 
 /// A joined LiveKit room.
@@ -130,7 +128,9 @@ impl FfiRoom {
                 });
             }
         };
+        let feeder = Feeder::start(c, source);
         let waited = self.wait_until_sending(track, name).await;
+        feeder.warmed();
         tracing::info!(
             room_handle = self.room_handle,
             track = name,
@@ -144,6 +144,7 @@ impl FfiRoom {
             sid: publication.info.sid,
             generation,
             frames: Reframer::default(),
+            feeder,
         })
     }
 
@@ -238,25 +239,9 @@ impl FfiRoom {
             .sum())
     }
 
-    /// Hands one 10 ms frame to the track's source and waits until the library takes more.
-    async fn capture(&self, source: u64, frame: &[i16]) -> Result<(), RoomError> {
-        let c = self.client;
-        let send = |id| {
-            c.lib
-                .capture_frame(source, frame, format::SAMPLE_RATE, id)
-                .map(drop)
-                .map_err(library_error)
-        };
-        match c.call_with(send, CALL_TIMEOUT).await? {
-            ffi_event::Message::CaptureAudioFrame(cb) => match cb.error {
-                Some(e) if !e.is_empty() => Err(RoomError::NotConnected(format!("capture: {e}"))),
-                _ => Ok(()),
-            },
-            other => Err(unexpected("CaptureAudioFrame", other)),
-        }
-    }
-
     async fn unpublish(&self, t: Track) {
+        // The clock first: no capture may reach a source being released.
+        t.feeder.stop().await;
         let (local, sid) = (self.local_handle, t.sid.clone());
         let _ = self
             .client
@@ -323,9 +308,9 @@ impl Room for FfiRoom {
                 let took = t.frames.fill(rest);
                 rest = &rest[took..];
                 if let Some(frame) = t.frames.full() {
-                    let sent = self.capture(t.source, frame).await;
+                    let frame = *frame;
                     t.frames.clear();
-                    sent?;
+                    t.feeder.send(frame).await?;
                 } else if rest.is_empty() {
                     return Ok(());
                 }
