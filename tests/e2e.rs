@@ -185,15 +185,22 @@ fn real_server_refused_tokens_fail_the_join_saying_why_and_nothing_else() {
     }
 }
 
-/// The bridge's own link to LiveKit down for 2 s and for 10 s with audio flowing both ways:
-/// the library resumes the session (a real ICE restart), the stream stays open, audio comes
-/// back both ways, and the phone's packets lost are at most the outage's.
+/// The bridge's own link to LiveKit down while audio flows both ways: for 2 s and 10 s the
+/// library resumes the session (an ICE restart; the server still has the same participant),
+/// for 30 s the server has let the participant go and the library rejoins in full. Either
+/// way the stream stays open, audio comes back both ways, and the phone's packets lost are at
+/// most the outage's (real.py checks that).
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_network_outages_are_resumed_on_the_same_stream() {
-    let r = real(&["real_outage_2s", "real_outage_10s"]);
-    for tag in ["real_outage_2s", "real_outage_10s"] {
+    let r = real(&["real_outage_2s", "real_outage_10s", "real_outage_30s"]);
+    for (tag, how) in [
+        ("real_outage_2s", "same participant"),
+        ("real_outage_10s", "same participant"),
+        ("real_outage_30s", "rejoined in full"),
+    ] {
         assert_eq!(r.text(&format!("{tag}_stream")), "open");
+        assert_eq!(r.text(&format!("{tag}_resumed")), how, "{tag}");
         r.within(&format!("{tag}_uplink_back_ms"), 0.0, 5_000.0);
         r.within(&format!("{tag}_downlink_back_ms"), 0.0, 10_000.0);
     }

@@ -366,6 +366,17 @@ async def own_bridge(ctx):
     return bridge, RealCtx(ctx.pb, ctx.pbg, bridge, ctx.sfu)
 
 
+async def participant_sid(ctx, user):
+    """The server's session id of the bridge's participant for `user`, or None: a resume keeps
+    it, a full reconnect is a new participant with a new one."""
+    lk = ctx.sfu.api()
+    try:
+        ps = await lk.room.list_participants(api.ListParticipantsRequest(room=user))
+    finally:
+        await lk.aclose()
+    return next((p.sid for p in ps.participants if p.identity == f"cloud-agent:{user}"), None)
+
+
 async def real_outage(ctx: RealCtx, seconds: float):
     """The bridge's own link to LiveKit down for `seconds` while audio flows both ways: the
     stream stays open, the library resumes the session with the real server (an ICE restart,
@@ -380,6 +391,7 @@ async def real_outage(ctx: RealCtx, seconds: float):
         down, up = await flow.back_since(time.monotonic(), 15)
         check(down is not None and up is not None, f"audio never flowed both ways: {down} {up}")
         await asyncio.sleep(1)
+        sid = await participant_sid(ctx, user)
         bridge.network.set(False)
         t_down = time.monotonic()
         await asyncio.sleep(seconds)
@@ -392,6 +404,8 @@ async def real_outage(ctx: RealCtx, seconds: float):
         result(f"{tag}_downlink_back_ms", "never" if down is None else f"{down * 1000:.0f}")
         result(f"{tag}_uplink_back_ms", "never" if up is None else f"{up * 1000:.0f}")
         result(f"{tag}_stream", "open" if flow.ended is None else f"{flow.ended}")
+        after = await participant_sid(ctx, user)
+        result(f"{tag}_resumed", "same participant" if after == sid else "rejoined in full")
         lost = flow.lost()
         result(f"{tag}_phone_frames_lost", lost)
         result(f"{tag}_phone_frames_sent", flow.sent)
@@ -921,6 +935,7 @@ SCENARIOS = {
                                          int(os.environ.get("E2E_ROUNDS", "2"))),
     "real_outage_2s": lambda ctx: real_outage(ctx, 2.0),
     "real_outage_10s": lambda ctx: real_outage(ctx, 10.0),
+    "real_outage_30s": lambda ctx: real_outage(ctx, 30.0),
     "real_server_restart": real_server_restart,
     "real_server_shutdown": real_server_shutdown,
     "real_data_packets": real_data_packets,
