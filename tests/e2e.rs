@@ -206,6 +206,25 @@ fn real_server_network_outages_are_resumed_on_the_same_stream() {
     }
 }
 
+/// The phone's link to LiveKit down while audio flows both ways (the Go phone, in a network
+/// namespace of its own): after 5 s its SDK resumes, the same participant; after 30 s the
+/// server has let it go and it rejoins as a new one, which the bridge follows as the same
+/// target. The stream stays open and audio comes back both ways.
+#[test]
+#[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
+fn real_server_the_phones_outages_keep_the_stream_and_audio_comes_back() {
+    let r = real(&["real_phone_outage_5s", "real_phone_outage_30s"]);
+    for (tag, how) in [
+        ("real_phone_outage_5s", "same participant"),
+        ("real_phone_outage_30s", "rejoined in full"),
+    ] {
+        assert_eq!(r.text(&format!("{tag}_stream")), "open");
+        assert_eq!(r.text(&format!("{tag}_resumed")), how, "{tag}");
+        r.within(&format!("{tag}_uplink_back_ms"), 0.0, 5_000.0);
+        r.within(&format!("{tag}_downlink_back_ms"), 0.0, 10_000.0);
+    }
+}
+
 /// The server killed and started again: the library's resume is refused and it rejoins in
 /// full, on the same stream, audio back both ways.
 #[test]

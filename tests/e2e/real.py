@@ -21,8 +21,8 @@ import grpc  # noqa: E402
 import livekit_server  # noqa: E402
 from livekit_server import LiveKitServer, token  # noqa: E402
 from phone import Phone  # noqa: E402
-from run import (Bridge, Ctx, check, cpu_seconds, measure, payload_rule, ramp,  # noqa: E402
-                 read_chunks, result, run_scenarios, stream_end, tone)
+from run import (ROOT, Bridge, Ctx, OwnNetwork, check, cpu_seconds, measure,  # noqa: E402
+                 payload_rule, ramp, read_chunks, result, run_scenarios, stream_end, tone)
 from livekit import api  # noqa: E402
 
 
@@ -366,15 +366,145 @@ async def own_bridge(ctx):
     return bridge, RealCtx(ctx.pb, ctx.pbg, bridge, ctx.sfu)
 
 
-async def participant_sid(ctx, user):
-    """The server's session id of the bridge's participant for `user`, or None: a resume keeps
-    it, a full reconnect is a new participant with a new one."""
+async def participant_sid(ctx, user, identity=None):
+    """The server's session id of a participant in `user`'s room (the bridge's if no
+    `identity`), or None: a resume keeps it, a full reconnect is a new participant."""
+    identity = identity or f"cloud-agent:{user}"
     lk = ctx.sfu.api()
     try:
         ps = await lk.room.list_participants(api.ListParticipantsRequest(room=user))
     finally:
         await lk.aclose()
-    return next((p.sid for p in ps.participants if p.identity == f"cloud-agent:{user}"), None)
+    return next((p.sid for p in ps.participants if p.identity == identity), None)
+
+
+class NetPhone:
+    """The Go phone (tests/phones, LiveKit's Go SDK) for `user`, in a network namespace of its
+    own behind a veth pair (run.py's OwnNetwork), so its link to LiveKit can go down alone
+    (phone.py's phone loads LiveKit's library into this process and shares its network). It
+    sends the microphone as data packets, 100 a second, subscribes to the bridge's track and
+    reports its counters every 50 ms: `reports` holds (monotonic time, sent, RTP read)."""
+
+    def __init__(self, user, tmp):
+        self.user, self.tmp = user, tmp
+        self.reports = []
+        self.results = {}
+
+    async def start(self):
+        log = open(os.path.join(self.tmp, f"netphone-{self.user}.log"), "w")
+        # `unshare -n` makes the namespace and execs the shell in the same process; the shell
+        # waits for a line on stdin, sent once the veth pair is in place, then becomes the phone.
+        self.proc = await asyncio.create_subprocess_exec(
+            "unshare", "-n", "sh", "-c", 'read go && exec "$@"', "sh",
+            os.path.join(ROOT, "vendor/phones"), "-url", LiveKitServer.url,
+            "-key", livekit_server.KEY, "-secret", livekit_server.SECRET, "-user", self.user,
+            "-rooms", "1", "-mode", "data", "-listen", "-report", "50ms",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log)
+        self.network = OwnNetwork(self.proc.pid)
+        self.proc.stdin.write(b"go\n")
+        await self.proc.stdin.drain()
+        ready = (await asyncio.wait_for(self.proc.stdout.readline(), 30)).split()
+        check(ready == [b"READY", b"1"], f"the Go phone did not join: {ready}")
+        self.reader = asyncio.ensure_future(self._read())
+        return self
+
+    async def _read(self):
+        offset = time.time() - time.monotonic()
+        while line := await self.proc.stdout.readline():
+            words = line.decode().split()
+            if words[:1] == ["AT"]:
+                at, sent, rtp = (int(w) for w in words[1:4])
+                self.reports.append((at / 1000 - offset, sent, rtp))
+            elif words[:1] == ["RESULT"] and "=" in words[1]:
+                k, v = words[1].split("=", 1)
+                self.results[k] = v
+
+    def sent_at(self, t):
+        """Packets sent by monotonic time `t` (to the nearest 50 ms report)."""
+        return next((sent for at, sent, _ in self.reports if at >= t), self.reports[-1][1])
+
+    def heard_since(self, t):
+        """Seconds from `t` to the first report after it that read more RTP, or None."""
+        after = [(at, rtp) for at, _, rtp in self.reports if at >= t]
+        return next((at - t for (at, rtp), (_, before) in zip(after[1:], after)
+                     if rtp > before), None)
+
+    async def stop(self):
+        """Leaves the room; returns the packets it sent in all."""
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            await asyncio.wait_for(self.proc.wait(), 20)
+        await self.reader
+        return int(self.results.get("phones_sent", 0))
+
+
+async def real_phone_outage(ctx: RealCtx, seconds: float):
+    """The phone's link to LiveKit down for `seconds` while audio flows both ways: the phone's
+    SDK resumes (or, once the server has let it go, rejoins as a new participant, which the
+    bridge follows as the same target); the backend's stream stays open throughout, and audio
+    comes back both ways."""
+    user = f"pout{int(seconds)}"
+    tag = f"real_phone_outage_{int(seconds)}s"
+    phone = await NetPhone(user, ctx.bridge.tmp).start()
+    try:
+        await ctx.joined(user)
+        call, queue = ctx.stream(user)
+        got = []
+        reader = asyncio.ensure_future(stream_end(call, into=got, timeout=None))
+
+        async def backend():
+            pcm = tone(440, 0.1)
+            while True:
+                queue.put_nowait(ctx.pb.AudioChunk(user_id=user, pcm_data=pcm,
+                                                   sample_rate=16000, channels=1))
+                await asyncio.sleep(0.1)
+
+        speaking = asyncio.ensure_future(backend())
+
+        def got_since(t):
+            return next((at - t for at, _ in got if at >= t), None)
+
+        async def back_since(t, timeout):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if got_since(t) is not None and phone.heard_since(t) is not None:
+                    break
+                await asyncio.sleep(0.05)
+            return got_since(t), phone.heard_since(t)
+
+        down, up = await back_since(time.monotonic(), 15)
+        check(down is not None and up is not None, f"audio never flowed both ways: {down} {up}")
+        await asyncio.sleep(1)
+        t_first = got[0][0]
+        sid = await participant_sid(ctx, user, f"phone-{user}")
+        phone.network.set(False)
+        t_down = time.monotonic()
+        await asyncio.sleep(seconds)
+        phone.network.set(True)
+        t_up = time.monotonic()
+        down, up = await back_since(t_up, 60)
+        await asyncio.sleep(2)
+        after = await participant_sid(ctx, user, f"phone-{user}")
+        result(f"{tag}_downlink_back_ms", "never" if down is None else f"{down * 1000:.0f}")
+        result(f"{tag}_uplink_back_ms", "never" if up is None else f"{up * 1000:.0f}")
+        result(f"{tag}_resumed", "same participant" if after == sid else "rejoined in full")
+        result(f"{tag}_stream", "open" if not reader.done() else f"{reader.result()}")
+        speaking.cancel()
+        sent_before = phone.sent_at(t_first)
+        sent = await phone.stop()
+        await asyncio.sleep(1)
+        received = len(got)
+        lost = sent - sent_before - received
+        result(f"{tag}_phone_frames_lost", f"{lost} of {sent - sent_before}")
+        check(not reader.done(), f"the stream ended: {reader.result() if reader.done() else ''}")
+        check(down is not None, "the phone's audio never reached the client again")
+        check(up is not None, "the backend's audio never reached the phone again")
+        # Lost: the outage and the time to notice the link is back, give or take a report.
+        check(lost * 0.01 <= (t_up - t_down) + down + 1.0, f"{lost} frames lost")
+        queue.put_nowait(None)
+        await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
+    finally:
+        await phone.stop()
 
 
 async def real_outage(ctx: RealCtx, seconds: float):
@@ -936,6 +1066,8 @@ SCENARIOS = {
     "real_outage_2s": lambda ctx: real_outage(ctx, 2.0),
     "real_outage_10s": lambda ctx: real_outage(ctx, 10.0),
     "real_outage_30s": lambda ctx: real_outage(ctx, 30.0),
+    "real_phone_outage_5s": lambda ctx: real_phone_outage(ctx, 5.0),
+    "real_phone_outage_30s": lambda ctx: real_phone_outage(ctx, 30.0),
     "real_server_restart": real_server_restart,
     "real_server_shutdown": real_server_shutdown,
     "real_data_packets": real_data_packets,

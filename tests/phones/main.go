@@ -17,10 +17,15 @@
 // counts the RTP packets and bytes it reads, without decoding; without it nothing is
 // subscribed and the server forwards nothing to the phones.
 //
+// -user names one phone the way the end-to-end scenarios do: room <user>, identity
+// phone-<user>.
+//
 // It prints "READY <joined>" once every phone has joined (or failed to), then, on SIGTERM or
 // SIGINT or after -seconds, leaves every room and prints RESULT key=value lines: phones
 // joined, join failures, packets sent and failed, RTP packets and bytes read, its own CPU
-// seconds, and the wall time it ran.
+// seconds, and the wall time it ran. With -report it also prints, every that often, a line
+// "AT <unix ms> <packets sent> <RTP packets read>", so a test can tell when audio stopped and
+// came back.
 package main
 
 import (
@@ -67,7 +72,12 @@ func main() {
 	listen := flag.Bool("listen", false, "subscribe to the room's tracks and count their RTP")
 	seconds := flag.Int("seconds", 0, "leave after this long (0: on SIGTERM)")
 	parallel := flag.Int("parallel", 8, "joins in flight at once")
+	user := flag.String("user", "", "one phone: room <user>, identity phone-<user>")
+	report := flag.Duration("report", 0, "print the counters this often (0: never)")
 	flag.Parse()
+	if *user != "" && *rooms != 1 {
+		fail("-user is one phone: -rooms must be 1")
+	}
 	if *secret == "" {
 		fail("-secret is required")
 	}
@@ -94,10 +104,14 @@ func main() {
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-slots }()
-			room, track, err := join(*url, *key, *secret, *prefix, *first+i, *mode, *listen, &c)
+			identity, name := fmt.Sprintf("phone-%d", *first+i), fmt.Sprintf("%s-%d", *prefix, *first+i)
+			if *user != "" {
+				identity, name = "phone-"+*user, *user
+			}
+			room, track, err := join(*url, *key, *secret, identity, name, *mode, *listen, &c)
 			if err != nil {
 				c.joinFailed.Add(1)
-				fmt.Fprintf(os.Stderr, "phone-%d: %v\n", *first+i, err)
+				fmt.Fprintf(os.Stderr, "%s: %v\n", identity, err)
 				return
 			}
 			c.joined.Add(1)
@@ -109,6 +123,10 @@ func main() {
 
 	stop := make(chan struct{})
 	var senders sync.WaitGroup
+	if *report > 0 {
+		senders.Add(1)
+		go func() { defer senders.Done(); reportEvery(*report, stop, &c) }()
+	}
 	switch *mode {
 	case "data":
 		senders.Add(1)
@@ -158,9 +176,22 @@ func fail(format string, args ...any) {
 	os.Exit(2)
 }
 
-func join(url, key, secret, prefix string, i int, mode string, listen bool, c *counters) (*lksdk.Room, *lksdk.LocalTrack, error) {
-	identity := fmt.Sprintf("phone-%d", i)
-	grant := &auth.VideoGrant{RoomJoin: true, Room: fmt.Sprintf("%s-%d", prefix, i)}
+// reportEvery prints the counters every `period` until stop is closed.
+func reportEvery(period time.Duration, stop <-chan struct{}, c *counters) {
+	ticker := time.NewTicker(period)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-ticker.C:
+			fmt.Printf("AT %d %d %d\n", now.UnixMilli(), c.sent.Load(), c.rtpPackets.Load())
+		}
+	}
+}
+
+func join(url, key, secret, identity, name, mode string, listen bool, c *counters) (*lksdk.Room, *lksdk.LocalTrack, error) {
+	grant := &auth.VideoGrant{RoomJoin: true, Room: name}
 	grant.SetCanPublish(true)
 	grant.SetCanPublishData(true)
 	grant.SetCanSubscribe(listen)
