@@ -54,12 +54,15 @@ class LiveKitServer:
         self.proc = None
         self.starts = 0
 
-    async def start(self):
+    async def start(self, secret=SECRET):
+        """Starts the server; `secret` other than the config's is a key rotated by the operator
+        (the same key name, a new secret: tokens signed with the old one are refused)."""
         out = subprocess.run([BINARY, "--version"], capture_output=True, text=True, check=True)
         assert out.stdout.strip().endswith(VERSION), f"not the pinned server: {out.stdout!r}"
         self.starts += 1
         log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([BINARY, "--config", CONFIG], stdout=log,
+        keys = [] if secret == SECRET else ["--keys", f"{KEY}: {secret}"]
+        self.proc = subprocess.Popen([BINARY, "--config", CONFIG] + keys, stdout=log,
                                      stderr=subprocess.STDOUT)
         for _ in range(200):
             if self._answers():

@@ -362,12 +362,6 @@ class Participant:
         await asyncio.sleep(0.1)
         await self.close()
 
-    async def drop_signal(self):
-        """The signalling connection breaks (closed without a leave), as when a load balancer or
-        a node drops it: the client resumes."""
-        if not self.ws.closed:
-            await self.ws.close()
-
     async def close(self):
         self.closed.set()
         if not self.ws.closed:
@@ -390,7 +384,6 @@ class MockSfu:
         self.kick_delay = 0.0  # seconds between a newer join and the older participant's kick
         # LiveKit's defaults; a client that hears nothing for ping_timeout s reconnects.
         self.ping_interval, self.ping_timeout = 5, 15
-        self.refuse_tokens = False  # answer /rtc and /rtc/validate with 401, as for a bad token
         self.resumes = 0  # /rtc?reconnect=1 requests (each answered "reconnect in full")
         # Tracks other identities publish before anyone joins: sid -> (identity, ToneTrack).
         self.published = {}
@@ -423,8 +416,6 @@ class MockSfu:
             await self.runner.cleanup()
 
     async def validate(self, request):
-        if self.refuse_tokens:
-            return web.Response(status=401, text="invalid token: token is expired")
         return web.Response(text="ok")
 
     async def file(self, request):
@@ -438,8 +429,6 @@ class MockSfu:
         return f"http://{self.host}:{self.port}/files/{name}"
 
     async def rtc(self, request):
-        if self.refuse_tokens:
-            return web.Response(status=401, text="invalid token: token is expired")
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
         if request.query.get("reconnect") == "1":

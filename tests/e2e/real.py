@@ -22,7 +22,8 @@ import livekit_server  # noqa: E402
 from livekit_server import LiveKitServer, token  # noqa: E402
 from phone import Phone  # noqa: E402
 from run import (ROOT, Bridge, Ctx, OwnNetwork, check, cpu_seconds, measure,  # noqa: E402
-                 payload_rule, ramp, read_chunks, result, run_scenarios, stream_end, tone)
+                 payload_rule, ramp, read_chunks, result, run_scenarios, session_state,
+                 stream_end, tone)
 from livekit import api  # noqa: E402
 
 
@@ -588,6 +589,94 @@ async def real_server_restart(ctx: RealCtx):
     await phone.leave()
 
 
+async def real_gives_up(ctx: RealCtx):
+    """The bridge's own link gone for longer than the library tries to reconnect (its end of
+    the veth pair down, so each attempt fails at once): the stream ends UNAVAILABLE `room_lost`
+    with a readable reason, so the backend rejoins, and nothing of the session is left (no
+    session, the bridge's threads back to where they were before the join)."""
+    bridge, bctx = await own_bridge(ctx)
+    user = "lost"
+    phone = await phone_for(user)
+    try:
+        # The library's own threads stay once it is loaded: load it with a join and a leave.
+        await bctx.joined("warm-up")
+        await bctx.stub.LeaveRoom(bctx.pb.LeaveRoomRequest(user_id="warm-up"))
+        await asyncio.sleep(1)
+        _, threads_before = bridge.status_of()
+        await bctx.joined(user)
+        flow = TwoWay(bctx, user, phone)
+        await flow.start()
+        down, up = await flow.back_since(time.monotonic(), 15)
+        check(down is not None and up is not None, "audio never flowed both ways")
+        bridge.network.set_own(False)
+        t0 = time.monotonic()
+        states = []
+        while flow.ended is None and time.monotonic() - t0 < 180:
+            state = await session_state(bctx, user)
+            if not states or states[-1] != state:
+                states.append(state)
+            await asyncio.sleep(0.2)
+        bridge.network.set_own(True)
+        check(flow.ended is not None, "the stream did not end within 180 s of a dead network")
+        code, reason = flow.ended
+        result("real_gives_up_after_s", f"{time.monotonic() - t0:.1f}")
+        result("real_gives_up_stream", f"{code.name} {reason}")
+        result("real_gives_up_states", ",".join(str(s) for s in states))
+        await flow.stop()
+        health = await bctx.stub.HealthCheck(bctx.pb.HealthCheckRequest())
+        result("real_gives_up_sessions_left", health.active_sessions)
+        status = await bctx.stub.GetStatus(bctx.pb.BridgeStatusRequest(user_id=user))
+        result("real_gives_up_reason", repr(status.last_disconnect_reason))
+        check(not status.connected, "GetStatus says connected")
+        for _ in range(100):
+            _, threads = bridge.status_of()
+            if threads <= threads_before:
+                break
+            await asyncio.sleep(0.1)
+        result("real_gives_up_threads_before_after", f"{threads_before} {threads}")
+    finally:
+        await phone.leave()
+        await bctx.channel.close()
+        bridge.stop()
+
+
+async def real_key_rotated(ctx: RealCtx):
+    """The server restarted with its key's secret rotated while a session is in the room: the
+    library's rejoin is refused (its token was signed with the old secret), and the stream ends
+    UNAVAILABLE saying the token was refused, for the backend to rejoin with a fresh one; a
+    join with a token signed with the new secret works."""
+    user = "rot"
+    phone = await phone_for(user)
+    await ctx.joined(user)
+    flow = TwoWay(ctx, user, phone)
+    await flow.start()
+    down, up = await flow.back_since(time.monotonic(), 15)
+    check(down is not None and up is not None, "audio never flowed both ways")
+    await phone.leave()
+    rotated = livekit_server.SECRET[::-1]
+    await ctx.sfu.stop("kill")
+    t0 = time.monotonic()
+    await ctx.sfu.start(secret=rotated)
+    try:
+        for _ in range(600):
+            if flow.ended is not None:
+                break
+            await asyncio.sleep(0.1)
+        check(flow.ended is not None, "the stream did not end within 60 s")
+        code, reason = flow.ended
+        result("real_key_rotated_ended_after_ms", f"{(time.monotonic() - t0) * 1000:.0f}")
+        status = await ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id=user))
+        result("real_key_rotated_stream", f"{code.name} {reason}")
+        result("real_key_rotated_reason", repr(status.last_disconnect_reason))
+        await flow.stop()
+        r = await ctx.join(user, tok=token(f"cloud-agent:{user}", user, secret=rotated))
+        result("real_key_rotated_rejoined", "joined" if r.success else f"refused: {r.error}")
+        await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
+    finally:
+        await ctx.sfu.stop("kill")
+        await ctx.sfu.start()
+
+
 async def real_server_shutdown(ctx: RealCtx):
     """LiveKit's server stopped as an operator stops it (SIGTERM: it drains; a second SIGTERM
     closes every room with SERVER_SHUTDOWN): the stream ends UNAVAILABLE `room_lost` with the
@@ -1069,6 +1158,8 @@ SCENARIOS = {
     "real_phone_outage_5s": lambda ctx: real_phone_outage(ctx, 5.0),
     "real_phone_outage_30s": lambda ctx: real_phone_outage(ctx, 30.0),
     "real_server_restart": real_server_restart,
+    "real_gives_up": real_gives_up,
+    "real_key_rotated": real_key_rotated,
     "real_server_shutdown": real_server_shutdown,
     "real_data_packets": real_data_packets,
     "real_publish_heard": real_publish_heard,

@@ -1164,94 +1164,6 @@ async def track_outage(ctx: Ctx, seconds: float = 5.0):
         await let_go(ctx, bridge, bctx)
 
 
-async def token_refused(ctx: Ctx):
-    """The signalling connection drops and the token is refused when the library reconnects:
-    the stream ends with an error status saying so, for the backend to rejoin with a new
-    token."""
-    bridge, bctx = await own_bridge(ctx)
-    try:
-        await bctx.joined("refused")
-        flow = Flow(bctx, "refused")
-        await flow.start()
-        down, up = await flow.both_flowing_since(time.monotonic(), 15)
-        check(down is not None, "audio never flowed")
-        p = await bctx.participant("refused")
-        ctx.sfu.refuse_tokens = True
-        await flow.stop_sending()
-        t0 = time.monotonic()
-        await p.drop_signal()
-        for _ in range(600):
-            if flow.ended is not None:
-                break
-            await asyncio.sleep(0.1)
-        ctx.sfu.refuse_tokens = False
-        check(flow.ended is not None, "the stream did not end within 60 s")
-        code, reason, details = flow.ended
-        result("token_refused_ended_after_ms", f"{(time.monotonic() - t0) * 1000:.0f}")
-        result("token_refused_stream", f"{code.name} {reason}: {details}")
-        check(code == grpc.StatusCode.UNAVAILABLE, f"ended {code}")
-        check("token" in details, f"the status does not say the token was refused: {details}")
-        status = await bctx.stub.GetStatus(bctx.pb.BridgeStatusRequest(user_id="refused"))
-        check(not status.connected and "JOIN_FAILURE" in status.last_disconnect_reason,
-              status.last_disconnect_reason)
-        await flow.stop()
-    finally:
-        await bctx.channel.close()
-        bridge.stop()
-
-
-async def gives_up(ctx: Ctx):
-    """An outage longer than the library's reconnect attempts (the bridge's own link down, so each
-    attempt fails at once; the mock's ping timeout is 3 s): the stream ends UNAVAILABLE with a
-    readable reason, and nothing of the session is left (no session, and the bridge's threads
-    back to where they were before the join)."""
-    ctx.sfu.ping_interval, ctx.sfu.ping_timeout = 1, 3
-    bridge, bctx = await own_bridge(ctx)
-    try:
-        # The library's own threads stay once it is loaded: load it with a join and a leave.
-        await bctx.joined("warm-up")
-        await bctx.stub.LeaveRoom(bctx.pb.LeaveRoomRequest(user_id="warm-up"))
-        await asyncio.sleep(1)
-        _, threads_before = bridge.status_of()
-        await bctx.joined("lost")
-        flow = Flow(bctx, "lost")
-        await flow.start()
-        down, up = await flow.both_flowing_since(time.monotonic(), 15)
-        check(down is not None and up is not None, "audio never flowed both ways")
-        await flow.stop_sending()
-        bridge.network.set_own(False)
-        t0 = time.monotonic()
-        states = []
-        while flow.ended is None and time.monotonic() - t0 < 180:
-            state = await session_state(bctx, "lost")
-            if not states or states[-1] != state:
-                states.append(state)
-            await asyncio.sleep(0.2)
-        bridge.network.set_own(True)
-        check(flow.ended is not None, "the stream did not end within 180 s of a dead network")
-        code, reason, details = flow.ended
-        result("gives_up_after_s", f"{time.monotonic() - t0:.1f}")
-        result("gives_up_stream", f"{code.name} {reason}: {details}")
-        result("gives_up_states", ",".join(str(s) for s in states))
-        check(code == grpc.StatusCode.UNAVAILABLE and reason == "room_lost", f"ended {flow.ended}")
-        await flow.stop()
-        health = await bctx.stub.HealthCheck(bctx.pb.HealthCheckRequest())
-        check(health.active_sessions == 0, f"{health.active_sessions} sessions still connected")
-        status = await bctx.stub.GetStatus(bctx.pb.BridgeStatusRequest(user_id="lost"))
-        check(not status.connected and "reconnect failed" in status.last_disconnect_reason,
-              status.last_disconnect_reason)
-        for _ in range(100):
-            _, threads = bridge.status_of()
-            if threads <= threads_before:
-                break
-            await asyncio.sleep(0.1)
-        result("gives_up_threads_before_after", f"{threads_before} {threads}")
-        check(threads <= threads_before, f"{threads - threads_before} threads left behind")
-    finally:
-        await bctx.channel.close()
-        bridge.stop()
-
-
 async def target_new_sid(ctx: Ctx):
     """The target reconnects with a new participant SID (a phone changing networks): its audio
     keeps reaching the client with no call from the backend."""
@@ -1279,8 +1191,6 @@ SCENARIOS = {
     "track_edges": track_edges,
     "track_outage": track_outage,
     "track_outage_20s": lambda ctx: track_outage(ctx, 20.0),
-    "token_refused": token_refused,
-    "gives_up": gives_up,
     "target_new_sid": target_new_sid,
     "track_audio": track_audio,
     "track_and_data": track_and_data,
