@@ -21,10 +21,10 @@ import grpc  # noqa: E402
 import livekit_server  # noqa: E402
 from livekit_server import LiveKitServer, token  # noqa: E402
 from phone import Phone  # noqa: E402
-from run import (ROOT, Bridge, Ctx, OwnNetwork, check, cpu_seconds, measure,  # noqa: E402
-                 payload_rule, ramp, read_chunks, result, run_scenarios, session_state,
-                 stream_end, tone)
-from livekit import api  # noqa: E402
+from run import (ROOT, Bridge, Ctx, OwnNetwork, check, cpu_seconds, loud,  # noqa: E402
+                 measure, payload_rule, ramp, read_chunks, result, run_scenarios,
+                 session_state, stream_end, tone)
+from livekit import api, rtc  # noqa: E402
 
 
 class RealCtx(Ctx):
@@ -587,6 +587,87 @@ async def real_server_restart(ctx: RealCtx):
     check(down is not None and up is not None, f"audio did not come back: {down} {up}")
     await flow.stop()
     await phone.leave()
+
+
+async def real_track_outage(ctx: RealCtx, seconds: float):
+    """The bridge's own link down for `seconds` while the target's Opus track flows: the
+    stream stays open, the tone is heard again once the link is back, with no call from the
+    backend, and nothing stale is heard meanwhile (the library's audio stream keeps its 10 ms
+    pace with concealment fading to silence)."""
+    bridge, bctx = await own_bridge(ctx)
+    user = f"trk{int(seconds)}"
+    tag = f"real_track_outage_{int(seconds)}s"
+    phone = await phone_for(user, listen=False)
+    try:
+        _, feed = await phone.publish_microphone(tone(440, seconds + 25))
+        feeding = asyncio.ensure_future(feed)
+        await bctx.joined(user)
+        call, queue = bctx.stream(user)
+        stream = Collector(call)
+        for _ in range(100):
+            if any(loud(c) for _, c in stream.chunks):
+                break
+            await asyncio.sleep(0.05)
+        check(any(loud(c) for _, c in stream.chunks), "the tone was never heard")
+        await asyncio.sleep(1)
+        sid = await participant_sid(ctx, user)
+        bridge.network.set(False)
+        t_down = time.monotonic()
+        await asyncio.sleep(seconds)
+        bridge.network.set(True)
+        t_up = time.monotonic()
+        back_at = None
+        while back_at is None and time.monotonic() - t_up < 20:
+            back_at = next((at for at, c in stream.chunks if at >= t_up and loud(c)), None)
+            check(stream.ended is None, f"the stream ended: {stream.ended}")
+            await asyncio.sleep(0.05)
+        check(back_at is not None, "the tone was not heard within 20 s of the link coming back")
+        after = await stream.read_for(2.0)
+        # Half a second after the link went down, what was in flight has arrived.
+        during = [c for at, c in stream.chunks if t_down + 0.5 <= at < t_up]
+        after_sid = await participant_sid(ctx, user)
+        result(f"{tag}_heard_again_after_link_up_ms", f"{(back_at - t_up) * 1000:.0f}")
+        result(f"{tag}_chunks_during_outage", f"{len(during)} ({sum(map(loud, during))} loud)")
+        result(f"{tag}_loud_chunks_in_2s_after", f"{sum(1 for _, c in after if loud(c))} of "
+               f"{len(after)}")
+        result(f"{tag}_resumed", "same participant" if after_sid == sid else "rejoined in full")
+        check(not any(map(loud, during)), "the tone was heard while the link was down: stale")
+        feeding.cancel()
+        queue.put_nowait(None)
+    finally:
+        await phone.leave()
+        await bctx.channel.close()
+        bridge.stop()
+
+
+async def real_target_new_sid(ctx: RealCtx):
+    """The phone connects again from elsewhere (a phone changing networks): its new connection
+    takes over its identity with a new participant SID, the server drops the old one, and its
+    audio keeps reaching the client with no call from the backend."""
+    user = "roam"
+    old = await phone_for(user, listen=False)
+    await ctx.joined(user)
+    flow_call, queue = ctx.stream(user)
+    stream = Collector(flow_call)
+    await asyncio.sleep(0.5)
+    await old.send_microphone(1.0)
+    check(len(stream.chunks) >= 90, f"only {len(stream.chunks)} of 100 packets before roaming")
+    sid = await participant_sid(ctx, user, f"phone-{user}")
+    new = await phone_for(user, listen=False)
+    t0 = time.monotonic()
+    sending = asyncio.ensure_future(new.send_microphone(3.0, start_seq=100))
+    after = await stream.during(sending)
+    after_sid = await participant_sid(ctx, user, f"phone-{user}")
+    first = next((at - t0 for at, _ in after), None)
+    result("real_target_new_sid_first_frame_ms", "never" if first is None else f"{first * 1000:.0f}")
+    result("real_target_new_sid_frames", f"{len(after)} of 300")
+    result("real_target_new_sid_old_phone", "still in" if old.disconnected is None
+           else rtc.DisconnectReason.Name(old.disconnected))
+    check(after_sid not in (None, sid), f"the phone's SID did not change: {sid} -> {after_sid}")
+    check(stream.ended is None, f"the stream ended: {stream.ended}")
+    queue.put_nowait(None)
+    await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
+    await new.leave()
 
 
 async def real_gives_up(ctx: RealCtx):
@@ -1159,6 +1240,9 @@ SCENARIOS = {
     "real_phone_outage_30s": lambda ctx: real_phone_outage(ctx, 30.0),
     "real_server_restart": real_server_restart,
     "real_gives_up": real_gives_up,
+    "real_track_outage_5s": lambda ctx: real_track_outage(ctx, 5.0),
+    "real_track_outage_20s": lambda ctx: real_track_outage(ctx, 20.0),
+    "real_target_new_sid": real_target_new_sid,
     "real_key_rotated": real_key_rotated,
     "real_server_shutdown": real_server_shutdown,
     "real_data_packets": real_data_packets,
