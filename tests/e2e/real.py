@@ -358,11 +358,11 @@ class _Seq(list):
             self.into.append((at, int.from_bytes(chunk.pcm_data[:2], "little")))
 
 
-async def own_bridge(ctx):
+async def own_bridge(ctx, settings=None):
     """A bridge in a network namespace of its own, behind a veth pair (run.py's OwnNetwork),
-    so its link to LiveKit can go down alone."""
+    so its link to LiveKit can go down alone; `settings` go to its environment."""
     bridge = Bridge(ctx.bridge.binary, ctx.bridge.tmp, name=f"own{time.monotonic_ns()}",
-                    own_network=True)
+                    own_network=True, settings=settings)
     await bridge.wait_ready()
     return bridge, RealCtx(ctx.pb, ctx.pbg, bridge, ctx.sfu)
 
@@ -668,6 +668,92 @@ async def real_target_new_sid(ctx: RealCtx):
     queue.put_nowait(None)
     await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
     await new.leave()
+
+
+def marked(n):
+    """A phone's data packet whose PCM says it is one: "DATA" in bytes 4 to 8 after the
+    payload rule, which no decoded frame of a tone holds."""
+    return bytes([n % 256]) + n.to_bytes(4, "little") + b"DATA" + bytes(312)
+
+
+def is_data(chunk):
+    return chunk.pcm_data[4:8] == b"DATA"
+
+
+async def send_marked(phone, count, stop=None):
+    """`count` marked packets, 100 a second (until `stop` is set, if given)."""
+    t0 = time.monotonic()
+    for n in range(count):
+        if stop is not None and stop.is_set():
+            return
+        await phone.send_data(marked(n))
+        await asyncio.sleep(max(0, t0 + (n + 1) * 0.01 - time.monotonic()))
+
+
+async def real_track_and_data(ctx: RealCtx):
+    """With BRIDGE_AUDIO_SOURCE=both (the default), the phone's data packets win while they
+    flow: the client gets only them, never a frame of its Opus track between them, and the
+    track takes over once they stop."""
+    user = "both"
+    phone = await phone_for(user, listen=False)
+    await ctx.joined(user)
+    call, queue = ctx.stream(user)
+    stream = Collector(call)
+    await asyncio.sleep(0.5)
+    stop = asyncio.Event()
+    sender = asyncio.ensure_future(send_marked(phone, 100_000, stop))
+    await asyncio.sleep(1.0)
+    _, feed = await phone.publish_microphone(tone(440, 10.0))
+    feeding = asyncio.ensure_future(feed)
+    await asyncio.sleep(3.0)
+    stop.set()
+    await sender
+    stopped = time.monotonic()
+    await asyncio.sleep(2.0)
+    kinds = "".join("D" if is_data(c) else "T" for _, c in stream.chunks)
+    switches = sum(1 for a, b in zip(kinds, kinds[1:]) if a != b)
+    first_track = next((at for at, c in stream.chunks if not is_data(c)), None)
+    result("real_both_data_chunks", kinds.count("D"))
+    result("real_both_track_chunks", kinds.count("T"))
+    result("real_both_switches", switches)
+    check(first_track is not None, "the track never took over")
+    result("real_both_track_after_data_ms", f"{(first_track - stopped) * 1000:.0f}")
+    check(kinds.startswith("D") and switches == 1,
+          f"data and track audio interleaved ({switches} switches)")
+    feeding.cancel()
+    queue.put_nowait(None)
+    await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
+    await phone.leave()
+
+
+async def real_audio_source_settings(ctx: RealCtx):
+    """BRIDGE_AUDIO_SOURCE=track takes the phone's track only, also one published before the
+    bridge joined, and ignores its data packets; =data never hears the track, during the
+    data packets or after them."""
+    for setting in ("track", "data"):
+        bridge, bctx = await own_bridge(ctx, {"BRIDGE_AUDIO_SOURCE": setting})
+        user = f"src{setting}"
+        phone = await phone_for(user, listen=False)
+        try:
+            _, feed = await phone.publish_microphone(tone(440, 10.0))
+            feeding = asyncio.ensure_future(feed)
+            await bctx.joined(user)
+            call, queue = bctx.stream(user)
+            stream = Collector(call)
+            await asyncio.sleep(1.0)
+            t0 = time.monotonic()
+            await send_marked(phone, 200)
+            await asyncio.sleep(1.0)  # with `both` the track would take over now
+            got = [c for at, c in stream.chunks if at >= t0]
+            data = sum(1 for c in got if is_data(c))
+            result(f"real_source_{setting}_data_chunks", data)
+            result(f"real_source_{setting}_track_chunks", len(got) - data)
+            feeding.cancel()
+            queue.put_nowait(None)
+        finally:
+            await phone.leave()
+            await bctx.channel.close()
+            bridge.stop()
 
 
 async def real_gives_up(ctx: RealCtx):
@@ -1243,6 +1329,8 @@ SCENARIOS = {
     "real_track_outage_5s": lambda ctx: real_track_outage(ctx, 5.0),
     "real_track_outage_20s": lambda ctx: real_track_outage(ctx, 20.0),
     "real_target_new_sid": real_target_new_sid,
+    "real_track_and_data": real_track_and_data,
+    "real_audio_source_settings": real_audio_source_settings,
     "real_key_rotated": real_key_rotated,
     "real_server_shutdown": real_server_shutdown,
     "real_data_packets": real_data_packets,

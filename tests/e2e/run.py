@@ -517,95 +517,6 @@ async def track_audio(ctx: Ctx):
     await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id="listener", reason="done"))
 
 
-async def track_and_data(ctx: Ctx):
-    """With BRIDGE_AUDIO_SOURCE=both (the default), data packets win while they flow: the client
-    gets only the data packets while they come, never a track frame between them, and the
-    target's track takes over once they stop."""
-    await ctx.joined("both")
-    listener = Listener(ctx, "both")
-    p = await ctx.participant("both")
-    stop = asyncio.Event()
-
-    async def packets():
-        t0, n = time.monotonic(), 0
-        while not stop.is_set():
-            p.try_send_data("target", n.to_bytes(4, "little") + b"DATA" + bytes(312))
-            n += 1
-            await asyncio.sleep(max(0, t0 + n * 0.01 - time.monotonic()))
-
-    sender = asyncio.ensure_future(packets())
-    await asyncio.sleep(1.0)
-    track = ToneTrack(440, 30.0)
-    await p.publish_track_as("target", "TR_both", track)
-    await asyncio.wait_for(p.subscribed.get(), 15)
-    await asyncio.sleep(3.0)
-    stop.set()
-    await sender
-    stopped = time.monotonic()
-    await asyncio.sleep(2.0)
-    kinds = "".join("D" if c.pcm_data[4:8] == b"DATA" else "T" for (_, c) in listener.chunks)
-    switches = sum(1 for a, b in zip(kinds, kinds[1:]) if a != b)
-    first_track = next((at for (at, c) in listener.chunks if c.pcm_data[4:8] != b"DATA"), None)
-    result("both_data_chunks", kinds.count("D"))
-    result("both_track_chunks", kinds.count("T"))
-    result("both_switches", switches)
-    check(kinds.count("D") >= 350, f"only {kinds.count('D')} data packets arrived")
-    check(kinds.startswith("D") and switches == 1,
-          f"data and track audio interleaved ({switches} switches)")
-    check(first_track is not None and first_track >= stopped + 0.4,
-          "track audio arrived while data packets still flowed")
-    result("both_track_after_data_ms", f"{(first_track - stopped) * 1000:.0f}")
-    check(first_track - stopped <= 1.0, "the track did not take over after the data packets stopped")
-    listener.call.cancel()
-    await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id="both", reason="done"))
-
-
-async def audio_source_settings(ctx: Ctx):
-    """BRIDGE_AUDIO_SOURCE=track takes the target's track only, also one it published before the
-    bridge joined, and ignores its data packets; =data never subscribes to a track."""
-    early = ToneTrack(440, 30.0)
-    ctx.sfu.published = {"TR_early": ("target", early)}
-    bridge, bctx = await own_bridge(ctx, {"BRIDGE_AUDIO_SOURCE": "track"})
-    try:
-        await bctx.joined("early")
-        listener = Listener(bctx, "early")
-        p = await bctx.participant("early")
-        sid = await asyncio.wait_for(p.subscribed.get(), 15)
-        check(sid == "TR_early", f"subscribed to {sid}")
-        t0 = time.monotonic()
-        for n in range(200):
-            p.try_send_data("target", n.to_bytes(4, "little") + b"DATA" + bytes(312))
-            await asyncio.sleep(0.01)
-        got = listener.since(t0)
-        data = sum(1 for c in got if c.pcm_data[4:8] == b"DATA")
-        result("source_track_chunks_in_2s", len(got) - data)
-        check(data == 0, f"{data} data packets reached the client with BRIDGE_AUDIO_SOURCE=track")
-        check(len(got) >= 150, f"only {len(got)} chunks of the early track in 2 s")
-        listener.call.cancel()
-    finally:
-        await let_go(ctx, bridge, bctx)
-    bridge, bctx = await own_bridge(ctx, {"BRIDGE_AUDIO_SOURCE": "data"})
-    try:
-        await bctx.joined("dataonly")
-        listener = Listener(bctx, "dataonly")
-        p = await bctx.participant("dataonly")
-        await p.publish_track_as("target", "TR_ignored", ToneTrack(440, 30.0))
-        for n in range(200):
-            p.try_send_data("target", n.to_bytes(4, "little") + b"DATA" + bytes(312))
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.5)
-        check(p.subscribed.empty() and not p.sending,
-              "the bridge subscribed to a track with BRIDGE_AUDIO_SOURCE=data")
-        other = sum(1 for (_, c) in listener.chunks if c.pcm_data[4:8] != b"DATA")
-        result("source_data_chunks", len(listener.chunks) - other)
-        check(other == 0, f"{other} chunks were not data packets")
-        check(len(listener.chunks) >= 150, f"only {len(listener.chunks)} data packets arrived")
-        listener.call.cancel()
-    finally:
-        await bctx.channel.close()
-        bridge.stop()
-
-
 async def stream_end(call, into=None, timeout=10):
     """Reads a StreamAudio to its end: its status code and its x-bridge-end-reason. Each chunk
     is kept in `into` with its arrival time, if given; each read waits at most `timeout` s
@@ -1025,8 +936,6 @@ SCENARIOS = {
     "participants_and_server_disconnect": participants_and_server_disconnect,
     "track_edges": track_edges,
     "track_audio": track_audio,
-    "track_and_data": track_and_data,
-    "audio_source_settings": audio_source_settings,
     "track_after_reconnect": track_after_reconnect,
     "churn": lambda ctx: churn(ctx, int(os.environ.get("E2E_CYCLES", "200"))),
     "room_cost": lambda ctx: room_cost(ctx, int(os.environ.get("E2E_ROOMS", "20")),
