@@ -756,6 +756,44 @@ async def real_audio_source_settings(ctx: RealCtx):
             bridge.stop()
 
 
+async def real_two_bridges(ctx: RealCtx):
+    """Two bridge processes joined as the same identity: the newer takes the room, the older's
+    stream ends OK `replaced_elsewhere` (so its backend does not rejoin), and for 10 s neither
+    joins again: the server keeps the newer's participant, whose stream hears the phone."""
+    other = Bridge(ctx.bridge.binary, ctx.bridge.tmp, "bridge2")
+    ctx2 = None
+    user = "shared"
+    phone = await phone_for(user, listen=False)
+    try:
+        await other.wait_ready()
+        ctx2 = RealCtx(ctx.pb, ctx.pbg, other, ctx.sfu)
+        first, first_queue = await joined_hearing(ctx, user, phone)
+        await ctx2.joined(user)
+        got = await stream_end(first)
+        result("real_two_bridges_older_ended", f"{got[0].name} {got[1]}")
+        status = await ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id=user))
+        check(not status.connected, "the older bridge still says connected")
+        result("real_two_bridges_older_reason", repr(status.last_disconnect_reason))
+        second, second_queue = ctx2.stream(user)
+        sid = await participant_sid(ctx, user)
+        sids = set()
+        for _ in range(20):
+            await asyncio.sleep(0.5)
+            sids.add(await participant_sid(ctx, user))
+        result("real_two_bridges_participants_in_10s", len(sids | {sid}))
+        await asyncio.sleep(0.5)
+        await phone.send_data(b"\x00" + bytes(320))
+        await read_chunks(second, 1)
+        result("real_two_bridges_newer_hears", "yes")
+        for q in (first_queue, second_queue):
+            q.put_nowait(None)
+    finally:
+        await phone.leave()
+        if ctx2 is not None:
+            await ctx2.channel.close()
+        other.stop()
+
+
 async def real_gives_up(ctx: RealCtx):
     """The bridge's own link gone for longer than the library tries to reconnect (its end of
     the veth pair down, so each attempt fails at once): the stream ends UNAVAILABLE `room_lost`
@@ -1331,6 +1369,7 @@ SCENARIOS = {
     "real_target_new_sid": real_target_new_sid,
     "real_track_and_data": real_track_and_data,
     "real_audio_source_settings": real_audio_source_settings,
+    "real_two_bridges": real_two_bridges,
     "real_key_rotated": real_key_rotated,
     "real_server_shutdown": real_server_shutdown,
     "real_data_packets": real_data_packets,

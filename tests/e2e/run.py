@@ -809,42 +809,6 @@ async def replaced_here(ctx: Ctx):
     ctx.sfu.kick_delay = 0.0
 
 
-async def two_bridges(ctx: Ctx):
-    """Two bridge processes joined as the same identity: the newer takes the room, the older's
-    stream ends OK `replaced_elsewhere` (so its backend does not rejoin), and no kick follows
-    within 10 s: the two do not take the room from each other."""
-    other = Bridge(ctx.bridge.binary, ctx.bridge.tmp, "bridge2")
-    ctx2 = None
-    try:
-        await other.wait_ready()
-        ctx2 = Ctx(ctx.pb, ctx.pbg, other, ctx.sfu)
-        user = "shared"
-        first, first_queue = await streaming(ctx, user)
-        await ctx2.joined(user)
-        joins = ctx.sfu.joins
-        got = await stream_end(first)
-        check(got == (grpc.StatusCode.OK, "replaced_elsewhere"), f"the older ended {got}")
-        status = await ctx.stub.GetStatus(ctx.pb.BridgeStatusRequest(user_id=user))
-        check(not status.connected, "the older bridge still says connected")
-        check("DUPLICATE_IDENTITY" in status.last_disconnect_reason,
-              status.last_disconnect_reason)
-        second, second_queue = ctx2.stream(user)
-        winner = await ctx.participant(user)
-        await asyncio.sleep(10)
-        check(ctx.sfu.joins == joins, f"{ctx.sfu.joins - joins} more joins: the bridges fight")
-        check(not winner.closed.is_set(), "the newer bridge was kicked")
-        await winner.send_data("target", b"\x00" + bytes(320))
-        await read_chunks(second, 1)
-        result("two_bridges_older_ended", f"{got[0].name} {got[1]}")
-        result("two_bridges_joins_in_10s_after", ctx.sfu.joins - joins)
-        for q in (first_queue, second_queue):
-            q.put_nowait(None)
-    finally:
-        if ctx2 is not None:
-            await ctx2.channel.close()
-        other.stop()
-
-
 # --------------------------------------------------------------------------------------------
 # Faults of the network and the server, each with a bridge in a network of its own
 
@@ -932,7 +896,6 @@ def loud(chunk, level=0.05):
 
 SCENARIOS = {
     "replaced_here": replaced_here,
-    "two_bridges": two_bridges,
     "participants_and_server_disconnect": participants_and_server_disconnect,
     "track_edges": track_edges,
     "track_audio": track_audio,
