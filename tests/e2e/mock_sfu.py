@@ -14,9 +14,7 @@ the `livekit-protocol` package) and WebRTC (aiortc) for a client to:
   renegotiates with a new offer; unpublishing announces the track gone and stops its sender;
 - be disconnected by the server with a reason (room deleted, duplicate identity, ...); a join
   with an identity already in the room kicks the older participant with DUPLICATE_IDENTITY,
-  as LiveKit does;
-- lose its signalling connection (the client resumes), refuse tokens (401 from `/rtc` and
-  `/rtc/validate`), and be restarted with its sessions forgotten.
+  as LiveKit does.
 
 A resume (`/rtc?reconnect=1`) is answered as by a LiveKit node that cannot resume the session:
 a leave with action RECONNECT, after which the client reconnects in full (a new join, new peer
@@ -156,8 +154,6 @@ class Participant:
         self.closed = asyncio.Event()
         # Tracks published as other identities, by track sid: (identity, TrackInfo, ToneTrack).
         self.remote_tracks = {}
-        for sid, (who, track) in sfu.published.items():
-            self.remote_tracks[sid] = (who, self._track_info(sid), track)
         self.sending = {}  # track sid -> the subscriber connection's transceiver sending it
         self.subscribed = asyncio.Queue()  # track sids, as the client subscribes to them
         self.negotiation = asyncio.Lock()
@@ -384,9 +380,6 @@ class MockSfu:
         self.kick_delay = 0.0  # seconds between a newer join and the older participant's kick
         # LiveKit's defaults; a client that hears nothing for ping_timeout s reconnects.
         self.ping_interval, self.ping_timeout = 5, 15
-        self.resumes = 0  # /rtc?reconnect=1 requests (each answered "reconnect in full")
-        # Tracks other identities publish before anyone joins: sid -> (identity, ToneTrack).
-        self.published = {}
 
     async def kick(self, older):
         await asyncio.sleep(self.kick_delay)
@@ -435,7 +428,6 @@ class MockSfu:
             # A resume. aiortc cannot restart ICE, so the mock cannot resume a session; it
             # answers as a LiveKit node that cannot (the session is gone, or on another node):
             # leave with action RECONNECT, and the client reconnects in full, with a new join.
-            self.resumes += 1
             await ws.send_bytes(rtc.SignalResponse(leave=rtc.LeaveRequest(
                 reason=models.DisconnectReason.STATE_MISMATCH,
                 action=rtc.LeaveRequest.RECONNECT, can_reconnect=True)).SerializeToString())

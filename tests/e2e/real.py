@@ -794,6 +794,46 @@ async def real_two_bridges(ctx: RealCtx):
         other.stop()
 
 
+async def real_track_after_restart(ctx: RealCtx):
+    """LiveKit's server killed and started again while the target's track flows: the library
+    rejoins in full, the phone republishes its track, and the bridge subscribes to it again
+    and the tone is heard, with no call from the backend, on the same stream."""
+    user = "retrack"
+    phone = await phone_for(user, listen=False)
+    _, feed = await phone.publish_microphone(tone(440, 90.0))
+    feeding = asyncio.ensure_future(feed)
+    await ctx.joined(user)
+    call, queue = ctx.stream(user)
+    stream = Collector(call)
+
+    async def loud_since(t, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            at = next((at for at, c in stream.chunks if at >= t and loud(c)), None)
+            if at is not None:
+                return at - t
+            check(stream.ended is None, f"the stream ended: {stream.ended}")
+            await asyncio.sleep(0.05)
+        return None
+
+    check(await loud_since(time.monotonic(), 10) is not None, "the tone was never heard")
+    await ctx.sfu.stop("kill")
+    await asyncio.sleep(1.0)
+    await ctx.sfu.start()
+    t_up = time.monotonic()
+    back = await loud_since(t_up, 60)
+    check(back is not None, "the tone was not heard within 60 s of the server's restart")
+    after = await stream.read_for(2.0)
+    result("real_track_after_restart_heard_after_s", f"{back:.1f}")
+    result("real_track_after_restart_loud_chunks_in_2s", f"{sum(1 for _, c in after if loud(c))} "
+           f"of {len(after)}")
+    result("real_track_after_restart_stream", "open" if stream.ended is None else stream.ended)
+    feeding.cancel()
+    queue.put_nowait(None)
+    await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
+    await phone.leave()
+
+
 async def real_gives_up(ctx: RealCtx):
     """The bridge's own link gone for longer than the library tries to reconnect (its end of
     the veth pair down, so each attempt fails at once): the stream ends UNAVAILABLE `room_lost`
@@ -1370,6 +1410,7 @@ SCENARIOS = {
     "real_track_and_data": real_track_and_data,
     "real_audio_source_settings": real_audio_source_settings,
     "real_two_bridges": real_two_bridges,
+    "real_track_after_restart": real_track_after_restart,
     "real_key_rotated": real_key_rotated,
     "real_server_shutdown": real_server_shutdown,
     "real_data_packets": real_data_packets,
