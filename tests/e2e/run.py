@@ -653,39 +653,6 @@ async def churn(ctx: Ctx, cycles: int):
           f"{rss} KiB after {cycles}")
 
 
-async def room_cost(ctx: Ctx, rooms: int, rounds: int = 3):
-    """Memory and threads of real rooms: idle, with `rooms` joined, and after leaving them, over
-    several rounds. A leak grows every round; the allocator keeping freed memory does not."""
-    # Load the library with one join and leave, so the baseline includes its fixed cost.
-    await ctx.joined("warmup")
-    await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id="warmup", reason="warmup"))
-    await asyncio.sleep(1.0)
-    rss0, threads0 = ctx.bridge.status_of()
-    after = []
-    for r in range(rounds):
-        for i in range(rooms):
-            await ctx.joined(f"user{i}")
-        await asyncio.sleep(1.0)
-        rss1, threads1 = ctx.bridge.status_of()
-        for i in range(rooms):
-            await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=f"user{i}", reason="done"))
-        await asyncio.sleep(2.0)
-        rss2, threads2 = ctx.bridge.status_of()
-        after.append(rss2)
-        result(f"round{r}_rss_kib_idle_joined_left", f"{rss0}/{rss1}/{rss2}")
-        result(f"round{r}_threads_idle_joined_left", f"{threads0}/{threads1}/{threads2}")
-        if r == 0:
-            result("per_room_kib", (rss1 - rss0) // rooms)
-            result("per_room_threads", f"{(threads1 - threads0) / rooms:.2f}")
-        check(threads2 <= threads0 + 2, f"round {r}: threads {threads0} -> {threads2}")
-    # The first rounds take the allocator to its high-water mark, in steps that shrink (with 20
-    # rooms, for example +1990, +620, +440, +260 KiB); a leak grows by the same amount every
-    # round. The bound on the last round's step is in tests/e2e.rs.
-    check(rounds >= 3, "room_cost needs at least 3 rounds")
-    result("rss_growth_in_last_round_kib", after[-1] - after[-2])
-    result("rss_after_each_round_kib", "/".join(str(a) for a in after))
-
-
 def cpu_seconds(pid):
     """User + system CPU seconds of a process, from /proc."""
     with open(f"/proc/{pid}/stat") as f:
@@ -833,8 +800,6 @@ SCENARIOS = {
     "track_edges": track_edges,
     "track_audio": track_audio,
     "churn": lambda ctx: churn(ctx, int(os.environ.get("E2E_CYCLES", "200"))),
-    "room_cost": lambda ctx: room_cost(ctx, int(os.environ.get("E2E_ROOMS", "20")),
-                                       int(os.environ.get("E2E_ROUNDS", "3"))),
     # A measurement for BENCHMARKS.md, not run by the test suite:
     # E2E_ROOMS=10 [E2E_VIA=track] unshare -n vendor/e2e-venv/bin/python tests/e2e/run.py BIN
     # room_load

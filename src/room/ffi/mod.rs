@@ -11,14 +11,16 @@
 //! - `dispatch`: the library's events, on its threads, to rings, waiting calls and sessions.
 //! - `subscribe`: the target's audio tracks, subscribed to and streamed into the same rings.
 //! - `translate`: the library's disconnect reasons and log records in the bridge's words.
+//! - `grant`: the room a join token grants, so a join naming another room is refused.
 //! - here: [`FfiBackend`], connecting, and the wiring of one client, its tables and the
 //!   dispatcher to the process's library; `room`: the joined room (publishing, leaving);
 //!   `reframe`: client audio into the 10 ms frames the library's audio source takes;
 //!   `feeder`: each published track's clock, pacing those frames into the source.
 //!
-//! The modules depend one way: `library` and `packet` on nothing here; `calls`, `routes` and
-//! `streams` on nothing but the protocol; `client` on those; `subscribe` and `feeder` on
-//! `client`; `room` on `client` and `feeder`; `dispatch` on the tables and `subscribe`; this module on all of them.
+//! The modules depend one way: `library`, `packet` and `grant` on nothing here; `calls`,
+//! `routes` and `streams` on nothing but the protocol; `client` on those; `subscribe` and
+//! `feeder` on `client`; `room` on `client` and `feeder`; `dispatch` on the tables and
+//! `subscribe`; this module on all of them.
 //!
 //! An answer from the library that is not the one asked for is an error
 //! ([`RoomError::Library`]), never a default value.
@@ -27,6 +29,7 @@ mod calls;
 mod client;
 mod dispatch;
 mod feeder;
+mod grant;
 mod library;
 pub mod packet;
 mod reframe;
@@ -161,6 +164,9 @@ async fn connect(
     request: ConnectRequest,
     events: Arc<dyn RoomEvents>,
 ) -> Result<Connected, RoomError> {
+    if let Some(why) = grant::refusal(&request.room_name, &request.token) {
+        return Err(RoomError::ConnectFailed(why));
+    }
     let timeout_ms = request.timeout.as_millis() as u64;
     let (url, token) = (request.url.clone(), request.token.clone());
     let answer = client
