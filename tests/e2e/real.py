@@ -329,6 +329,16 @@ class TwoWay:
         self.ended = None
         self.tasks = []
 
+    @classmethod
+    async def flowing(cls, ctx, user, phone):
+        """`user` joined, its conversation started and audio flowing both ways (within 15 s)."""
+        await ctx.joined(user)
+        flow = cls(ctx, user, phone)
+        await flow.start()
+        down, up = await flow.back_since(time.monotonic(), 15)
+        check(down is not None and up is not None, f"audio never flowed both ways: {down} {up}")
+        return flow
+
     async def start(self):
         self.call, self.queue = self.ctx.stream(self.user)
         self.tasks = [asyncio.ensure_future(f()) for f in (self._read, self._send, self._talk)]
@@ -564,11 +574,7 @@ async def real_outage(ctx: RealCtx, seconds: float):
     user = f"out{int(seconds)}"
     phone = await phone_for(user)
     try:
-        await bctx.joined(user)
-        flow = TwoWay(bctx, user, phone)
-        await flow.start()
-        down, up = await flow.back_since(time.monotonic(), 15)
-        check(down is not None and up is not None, f"audio never flowed both ways: {down} {up}")
+        flow = await TwoWay.flowing(bctx, user, phone)
         await asyncio.sleep(1)
         sid = await participant_sid(ctx, user)
         t_down, t_up = await link_down(bridge.network, seconds)
@@ -608,11 +614,7 @@ async def real_server_restart(ctx: RealCtx):
     full; audio comes back both ways on the same stream, with no call from the backend."""
     user = "lou"
     phone = await phone_for(user)
-    await ctx.joined(user)
-    flow = TwoWay(ctx, user, phone)
-    await flow.start()
-    down, up = await flow.back_since(time.monotonic(), 15)
-    check(down is not None and up is not None, "audio never flowed both ways")
+    flow = await TwoWay.flowing(ctx, user, phone)
     await ctx.sfu.stop("kill")
     t_killed = time.monotonic()
     await asyncio.sleep(1)
@@ -646,25 +648,17 @@ async def real_track_outage(ctx: RealCtx, seconds: float):
         await bctx.joined(user)
         call, queue = bctx.stream(user)
         stream = Collector(call)
-        for _ in range(100):
-            if any(loud(c) for _, c in stream.chunks):
-                break
-            await asyncio.sleep(0.05)
-        check(any(loud(c) for _, c in stream.chunks), "the tone was never heard")
+        check(await stream.loud_since(0, 5) is not None, "the tone was never heard")
         await asyncio.sleep(1)
         sid = await participant_sid(ctx, user)
         t_down, t_up = await link_down(bridge.network, seconds)
-        back_at = None
-        while back_at is None and time.monotonic() - t_up < 20:
-            back_at = next((at for at, c in stream.chunks if at >= t_up and loud(c)), None)
-            check(stream.ended is None, f"the stream ended: {stream.ended}")
-            await asyncio.sleep(0.05)
-        check(back_at is not None, "the tone was not heard within 20 s of the link coming back")
+        back = await stream.loud_since(t_up, 20)
+        check(back is not None, "the tone was not heard within 20 s of the link coming back")
         after = await stream.read_for(2.0)
         # Half a second after the link went down, what was in flight has arrived.
         during = [c for at, c in stream.chunks if t_down + 0.5 <= at < t_up]
         after_sid = await participant_sid(ctx, user)
-        result(f"{tag}_heard_again_after_link_up_ms", f"{(back_at - t_up) * 1000:.0f}")
+        result(f"{tag}_heard_again_after_link_up_ms", f"{back * 1000:.0f}")
         result(f"{tag}_chunks_during_outage", f"{len(during)} ({sum(map(loud, during))} loud)")
         result(f"{tag}_loud_chunks_in_2s_after", f"{sum(1 for _, c in after if loud(c))} of "
                f"{len(after)}")
@@ -839,23 +833,12 @@ async def real_track_after_restart(ctx: RealCtx):
     await ctx.joined(user)
     call, queue = ctx.stream(user)
     stream = Collector(call)
-
-    async def loud_since(t, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            at = next((at for at, c in stream.chunks if at >= t and loud(c)), None)
-            if at is not None:
-                return at - t
-            check(stream.ended is None, f"the stream ended: {stream.ended}")
-            await asyncio.sleep(0.05)
-        return None
-
-    check(await loud_since(time.monotonic(), 10) is not None, "the tone was never heard")
+    check(await stream.loud_since(0, 10) is not None, "the tone was never heard")
     await ctx.sfu.stop("kill")
     await asyncio.sleep(1.0)
     await ctx.sfu.start()
     t_up = time.monotonic()
-    back = await loud_since(t_up, 60)
+    back = await stream.loud_since(t_up, 60)
     check(back is not None, "the tone was not heard within 60 s of the server's restart")
     after = await stream.read_for(2.0)
     result("real_track_after_restart_heard_after_s", f"{back:.1f}")
@@ -882,11 +865,7 @@ async def real_gives_up(ctx: RealCtx):
         await bctx.stub.LeaveRoom(bctx.pb.LeaveRoomRequest(user_id="warm-up"))
         await asyncio.sleep(1)
         _, threads_before = bridge.status_of()
-        await bctx.joined(user)
-        flow = TwoWay(bctx, user, phone)
-        await flow.start()
-        down, up = await flow.back_since(time.monotonic(), 15)
-        check(down is not None and up is not None, "audio never flowed both ways")
+        flow = await TwoWay.flowing(bctx, user, phone)
         bridge.network.set_own(False)
         t0 = time.monotonic()
         states = []
@@ -924,11 +903,7 @@ async def real_key_rotated(ctx: RealCtx):
     join with a token signed with the new secret works."""
     user = "rot"
     phone = await phone_for(user)
-    await ctx.joined(user)
-    flow = TwoWay(ctx, user, phone)
-    await flow.start()
-    down, up = await flow.back_since(time.monotonic(), 15)
-    check(down is not None and up is not None, "audio never flowed both ways")
+    flow = await TwoWay.flowing(ctx, user, phone)
     await phone.leave()
     rotated = livekit_server.SECRET[::-1]
     await ctx.sfu.stop("kill")
@@ -1063,6 +1038,17 @@ class Collector:
         await asyncio.sleep(seconds)
         check(self.ended is None, f"the stream ended: {self.ended}")
         return self.chunks[start:]
+
+    async def loud_since(self, t, timeout):
+        """Seconds from `t` to the first loud chunk that arrived after it, waiting at most
+        `timeout` s for one (None if none came); the stream must not end meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            at = next((at for at, c in self.chunks if at >= t and loud(c)), None)
+            if at is not None or time.monotonic() >= deadline:
+                return None if at is None else at - t
+            check(self.ended is None, f"the stream ended: {self.ended}")
+            await asyncio.sleep(0.05)
 
     async def during(self, work, settle=1.0):
         """The chunks that arrive while `work` runs and for `settle` seconds after."""
