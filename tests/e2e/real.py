@@ -384,6 +384,13 @@ class TwoWay:
             await asyncio.sleep(0.05)
         return self.got_since(t), self.heard_loud_since(t)
 
+    def stop_sending(self):
+        """The backend's side half-closes before an end it expects: grpcio's asyncio client
+        reports INTERNAL, not the bridge's status, if a write races the stream's end
+        (docs/backend.md, a client caveat)."""
+        self.tasks[1].cancel()
+        self.queue.put_nowait(None)
+
     async def stop(self):
         for task in self.tasks[1:]:
             task.cancel()
@@ -866,6 +873,7 @@ async def real_gives_up(ctx: RealCtx):
         await asyncio.sleep(1)
         _, threads_before = bridge.status_of()
         flow = await TwoWay.flowing(bctx, user, phone)
+        flow.stop_sending()
         bridge.network.set_own(False)
         t0 = time.monotonic()
         states = []
@@ -905,6 +913,7 @@ async def real_key_rotated(ctx: RealCtx):
     phone = await phone_for(user)
     flow = await TwoWay.flowing(ctx, user, phone)
     await phone.leave()
+    flow.stop_sending()
     rotated = livekit_server.SECRET[::-1]
     await ctx.sfu.stop("kill")
     t0 = time.monotonic()
