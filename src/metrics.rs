@@ -86,6 +86,7 @@ pub struct Metrics {
     frames: IntCounterVec,
     track_frames: IntCounterVec,
     track_streams: IntGauge,
+    published_underruns: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -193,6 +194,12 @@ impl Metrics {
                 "track_streams",
                 "Targets' audio tracks subscribed to and streaming now.",
             ))?,
+            published_underruns: IntCounter::with_opts(opts(
+                "published_underruns_total",
+                "Gaps in the bridge's published tracks: audio resumed after the track's 10 ms \
+                 clock had found no frame mid-utterance, because the publisher (StreamAudio \
+                 or a playback) fell behind real time by more than 20 ms.",
+            ))?,
             registry,
         };
         m.registry.register(Box::new(m.joins.clone()))?;
@@ -212,6 +219,8 @@ impl Metrics {
         m.registry.register(Box::new(m.frames.clone()))?;
         m.registry.register(Box::new(m.track_frames.clone()))?;
         m.registry.register(Box::new(m.track_streams.clone()))?;
+        m.registry
+            .register(Box::new(m.published_underruns.clone()))?;
         m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -313,6 +322,7 @@ impl Metrics {
             t.unrouted,
         );
         self.track_streams.set(t.streams as i64);
+        advance(&self.published_underruns, t.published_underruns);
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "cannot encode the metrics");
@@ -363,12 +373,14 @@ mod tests {
                 routed: 500,
                 unrouted: 3,
                 streams: 1,
+                published_underruns: 2,
             },
         });
         for line in [
             "livekit_bridge_track_frames_total{outcome=\"routed\"} 500",
             "livekit_bridge_track_frames_total{outcome=\"unrouted\"} 3",
             "livekit_bridge_track_streams 1",
+            "livekit_bridge_published_underruns_total 2",
             "livekit_bridge_joins_total{result=\"ok\"} 1",
             "livekit_bridge_joins_total{result=\"refused_capacity\"} 1",
             "livekit_bridge_join_seconds_count 1",

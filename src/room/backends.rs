@@ -51,6 +51,7 @@ impl Backends {
                 routed: a.routed + b.routed,
                 unrouted: a.unrouted + b.unrouted,
                 streams: a.streams + b.streams,
+                published_underruns: a.published_underruns + b.published_underruns,
             })
     }
 }

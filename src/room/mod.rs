@@ -161,7 +161,7 @@ pub trait RoomBackend: Send + Sync {
     ) -> BoxFuture<'static, Result<Connected, RoomError>>;
 }
 
-/// Frames of target audio tracks, as a backend counts them.
+/// Frames of target audio tracks, and gaps in published ones, as a backend counts them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrackStats {
     /// Frames handed to a session.
@@ -170,6 +170,9 @@ pub struct TrackStats {
     pub unrouted: u64,
     /// Track audio streams open now.
     pub streams: usize,
+    /// Gaps in published tracks: audio that resumed after the track's clock found no frame
+    /// mid-utterance (the publisher was late).
+    pub published_underruns: u64,
 }
 
 /// What went wrong reaching a room, and whose fault it is.

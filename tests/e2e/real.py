@@ -21,9 +21,9 @@ import grpc  # noqa: E402
 import livekit_server  # noqa: E402
 from livekit_server import LiveKitServer, token  # noqa: E402
 from phone import Phone  # noqa: E402
-from run import (ROOT, Bridge, Ctx, OwnNetwork, check, cpu_seconds, loud,  # noqa: E402
-                 measure, payload_rule, ramp, read_chunks, result, run_scenarios,
-                 session_state, stream_end, tone)
+from run import (ROOT, Bridge, Ctx, OwnNetwork, Pacer, check, cpu_seconds,  # noqa: E402
+                 loud, measure, metric, payload_rule, ramp, read_chunks, result,
+                 run_scenarios, session_state, stream_end, tone)
 from livekit import api, rtc  # noqa: E402
 
 
@@ -159,14 +159,18 @@ def heard_whole(tag, samples, seconds, hz, tolerance_s):
 
 def heard_span(samples, rate=16000, level=0.05):
     """(seconds from the first loud 10 ms to the last, Hz, RMS of that span) of what a phone
-    heard."""
+    heard. The pitch is measured without the span's first and last 10 ms: a tone that stops
+    abruptly ends in Opus's ring-out, a loud decaying swing with no zero crossing for up to
+    8 ms, which would read as 2 Hz flat over a second. A gap anywhere else still shows (no
+    crossings across it)."""
     block = rate // 100
     loud = [i for i in range(0, len(samples) - block + 1, block)
             if max(abs(s) for s in samples[i:i + block]) > level * 32767]
     if not loud:
         return 0.0, 0.0, 0.0
     span = [s / 32767 for s in samples[loud[0]:loud[-1] + block]]
-    hz, rms = measure(span, rate)
+    _, rms = measure(span, rate)
+    hz, _ = measure(span[block:-block], rate)
     return len(span) / rate, hz, rms
 
 
@@ -348,11 +352,11 @@ class TwoWay:
 
     async def _send(self):
         """The backend's side: 100 ms of tone every 100 ms."""
-        pcm = tone(440, 0.1)
+        pcm, pacer = tone(440, 0.1), Pacer()
         while True:
             self.queue.put_nowait(self.ctx.pb.AudioChunk(
                 user_id=self.user, pcm_data=pcm, sample_rate=16000, channels=1))
-            await asyncio.sleep(0.1)
+            await pacer.tick()
 
     async def _talk(self):
         self.sent = 0
@@ -523,11 +527,11 @@ async def real_phone_outage(ctx: RealCtx, seconds: float):
         reader = asyncio.ensure_future(stream_end(call, into=got, timeout=None))
 
         async def backend():
-            pcm = tone(440, 0.1)
+            pcm, pacer = tone(440, 0.1), Pacer()
             while True:
                 queue.put_nowait(ctx.pb.AudioChunk(user_id=user, pcm_data=pcm,
                                                    sample_rate=16000, channels=1))
-                await asyncio.sleep(0.1)
+                await pacer.tick()
 
         speaking = asyncio.ensure_future(backend())
 
@@ -1206,26 +1210,33 @@ async def real_play_heard(ctx: RealCtx):
 async def real_utterances(ctx: RealCtx, quiet_s: float = 3.0):
     """Two utterances on one track with the track quiet between them, as a conversation goes:
     1 s of 440 Hz, `quiet_s` of nothing sent (the bridge stops encoding after its tail of
-    silence), then 1 s of 660 Hz, each sent in real time in 100 ms chunks. The phone hears each
-    whole at its pitch and level; the second as soon after it is sent as the first (its
-    decoder did not lose or delay it across the quiet); and nothing loud in between."""
+    silence), then 1 s of 660 Hz, each sent in real time in 100 ms chunks, one chunk ahead as
+    a streaming backend keeps its next chunk ready. The bridge's clock finds every frame in
+    time (no underrun); the phone hears each utterance whole at its pitch and level; the
+    second as soon after it is sent as the first (its decoder did not lose or delay it across
+    the quiet); and nothing loud in between. Then a backend that falls behind mid-utterance:
+    the bridge counts the one underrun it caused."""
     user = "uma"
     target = await phone_for(user)
     await ctx.joined(user)
     call, queue = ctx.stream(user)
+    underruns = metric("livekit_bridge_published_underruns_total")
     sent = []
     for hz in (440, 660):
-        pcm = tone(hz, 1.0)
+        pcm, pacer = tone(hz, 1.0), Pacer(ahead=0.1)
         sent.append(time.monotonic())
         for i in range(0, len(pcm), 3200):
             queue.put_nowait(ctx.pb.AudioChunk(user_id=user, pcm_data=pcm[i:i + 3200],
                                                sample_rate=16000, channels=1, track_id=0))
-            await asyncio.sleep(0.1)
+            await pacer.tick()
         if hz == 440:
             await asyncio.sleep(quiet_s)
     await asyncio.sleep(1.5)
     frames = target.heard.get("speaker", [])
     check(frames, "the phone never heard the bridge's speaker track")
+    underruns = metric("livekit_bridge_published_underruns_total") - underruns
+    result("real_utterance_underruns", f"{underruns:.0f}")
+    check(underruns == 0, f"the bridge's clock ran dry {underruns:.0f} times mid-utterance")
 
     def loud(block, level=0.05):
         return max(abs(x) for x in block) > level * 32767
@@ -1253,6 +1264,20 @@ async def real_utterances(ctx: RealCtx, quiet_s: float = 3.0):
     check(spans[1][0] <= spans[0][0] + 0.06,
           f"the second utterance was heard {spans[1][0] * 1000:.0f} ms after it was sent, "
           f"the first {spans[0][0] * 1000:.0f} ms")
+    # A backend that falls behind real time mid-utterance (300 ms, nothing for 250 ms, 300 ms):
+    # the clock runs dry once, and the bridge counts it where an operator sees it.
+    underruns = metric("livekit_bridge_published_underruns_total")
+    for part in range(2):
+        pcm, pacer = tone(440, 0.3), Pacer(ahead=0.1)
+        for i in range(0, len(pcm), 3200):
+            queue.put_nowait(ctx.pb.AudioChunk(user_id=user, pcm_data=pcm[i:i + 3200],
+                                               sample_rate=16000, channels=1, track_id=0))
+            await pacer.tick()
+        await asyncio.sleep(0.25)
+    await asyncio.sleep(0.5)
+    underruns = metric("livekit_bridge_published_underruns_total") - underruns
+    result("real_utterance_late_backend_underruns", f"{underruns:.0f}")
+    check(underruns == 1, f"a late backend counted {underruns:.0f} underruns, not 1")
     queue.put_nowait(None)
     await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
     await target.leave()
@@ -1456,4 +1481,5 @@ async def start_server(tmp):
 
 if __name__ == "__main__":
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
-    asyncio.run(run_scenarios(sys.argv[1], sys.argv[2:], SCENARIOS, start_server, RealCtx))
+    asyncio.run(run_scenarios(sys.argv[1], sys.argv[2:], SCENARIOS, start_server, RealCtx,
+                              {"metrics": True}))

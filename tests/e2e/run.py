@@ -207,6 +207,23 @@ def tone(hz, seconds, rate=16000, amp=0.5):
     return bytes(out)
 
 
+class Pacer:
+    """A real-time sender's clock, as a backend streaming speech keeps one: chunk k of `period`
+    seconds is due at start + k * period - `ahead`, so a late wake-up of the event loop delays
+    one chunk and never the ones after it (a relative sleep after each send drifts later every
+    chunk, and a receiver that plays in real time runs dry)."""
+
+    def __init__(self, period=0.1, ahead=0.0):
+        self.period, self.ahead = period, ahead
+        self.start, self.sent = time.monotonic(), 0
+
+    async def tick(self):
+        """Waits until the next chunk is due."""
+        self.sent += 1
+        due = self.start + self.sent * self.period - self.ahead
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+
 def measure(samples, rate):
     """Frequency (zero crossings, interpolated) and RMS of mono float samples."""
     rms = math.sqrt(sum(s * s for s in samples) / max(1, len(samples)))

@@ -17,7 +17,8 @@
 //!   real time, so a frame a few milliseconds late is not replaced by silence. Frames come out
 //!   at the 10 ms pace; a tick that finds the channel empty inside an utterance sends silence,
 //!   as the library's queue did, and the audio after it starts anew with its lead (the
-//!   cushion is rebuilt). Nothing is dropped or reordered, and the packets to the listener
+//!   cushion is rebuilt). Each such resumption is an underrun, counted ([`underruns`]): the
+//!   publisher fell behind real time by more than the lead, and the listener heard a gap. Nothing is dropped or reordered, and the packets to the listener
 //!   never pause inside an utterance (its decoder would stretch what follows).
 //! - **It ends with [`TAIL`] of silence**, enough for the Opus encoder's DTX to take over
 //!   (it signals silence after 200 ms of it), so the listener's decoder hears the end of
@@ -31,7 +32,7 @@
 //! frames in its decoder queue, as before. A capture that fails ends the feeder; the next
 //! `send` returns the reason.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -58,6 +59,17 @@ pub(super) const TAIL: Duration = Duration::from_millis(400);
 const BEHIND: Duration = Duration::from_millis(60);
 /// Frames the channel holds besides the lead: a publisher's own scheduling jitter.
 const SLACK_FRAMES: usize = 4;
+
+/// Underruns of every published track in the process: see [`underruns`].
+static UNDERRUNS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times, in all, a published track's audio resumed after its clock had found no
+/// frame mid-utterance (within [`TAIL`] of the last audio): gaps the listener heard because
+/// the publisher was late.
+pub(super) fn underruns() -> u64 {
+    // Relaxed: a statistic, read on its own.
+    UNDERRUNS.load(Ordering::Relaxed)
+}
 
 /// A published track's clock and the channel its publishers fill.
 pub(super) struct Feeder {
@@ -138,6 +150,8 @@ async fn run(
     let mut lead_left = 0;
     // Whether the last frame sent was silence (or none): the next audio starts an utterance.
     let mut silent = true;
+    // Whether audio was sent since the clock last started: silence then audio is an underrun.
+    let mut spoke = false;
     loop {
         let Some((due, mut quiet_at)) = clock else {
             // Quiet: wait for the next utterance, with no timer.
@@ -145,6 +159,7 @@ async fn run(
                 return;
             };
             (held, lead_left) = (Some(first), lead_ticks);
+            spoke = false;
             let now = Instant::now();
             clock = Some((now, now));
             continue;
@@ -162,6 +177,10 @@ async fn run(
         } else {
             match rx.try_recv() {
                 Ok(first) if silent => {
+                    if spoke {
+                        // Relaxed: see `underruns`.
+                        UNDERRUNS.fetch_add(1, Ordering::Relaxed);
+                    }
                     (held, lead_left) = (Some(first), lead_ticks - 1);
                     None
                 }
@@ -177,6 +196,7 @@ async fn run(
         silent = audio.is_none();
         if !silent {
             quiet_at = due + FRAME + TAIL;
+            spoke = true;
         }
         if let Err(e) = capture(client, source, audio.as_ref().unwrap_or(&SILENCE)).await {
             return fail(&shared, e);

@@ -131,6 +131,7 @@ impl RoomBackend for FfiBackend {
                 routed: s.routed.load(Ordering::Relaxed),
                 unrouted: s.unrouted.load(Ordering::Relaxed),
                 streams: s.open(),
+                published_underruns: feeder::underruns(),
             }
         })
     }
