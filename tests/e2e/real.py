@@ -1080,7 +1080,10 @@ def pcm_of(chunks):
 async def real_track_follows(ctx: RealCtx):
     """The target's microphone track followed with no backend call: unpublished, nothing
     arrives; republished (a new SID), heard whole again at its new pitch; muted from the server
-    (MutePublishedTrack), nothing audible; unmuted, heard again."""
+    (MutePublishedTrack), nothing audible; unmuted, heard again. A second microphone track
+    published beside it: only the latest is heard (two in one ring would interleave), on one
+    stream. A LeaveRoom while it flows ends the stream OK `left`, and the room's track streams
+    go with it."""
     user = "nia"
     target = await phone_for(user)
     lk = ctx.sfu.api()
@@ -1101,7 +1104,7 @@ async def real_track_follows(ctx: RealCtx):
     await asyncio.sleep(1.0)  # subscribed
     second = heard_span(pcm_of(await stream.during(feed)))
     # A muted track sends nothing audible; the server tells the publisher to stop.
-    feeding = asyncio.ensure_future(target._feed(target.source, tone(880, 6.0)))
+    feeding = asyncio.ensure_future(target._feed(target.source, tone(880, 10.0)))
     await asyncio.sleep(1.0)
     await lk.room.mute_published_track(api.MuteRoomTrackRequest(
         room=user, identity=target.identity, track_sid=publication.sid, muted=True))
@@ -1111,12 +1114,30 @@ async def real_track_follows(ctx: RealCtx):
         room=user, identity=target.identity, track_sid=publication.sid, muted=False))
     await asyncio.sleep(0.5)
     unmuted = heard_span(pcm_of(await read_for(1.5)))
+    streams_one = metric("livekit_bridge_track_streams")
+    _, feed = await target.publish_microphone(tone(330, 6.0), name="microphone-3")
+    feeding_latest = asyncio.ensure_future(feed)
+    await asyncio.sleep(1.0)  # subscribed to the latest, the other let go
+    latest = heard_span(pcm_of(await read_for(1.5)))
+    streams_two = metric("livekit_bridge_track_streams")
+    queue.put_nowait(None)  # half-closed, as the backend does before an end it expects
+    left = await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
+    check(left.success, f"LeaveRoom: {left}")
+    await asyncio.wait_for(stream.task, 10)
+    await asyncio.sleep(0.5)
+    streams_left = metric("livekit_bridge_track_streams")
     feeding.cancel()
+    feeding_latest.cancel()
     result("real_follow_first", f"{first[0]:.2f}s {first[1]:.0f}Hz")
     result("real_follow_after_unpublish_loud_chunks", len(after_unpublish))
     result("real_follow_republished", f"{second[0]:.2f}s {second[1]:.0f}Hz")
     result("real_follow_muted_loud_s", f"{muted[0]:.2f}")
     result("real_follow_unmuted", f"{unmuted[0]:.2f}s {unmuted[1]:.0f}Hz")
+    result("real_follow_latest_of_two", f"{latest[0]:.2f}s {latest[1]:.0f}Hz")
+    result("real_follow_track_streams_one_two_left", f"{streams_one:.0f}/{streams_two:.0f}/"
+           f"{streams_left:.0f}")
+    code, reason = stream.ended
+    result("real_follow_leave_during_flow", f"{code.name} {reason}")
     # A talk spurt after the track sat silent can lose its first few tens of milliseconds
     # between the phone's encoder and the decoder (measured 30-50 ms); more would be a gap.
     check(abs(first[0] - 2.0) <= 0.08 and abs(first[1] - 440) < 3, f"first track heard {first}")
@@ -1124,7 +1145,10 @@ async def real_track_follows(ctx: RealCtx):
     check(abs(second[0] - 2.0) <= 0.08 and abs(second[1] - 660) < 3, f"republished {second}")
     check(muted[0] < 0.1, f"{muted[0]:.2f} s audible while muted")
     check(unmuted[0] > 1.0 and abs(unmuted[1] - 880) < 5, f"unmuted {unmuted}")
-    queue.put_nowait(None)
+    check(latest[0] > 1.0 and abs(latest[1] - 330) < 3, f"the latest of two tracks: {latest}")
+    check((streams_one, streams_two, streams_left) == (1, 1, 0),
+          f"track streams {streams_one}/{streams_two}/{streams_left} (one, two tracks, left)")
+    check(code == grpc.StatusCode.OK and reason == "left", f"the stream ended {code} {reason}")
     await target.leave()
     await lk.aclose()
 
@@ -1173,35 +1197,77 @@ def wav(pcm, rate=16000):
     return buf.getvalue()
 
 
-async def real_play_heard(ctx: RealCtx):
-    """PlayAudio of a 2 s rising ramp (a WAV over HTTP) into a fresh track is heard by the phone
-    whole: from its first 10 ms (the ramp's level says which 10 ms came first) to its last."""
+def ramp_heard(frames, seconds):
+    """What a phone heard of a rising ramp of `seconds` (run.py's `ramp`) in `frames`, its
+    (arrival, 10 ms block) list: how long from its first audible sample to its last, which
+    moment of the ramp its first 10 ms were sent at (their level says), and when its first and
+    last audible blocks arrived."""
+    samples = [x for _, b in frames for x in b]
+    loud = [i for i, x in enumerate(samples) if abs(x) > 0.008 * 32767]
+    check(loud, "the phone heard silence")
+    first, last = loud[0], loud[-1]
+    ten_ms = samples[first:first + 160]
+    amp = (2 * sum(x * x for x in ten_ms) / len(ten_ms)) ** 0.5 / 32767
+    # The ramp's amplitude is 0.02 + 0.88 t / seconds at time t.
+    sent_at_ms = max(0.0, (amp - 0.02) / 0.88 * seconds * 1000)
+    starts = [0]
+    for _, b in frames:
+        starts.append(starts[-1] + len(b))
+
+    def arrival(index):
+        return next(frames[n][0] for n in range(len(frames)) if starts[n + 1] > index)
+    return (last - first + 1) / 16000, sent_at_ms, arrival(first), arrival(last)
+
+
+async def real_fresh_tracks(ctx: RealCtx):
+    """Nothing is lost at the start of a fresh track: a 2 s rising ramp sent on StreamAudio in
+    real time (20 ms chunks), and one played by PlayAudio (a WAV over HTTP), each on a track of
+    its own, are heard by the phone whole, from their first 10 ms (the ramp's level says which
+    10 ms came first) to their last; PlayAudio's COMPLETED comes when the last sample has gone
+    out, not when it was queued."""
     user = "oli"
+    seconds = 2.0
     target = await phone_for(user)
-    files = Files({"ramp.wav": ("audio/wav", wav(ramp(2.0)))})
+    pcm = ramp(seconds)
+    files = Files({"ramp.wav": ("audio/wav", wav(pcm))})
     try:
         await ctx.joined(user)
+        call, queue = ctx.stream(user)
+        pacer = Pacer(period=0.02)
+        for i in range(0, len(pcm), 640):
+            queue.put_nowait(ctx.pb.AudioChunk(user_id=user, pcm_data=pcm[i:i + 640],
+                                               sample_rate=16000, channels=1, track_id=0))
+            await pacer.tick()
+        await asyncio.sleep(1.0)
+        check(target.heard.get("speaker"), f"the phone heard nothing: {list(target.heard)}")
+        paths = {"stream": ramp_heard(target.heard["speaker"], seconds)}
         events = []
         async for e in ctx.stub.PlayAudio(ctx.pb.PlayAudioRequest(
                 request_id="p1", audio_url=files.url("ramp.wav"), user_id=user, track_id=2)):
-            events.append(e)
-        kinds = [ctx.pb.PlayAudioEvent.EventType.Name(e.type) for e in events]
+            events.append((time.monotonic(), e))
+        kinds = [ctx.pb.PlayAudioEvent.EventType.Name(e.type) for _, e in events]
         check(kinds[0] == "STARTED" and kinds[-1] == "COMPLETED", f"events {kinds}")
+        completed_at, completed = events[-1]
         await asyncio.sleep(1.0)
-        samples = target.samples("tts")
-        check(samples, f"the phone heard nothing on tts: {list(target.heard)}")
-        loud = [i for i, x in enumerate(samples) if abs(x) > 0.008 * 32767]
-        check(loud, "the phone heard silence")
-        first, last = loud[0], loud[-1]
-        ten_ms = samples[first:first + 160]
-        amp = (2 * sum(x * x for x in ten_ms) / len(ten_ms)) ** 0.5 / 32767
-        sent_at_ms = max(0.0, (amp - 0.02) / 0.88 * 2000)
-        heard_s = (last - first + 1) / 16000
-        result("real_play_heard_s", f"{heard_s:.3f}")
-        result("real_play_first_heard_sent_at_ms", f"{sent_at_ms:.0f}")
-        result("real_play_duration_ms", events[-1].duration_ms)
-        check(abs(heard_s - 2.0) <= 0.04, f"heard {heard_s:.3f} s of 2 s")
-        check(sent_at_ms <= 10, f"the first 10 ms heard were sent {sent_at_ms:.0f} ms in")
+        check(target.heard.get("tts"), f"the phone heard nothing on tts: {list(target.heard)}")
+        paths["play"] = ramp_heard(target.heard["tts"], seconds)
+        last_at = paths["play"][3]
+        for path, (heard_s, sent_at_ms, _, _) in paths.items():
+            result(f"real_fresh_{path}_heard_s", f"{heard_s:.3f}")
+            result(f"real_fresh_{path}_first_heard_sent_at_ms", f"{sent_at_ms:.0f}")
+        result("real_fresh_play_duration_ms", completed.duration_ms)
+        result("real_fresh_play_last_heard_minus_completed_ms",
+               f"{(last_at - completed_at) * 1000:.0f}")
+        for path, (heard_s, sent_at_ms, _, _) in paths.items():
+            # Lost audio makes it shorter; Opus's ring-out after the ramp's abrupt end longer.
+            check(abs(heard_s - seconds) <= 0.04, f"{path}: heard {heard_s:.3f} s of {seconds} s")
+            check(sent_at_ms <= 10, f"{path}: the first 10 ms heard were sent {sent_at_ms:.0f} ms in")
+        check(abs(completed.duration_ms - 2000) <= 10, f"duration_ms {completed.duration_ms}")
+        # The last sample reaches the phone within Opus's framing and the phone's jitter buffer
+        # of COMPLETED; a COMPLETED sent when the audio was merely queued comes earlier.
+        check(last_at - completed_at <= 0.2,
+              f"the last sample was heard {(last_at - completed_at) * 1000:.0f} ms after COMPLETED")
+        queue.put_nowait(None)
     finally:
         files.close()
         await target.leave()
@@ -1442,7 +1508,7 @@ SCENARIOS = {
     "real_utterances": real_utterances,
     "real_permissions": real_permissions,
     "real_track_follows": real_track_follows,
-    "real_play_heard": real_play_heard,
+    "real_fresh_tracks": real_fresh_tracks,
     "real_crowded": real_crowded,
     "real_token_refresh": real_token_refresh,
     "real_leaks": lambda ctx: real_leaks(ctx, int(os.environ.get("E2E_ROOMS", "20")),
