@@ -1504,7 +1504,100 @@ async def real_permissions(ctx: RealCtx):
         await target.leave()
         await lk.aclose()
 
+async def real_churn(ctx: RealCtx, cycles: int):
+    """The crash that started the project, on LiveKit's server: the session left, replaced and
+    abandoned by its client (a third of the cycles each) while the phone sends data packets as
+    fast as it can. Each packet carries the number of the bridge's join that had completed
+    when it was sent. A join completes only once the session it replaces is closed, and
+    LiveKit stops forwarding to a replaced participant before the newer one is in, so a stream
+    that delivers a packet tagged with a later join got the newer room's audio after its
+    close (a fault in routing by room). Every session gets packets; no panic; memory and
+    threads end where they started. (The mock's `churn` tags a packet with the join the SFU
+    sends it to, which also catches a packet of an older session in a newer one; a real SFU
+    forwards to whoever is in the room.)"""
+    user = "cory"
+    phone = await phone_for(user, listen=False)
+    joins = {"done": 0}
+    stop = asyncio.Event()
+    sent = {"n": 0}
+
+    async def pump():
+        while not stop.is_set():
+            tag = joins["done"].to_bytes(4, "little")
+            for _ in range(5):
+                await phone.send_data(b"\x00" + tag + bytes(316))
+                sent["n"] += 1
+            await asyncio.sleep(0.002)
+
+    async def join():
+        await ctx.joined(user)
+        joins["done"] += 1
+
+    pumper = asyncio.ensure_future(pump())
+    try:
+        await join()
+        await asyncio.sleep(0.5)
+        base_rss, base_threads = ctx.bridge.status_of()
+        frames, rss_quarter, started = 0, base_rss, time.monotonic()
+        for i in range(cycles):
+            if i == cycles // 4:
+                rss_quarter, _ = ctx.bridge.status_of()
+            generation = joins["done"]
+            call, queue = ctx.stream(user)
+            got = await read_chunks(call, 3, timeout=15)
+            for c in got:
+                tag = int.from_bytes(c.pcm_data[:4], "little")
+                check(tag <= generation, f"cycle {i}: join {generation}'s stream delivered a "
+                      f"packet sent after join {tag}")
+            frames += len(got)
+            way = i % 3
+            if way == 0:
+                queue.put_nowait(None)
+                r = await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user,
+                                                                     reason="churn"))
+                check(r.success, r.error)
+                await join()
+            elif way == 1:
+                queue.put_nowait(None)
+                await join()  # replaces the session while packets flow
+            else:
+                call.cancel()  # the client goes away: its session closes
+                await asyncio.sleep(0.05)
+                await join()
+            # The old stream ends, and never delivers a packet sent after the newer join.
+            try:
+                while True:
+                    chunk = await asyncio.wait_for(call.read(), 5)
+                    if chunk is grpc.aio.EOF:
+                        break
+                    tag = int.from_bytes(chunk.pcm_data[:4], "little")
+                    check(tag <= generation, f"cycle {i}: the closed stream of join "
+                          f"{generation} delivered a packet sent after join {tag}")
+            except (grpc.aio.AioRpcError, asyncio.CancelledError):
+                pass
+        took = time.monotonic() - started
+        stop.set()
+        await pumper
+        r = await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
+        check(r.success, r.error)
+        await asyncio.sleep(2.0)
+        rss, threads = ctx.bridge.status_of()
+        result("real_churn_cycles", cycles)
+        result("real_churn_cycle_ms", f"{took / cycles * 1000:.0f}")
+        result("real_churn_frames_checked", frames)
+        result("real_churn_packets_sent", sent["n"])
+        result("real_churn_rss_kib_start_quarter_end", f"{base_rss}/{rss_quarter}/{rss}")
+        result("real_churn_threads_start_end", f"{base_threads}/{threads}")
+        check(ctx.bridge.proc.poll() is None, "the bridge died")
+        check(threads <= base_threads, f"threads {base_threads} -> {threads}")
+    finally:
+        stop.set()
+        pumper.cancel()
+        await phone.leave()
+
+
 SCENARIOS = {
+    "real_churn": lambda ctx: real_churn(ctx, int(os.environ.get("E2E_CYCLES", "300"))),
     "real_utterances": real_utterances,
     "real_permissions": real_permissions,
     "real_track_follows": real_track_follows,
