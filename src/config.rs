@@ -406,6 +406,12 @@ struct Settings {
     #[arg(long, env = "LIVEKIT_FFI_LIB", value_parser = Check(any),
           default_value_t = Given::ok(crate::room::DEFAULT_LIVEKIT_LIBRARY.to_string()))]
     livekit_ffi_lib: Given<String>,
+    /// Joins of ws:// and wss:// rooms LiveKit's library works on at once; the others wait
+    /// their turn, in order, within BRIDGE_CONNECT_TIMEOUT_MS. Each join in flight holds
+    /// transient buffers the allocator keeps afterwards. 0: twice the cores.
+    #[arg(long, env = "BRIDGE_JOINS_AT_ONCE", value_parser = int(0, 10_000),
+          default_value_t = Given::ok(0))]
+    joins_at_once: Given<u64>,
     /// PlayAudio: how long (ms) connecting to the audio URL's server may take.
     #[arg(long, env = "PLAYBACK_CONNECT_TIMEOUT_MS", value_parser = ms(1, 600_000),
           default_value_t = Given::ok(Millis(PlaybackSettings::CONNECT_TIMEOUT)))]
@@ -605,6 +611,7 @@ impl Settings {
         let max_cpu = self.max_cpu.take(e);
         let idle = self.idle_s.take(e);
         let livekit_ffi_lib = self.livekit_ffi_lib.take(e);
+        let joins_at_once = self.joins_at_once.take(e);
         let playback_connect = self.playback_connect_timeout_ms.take(e);
         let playback_read = self.playback_read_timeout_ms.take(e);
         let playback_stall = self.playback_max_stall_ms.take(e);
@@ -668,6 +675,8 @@ impl Settings {
                         ..PlaybackSettings::default()
                     },
                     livekit_ffi_lib: PathBuf::from(livekit_ffi_lib?),
+                    // In 0..=10000 by its check.
+                    joins_at_once: joins_at_once? as usize,
                     limits: Limits {
                         max_sessions: Some(max_sessions? as usize).filter(|n| *n > 0),
                         max_cpu: Some(max_cpu?).filter(|f| *f > 0.0),
@@ -931,12 +940,20 @@ mod tests {
             "sometimes",
             "--socket-mode",
             "0999",
+            "--joins-at-once",
+            "10001",
         ])
         .expect_err("must fail");
-        for key in ["--port", "--ring-ms", "--overflow", "--socket-mode"] {
+        for key in [
+            "--port",
+            "--ring-ms",
+            "--overflow",
+            "--socket-mode",
+            "--joins-at-once",
+        ] {
             assert!(err.names(key), "{err} should name {key}");
         }
-        assert_eq!(err.0.len(), 4, "{err}");
+        assert_eq!(err.0.len(), 5, "{err}");
     }
 
     #[test]
@@ -957,7 +974,7 @@ mod tests {
         assert!(matches!(parse(&["--help"]), Ok(Command::Help(_))));
         let text = help();
         let all = settings();
-        assert_eq!(all.len(), 33, "every setting has a flag and a variable");
+        assert_eq!(all.len(), 34, "every setting has a flag and a variable");
         for s in &all {
             assert!(text.contains(&s.flag) && text.contains(&s.env), "{}", s.env);
             assert!(!s.help.is_empty(), "{} has no help", s.env);

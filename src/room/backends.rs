@@ -13,11 +13,12 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// The backends, with LiveKit's SDK library expected at `livekit_library`.
-    pub fn new(livekit_library: PathBuf) -> Self {
+    /// The backends, with LiveKit's SDK library expected at `livekit_library`, working on
+    /// `joins_at_once` joins at a time (0: twice the cores).
+    pub fn new(livekit_library: PathBuf, joins_at_once: usize) -> Self {
         Self {
             sim: Arc::new(sim::SimBackend::default()),
-            ffi: Arc::new(ffi::FfiBackend::new(livekit_library)),
+            ffi: Arc::new(ffi::FfiBackend::new(livekit_library, joins_at_once)),
         }
     }
 
@@ -58,7 +59,7 @@ impl Backends {
 
 impl Default for Backends {
     fn default() -> Self {
-        Self::new(ffi::DEFAULT_PATH.into())
+        Self::new(ffi::DEFAULT_PATH.into(), 0)
     }
 }
 
@@ -82,7 +83,7 @@ mod tests {
 
     #[test]
     fn a_missing_livekit_library_is_not_ready_and_says_where() {
-        let b = Backends::new("/nonexistent/liblivekit_ffi.so".into());
+        let b = Backends::new("/nonexistent/liblivekit_ffi.so".into(), 0);
         let why = b.ready().expect_err("not ready");
         assert!(why.contains("/nonexistent/liblivekit_ffi.so"), "{why}");
         assert_eq!(b.track_stats(), TrackStats::default());

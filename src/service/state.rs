@@ -33,6 +33,8 @@ pub struct ServiceSettings {
     pub playback: PlaybackSettings,
     /// Where LiveKit's SDK library is, for ws:// and wss:// rooms.
     pub livekit_ffi_lib: std::path::PathBuf,
+    /// Joins of real rooms the library works on at once; 0: twice the cores.
+    pub joins_at_once: usize,
     /// Admission control's limits.
     pub limits: admission::Limits,
     /// A session with no StreamAudio for this long is closed as idle; None: never.
@@ -74,6 +76,7 @@ impl Default for ServiceSettings {
             keep_ended: Self::KEEP_ENDED,
             playback: PlaybackSettings::default(),
             livekit_ffi_lib: crate::room::DEFAULT_LIVEKIT_LIBRARY.into(),
+            joins_at_once: 0,
             limits: admission::Limits::default(),
             idle: Some(Self::IDLE),
             auth_token: None,
@@ -117,7 +120,7 @@ impl BridgeState {
             totals: Arc::default(),
             metrics: Metrics::new()?,
             admission: Admission::new(settings.limits),
-            backends: Backends::new(settings.livekit_ffi_lib.clone()),
+            backends: Backends::new(settings.livekit_ffi_lib.clone(), settings.joins_at_once),
             player: Player::new(settings.playback.clone())?,
             settings,
             started: Instant::now(),

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 use super::calls::Calls;
 use super::library::Library;
 use super::proto::{ffi_event, ffi_request, ffi_response};
@@ -21,6 +23,20 @@ pub(super) struct Client {
     pub calls: Arc<Calls>,
     pub routes: Arc<Routes>,
     pub streams: Arc<Streams>,
+    /// Joins the library works on at once; the rest wait their turn, in order (see
+    /// [`default_joins_at_once`]).
+    pub joining: Semaphore,
+}
+
+/// How many joins the library works on at once unless `BRIDGE_JOINS_AT_ONCE` says: twice the
+/// cores.
+///
+/// A join costs the cores the same whether it waits or not, but each join in flight holds the
+/// library's transient signalling and transport buffers, and glibc keeps that high-water mark
+/// mapped. 25 joins at once on 2 cores took 1.18 s and left 3.4 MiB per room; 4 at once took
+/// 1.46 s and left 1.06 MiB; one at a time 6.2 s and 0.85 MiB (BENCHMARKS.md, joins at once).
+pub(super) fn default_joins_at_once() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) * 2
 }
 
 impl Client {

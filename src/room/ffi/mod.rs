@@ -12,7 +12,7 @@
 //! - `subscribe`: the target's audio tracks, subscribed to and streamed into the same rings.
 //! - `translate`: the library's disconnect reasons and log records in the bridge's words.
 //! - `grant`: the room a join token grants, so a join naming another room is refused.
-//! - here: [`FfiBackend`], connecting, and the wiring of one client, its tables and the
+//! - here: [`FfiBackend`], connecting (a few joins at a time), and the wiring of one client, its tables and the
 //!   dispatcher to the process's library; `room`: the joined room (publishing, leaving);
 //!   `reframe`: client audio into the 10 ms frames the library's audio source takes;
 //!   `feeder`: each published track's clock, pacing those frames into the source.
@@ -54,6 +54,7 @@ pub mod proto {
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -72,7 +73,8 @@ static OPENING: Mutex<()> = Mutex::new(());
 /// The process's client, opening the library at `path` on first use with a dispatcher
 /// sharing the client's tables. One opening at a time, so the dispatcher the library calls
 /// and the client share the same tables.
-fn client(path: &Path) -> Result<&'static Client, library::LibraryError> {
+/// The process's client, opening the library at `path` on first use with `joins_at_once` turns.
+fn client(path: &Path, joins_at_once: usize) -> Result<&'static Client, library::LibraryError> {
     if let Some(c) = CLIENT.get() {
         return Ok(c);
     }
@@ -96,17 +98,28 @@ fn client(path: &Path) -> Result<&'static Client, library::LibraryError> {
         calls,
         routes,
         streams,
+        joining: tokio::sync::Semaphore::new(joins_at_once),
     }))
 }
 
 /// Real LiveKit rooms through `liblivekit_ffi.so` at `library`.
 pub struct FfiBackend {
     library: PathBuf,
+    joins_at_once: usize,
 }
 
 impl FfiBackend {
-    pub fn new(library: PathBuf) -> Self {
-        Self { library }
+    /// The library at `library`, working on `joins_at_once` joins at a time (0: twice the
+    /// cores, see `client::default_joins_at_once`).
+    pub fn new(library: PathBuf, joins_at_once: usize) -> Self {
+        let joins_at_once = match joins_at_once {
+            0 => client::default_joins_at_once(),
+            n => n,
+        };
+        Self {
+            library,
+            joins_at_once,
+        }
     }
 }
 
@@ -141,9 +154,10 @@ impl RoomBackend for FfiBackend {
         request: ConnectRequest,
         events: Arc<dyn RoomEvents>,
     ) -> BoxFuture<'static, Result<Connected, RoomError>> {
-        let path = self.library.clone();
+        let (path, joins_at_once) = (self.library.clone(), self.joins_at_once);
         Box::pin(async move {
-            let client = client(&path).map_err(|e| RoomError::Unavailable(e.to_string()))?;
+            let client =
+                client(&path, joins_at_once).map_err(|e| RoomError::Unavailable(e.to_string()))?;
             // The session layer may give up waiting (its own timeout, or the caller leaving)
             // while the library is still connecting. The connect runs on its own task, so a
             // room that connects after nobody wants it is left again, not leaked.
@@ -168,7 +182,19 @@ async fn connect(
     if let Some(why) = grant::refusal(&request.room_name, &request.token) {
         return Err(RoomError::ConnectFailed(why));
     }
-    let timeout_ms = request.timeout.as_millis() as u64;
+    // The turn is held until the room is set up; the session's own timeout covers the wait,
+    // so the library is given what is left of it.
+    let asked = tokio::time::Instant::now();
+    let _turn = client
+        .joining
+        .acquire()
+        .await
+        .map_err(|_| RoomError::Unavailable("the library's join queue was closed".into()))?;
+    let timeout = request
+        .timeout
+        .saturating_sub(asked.elapsed())
+        .max(Duration::from_millis(1));
+    let timeout_ms = timeout.as_millis() as u64;
     let (url, token) = (request.url.clone(), request.token.clone());
     let answer = client
         .call(
@@ -193,7 +219,7 @@ async fn connect(
             },
             // The library gives up after `connect_timeout_ms`; this only guards against it never
             // answering at all.
-            request.timeout + CALL_TIMEOUT,
+            timeout + CALL_TIMEOUT,
         )
         .await?;
     let result = match answer {
