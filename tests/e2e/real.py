@@ -23,7 +23,7 @@ from livekit_server import LiveKitServer, token  # noqa: E402
 from phone import Phone  # noqa: E402
 from run import (ROOT, Bridge, Ctx, OwnNetwork, Pacer, check, cpu_seconds,  # noqa: E402
                  loud, measure, metric, payload_rule, ramp, read_chunks, result,
-                 run_scenarios, session_state, stream_end, tone)
+                 run_scenarios, session_state, stream_end, tone, wait_for_count)
 from livekit import api, rtc  # noqa: E402
 
 
@@ -1504,6 +1504,99 @@ async def real_permissions(ctx: RealCtx):
         await target.leave()
         await lk.aclose()
 
+async def real_participants(ctx: RealCtx):
+    """participant_count, in JoinRoom's answer and in GetStatus, follows LiveKit's room: the
+    bridge and the phone, then a visitor joining and leaving."""
+    user = "pia"
+    phone = await phone_for(user, listen=False)
+    try:
+        r = await ctx.joined(user)
+        counts = [r.participant_count]
+        visitor = await phone_for(user, "visitor", listen=False)
+        counts.append(await wait_for_count(ctx, user, 3))
+        await visitor.leave()
+        counts.append(await wait_for_count(ctx, user, 2))
+        result("real_participant_count_followed", "->".join(map(str, counts)))
+        check(counts == [2, 3, 2], f"participant_count went {counts}")
+        await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
+    finally:
+        await phone.leave()
+
+
+async def real_sdk_retention(ctx: RealCtx, cycles: int = 80):
+    """What LiveKit's library keeps of a room that is joined and left, driven by LiveKit's own
+    Python SDK in this process rather than by the bridge: `cycles` joins as the bridge would
+    (publish a track, capture 100 ms, unpublish, leave), then as many without the track; this
+    process's RSS growth per cycle after the first quarter of each. By hand (`real_churn`'s
+    bound on the bridge's memory rests on it)."""
+    def rss():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    listener = await phone_for("keep")
+    try:
+        for publish in (True, False):
+            marks = []
+            for i in range(cycles):
+                room = rtc.Room()
+                await room.connect(livekit_server.LiveKitServer.url,
+                                   token("cloud-agent:keep", "keep"),
+                                   rtc.RoomOptions(auto_subscribe=False))
+                if publish:
+                    source = rtc.AudioSource(16000, 1)
+                    track = rtc.LocalAudioTrack.create_audio_track("speaker", source)
+                    pub = await room.local_participant.publish_track(track, rtc.TrackPublishOptions(
+                        source=rtc.TrackSource.SOURCE_MICROPHONE))
+                    for _ in range(10):
+                        await source.capture_frame(rtc.AudioFrame(bytes(320), 16000, 1, 160))
+                    await room.local_participant.unpublish_track(pub.sid)
+                    await source.aclose()
+                await room.disconnect()
+                if i in (cycles // 4, cycles - 1):
+                    await asyncio.sleep(1)
+                    marks.append(rss())
+            per_cycle = (marks[1] - marks[0]) / (cycles - 1 - cycles // 4)
+            result(f"real_sdk_retention_{'track' if publish else 'no_track'}_kib_per_cycle",
+                   f"{per_cycle:.1f}")
+    finally:
+        await listener.leave()
+
+
+async def real_removed_while_publishing(ctx: RealCtx, cycles: int):
+    """A fault of LiveKit's library, measured: the server removes the bridge's participant
+    (RemoveParticipant) while the bridge's track is still being published (`E2E_REMOVE_AFTER_S`
+    after its first chunk), `cycles` times, the session rejoining each time. Reports the threads and memory left 10 s after the last leave;
+    each removal has left the library's network, signalling and worker threads behind (a whole
+    WebRTC runtime that the next join replaces). By hand; `real_churn` does not remove."""
+    user = "rae"
+    phone = await phone_for(user)
+    lk = ctx.sfu.api()
+    try:
+        await ctx.joined(user)
+        await asyncio.sleep(0.5)
+        base_rss, base_threads = ctx.bridge.status_of()
+        for _ in range(cycles):
+            call, queue = ctx.stream(user)
+            queue.put_nowait(ctx.pb.AudioChunk(user_id=user, pcm_data=tone(440, 0.1),
+                                               sample_rate=16000, channels=1))
+            await asyncio.sleep(float(os.environ.get("E2E_REMOVE_AFTER_S", "0.03")))
+            queue.put_nowait(None)
+            await lk.room.remove_participant(api.RoomParticipantIdentity(
+                room=user, identity=f"cloud-agent:{user}"))
+            await stream_end(call, timeout=10)
+            await ctx.joined(user)
+        await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
+        await asyncio.sleep(10)
+        rss, threads = ctx.bridge.status_of()
+        result("real_removed_while_publishing_cycles", cycles)
+        result("real_removed_while_publishing_threads_before_after", f"{base_threads}/{threads}")
+        result("real_removed_while_publishing_rss_kib_before_after", f"{base_rss}/{rss}")
+        result("real_removed_while_publishing_threads_left", thread_names(ctx.bridge.proc.pid))
+    finally:
+        await phone.leave()
+        await lk.aclose()
+
+
 async def real_churn(ctx: RealCtx, cycles: int):
     """The crash that started the project, on LiveKit's server: the session left, replaced and
     abandoned by its client (a third of the cycles each) while the phone sends data packets as
@@ -1597,6 +1690,10 @@ async def real_churn(ctx: RealCtx, cycles: int):
 
 
 SCENARIOS = {
+    "real_removed_while_publishing": lambda ctx: real_removed_while_publishing(
+        ctx, int(os.environ.get("E2E_CYCLES", "50"))),
+    "real_sdk_retention": real_sdk_retention,
+    "real_participants": real_participants,
     "real_churn": lambda ctx: real_churn(ctx, int(os.environ.get("E2E_CYCLES", "300"))),
     "real_utterances": real_utterances,
     "real_permissions": real_permissions,
