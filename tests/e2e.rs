@@ -451,7 +451,8 @@ fn real_server_the_targets_track_is_followed_through_unpublish_republish_and_mut
 fn real_server_a_fresh_track_is_heard_from_its_first_10_ms_to_its_last() {
     let r = real(&["real_fresh_tracks"]);
     for path in ["stream", "play"] {
-        r.within(&format!("real_fresh_{path}_heard_s"), 1.96, 2.04);
+        // Opus's ring-out after the ramp's abrupt end adds 16 to 42 ms.
+        r.within(&format!("real_fresh_{path}_heard_s"), 1.97, 2.06);
         r.within(
             &format!("real_fresh_{path}_first_heard_sent_at_ms"),
             0.0,

@@ -1259,8 +1259,10 @@ async def real_fresh_tracks(ctx: RealCtx):
         result("real_fresh_play_last_heard_minus_completed_ms",
                f"{(last_at - completed_at) * 1000:.0f}")
         for path, (heard_s, sent_at_ms, _, _) in paths.items():
-            # Lost audio makes it shorter; Opus's ring-out after the ramp's abrupt end longer.
-            check(abs(heard_s - seconds) <= 0.04, f"{path}: heard {heard_s:.3f} s of {seconds} s")
+            # Lost audio makes it shorter; Opus's ring-out after the ramp's abrupt end makes it
+            # longer by 16 to 42 ms (measured on an idle machine and in CI).
+            check(-0.03 <= heard_s - seconds <= 0.06,
+                  f"{path}: heard {heard_s:.3f} s of {seconds} s")
             check(sent_at_ms <= 10, f"{path}: the first 10 ms heard were sent {sent_at_ms:.0f} ms in")
         check(abs(completed.duration_ms - 2000) <= 10, f"duration_ms {completed.duration_ms}")
         # The last sample reaches the phone within Opus's framing and the phone's jitter buffer
