@@ -554,12 +554,18 @@ fn real_server_sessions_closed_and_replaced_while_packets_flow_take_nothing_afte
     let r = real(&["real_churn"]);
     r.within("real_churn_cycles", 300.0, 300.0);
     r.within("real_churn_frames_checked", 900.0, 900.0);
-    let rss = r.numbers("real_churn_rss_kib_start_quarter_end");
+    churn_left_nothing(&r, "real_churn");
+}
+
+/// The crash regression's cycles (`churn_cycles` in tests/e2e/run.py, reporting under `tag`)
+/// left nothing behind: memory flat after the first quarter, the threads of the start.
+fn churn_left_nothing(r: &Results, tag: &str) {
+    let rss = r.numbers(&format!("{tag}_rss_kib_start_quarter_end"));
     assert!(
         rss[2] <= rss[1] + 4_096.0,
         "RSS start/quarter/end: {rss:?} KiB"
     );
-    let threads = r.numbers("real_churn_threads_start_end");
+    let threads = r.numbers(&format!("{tag}_threads_start_end"));
     assert!(threads[1] <= threads[0], "threads start/end: {threads:?}");
 }
 
@@ -597,14 +603,7 @@ fn sessions_closed_and_replaced_while_packets_flow_on_the_real_library() {
     r.within("churn_cycles", 300.0, 300.0);
     // Every client checked its frames were its own session's (the script fails otherwise).
     r.within("churn_frames_checked", 300.0, f64::MAX);
-    // Nothing left behind: memory flat after the first quarter, the threads of the start.
-    let rss = r.numbers("churn_rss_kib_start_quarter_end");
-    assert!(
-        rss[2] <= rss[1] + 4_096.0,
-        "RSS start/quarter/end: {rss:?} KiB"
-    );
-    let threads = r.numbers("churn_threads_start_end");
-    assert!(threads[1] <= threads[0], "threads start/end: {threads:?}");
+    churn_left_nothing(&r, "churn");
 }
 
 // The density benchmark's harness (tests/e2e/density.py), at a size that runs in seconds.

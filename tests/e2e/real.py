@@ -21,9 +21,10 @@ import grpc  # noqa: E402
 import livekit_server  # noqa: E402
 from livekit_server import LiveKitServer, token  # noqa: E402
 from phone import Phone  # noqa: E402
-from run import (ROOT, Bridge, Ctx, OwnNetwork, Pacer, check, cpu_seconds,  # noqa: E402
-                 loud, measure, metric, payload_rule, ramp, read_chunks, result,
-                 run_scenarios, session_state, stream_end, tone, wait_for_count)
+from run import (ROOT, Bridge, Ctx, OwnNetwork, Pacer, check, churn_cycles,  # noqa: E402
+                 cpu_seconds, loud, measure, metric, payload_rule, process_status, ramp,
+                 read_chunks, result, run_scenarios, session_state, stream_end, tone,
+                 wait_for_count)
 from livekit import api, rtc  # noqa: E402
 
 
@@ -1531,10 +1532,6 @@ async def real_sdk_retention(ctx: RealCtx, cycles: int = 80):
     (publish a track, capture 100 ms, unpublish, leave), then as many without the track; this
     process's RSS growth per cycle after the first quarter of each. By hand (`real_churn`'s
     bound on the bridge's memory rests on it)."""
-    def rss():
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
     listener = await phone_for("keep")
     try:
         for publish in (True, False):
@@ -1556,7 +1553,7 @@ async def real_sdk_retention(ctx: RealCtx, cycles: int = 80):
                 await room.disconnect()
                 if i in (cycles // 4, cycles - 1):
                     await asyncio.sleep(1)
-                    marks.append(rss())
+                    marks.append(process_status(os.getpid())[0])
             per_cycle = (marks[1] - marks[0]) / (cycles - 1 - cycles // 4)
             result(f"real_sdk_retention_{'track' if publish else 'no_track'}_kib_per_cycle",
                    f"{per_cycle:.1f}")
@@ -1630,61 +1627,8 @@ async def real_churn(ctx: RealCtx, cycles: int):
 
     pumper = asyncio.ensure_future(pump())
     try:
-        await join()
-        await asyncio.sleep(0.5)
-        base_rss, base_threads = ctx.bridge.status_of()
-        frames, rss_quarter, started = 0, base_rss, time.monotonic()
-        for i in range(cycles):
-            if i == cycles // 4:
-                rss_quarter, _ = ctx.bridge.status_of()
-            generation = joins["done"]
-            call, queue = ctx.stream(user)
-            got = await read_chunks(call, 3, timeout=15)
-            for c in got:
-                tag = int.from_bytes(c.pcm_data[:4], "little")
-                check(tag <= generation, f"cycle {i}: join {generation}'s stream delivered a "
-                      f"packet sent after join {tag}")
-            frames += len(got)
-            way = i % 3
-            if way == 0:
-                queue.put_nowait(None)
-                r = await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user,
-                                                                     reason="churn"))
-                check(r.success, r.error)
-                await join()
-            elif way == 1:
-                queue.put_nowait(None)
-                await join()  # replaces the session while packets flow
-            else:
-                call.cancel()  # the client goes away: its session closes
-                await asyncio.sleep(0.05)
-                await join()
-            # The old stream ends, and never delivers a packet sent after the newer join.
-            try:
-                while True:
-                    chunk = await asyncio.wait_for(call.read(), 5)
-                    if chunk is grpc.aio.EOF:
-                        break
-                    tag = int.from_bytes(chunk.pcm_data[:4], "little")
-                    check(tag <= generation, f"cycle {i}: the closed stream of join "
-                          f"{generation} delivered a packet sent after join {tag}")
-            except (grpc.aio.AioRpcError, asyncio.CancelledError):
-                pass
-        took = time.monotonic() - started
-        stop.set()
-        await pumper
-        r = await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
-        check(r.success, r.error)
-        await asyncio.sleep(2.0)
-        rss, threads = ctx.bridge.status_of()
-        result("real_churn_cycles", cycles)
-        result("real_churn_cycle_ms", f"{took / cycles * 1000:.0f}")
-        result("real_churn_frames_checked", frames)
-        result("real_churn_packets_sent", sent["n"])
-        result("real_churn_rss_kib_start_quarter_end", f"{base_rss}/{rss_quarter}/{rss}")
-        result("real_churn_threads_start_end", f"{base_threads}/{threads}")
-        check(ctx.bridge.proc.poll() is None, "the bridge died")
-        check(threads <= base_threads, f"threads {base_threads} -> {threads}")
+        await churn_cycles(ctx, user, cycles, join, lambda: joins["done"],
+                           lambda got, want: got <= want, sent, "real_churn")
     finally:
         stop.set()
         pumper.cancel()

@@ -152,14 +152,7 @@ class Bridge:
 
     def status_of(self):
         """(RSS KiB, threads) of the bridge process."""
-        rss = threads = 0
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1])
-                elif line.startswith("Threads:"):
-                    threads = int(line.split()[1])
-        return rss, threads
+        return process_status(self.proc.pid)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -173,6 +166,18 @@ class Bridge:
             with open(self.log.name) as f:
                 print(f"---- {os.path.basename(self.log.name)} ----\n" + f.read(), flush=True)
         return self.proc.returncode
+
+
+def process_status(pid):
+    """(RSS KiB, threads) of process `pid`."""
+    rss = threads = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Threads:"):
+                threads = int(line.split()[1])
+    return rss, threads
 
 
 METRICS_PORT = 19091
@@ -368,10 +373,68 @@ async def wait_for_count(ctx, user, want):
     check(False, f"participant_count stayed {status.participant_count}, wanted {want}")
 
 
+async def churn_cycles(ctx, user, cycles, join, generation, fits, sent, tag):
+    """The crash regression's cycles, against either server: `cycles` sessions of `user` in
+    turn left (LeaveRoom), replaced (a new JoinRoom) and abandoned (the client cancels), while
+    the caller's pump sends packets tagged with a join number. Each session's stream must get
+    three packets and, once it has ended, nothing more; `fits(packet_tag, generation())` says
+    whether a packet may reach the stream of that join. `join()` joins again. Reports the
+    figures under `tag` and returns (RSS and threads at the start, RSS after a quarter of the
+    cycles, RSS and threads 2 s after the last leave)."""
+    def checked(chunk, i, join_number, closed):
+        got = int.from_bytes(chunk.pcm_data[:4], "little")
+        check(fits(got, join_number), f"cycle {i}: the {'closed ' if closed else ''}stream of "
+              f"join {join_number} delivered a packet tagged with join {got}")
+
+    await join()
+    await asyncio.sleep(0.5)
+    base_rss, base_threads = ctx.bridge.status_of()
+    frames, rss_quarter, started = 0, base_rss, time.monotonic()
+    for i in range(cycles):
+        if i == cycles // 4:
+            rss_quarter, _ = ctx.bridge.status_of()
+        number = generation()
+        call, queue = ctx.stream(user)
+        for chunk in await read_chunks(call, 3, timeout=15):
+            checked(chunk, i, number, closed=False)
+        frames += 3
+        way = i % 3
+        if way == 2:
+            call.cancel()  # the client goes away: its session closes
+            await asyncio.sleep(0.05)
+        else:
+            queue.put_nowait(None)  # half-closed, as the backend does before an end it expects
+        if way == 0:
+            r = await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="churn"))
+            check(r.success, r.error)
+        await join()  # way 1: replaces the session while packets flow
+        # The old stream ends, and never delivers a packet that only a newer session may get.
+        try:
+            while (chunk := await asyncio.wait_for(call.read(), 5)) is not grpc.aio.EOF:
+                checked(chunk, i, number, closed=True)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+    took = time.monotonic() - started
+    r = await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
+    check(r.success, r.error)
+    await asyncio.sleep(2.0)
+    rss, threads = ctx.bridge.status_of()
+    result(f"{tag}_cycles", cycles)
+    result(f"{tag}_cycle_ms", f"{took / cycles * 1000:.0f}")
+    result(f"{tag}_frames_checked", frames)
+    result(f"{tag}_packets_sent", sent["n"])
+    result(f"{tag}_rss_kib_start_quarter_end", f"{base_rss}/{rss_quarter}/{rss}")
+    result(f"{tag}_threads_start_end", f"{base_threads}/{threads}")
+    check(ctx.bridge.proc.poll() is None, "the bridge died")
+    check(threads <= base_threads, f"threads {base_threads} -> {threads}")
+    return base_rss, base_threads, rss_quarter, rss, threads
+
+
 async def churn(ctx: Ctx, cycles: int):
     """The original crash, on the real library: sessions left, replaced and rejoined while the
     server keeps sending packets; no panic, no frame from a closed session, and memory and
-    threads back where they started."""
+    threads back where they started. The mock tags each packet with the join it sends it to,
+    so a stream may carry its own join's packets only."""
     user = "dave"
     stop = asyncio.Event()
     sent = {"n": 0}
@@ -392,57 +455,13 @@ async def churn(ctx: Ctx, cycles: int):
             await asyncio.sleep(0.002)
 
     pumper = asyncio.ensure_future(pump())
-    await ctx.joined(user)
-    await asyncio.sleep(0.5)
-    base_rss, base_threads = ctx.bridge.status_of()
-    frames = 0
-    rss_quarter = base_rss
-    for i in range(cycles):
-        if i == cycles // 4:
-            rss_quarter, _ = ctx.bridge.status_of()
-        generation = ctx.sfu.joins
-        call, queue = ctx.stream(user)
-        got = await read_chunks(call, 3, timeout=15)
-        for c in got:
-            check(int.from_bytes(c.pcm_data[:4], "little") == generation,
-                  f"cycle {i}: a frame of join {int.from_bytes(c.pcm_data[:4], 'little')} "
-                  f"reached the session of join {generation}")
-        frames += len(got)
-        way = i % 3
-        if way == 0:
-            r = await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="churn"))
-            check(r.success, r.error)
-            await ctx.joined(user)
-        elif way == 1:
-            await ctx.joined(user)  # replaces the session while packets flow
-        else:
-            call.cancel()  # the client goes away: its session closes
-            await asyncio.sleep(0.05)
-            await ctx.joined(user)
-        # The old stream must end, and never deliver a frame of a newer session.
-        try:
-            while True:
-                chunk = await asyncio.wait_for(call.read(), 5)
-                if chunk is grpc.aio.EOF:
-                    break
-                tag = int.from_bytes(chunk.pcm_data[:4], "little")
-                check(tag == generation, f"cycle {i}: old stream got a frame of join {tag}")
-        except (grpc.aio.AioRpcError, asyncio.CancelledError):
-            pass
-        queue.put_nowait(None)
-    stop.set()
-    await pumper
-    r = await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=user, reason="done"))
-    check(r.success, r.error)
-    await asyncio.sleep(2.0)
-    rss, threads = ctx.bridge.status_of()
-    result("churn_cycles", cycles)
-    result("churn_frames_checked", frames)
-    result("churn_packets_sent", sent["n"])
-    result("churn_rss_kib_start_quarter_end", f"{base_rss}/{rss_quarter}/{rss}")
-    result("churn_threads_start_end", f"{base_threads}/{threads}")
-    check(ctx.bridge.proc.poll() is None, "the bridge died")
-    check(threads <= base_threads, f"threads {base_threads} -> {threads}")
+    try:
+        _, _, rss_quarter, rss, _ = await churn_cycles(
+            ctx, user, cycles, lambda: ctx.joined(user), lambda: ctx.sfu.joins,
+            lambda got, want: got == want, sent, "churn")
+    finally:
+        stop.set()
+        await pumper
     # After the first quarter has taken the allocator to its high-water mark, the remaining
     # three quarters of the cycles must not keep growing memory.
     check(rss <= rss_quarter + 2048, f"RSS {rss_quarter} KiB after {cycles // 4} cycles, "

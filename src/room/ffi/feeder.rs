@@ -18,8 +18,9 @@
 //!   at the 10 ms pace; a tick that finds the channel empty inside an utterance sends silence,
 //!   as the library's queue did, and the audio after it starts anew with its lead (the
 //!   cushion is rebuilt). Each such resumption is an underrun, counted ([`underruns`]): the
-//!   publisher fell behind real time by more than the lead, and the listener heard a gap. Nothing is dropped or reordered, and the packets to the listener
-//!   never pause inside an utterance (its decoder would stretch what follows).
+//!   publisher fell behind real time by more than the lead, and the listener heard a gap.
+//!   Nothing is dropped or reordered, and the packets to the listener never pause inside an
+//!   utterance (its decoder would stretch what follows).
 //! - **It ends with [`TAIL`] of silence**, enough for the Opus encoder's DTX to take over
 //!   (it signals silence after 200 ms of it), so the listener's decoder hears the end of
 //!   speech rather than losing packets mid-word and concealing them. Then the feeder sleeps

@@ -12,10 +12,11 @@
 //! - `subscribe`: the target's audio tracks, subscribed to and streamed into the same rings.
 //! - `translate`: the library's disconnect reasons and log records in the bridge's words.
 //! - `grant`: the room a join token grants, so a join naming another room is refused.
-//! - here: [`FfiBackend`], connecting (a few joins at a time), and the wiring of one client, its tables and the
-//!   dispatcher to the process's library; `room`: the joined room (publishing, leaving);
-//!   `reframe`: client audio into the 10 ms frames the library's audio source takes;
-//!   `feeder`: each published track's clock, pacing those frames into the source.
+//! - here: [`FfiBackend`], connecting (a few joins at a time), and the wiring of one client,
+//!   its tables and the dispatcher to the process's library; `room`: the joined room
+//!   (publishing, leaving); `reframe`: client audio into the 10 ms frames the library's audio
+//!   source takes; `feeder`: each published track's clock, pacing those frames into the
+//!   source.
 //!
 //! The modules depend one way: `library`, `packet` and `grant` on nothing here; `calls`,
 //! `routes` and `streams` on nothing but the protocol; `client` on those; `subscribe` and
@@ -71,9 +72,8 @@ static CLIENT: OnceLock<Client> = OnceLock::new();
 static OPENING: Mutex<()> = Mutex::new(());
 
 /// The process's client, opening the library at `path` on first use with a dispatcher
-/// sharing the client's tables. One opening at a time, so the dispatcher the library calls
-/// and the client share the same tables.
-/// The process's client, opening the library at `path` on first use with `joins_at_once` turns.
+/// sharing the client's tables and `joins_at_once` turns to join. One opening at a time, so
+/// the dispatcher the library calls and the client share the same tables.
 fn client(path: &Path, joins_at_once: usize) -> Result<&'static Client, library::LibraryError> {
     if let Some(c) = CLIENT.get() {
         return Ok(c);
