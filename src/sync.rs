@@ -30,17 +30,28 @@ impl SpinWait {
     }
 }
 
-/// Under loom a spin loop must yield, or the model checker explores it forever.
+/// Under loom a spin loop must yield, or the model checker explores it forever; and a wait
+/// that the awaited thread can never end (it is gone) must fail the model rather than spin it
+/// forever, so a wait is allowed a bounded number of turns.
 #[cfg(loom)]
-pub(crate) struct SpinWait;
+pub(crate) struct SpinWait(std::cell::Cell<u32>);
 
 #[cfg(loom)]
 impl SpinWait {
+    /// Far more turns than any wait for a live thread takes under loom's scheduler.
+    const TURNS: u32 = 1000;
+
     pub(crate) fn new() -> Self {
-        Self
+        Self(std::cell::Cell::new(0))
     }
 
     pub(crate) fn snooze(&self) {
+        let turns = self.0.get() + 1;
+        assert!(
+            turns < Self::TURNS,
+            "a wait spun {turns} turns: the thread it waits for can never end it"
+        );
+        self.0.set(turns);
         loom::thread::yield_now();
     }
 }

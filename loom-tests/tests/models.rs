@@ -6,6 +6,7 @@
 
 use std::task::{Context, Poll, Wake, Waker};
 
+use livekit_bridge::audio::mapped::{Doorbell, heap_ring};
 use livekit_bridge::audio::{Overflow, Pop, PushOutcome, RingConfig, WakeCounter, audio_ring};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
@@ -267,5 +268,64 @@ fn registered_consumer_is_woken_exactly_when_needed() {
             );
         }
         drop(p);
+    });
+}
+
+/// Step 5 of the mapped ring (`livekit_bridge::audio::mapped`): a producer killed while it holds
+/// the claim is abandoned by the reaper, and the consumer ends without waiting for the claim,
+/// having accounted for the frame committed before the death exactly once.
+#[test]
+fn a_producer_dead_mid_push_is_never_waited_for() {
+    loom::model(|| {
+        let (p, mut c, closer, _bell) = heap_ring(4 * 14, Overflow::DropNewest);
+        let producer = thread::spawn(move || {
+            p.push(1, &[1, 2]);
+            p.vanish_mid_push();
+        });
+        let mut out = Vec::new();
+        let early = c.try_pop(&mut out);
+        producer.join().expect("producer");
+        // The reaper abandons only once the producer's process is gone.
+        closer.abandon();
+        assert_eq!(c.try_pop(&mut out), Pop::Closed);
+        let s = closer.stats();
+        assert_eq!(s.received, 1);
+        assert_eq!(s.delivered, u64::from(matches!(early, Pop::Frame { .. })));
+        assert_eq!(s.delivered + s.dropped_closed, 1, "{s:?}");
+    });
+}
+
+/// The mapped rings' doorbell: two producers mark their slots while the consumer's process
+/// takes marks after the kicks it has seen; once every kick is taken, both marks were found.
+#[test]
+fn every_doorbell_mark_is_taken() {
+    loom::model(|| {
+        let bell = Arc::new(Doorbell::heap(2));
+        let kicks = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let producers: Vec<_> = (0..2u32)
+            .map(|slot| {
+                let (bell, kicks) = (bell.clone(), kicks.clone());
+                thread::spawn(move || {
+                    if bell.mark(slot) {
+                        kicks.fetch_add(1, Ordering::Release);
+                    }
+                })
+            })
+            .collect();
+        let take = |bell: &Doorbell, kicks: &AtomicUsize, seen: &AtomicUsize| {
+            while kicks.load(Ordering::Acquire) > 0 {
+                kicks.fetch_sub(1, Ordering::AcqRel);
+                bell.take(|slot| {
+                    seen.fetch_or(1 << slot, Ordering::Relaxed);
+                });
+            }
+        };
+        take(&bell, &kicks, &seen);
+        for p in producers {
+            p.join().expect("producer");
+        }
+        take(&bell, &kicks, &seen);
+        assert_eq!(seen.load(Ordering::Relaxed), 0b11, "a mark found no kick");
     });
 }

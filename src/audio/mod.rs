@@ -1,7 +1,9 @@
-//! The lock-free audio core: the payload rule, the per-session ring and its close protocol.
+//! The lock-free audio core: the payload rule, the per-session ring and its close protocol, and
+//! the same ring in memory two processes share (`mapped`).
 //! Nothing here knows of tokio, gRPC or LiveKit; `loom-tests/` model-checks it.
 
 pub mod format;
+pub mod mapped;
 pub mod payload;
 pub mod ring;
 mod storage;
