@@ -1,6 +1,7 @@
 //! Compiles `proto/` with the pure-Rust `protox` compiler, so no `protoc` is needed, and keeps
 //! the encoded descriptors for gRPC reflection. Also compiles the subset of LiveKit's FFI protocol
-//! (`proto/livekit_ffi/`) that the `ffi` room backend speaks.
+//! (`proto/livekit_ffi/`) that the `ffi` room backend speaks, and the control channel to the
+//! room workers (`proto/room_worker.proto`).
 
 fn main() {
     #[cfg(feature = "server")]
@@ -21,6 +22,15 @@ fn compile() -> Result<(), Box<dyn std::error::Error>> {
         fds.encode_to_vec(),
     )?;
     tonic_prost_build::configure().compile_fds(fds)?;
+
+    // The front's control channel to its room workers: messages only.
+    const WORKER: &str = "proto/room_worker.proto";
+    println!("cargo:rerun-if-changed={WORKER}");
+    let worker = protox::compile([WORKER], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(worker)?;
 
     // LiveKit's FFI protocol: messages only, no services.
     const FFI: &[&str] = &[

@@ -412,6 +412,12 @@ struct Settings {
     #[arg(long, env = "BRIDGE_JOINS_AT_ONCE", value_parser = int(0, 10_000),
           default_value_t = Given::ok(0))]
     joins_at_once: Given<u64>,
+    /// Room worker processes for ws:// and wss:// rooms, each with its own LiveKit library: a
+    /// fault inside the library ends one worker's sessions (as room_lost, so the backend
+    /// rejoins them), not every user's. 0: one per core.
+    #[arg(long, env = "BRIDGE_ROOM_WORKERS", value_parser = int(0, 256),
+          default_value_t = Given::ok(0))]
+    room_workers: Given<u64>,
     /// PlayAudio: how long (ms) connecting to the audio URL's server may take.
     #[arg(long, env = "PLAYBACK_CONNECT_TIMEOUT_MS", value_parser = ms(1, 600_000),
           default_value_t = Given::ok(Millis(PlaybackSettings::CONNECT_TIMEOUT)))]
@@ -612,6 +618,7 @@ impl Settings {
         let idle = self.idle_s.take(e);
         let livekit_ffi_lib = self.livekit_ffi_lib.take(e);
         let joins_at_once = self.joins_at_once.take(e);
+        let room_workers = self.room_workers.take(e);
         let playback_connect = self.playback_connect_timeout_ms.take(e);
         let playback_read = self.playback_read_timeout_ms.take(e);
         let playback_stall = self.playback_max_stall_ms.take(e);
@@ -644,6 +651,7 @@ impl Settings {
             })
             .ok();
         let config = (|| {
+            let (log_format, log_filter) = (log_format?.value, log_filter?);
             Some(Config {
                 listen: match socket {
                     Some(path) => Listen::Unix(PathBuf::from(path)),
@@ -677,6 +685,9 @@ impl Settings {
                     livekit_ffi_lib: PathBuf::from(livekit_ffi_lib?),
                     // In 0..=10000 by its check.
                     joins_at_once: joins_at_once? as usize,
+                    // In 0..=256 by its check.
+                    room_workers: room_workers? as usize,
+                    worker_log: (log_format, log_filter.clone()),
                     limits: Limits {
                         max_sessions: Some(max_sessions? as usize).filter(|n| *n > 0),
                         max_cpu: Some(max_cpu?).filter(|f| *f > 0.0),
@@ -687,8 +698,8 @@ impl Settings {
                 },
                 shutdown_timeout: shutdown_timeout?.0,
                 decoder_memory_mib: decoder_memory?,
-                log_format: log_format?.value,
-                log_filter: log_filter?,
+                log_format,
+                log_filter: log_filter.clone(),
             })
         })();
         match config {
@@ -974,7 +985,7 @@ mod tests {
         assert!(matches!(parse(&["--help"]), Ok(Command::Help(_))));
         let text = help();
         let all = settings();
-        assert_eq!(all.len(), 34, "every setting has a flag and a variable");
+        assert_eq!(all.len(), 35, "every setting has a flag and a variable");
         for s in &all {
             assert!(text.contains(&s.flag) && text.contains(&s.env), "{}", s.env);
             assert!(!s.help.is_empty(), "{} has no help", s.env);

@@ -10,6 +10,7 @@ use livekit_bridge::config::{Command, Config, Listen};
 use livekit_bridge::listener::{self, OwnedSocket};
 use livekit_bridge::logging;
 use livekit_bridge::playback::worker::{self, DecoderProcess};
+use livekit_bridge::room::worker as room_worker;
 use livekit_bridge::server;
 use livekit_bridge::service::BridgeState;
 use tokio::net::TcpListener;
@@ -23,6 +24,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(worker::SUBCOMMAND) {
         return ExitCode::from(worker::serve(&args[1..]));
+    }
+    if args.first().map(String::as_str) == Some(room_worker::SUBCOMMAND) {
+        return ExitCode::from(room_worker::serve::serve(&args[1..]));
     }
     let mut config = match Config::parse(&args) {
         Ok(Command::Run(config)) => *config,

@@ -285,8 +285,10 @@ fn a_producer_dead_mid_push_is_never_waited_for() {
         let mut out = Vec::new();
         let early = c.try_pop(&mut out);
         producer.join().expect("producer");
-        // The reaper abandons only once the producer's process is gone.
+        // The reaper abandons only once the producer's process is gone, then the session
+        // closes.
         closer.abandon();
+        closer.close();
         assert_eq!(c.try_pop(&mut out), Pop::Closed);
         let s = closer.stats();
         assert_eq!(s.received, 1);

@@ -21,12 +21,12 @@
 //! - **A producer that dies mid-push** (step 5, new). A push that claims and is then killed
 //!   holds `CLAIMED` forever, and step 3's wait would never end. Only the consumer's process can
 //!   know that the producer's process is gone (it has reaped it), so only it calls
-//!   [`MappedCloser::abandon`]: `CLOSED` in `state`, then `CLOSED | ABANDONED` in `flags`
-//!   (Release), then a wake. The claim wait re-reads `flags` on every turn and stops at
-//!   `ABANDONED`; the discard then counts the committed frames (the dead push's frame, never
-//!   committed, is invisible: its `tail` store never happened). **The consumer never waits on a
-//!   dead producer**, and a pop after an abandon delivers nothing, as after a close. Abandon is
-//!   sound only once no producer can run again, which is why it is the reaper's to call.
+//!   [`MappedCloser::abandon`]: `ABANDONED` in `flags` (Release), and then closes the ring as
+//!   any close does (the session's close). The claim wait re-reads `flags` on every turn and
+//!   stops at `ABANDONED`; the discard then counts the committed frames (the dead push's frame,
+//!   never committed, is invisible: its `tail` store never happened). **The consumer never
+//!   waits on a dead producer.** Abandon is sound only once no producer can run again, which is
+//!   why it is the reaper's to call.
 //! - **A producer that writes nonsense.** The consumer trusts no byte the other process wrote:
 //!   a frame header whose length does not fit what is committed, or an index past the
 //!   capacity, closes the ring (`Pop::Closed`) and is counted as `corrupt`; nothing is read out
@@ -140,11 +140,6 @@ impl SlotHeader {
     /// Step 2 of the close protocol; `extra` joins `CLOSED` in `flags`.
     fn close(&self, extra: usize) -> bool {
         let first = self.state.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED == 0;
-        let extra = if weaken::ABANDON_SKIPS_FLAG {
-            extra & !ABANDONED
-        } else {
-            extra
-        };
         self.flags.fetch_or(CLOSED | extra, Ordering::Release);
         first
     }
@@ -686,12 +681,17 @@ impl MappedCloser {
         first
     }
 
-    /// Step 5: the producer's process is gone (reaped): close, and let nothing wait for its
-    /// claim. Returns whether a push was in flight when it died.
+    /// Step 5: the producer's process is gone (reaped): from now on nothing waits for its
+    /// claim. It does not close the ring; the session's close does, after it, or did before
+    /// (a consumer already waiting for the claim stops waiting). Returns whether a push was in
+    /// flight when the producer died.
     pub fn abandon(&self) -> bool {
         let h = self.mem.header();
-        h.close(ABANDONED);
-        self.waker.wake();
+        if !weaken::ABANDON_SKIPS_FLAG {
+            // Release, and before the close's RMW of the same word: a consumer that reads
+            // `CLOSED` from that RMW or later reads `ABANDONED` too.
+            h.flags.fetch_or(ABANDONED, Ordering::Release);
+        }
         h.state.load(Ordering::Acquire) & CLAIMED != 0
     }
 
@@ -714,12 +714,25 @@ impl MappedCloser {
     }
 }
 
+impl fmt::Debug for MappedCloser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MappedCloser")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
 /// A heap-backed mapped ring and doorbell, as both processes would see them: for tests, the
 /// loom models and benchmarks.
 pub fn heap_ring(
     capacity: usize,
     overflow: Overflow,
-) -> (MappedProducer, MappedConsumer, MappedCloser, std::sync::Arc<HeapBell>) {
+) -> (
+    MappedProducer,
+    MappedConsumer,
+    MappedCloser,
+    std::sync::Arc<HeapBell>,
+) {
     let mem = SlotMemory::heap(capacity);
     let waker = std::sync::Arc::new(SlotWaker::new());
     let bell = std::sync::Arc::new(HeapBell {
@@ -827,6 +840,7 @@ mod tests {
         p.push(1, &[1, 2]);
         p.vanish_mid_push();
         assert!(closer.abandon(), "the dead push's claim is reported");
+        closer.close();
         assert_eq!(c.try_pop(&mut Vec::new()), Pop::Closed);
         assert_eq!(closer.stats().dropped_closed, 1);
     }

@@ -2,6 +2,7 @@
 //! the same ring in memory two processes share (`mapped`).
 //! Nothing here knows of tokio, gRPC or LiveKit; `loom-tests/` model-checks it.
 
+mod ends;
 pub mod format;
 pub mod mapped;
 pub mod payload;
@@ -10,6 +11,7 @@ mod storage;
 mod waker;
 mod weaken;
 
+pub use ends::{Closer, Consumer};
 pub use payload::sample_aligned;
 pub use ring::{
     FrameConsumer, FrameProducer, Overflow, Pop, PushOutcome, RingCloser, RingConfig, RingStats,

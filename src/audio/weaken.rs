@@ -19,8 +19,8 @@ pub(crate) const CLEAR_SKIPS_WAKE_WAIT: bool = cfg!(loom_weaken = "clear_skips_w
 pub(crate) const CLOSE_SKIPS_FLAGS: bool = cfg!(loom_weaken = "close_skips_flags");
 /// Close sets `CLOSED` in the consumer's word with a Relaxed write instead of Release.
 pub(crate) const RELAXED_CLOSE_FLAGS: bool = cfg!(loom_weaken = "relaxed_close_flags");
-/// Abandoning a mapped ring closes it without setting `ABANDONED`, so the consumer waits for
-/// the dead producer's claim.
+/// Abandoning a mapped ring does not set `ABANDONED`, so the consumer waits for the dead
+/// producer's claim.
 pub(crate) const ABANDON_SKIPS_FLAG: bool = cfg!(loom_weaken = "abandon_skips_flag");
 /// The doorbell's consumer clears `pending` after taking the marks instead of before.
 pub(crate) const DOORBELL_CLEARS_PENDING_LAST: bool =

@@ -1,25 +1,30 @@
 //! The backends of this process, chosen by a room URL's scheme.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{RoomBackend, RoomError, TrackStats, ffi, sim};
+use super::worker::{WorkerBackend, WorkerCounts, WorkerSettings};
+use super::{RoomBackend, RoomError, TrackStats, sim};
 
 /// The backends of this process, chosen by URL scheme.
 pub struct Backends {
     /// The simulated rooms (`sim://`); tests read its state.
     pub sim: Arc<sim::SimBackend>,
-    ffi: Arc<ffi::FfiBackend>,
+    /// Real rooms, in room worker processes.
+    workers: Arc<WorkerBackend>,
 }
 
 impl Backends {
-    /// The backends, with LiveKit's SDK library expected at `livekit_library`, working on
-    /// `joins_at_once` joins at a time (0: twice the cores).
-    pub fn new(livekit_library: PathBuf, joins_at_once: usize) -> Self {
+    /// The backends, with real rooms in workers run as `workers` says.
+    pub fn new(workers: WorkerSettings) -> Self {
         Self {
             sim: Arc::new(sim::SimBackend::default()),
-            ffi: Arc::new(ffi::FfiBackend::new(livekit_library, joins_at_once)),
+            workers: WorkerBackend::new(workers),
         }
+    }
+
+    /// The room workers' starts, exits and sessions (the metrics).
+    pub fn worker_counts(&self) -> WorkerCounts {
+        self.workers.counts()
     }
 
     /// The backend for `url`, or why there is none.
@@ -27,7 +32,7 @@ impl Backends {
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         match scheme.as_deref() {
             Some("sim") => Ok(self.sim.clone()),
-            Some("ws" | "wss") => Ok(self.ffi.clone()),
+            Some("ws" | "wss") => Ok(self.workers.clone()),
             _ => Err(RoomError::InvalidUrl(format!(
                 "{url:?} must start with ws://, wss:// or sim://"
             ))),
@@ -35,7 +40,7 @@ impl Backends {
     }
 
     fn all(&self) -> [&dyn RoomBackend; 2] {
-        [self.sim.as_ref(), self.ffi.as_ref()]
+        [self.sim.as_ref(), self.workers.as_ref()]
     }
 
     /// Whether every kind of room can be joined now; the first reason one cannot.
@@ -59,7 +64,7 @@ impl Backends {
 
 impl Default for Backends {
     fn default() -> Self {
-        Self::new(ffi::DEFAULT_PATH.into(), 0)
+        Self::new(WorkerSettings::default())
     }
 }
 
@@ -83,7 +88,10 @@ mod tests {
 
     #[test]
     fn a_missing_livekit_library_is_not_ready_and_says_where() {
-        let b = Backends::new("/nonexistent/liblivekit_ffi.so".into(), 0);
+        let b = Backends::new(WorkerSettings {
+            library: "/nonexistent/liblivekit_ffi.so".into(),
+            ..WorkerSettings::default()
+        });
         let why = b.ready().expect_err("not ready");
         assert!(why.contains("/nonexistent/liblivekit_ffi.so"), "{why}");
         assert_eq!(b.track_stats(), TrackStats::default());

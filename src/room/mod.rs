@@ -11,18 +11,21 @@
 
 mod backends;
 pub mod ffi;
+mod filter;
 pub mod sim;
+pub mod worker;
 
 pub use backends::Backends;
 /// Where LiveKit's SDK library is looked for unless a setting says otherwise.
 pub use ffi::DEFAULT_PATH as DEFAULT_LIVEKIT_LIBRARY;
+pub use filter::{AudioFilter, unix_ms};
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::audio::PushOutcome;
+use crate::audio::{Closer, Consumer, FrameProducer, PushOutcome, RingConfig, audio_ring};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -40,6 +43,39 @@ pub struct ConnectRequest {
     pub timeout: Duration,
     /// Where the target's audio may come from: data packets, its audio tracks, or both.
     pub audio_source: AudioSource,
+    /// The session's ring, when it is in a room worker's memory ([`RoomBackend::ring`]).
+    pub ring: Option<RingSlot>,
+}
+
+/// Where a session's ring is in a room worker's shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingSlot {
+    /// The worker (its number, unique for the process's life).
+    pub worker: u64,
+    pub index: u32,
+}
+
+/// A session's ring, made by the backend its room is on: where the room's audio goes.
+pub struct SessionRing {
+    /// The producer, when the room's callbacks run in this process; `None` when they run in a
+    /// room worker, which holds the producer itself.
+    pub producer: Option<FrameProducer>,
+    pub consumer: Consumer,
+    pub closer: Closer,
+    pub slot: Option<RingSlot>,
+}
+
+impl SessionRing {
+    /// A ring in this process's memory.
+    pub fn local(config: RingConfig) -> Self {
+        let (producer, consumer, closer) = audio_ring(config);
+        Self {
+            producer: Some(producer),
+            consumer: Consumer::Local(consumer),
+            closer: Closer::Local(closer),
+            slot: None,
+        }
+    }
 }
 
 /// Where a session takes the target's audio from (`BRIDGE_AUDIO_SOURCE`).
@@ -152,6 +188,13 @@ pub trait RoomBackend: Send + Sync {
     /// What became of the frames of the target's audio tracks (metrics).
     fn track_stats(&self) -> TrackStats {
         TrackStats::default()
+    }
+
+    /// Makes the ring for a session about to connect through this backend, before the room
+    /// exists, so the room's first callback has somewhere safe to go. In this process's memory
+    /// unless the backend's rooms live elsewhere.
+    fn ring(&self, config: RingConfig) -> Result<SessionRing, RoomError> {
+        Ok(SessionRing::local(config))
     }
 
     fn connect(

@@ -134,6 +134,7 @@ impl BridgeState {
             },
             timeout: self.settings.connect_timeout,
             audio_source: self.settings.audio_source,
+            ring: None,
         };
         // A join that a newer one (or a LeaveRoom, or the drain) has voided stops connecting:
         // the newer one must not wait out this one's connect timeout for its turn.

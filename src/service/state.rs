@@ -13,6 +13,7 @@ use crate::error::BridgeError;
 use crate::metrics::Metrics;
 use crate::playback::fetch::ClientError;
 use crate::playback::{PlaybackSettings, Player};
+use crate::room::worker::WorkerSettings;
 use crate::room::{AudioSource, Backends};
 use crate::session::{EndReason, Registry, Session, Totals};
 
@@ -35,6 +36,10 @@ pub struct ServiceSettings {
     pub livekit_ffi_lib: std::path::PathBuf,
     /// Joins of real rooms the library works on at once; 0: twice the cores.
     pub joins_at_once: usize,
+    /// Room worker processes; 0: one per core.
+    pub room_workers: usize,
+    /// How the room workers log (the bridge's own format and filter).
+    pub worker_log: (crate::logging::LogFormat, String),
     /// Admission control's limits.
     pub limits: admission::Limits,
     /// A session with no StreamAudio for this long is closed as idle; None: never.
@@ -77,6 +82,8 @@ impl Default for ServiceSettings {
             playback: PlaybackSettings::default(),
             livekit_ffi_lib: crate::room::DEFAULT_LIVEKIT_LIBRARY.into(),
             joins_at_once: 0,
+            room_workers: 0,
+            worker_log: (crate::logging::LogFormat::Text, "info".into()),
             limits: admission::Limits::default(),
             idle: Some(Self::IDLE),
             auth_token: None,
@@ -120,7 +127,15 @@ impl BridgeState {
             totals: Arc::default(),
             metrics: Metrics::new()?,
             admission: Admission::new(settings.limits),
-            backends: Backends::new(settings.livekit_ffi_lib.clone(), settings.joins_at_once),
+            backends: Backends::new(WorkerSettings {
+                workers: settings.room_workers,
+                library: settings.livekit_ffi_lib.clone(),
+                joins_at_once: settings.joins_at_once,
+                ring: settings.ring,
+                log_format: settings.worker_log.0,
+                log_filter: settings.worker_log.1.clone(),
+                ..WorkerSettings::default()
+            }),
             player: Player::new(settings.playback.clone())?,
             settings,
             started: Instant::now(),

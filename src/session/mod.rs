@@ -14,14 +14,16 @@ pub use totals::Totals;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
-use crate::audio::{FrameConsumer, RingCloser, RingConfig, RingStats, audio_ring};
+use crate::audio::{Closer, Consumer, RingConfig, RingStats};
 use crate::playback::{Output, Playbacks};
-use crate::room::{BoxFuture, ConnectRequest, Connected, Room, RoomBackend, RoomError};
+use crate::room::{
+    AudioFilter, BoxFuture, ConnectRequest, Connected, Room, RoomBackend, RoomError, SessionRing,
+};
 
 /// Why a session ended. The first reason wins.
 ///
@@ -146,11 +148,7 @@ impl EndReason {
     }
 }
 
-pub fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use crate::room::unix_ms;
 
 /// The part of a session that the room's callback threads see.
 pub(crate) struct SessionCore {
@@ -166,7 +164,7 @@ pub(crate) struct SessionCore {
     /// When (unix ms) the target's last audio packet arrived; 0: none yet. Status, Relaxed.
     last_audio_ms: AtomicI64,
     end: OnceLock<(EndReason, i64, Instant)>,
-    closer: RingCloser,
+    closer: Closer,
     /// Cancelled when the session closes.
     closed: CancellationToken,
     /// A newer JoinRoom for this user has begun here: LiveKit's `DUPLICATE_IDENTITY` kick,
@@ -223,7 +221,7 @@ pub struct Session {
     core: Arc<SessionCore>,
     room: Box<dyn Room>,
     participant_id: String,
-    consumer: Arc<tokio::sync::Mutex<FrameConsumer>>,
+    consumer: Arc<tokio::sync::Mutex<Consumer>>,
     /// The stream that currently owns the session's audio.
     stream: Mutex<StreamOwner>,
     next_stream: AtomicU64,
@@ -241,7 +239,7 @@ pub struct StreamLease {
     pub id: u64,
     /// Cancelled when another stream takes the session over.
     pub taken_over: CancellationToken,
-    pub consumer: OwnedMutexGuard<FrameConsumer>,
+    pub consumer: OwnedMutexGuard<Consumer>,
     _detach: DetachStamp,
 }
 
@@ -261,11 +259,17 @@ impl Session {
         user_id: &str,
         generation: u64,
         backend: &dyn RoomBackend,
-        request: ConnectRequest,
+        mut request: ConnectRequest,
         ring: RingConfig,
         totals: Arc<Totals>,
     ) -> Result<Arc<Session>, RoomError> {
-        let (producer, consumer, closer) = audio_ring(ring);
+        let SessionRing {
+            producer,
+            consumer,
+            closer,
+            slot,
+        } = backend.ring(ring)?;
+        request.ring = slot;
         let core = Arc::new(SessionCore {
             user_id: user_id.to_string(),
             generation,
@@ -283,8 +287,7 @@ impl Session {
         let sink = sink::SessionSink::new(
             core.clone(),
             producer,
-            &request.target_identity,
-            request.audio_source,
+            AudioFilter::new(&request.target_identity, request.audio_source),
         );
         let timeout = request.timeout;
         let connected = tokio::time::timeout(timeout, backend.connect(request, Arc::new(sink)))
@@ -374,7 +377,8 @@ impl Session {
 
     /// How long ago the target's last audio packet arrived, or the session began if none has.
     pub fn audio_silent_for(&self) -> Duration {
-        let last = self.core.last_audio_ms.load(Ordering::Relaxed);
+        let last = (self.core.last_audio_ms.load(Ordering::Relaxed))
+            .max(self.core.closer.last_arrival_ms());
         let since = if last == 0 { self.began_ms } else { last };
         Duration::from_millis(u64::try_from(unix_ms() - since).unwrap_or(0))
     }

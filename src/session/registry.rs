@@ -289,6 +289,7 @@ mod tests {
             target_identity: user.into(),
             timeout: Duration::from_secs(5),
             audio_source: crate::room::AudioSource::Both,
+            ring: None,
         };
         let backend = SimBackend::default();
         let totals = Arc::default();

@@ -1,50 +1,55 @@
 //! `SessionSink`: the [`RoomEvents`] a session hands its room. It runs on the room's callback
 //! threads, so it only pushes into the ring, stores atomics, or closes the session.
 //!
-//! The target's audio comes as data packets, as frames of its audio track, or both
-//! ([`AudioSource`]). With both, data packets win: a track frame is pushed only when no data
-//! packet has arrived for [`DATA_HOLD_MS`], so a stream never interleaves the two. The ring
-//! takes pushes from any thread (a push that meets another at the same instant is dropped and
-//! counted as contended), so the track's callback thread and the data packets' threads can
-//! both reach it, before, during and after close.
+//! Which audio is the user's is the [`AudioFilter`]'s to decide. The ring takes pushes from
+//! any thread (a push that meets another at the same instant is dropped and counted as
+//! contended), so the track's callback thread and the data packets' threads can both reach
+//! it, before, during and after close. A session whose ring is in a room worker's memory has
+//! no producer here: the worker's own sink pushes, and only the room's other events come here.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 
-use super::{EndReason, SessionCore, unix_ms};
+use super::{EndReason, SessionCore};
 use crate::audio::{FrameProducer, PushOutcome};
-use crate::room::{AudioSource, DATA_HOLD_MS, DataKind, Disconnect, DisconnectCause, RoomEvents};
+use crate::room::{AudioFilter, DataKind, Disconnect, DisconnectCause, RoomEvents};
 
 pub(super) struct SessionSink {
     core: Arc<SessionCore>,
-    producer: FrameProducer,
-    /// The identity whose untopiced data packets are the user's audio.
-    target: String,
-    source: AudioSource,
-    /// When the last data packet of the user's audio arrived (unix ms; 0: never).
-    last_packet_ms: AtomicI64,
+    /// `None` when the room's callbacks run in a worker process, which pushes itself.
+    producer: Option<FrameProducer>,
+    filter: AudioFilter,
 }
 
 impl SessionSink {
     pub(super) fn new(
         core: Arc<SessionCore>,
-        producer: FrameProducer,
-        target: &str,
-        source: AudioSource,
+        producer: Option<FrameProducer>,
+        filter: AudioFilter,
     ) -> Self {
         Self {
             core,
             producer,
-            target: target.to_string(),
-            source,
-            last_packet_ms: AtomicI64::new(0),
+            filter,
         }
     }
 
-    fn push(&self, now: i64, pcm: &[u8]) -> PushOutcome {
+    fn push(&self, now: i64, pcm: &[u8]) -> Option<PushOutcome> {
+        let producer = self.producer.as_ref()?;
         // Relaxed: an age shown to operators, read on its own.
         self.core.last_audio_ms.store(now, Ordering::Relaxed);
-        self.producer.push(now, pcm)
+        Some(producer.push(now, pcm))
+    }
+}
+
+/// Disconnect causes in the session's words.
+pub(super) fn end_reason(why: Disconnect, replacing: bool) -> EndReason {
+    match why.cause {
+        DisconnectCause::DuplicateIdentity if replacing => EndReason::Replaced,
+        DisconnectCause::DuplicateIdentity => EndReason::ReplacedElsewhere(why.reason),
+        DisconnectCause::Removed => EndReason::Removed(why.reason),
+        DisconnectCause::RoomDeleted => EndReason::RoomDeleted(why.reason),
+        DisconnectCause::Lost => EndReason::RoomLost(why.reason),
     }
 }
 
@@ -57,29 +62,14 @@ impl RoomEvents for SessionSink {
         topic: &str,
         payload: &[u8],
     ) -> Option<PushOutcome> {
-        if from != self.target || !topic.is_empty() || self.source == AudioSource::Track {
-            return None;
-        }
-        let now = unix_ms();
-        // Relaxed: only a time compared with the clock; a track frame that reads it a moment
-        // late is one frame decided by the previous packet.
-        self.last_packet_ms.store(now, Ordering::Relaxed);
-        Some(self.push(now, payload))
+        let now = self.filter.data(from, topic)?;
+        self.push(now, payload)
     }
 
     /// Hot path for track audio: a clock read, a comparison and a ring push.
     fn on_track_audio(&self, pcm: &[u8]) -> Option<PushOutcome> {
-        let now = unix_ms();
-        match self.source {
-            AudioSource::Data => return None,
-            AudioSource::Both
-                if now - self.last_packet_ms.load(Ordering::Relaxed) < DATA_HOLD_MS =>
-            {
-                return None;
-            }
-            AudioSource::Both | AudioSource::Track => {}
-        }
-        Some(self.push(now, pcm))
+        let now = self.filter.track()?;
+        self.push(now, pcm)
     }
 
     fn on_reconnecting(&self, reconnecting: bool) {
@@ -93,15 +83,7 @@ impl RoomEvents for SessionSink {
     }
 
     fn on_disconnected(&self, why: Disconnect) {
-        let reason = match why.cause {
-            DisconnectCause::DuplicateIdentity if self.core.replacing.load(Ordering::Acquire) => {
-                EndReason::Replaced
-            }
-            DisconnectCause::DuplicateIdentity => EndReason::ReplacedElsewhere(why.reason),
-            DisconnectCause::Removed => EndReason::Removed(why.reason),
-            DisconnectCause::RoomDeleted => EndReason::RoomDeleted(why.reason),
-            DisconnectCause::Lost => EndReason::RoomLost(why.reason),
-        };
+        let reason = end_reason(why, self.core.replacing.load(Ordering::Acquire));
         self.core.close(reason);
     }
 }
@@ -127,6 +109,7 @@ mod tests {
             target_identity: "u".into(),
             timeout: Duration::from_secs(5),
             audio_source: source,
+            ring: None,
         };
         let backend = SimBackend::default();
         let session = Session::connect(

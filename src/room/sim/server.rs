@@ -132,6 +132,7 @@ mod tests {
             target_identity: "phone".into(),
             timeout: Duration::ZERO,
             audio_source: Default::default(),
+            ring: None,
         }
     }
 

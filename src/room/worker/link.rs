@@ -1,0 +1,452 @@
+//! The front's side of one room worker: its requests and their answers, its room events, its
+//! slots, its doorbell, and what happens when it dies.
+//!
+//! A slot is held by two parties: the front (the session's consumer and closer) and the worker
+//! (its producer). It is reset and reused only when both have let it go: the front when the
+//! session's last ring handle is dropped, the worker when it says `Released` (its producer,
+//! closed, is gone with the room's last callback). A dead worker releases nothing: its region
+//! goes with it, and its replacement gets a new one.
+//!
+//! When the worker dies (its control socket ends or sends nonsense, or it stops answering for
+//! [`HEARTBEAT_LAPSE`]), the front kills and reaps it, then, for every slot in use, abandons
+//! the ring (so nothing waits for a claim the dead process held) and closes the session as
+//! lost, with a reason naming the exit: its stream ends UNAVAILABLE `room_lost`, and the
+//! backend rejoins.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::OwnedReadHalf;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::process;
+use super::region::Region;
+use super::wire::{self, proto};
+use crate::audio::mapped::{MappedCloser, MappedConsumer, SlotWaker};
+use crate::audio::{Closer, Consumer};
+use crate::room::{
+    Disconnect, DisconnectCause, RingSlot, RoomError, RoomEvents, SessionRing, TrackStats, unix_ms,
+};
+
+/// A worker that has sent nothing (not even its counters, every
+/// [`STATS_EVERY`](super::serve::STATS_EVERY)) for this long is taken for dead.
+pub const HEARTBEAT_LAPSE: Duration = Duration::from_secs(5);
+
+const FRONT: u8 = 0b01;
+const WORKER: u8 = 0b10;
+
+/// A worker's answer to one request.
+pub(super) enum Answer {
+    Joined(proto::Joined),
+    Done,
+}
+
+struct SlotUse {
+    /// Who still holds the slot (`FRONT | WORKER`).
+    holders: u8,
+    /// The session's callbacks, from the join until the worker releases the slot.
+    events: Option<Arc<dyn RoomEvents>>,
+}
+
+#[derive(Default)]
+struct Table {
+    pending: HashMap<u64, oneshot::Sender<Result<Answer, RoomError>>>,
+    slots: HashMap<u32, SlotUse>,
+    free: Vec<u32>,
+}
+
+pub(super) struct Link {
+    pub number: u64,
+    region: Arc<Region>,
+    wakers: Vec<Arc<SlotWaker>>,
+    out: mpsc::UnboundedSender<proto::ToWorker>,
+    next_id: AtomicU64,
+    table: Mutex<Table>,
+    stats: Mutex<TrackStats>,
+    /// When (unix ms) the worker last sent anything.
+    heard_ms: AtomicI64,
+    /// Why the worker died, once it has.
+    death: OnceLock<String>,
+    dead: CancellationToken,
+}
+
+/// Keeps a slot for the front while the session's ring handles live.
+struct SlotLease {
+    link: Weak<Link>,
+    slot: u32,
+    _region: Arc<Region>,
+}
+
+impl Drop for SlotLease {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.upgrade() {
+            link.let_go(self.slot, FRONT);
+        }
+    }
+}
+
+impl Link {
+    pub(super) fn new(
+        number: u64,
+        region: Arc<Region>,
+        out: mpsc::UnboundedSender<proto::ToWorker>,
+    ) -> Self {
+        let slots = region.shape().slots;
+        Self {
+            number,
+            wakers: (0..slots).map(|_| Arc::new(SlotWaker::new())).collect(),
+            table: Mutex::new(Table {
+                free: (0..slots).rev().collect(),
+                ..Table::default()
+            }),
+            region,
+            out,
+            next_id: AtomicU64::new(1),
+            stats: Mutex::default(),
+            heard_ms: AtomicI64::new(unix_ms()),
+            death: OnceLock::new(),
+            dead: CancellationToken::new(),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn is_alive(&self) -> bool {
+        !self.dead.is_cancelled()
+    }
+
+    /// Sessions on this worker now.
+    pub(super) fn load(&self) -> usize {
+        self.table().slots.len()
+    }
+
+    pub(super) fn stats(&self) -> TrackStats {
+        *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A free slot's ring, or `None` when the worker is dead or full.
+    pub(super) fn ring(self: &Arc<Self>) -> Option<SessionRing> {
+        if !self.is_alive() {
+            return None;
+        }
+        let slot = {
+            let mut t = self.table();
+            let slot = t.free.pop()?;
+            t.slots.insert(
+                slot,
+                SlotUse {
+                    holders: FRONT | WORKER,
+                    events: None,
+                },
+            );
+            slot
+        };
+        let lease: Arc<dyn Send + Sync> = Arc::new(SlotLease {
+            link: Arc::downgrade(self),
+            slot,
+            _region: self.region.clone(),
+        });
+        let memory = self.region.slot(slot, lease)?;
+        let waker = self.wakers[slot as usize].clone();
+        Some(SessionRing {
+            producer: None,
+            consumer: Consumer::Mapped(MappedConsumer::new(memory.clone(), waker.clone())),
+            closer: Closer::Mapped(MappedCloser::new(memory, waker)),
+            slot: Some(RingSlot {
+                worker: self.number,
+                index: slot,
+            }),
+        })
+    }
+
+    /// One holder lets the slot go; the last one makes it free again.
+    fn let_go(&self, slot: u32, holder: u8) {
+        let mut t = self.table();
+        let Some(u) = t.slots.get_mut(&slot) else {
+            return;
+        };
+        u.holders &= !holder;
+        if holder == WORKER {
+            u.events = None;
+        }
+        if u.holders == 0 {
+            t.slots.remove(&slot);
+            if let Some(memory) = self.region.slot(slot, Arc::new(())) {
+                memory.header().reset();
+            }
+            t.free.push(slot);
+        }
+    }
+
+    /// Sends a request; its answer, or why there will be none.
+    pub(super) fn request(
+        &self,
+        op: proto::to_worker::Op,
+    ) -> impl Future<Output = Result<Answer, RoomError>> + Send + 'static {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let sent = if let Some(why) = self.death.get() {
+            Err(why.clone())
+        } else {
+            self.table().pending.insert(id, tx);
+            self.out
+                .send(proto::ToWorker { id, op: Some(op) })
+                .map_err(|_| "the room's worker process is gone".to_string())
+        };
+        async move {
+            sent.map_err(RoomError::NotConnected)?;
+            rx.await.unwrap_or_else(|_| {
+                Err(RoomError::NotConnected(
+                    "the room's worker process is gone".into(),
+                ))
+            })
+        }
+    }
+
+    /// The session in `slot` takes its room's events from now on.
+    pub(super) fn attach(&self, slot: u32, events: Arc<dyn RoomEvents>) {
+        if let Some(u) = self.table().slots.get_mut(&slot) {
+            u.events = Some(events);
+        }
+    }
+
+    fn events(&self, slot: u32) -> Option<Arc<dyn RoomEvents>> {
+        self.table().slots.get(&slot).and_then(|u| u.events.clone())
+    }
+
+    fn answer(&self, id: u64, answer: Result<Answer, RoomError>) {
+        if let Some(tx) = self.table().pending.remove(&id) {
+            let _ = tx.send(answer);
+        }
+    }
+
+    /// One message from the worker.
+    fn take(&self, m: proto::FromWorker) {
+        use proto::from_worker::Op;
+        self.heard_ms.store(unix_ms(), Ordering::Relaxed);
+        match m.op {
+            Some(Op::Joined(j)) => self.answer(m.id, Ok(Answer::Joined(j))),
+            Some(Op::Done(_)) => self.answer(m.id, Ok(Answer::Done)),
+            Some(Op::Failed(f)) => self.answer(m.id, Err(wire::room_error(f))),
+            Some(Op::Event(e)) => {
+                let Some(events) = self.events(e.slot) else {
+                    return;
+                };
+                match e.event {
+                    Some(proto::room_event::Event::Participants(n)) => events.on_participants(n),
+                    Some(proto::room_event::Event::Reconnecting(r)) => events.on_reconnecting(r),
+                    Some(proto::room_event::Event::Disconnected(d)) => {
+                        events.on_disconnected(wire::disconnect(d));
+                    }
+                    None => {}
+                }
+            }
+            Some(Op::Released(r)) => self.let_go(r.slot, WORKER),
+            Some(Op::Stats(s)) => {
+                *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = TrackStats {
+                    routed: s.routed,
+                    unrouted: s.unrouted,
+                    streams: s.streams as usize,
+                    published_underruns: s.published_underruns,
+                };
+            }
+            Some(Op::Hello(_)) | None => {}
+        }
+    }
+
+    /// The worker is dead (reaped): abandon and close every ring, end every session as lost,
+    /// fail every request waiting.
+    fn die(&self, why: String) {
+        let _ = self.death.set(why.clone());
+        self.dead.cancel();
+        let (pending, slots) = {
+            let mut t = self.table();
+            (
+                std::mem::take(&mut t.pending),
+                t.slots
+                    .iter_mut()
+                    .map(|(slot, u)| (*slot, u.events.take()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let mut in_flight = 0;
+        for (slot, events) in slots {
+            if let Some(memory) = self.region.slot(slot, Arc::new(())) {
+                let closer = MappedCloser::new(memory, self.wakers[slot as usize].clone());
+                in_flight += usize::from(closer.abandon());
+                if let Some(events) = events {
+                    events.on_disconnected(Disconnect {
+                        cause: DisconnectCause::Lost,
+                        reason: why.clone(),
+                    });
+                }
+                closer.close();
+            }
+        }
+        for (_, tx) in pending {
+            let _ = tx.send(Err(RoomError::NotConnected(why.clone())));
+        }
+        tracing::error!(
+            worker = self.number,
+            %why,
+            pushes_cut_short = in_flight,
+            "room worker died; its sessions end as lost"
+        );
+    }
+}
+
+/// Everything one worker process needs from the front, started.
+pub(super) struct Started {
+    pub link: Arc<Link>,
+    /// Resolves, once the worker is reaped and its sessions ended, with the exit's kind for
+    /// the metrics: a signal's name, `exit`, `unresponsive` or `protocol`.
+    pub exited: oneshot::Receiver<&'static str>,
+}
+
+/// Starts the tasks of a spawned worker: the writer, the reader, the doorbell and the
+/// supervisor that reaps it. `exited` resolves with why it died, after its sessions ended.
+pub(super) fn start(
+    number: u64,
+    region: Arc<Region>,
+    kick: std::os::fd::OwnedFd,
+    control: tokio::net::UnixStream,
+    child: tokio::process::Child,
+    hello: proto::Hello,
+) -> std::io::Result<Started> {
+    let (rd, mut wr) = control.into_split();
+    let (out, mut outgoing) = mpsc::unbounded_channel::<proto::ToWorker>();
+    let link = Arc::new(Link::new(number, region, out.clone()));
+    let _ = out.send(proto::ToWorker {
+        id: 0,
+        op: Some(proto::to_worker::Op::Hello(hello)),
+    });
+    let dead = link.dead.clone();
+    tokio::spawn(async move {
+        loop {
+            let m = tokio::select! {
+                m = outgoing.recv() => m,
+                () = dead.cancelled() => None,
+            };
+            let Some(m) = m else { break };
+            if wr.write_all(&wire::encode(&m)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let kick = process::watch(kick)?;
+    tokio::spawn(ring_doorbell(link.clone(), kick));
+    let (exited_tx, exited) = oneshot::channel();
+    tokio::spawn(supervise(link.clone(), rd, child, exited_tx));
+    Ok(Started { link, exited })
+}
+
+/// Wakes the sessions whose producers marked the doorbell, after each kick.
+async fn ring_doorbell(link: Arc<Link>, kick: AsyncFd<std::os::fd::OwnedFd>) {
+    let doorbell = link.region.doorbell(link.region.clone());
+    loop {
+        let ready = tokio::select! {
+            r = kick.readable() => r,
+            () = link.dead.cancelled() => return,
+        };
+        let Ok(mut guard) = ready else { return };
+        match process::drain(kick.get_ref()) {
+            Ok(true) => {}
+            Ok(false) => {
+                guard.clear_ready();
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(worker = link.number, error = %e, "room worker doorbell failed");
+                return;
+            }
+        }
+        doorbell.take(|slot| {
+            if let Some(w) = link.wakers.get(slot as usize) {
+                w.wake();
+            }
+        });
+    }
+}
+
+async fn supervise(
+    link: Arc<Link>,
+    mut rd: OwnedReadHalf,
+    mut child: tokio::process::Child,
+    exited: oneshot::Sender<&'static str>,
+) {
+    let pid = child.id().unwrap_or(0);
+    let mut buf = Vec::new();
+    let mut lapse = tokio::time::interval(Duration::from_secs(1));
+    let cause = loop {
+        tokio::select! {
+            m = wire::read::<proto::FromWorker>(&mut rd, &mut buf) => match m {
+                Ok(Some(m)) => link.take(m),
+                Ok(None) => break None,
+                Err(e) => break Some(("protocol", format!("it sent {e}"))),
+            },
+            _ = lapse.tick() => {
+                let quiet = unix_ms() - link.heard_ms.load(Ordering::Relaxed);
+                if quiet > HEARTBEAT_LAPSE.as_millis() as i64 {
+                    break Some((
+                        "unresponsive",
+                        format!("it stopped answering for {} s", quiet / 1000),
+                    ));
+                }
+            }
+        }
+    };
+    let _ = child.start_kill();
+    let status = child.wait().await;
+    let (kind, exit) = match status {
+        Ok(s) => (signal_name(s).unwrap_or("exit"), describe(s)),
+        Err(e) => ("exit", format!("cannot be reaped: {e}")),
+    };
+    let (kind, why) = match cause {
+        Some((kind, cause)) => (
+            kind,
+            format!("the room's worker process (pid {pid}) was ended: {cause}"),
+        ),
+        None => (
+            kind,
+            format!("the room's worker process (pid {pid}) died ({exit})"),
+        ),
+    };
+    link.die(why);
+    let _ = exited.send(kind);
+}
+
+fn signal_name(status: std::process::ExitStatus) -> Option<&'static str> {
+    use std::os::unix::process::ExitStatusExt;
+    Some(match status.signal()? {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    })
+}
+
+/// How a process ended, in an operator's words: `signal 11, SIGSEGV` or `exit status 3`.
+pub(super) fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(signal) = status.signal() {
+        return match signal_name(status) {
+            Some("signal") | None => format!("signal {signal}"),
+            Some(name) => format!("signal {signal}, {name}"),
+        };
+    }
+    match status.code() {
+        Some(code) => format!("exit status {code}"),
+        None => "unknown exit".into(),
+    }
+}

@@ -1,0 +1,435 @@
+//! The `worker` backend: real LiveKit rooms (`ws://`, `wss://`) in room worker processes, so
+//! that a fault inside LiveKit's library (a segfault, an abort, an FFI panic) ends one
+//! worker's sessions, as lost, and no other.
+//!
+//! ```text
+//!   backend ──gRPC──▶ front process: service, sessions, PlayAudio decoding, sim:// rooms
+//!                        │  per worker: a Unix socket (control, client audio) and one
+//!                        │  shared memory region (every session's ring + the doorbell)
+//!                        ▼
+//!              room worker 0 … K-1: `livekit-bridge room-worker`, LiveKit's library,
+//!                        │          its callback threads pushing into the rings
+//!                        ▼
+//!                  LiveKit server
+//! ```
+//!
+//! - `region`: the shared memory and its layout; `process`: starting a worker with its
+//!   descriptors, and the doorbell's eventfd; `wire`: the control channel's framing and
+//!   messages (`proto/room_worker.proto`); `link`: the front's side of one worker (requests,
+//!   events, slots, its death); `serve`: the worker's side; here: the pool of workers, which
+//!   places each session on the least loaded one and replaces a worker that dies.
+//!
+//! Room audio never crosses the socket: the worker's library callback pushes into the
+//! session's ring in the shared memory ([`crate::audio::mapped`]), and the front's gRPC writer
+//! pops from it, as from an in-process ring. Client audio and PlayAudio's frames cross as
+//! Publish requests, each answered once the room has taken it, so the backpressure of the
+//! published track's clock reaches the client unchanged.
+//!
+//! The modules depend one way: `region`, `process` and `wire` on nothing here; `link` on
+//! those; `serve` on `region`, `process` and `wire`; this module on `link` and `serve`.
+
+mod link;
+mod process;
+mod region;
+pub mod serve;
+pub mod wire;
+
+pub use serve::SUBCOMMAND;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use self::link::{Answer, Link};
+use self::region::{Region, Shape};
+use self::serve::WorkerArgs;
+use self::wire::proto;
+use super::{
+    BoxFuture, ConnectRequest, Connected, Room, RoomBackend, RoomError, RoomEvents, SessionRing,
+    TrackStats,
+};
+use crate::audio::{Overflow, RingConfig};
+use crate::logging::LogFormat;
+
+/// How the room workers are run.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// Worker processes (`BRIDGE_ROOM_WORKERS`); 0: one per core.
+    pub workers: usize,
+    /// Where LiveKit's SDK library is.
+    pub library: PathBuf,
+    /// Joins of real rooms the whole bridge works on at once, shared out over the workers;
+    /// 0: twice the cores.
+    pub joins_at_once: usize,
+    /// Every session ring's size and overflow policy.
+    pub ring: RingConfig,
+    /// Sessions one worker can hold (its region's slots).
+    pub slots: u32,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    /// The binary to run as a worker; `None`: this process's own.
+    pub exe: Option<PathBuf>,
+}
+
+impl WorkerSettings {
+    /// Sessions one worker can hold unless told otherwise: far more than one library instance
+    /// carries (BENCHMARKS.md, "The ceiling of one process"); a slot's memory is only
+    /// committed once a session has used it.
+    pub const SLOTS: u32 = 1024;
+
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            library: super::DEFAULT_LIVEKIT_LIBRARY.into(),
+            joins_at_once: 0,
+            ring: RingConfig::default(),
+            slots: Self::SLOTS,
+            log_format: LogFormat::Text,
+            log_filter: "info".into(),
+            exe: None,
+        }
+    }
+}
+
+/// The room workers' lifetimes, for the metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerCounts {
+    pub starts: u64,
+    /// Exits by kind: a signal's name, `exit`, `unresponsive` or `protocol`.
+    pub exits: BTreeMap<&'static str, u64>,
+    /// Sessions on each worker running now, by its position in the pool.
+    pub sessions: Vec<usize>,
+}
+
+#[derive(Default)]
+struct Pool {
+    /// By position; `None` while that worker is (re)starting.
+    links: Vec<Option<Arc<Link>>>,
+    /// Positions whose worker is being started now.
+    starting: Vec<bool>,
+    counts: WorkerCounts,
+    /// Track counters of workers that have exited.
+    retired: TrackStats,
+    /// Why the last start failed, for JoinRoom's error and the readiness probe.
+    last_failure: Option<String>,
+}
+
+/// Real LiveKit rooms in worker processes.
+pub struct WorkerBackend {
+    settings: WorkerSettings,
+    pool: Mutex<Pool>,
+    next_number: AtomicU64,
+    this: Weak<WorkerBackend>,
+}
+
+impl WorkerBackend {
+    pub fn new(settings: WorkerSettings) -> Arc<Self> {
+        let k = settings.workers();
+        Arc::new_cyclic(|this| Self {
+            pool: Mutex::new(Pool {
+                links: vec![None; k],
+                starting: vec![false; k],
+                ..Pool::default()
+            }),
+            settings,
+            next_number: AtomicU64::new(0),
+            this: this.clone(),
+        })
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn counts(&self) -> WorkerCounts {
+        let p = self.pool();
+        let mut c = p.counts.clone();
+        c.sessions = p
+            .links
+            .iter()
+            .map(|l| l.as_ref().map_or(0, |l| l.load()))
+            .collect();
+        c
+    }
+
+    /// Starts every worker not running. Needs a tokio runtime (it is called from joins).
+    fn ensure_started(&self) {
+        let k = self.settings.workers();
+        for position in 0..k {
+            {
+                let mut p = self.pool();
+                if p.links[position].is_some() || p.starting[position] {
+                    continue;
+                }
+                p.starting[position] = true;
+            }
+            let started = self.start(position);
+            let mut p = self.pool();
+            p.starting[position] = false;
+            match started {
+                Ok(link) => {
+                    p.links[position] = Some(link);
+                    p.counts.starts += 1;
+                    p.last_failure = None;
+                }
+                Err(e) => {
+                    let why = format!("cannot start a room worker: {e}");
+                    tracing::error!(position, "{why}");
+                    p.last_failure = Some(why);
+                }
+            }
+        }
+    }
+
+    fn start(&self, position: usize) -> std::io::Result<Arc<Link>> {
+        let number = self.next_number.fetch_add(1, Ordering::Relaxed);
+        let s = &self.settings;
+        let shape = Shape {
+            slots: s.slots,
+            capacity: s
+                .ring
+                .capacity_bytes
+                .max(crate::audio::ring::FRAME_HEADER + 2),
+        };
+        let region = Arc::new(Region::create(shape)?);
+        let kick = process::eventfd()?;
+        let (front, worker) = std::os::unix::net::UnixStream::pair()?;
+        let exe = match &s.exe {
+            Some(exe) => exe.clone(),
+            None => std::env::current_exe()?,
+        };
+        let k = s.workers();
+        let joins = match s.joins_at_once {
+            0 => 2 * std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let args = WorkerArgs {
+            number,
+            library: s.library.clone(),
+            joins_at_once: joins.div_ceil(k).max(1),
+            log_format: s.log_format,
+            log_filter: s.log_filter.clone(),
+        };
+        let worker_fd = std::os::fd::OwnedFd::from(worker);
+        let child = process::spawn(&exe, &args.to_args(), &worker_fd, region.fd(), &kick)?;
+        drop(worker_fd);
+        front.set_nonblocking(true)?;
+        let control = tokio::net::UnixStream::from_std(front)?;
+        let hello = proto::Hello {
+            version: wire::VERSION,
+            slots: shape.slots,
+            slot_capacity: shape.capacity as u64,
+            drop_oldest: s.ring.overflow == Overflow::DropOldest,
+        };
+        let pid = child.id();
+        let started = link::start(number, region, kick, control, child, hello)?;
+        tracing::info!(worker = number, position, ?pid, "room worker started");
+        let this = self.this.clone();
+        let link = started.link.clone();
+        let born = Instant::now();
+        tokio::spawn(async move {
+            let kind = started.exited.await.unwrap_or("exit");
+            let Some(this) = this.upgrade() else { return };
+            {
+                let mut p = this.pool();
+                *p.counts.exits.entry(kind).or_default() += 1;
+                let s = link.stats();
+                p.retired.routed += s.routed;
+                p.retired.unrouted += s.unrouted;
+                p.retired.published_underruns += s.published_underruns;
+                if p.links[position]
+                    .as_ref()
+                    .is_some_and(|l| Arc::ptr_eq(l, &link))
+                {
+                    p.links[position] = None;
+                }
+            }
+            // A worker that dies at once (a missing library, a bad binary) is not restarted
+            // in a tight loop.
+            if born.elapsed() < Duration::from_secs(1) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            this.ensure_started();
+        });
+        Ok(started.link)
+    }
+
+    fn link(&self, number: u64) -> Option<Arc<Link>> {
+        self.pool()
+            .links
+            .iter()
+            .flatten()
+            .find(|l| l.number == number)
+            .cloned()
+    }
+}
+
+impl RoomBackend for WorkerBackend {
+    /// Ready when the library's file is there (each worker checks its checksum when it loads
+    /// it) and the last attempt to start a worker did not fail.
+    fn ready(&self) -> Result<(), String> {
+        if !self.settings.library.is_file() {
+            return Err(format!(
+                "LiveKit's SDK library is missing at {} (LIVEKIT_FFI_LIB)",
+                self.settings.library.display()
+            ));
+        }
+        match &self.pool().last_failure {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn track_stats(&self) -> TrackStats {
+        let p = self.pool();
+        p.links
+            .iter()
+            .flatten()
+            .map(|l| l.stats())
+            .fold(p.retired, |a, b| TrackStats {
+                routed: a.routed + b.routed,
+                unrouted: a.unrouted + b.unrouted,
+                streams: a.streams + b.streams,
+                published_underruns: a.published_underruns + b.published_underruns,
+            })
+    }
+
+    /// A slot on the least loaded live worker.
+    fn ring(&self, _config: RingConfig) -> Result<SessionRing, RoomError> {
+        self.ensure_started();
+        let mut links: Vec<_> = self.pool().links.iter().flatten().cloned().collect();
+        links.sort_by_key(|l| l.load());
+        for link in links {
+            if let Some(ring) = link.ring() {
+                return Ok(ring);
+            }
+        }
+        Err(RoomError::Unavailable(
+            self.pool().last_failure.clone().unwrap_or_else(|| {
+                "every room worker is full or restarting (BRIDGE_ROOM_WORKERS)".into()
+            }),
+        ))
+    }
+
+    fn connect(
+        &self,
+        request: ConnectRequest,
+        events: Arc<dyn RoomEvents>,
+    ) -> BoxFuture<'static, Result<Connected, RoomError>> {
+        let placed = request
+            .ring
+            .ok_or_else(|| RoomError::Library("a worker room's ring comes from ring()".into()))
+            .and_then(|slot| {
+                self.link(slot.worker)
+                    .map(|link| (link, slot.index))
+                    .ok_or_else(|| {
+                        RoomError::NotConnected("the room's worker process is gone".into())
+                    })
+            });
+        let (link, slot) = match placed {
+            Ok(placed) => placed,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        link.attach(slot, events);
+        let join = proto::Join {
+            slot,
+            user_id: request.user_id,
+            url: request.url,
+            token: request.token,
+            room_name: request.room_name,
+            target_identity: request.target_identity,
+            timeout_ms: request.timeout.as_millis() as u64,
+            audio_source: wire::audio_source(request.audio_source).into(),
+        };
+        // Sent now, so that a caller who gives up still leaves the room the worker may join.
+        let joined = link.request(proto::to_worker::Op::Join(join));
+        let mut unwanted = LeaveUnlessJoined {
+            link: Some(link.clone()),
+            slot,
+        };
+        Box::pin(async move {
+            let joined = joined.await;
+            unwanted.disarm();
+            match joined? {
+                Answer::Joined(j) => Ok(Connected {
+                    room: Box::new(WorkerRoom { link, slot }),
+                    participant_id: j.participant_id,
+                    participant_count: j.participant_count,
+                }),
+                Answer::Done => Err(RoomError::Library(
+                    "the room worker answered a join with Done".into(),
+                )),
+            }
+        })
+    }
+}
+
+/// Leaves the room of a join whose caller went away before its answer.
+struct LeaveUnlessJoined {
+    link: Option<Arc<Link>>,
+    slot: u32,
+}
+
+impl LeaveUnlessJoined {
+    fn disarm(&mut self) {
+        self.link = None;
+    }
+}
+
+impl Drop for LeaveUnlessJoined {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.take() {
+            drop(link.request(proto::to_worker::Op::Leave(proto::Leave {
+                slot: self.slot,
+            })));
+        }
+    }
+}
+
+/// A room joined in a worker.
+struct WorkerRoom {
+    link: Arc<Link>,
+    slot: u32,
+}
+
+impl Room for WorkerRoom {
+    fn publish<'a>(
+        &'a self,
+        track: &'a str,
+        pcm: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), RoomError>> {
+        Box::pin(async move {
+            for piece in pcm.chunks(wire::MAX_PCM) {
+                let published = self
+                    .link
+                    .request(proto::to_worker::Op::Publish(proto::Publish {
+                        slot: self.slot,
+                        track: track.to_string(),
+                        pcm: piece.to_vec(),
+                    }));
+                published.await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn disconnect(&self) -> BoxFuture<'_, ()> {
+        let left = self.link.request(proto::to_worker::Op::Leave(proto::Leave {
+            slot: self.slot,
+        }));
+        Box::pin(async move {
+            let _ = left.await;
+        })
+    }
+}

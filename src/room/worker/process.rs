@@ -1,0 +1,134 @@
+//! The operating system's side of a room worker: starting the process with its three
+//! descriptors, and the doorbell's kick (an `eventfd`).
+//!
+//! A worker is this binary run as `livekit-bridge room-worker ...` with, as its descriptors
+//! [`CONTROL_FD`], [`MEMORY_FD`] and [`KICK_FD`]: its end of the control socket, the ring memory
+//! and the doorbell's eventfd. Nothing else is inherited (every descriptor of the front is
+//! close-on-exec). The worker dies with its control socket: when the front goes, so do its
+//! workers, and a worker also asks the kernel to kill it if the thread that started it ends
+//! (`PR_SET_PDEATHSIG`).
+
+// Unsafe code here: the child's descriptor set-up between fork and exec, and the raw
+// descriptor calls of the eventfd and of adopting the inherited descriptors.
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+pub const CONTROL_FD: RawFd = 3;
+pub const MEMORY_FD: RawFd = 4;
+pub const KICK_FD: RawFd = 5;
+
+/// A new eventfd, non-blocking, close-on-exec.
+pub fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: valid flags; the result is checked.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Adds one to an eventfd's counter: wakes whoever polls it. One syscall; never blocks (the
+/// descriptor is non-blocking, and the counter cannot fill before the reader has read it).
+pub fn kick(fd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to a valid descriptor.
+    let _ = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+}
+
+/// Reads and resets an eventfd's counter; false when there was nothing to read.
+pub fn drain(fd: &OwnedFd) -> std::io::Result<bool> {
+    let mut buf = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a live buffer from a valid descriptor.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.kind() == std::io::ErrorKind::WouldBlock {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n == 8)
+}
+
+/// An eventfd registered with the runtime, to await its kicks.
+pub fn watch(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: the `OwnedFd` is moved into the `AsyncFd`, so the descriptor stays open and the
+    // same for the `AsyncFd`'s whole life, and `as_raw_fd` of an `OwnedFd` never changes.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
+}
+
+/// Starts `exe room-worker args...` with `control`, `memory` and `kick` as its descriptors 3,
+/// 4 and 5.
+pub fn spawn(
+    exe: &Path,
+    args: &[String],
+    control: &OwnedFd,
+    memory: &OwnedFd,
+    kick: &OwnedFd,
+) -> std::io::Result<tokio::process::Child> {
+    let mut command = tokio::process::Command::new(exe);
+    command.args(args).kill_on_drop(true);
+    let fds = [control.as_raw_fd(), memory.as_raw_fd(), kick.as_raw_fd()];
+    // SAFETY: the closure runs in the child between fork and exec, so it may only make
+    // async-signal-safe calls: fcntl, dup2 and prctl are, it allocates nothing and touches
+    // only the three descriptor numbers copied into it. Each descriptor is first moved above
+    // the targets, so placing one cannot close another still to be placed; dup2 clears
+    // close-on-exec on the copy.
+    unsafe {
+        command.pre_exec(move || {
+            let mut high = [0; 3];
+            for (h, fd) in high.iter_mut().zip(fds) {
+                *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 16);
+                if *h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (h, target) in high.into_iter().zip([CONTROL_FD, MEMORY_FD, KICK_FD]) {
+                if libc::dup2(h, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
+/// The worker's three descriptors, adopted once at its start.
+pub struct Inherited {
+    pub control: OwnedFd,
+    pub memory: OwnedFd,
+    pub kick: OwnedFd,
+}
+
+impl Inherited {
+    /// Takes descriptors 3, 4 and 5, checking that each is open.
+    pub fn take() -> std::io::Result<Self> {
+        let adopt = |fd: RawFd| {
+            // SAFETY: F_GETFD only asks whether the descriptor is open.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(std::io::Error::other(format!(
+                    "descriptor {fd} is not open: a room worker is started by the bridge, not by hand"
+                )));
+            }
+            // SAFETY: the front placed this descriptor here for this process, which takes it
+            // once, at start, before anything else could open that number.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: marks the adopted descriptor close-on-exec, so no child inherits it.
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+            Ok(fd)
+        };
+        Ok(Self {
+            control: adopt(CONTROL_FD)?,
+            memory: adopt(MEMORY_FD)?,
+            kick: adopt(KICK_FD)?,
+        })
+    }
+}

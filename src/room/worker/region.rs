@@ -1,0 +1,220 @@
+//! The memory a front and one room worker share: every session ring of that worker and the
+//! doorbell, in one `memfd` the front creates and the worker maps.
+//!
+//! Layout (offsets in bytes, each part aligned to [`ALIGN`]):
+//! - `0`: the doorbell's `pending` word;
+//! - [`ALIGN`]: the doorbell's bits, one per slot;
+//! - then `slots` slots, each a [`SlotHeader`] followed by `capacity` bytes of frames.
+//!
+//! Both sides compute the layout from the same three numbers (slots, capacity, and the
+//! version in the handshake); nothing in the memory describes it, so nothing the other process
+//! writes there can move a boundary. A fresh `memfd` is zero-filled, which is a fresh slot.
+
+// Unsafe code here: creating, mapping and unmapping the memory, and handing out its parts.
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::audio::mapped::{Doorbell, SlotHeader, SlotMemory};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+/// Alignment of every part: a cache line pair, as `CachePadded` pads on x86-64.
+const ALIGN: usize = 128;
+
+fn align(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// The shape of a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub slots: u32,
+    /// Bytes of frames per slot.
+    pub capacity: usize,
+}
+
+impl Shape {
+    fn bits_at(self) -> usize {
+        ALIGN
+    }
+
+    fn slots_at(self) -> usize {
+        self.bits_at() + align(Doorbell::words_for(self.slots as usize).max(1) * 8)
+    }
+
+    fn stride(self) -> usize {
+        align(size_of::<SlotHeader>()) + align(self.capacity)
+    }
+
+    pub fn len(self) -> usize {
+        self.slots_at() + self.slots as usize * self.stride()
+    }
+}
+
+/// A mapped region.
+pub struct Region {
+    base: NonNull<u8>,
+    shape: Shape,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics and the rings' protocol
+// (`crate::audio::mapped`); the pointer itself is never written.
+unsafe impl Send for Region {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// A new, zeroed region of `shape` (the front's side).
+    pub fn create(shape: Shape) -> std::io::Result<Self> {
+        // SAFETY: a NUL-terminated name and valid flags; the result is checked.
+        let raw =
+            unsafe { libc::memfd_create(c"livekit-bridge-rings".as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let len = libc::off_t::try_from(shape.len())
+            .map_err(|_| std::io::Error::other("the region is too large"))?;
+        // SAFETY: a valid descriptor and length.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Self::map(fd, shape)
+    }
+
+    /// Maps a region of `shape` from `fd` (the worker's side). The file must be that long.
+    pub fn map(fd: OwnedFd, shape: Shape) -> std::io::Result<Self> {
+        // SAFETY: `stat` is plain data that fstat fills in; the result is checked.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor and a valid out pointer.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if usize::try_from(stat.st_size).ok() != Some(shape.len()) {
+            return Err(std::io::Error::other(format!(
+                "the ring memory is {} bytes, not the {} its shape needs",
+                stat.st_size,
+                shape.len()
+            )));
+        }
+        // SAFETY: a fresh shared mapping of the whole file; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                shape.len(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(std::io::Error::last_os_error)?;
+        Ok(Self { base, shape, fd })
+    }
+
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Slot `index`'s memory, kept alive by `owner` (which must keep this region alive).
+    pub fn slot(&self, index: u32, owner: Arc<dyn Send + Sync>) -> Option<SlotMemory> {
+        if index >= self.shape.slots {
+            return None;
+        }
+        let at = self.shape.slots_at() + index as usize * self.shape.stride();
+        // SAFETY: `at` plus the slot's stride is inside the mapping (index < slots), aligned
+        // to ALIGN, which satisfies SlotHeader's alignment (checked below at compile time).
+        let (header, data) = unsafe {
+            let h = self.base.as_ptr().add(at);
+            (h, h.add(align(size_of::<SlotHeader>())))
+        };
+        let header = NonNull::new(header.cast::<SlotHeader>())?;
+        let data = NonNull::new(data)?;
+        // SAFETY: the header is zero (fresh memfd) or reset by the slot table before reuse;
+        // `capacity` bytes follow it inside the mapping; `owner` keeps the region mapped; the
+        // slot table hands a slot to one session at a time.
+        Some(unsafe { SlotMemory::new(header, data, self.shape.capacity, owner) })
+    }
+
+    /// The region's doorbell, kept alive by `owner` (which must keep this region alive).
+    pub fn doorbell(&self, owner: Arc<dyn Send + Sync>) -> Doorbell {
+        let words = Doorbell::words_for(self.shape.slots as usize).max(1);
+        // SAFETY: `pending` at offset 0 and the bit words at ALIGN are inside the mapping,
+        // aligned, zero at first, and live while `owner` does.
+        unsafe {
+            let pending = self.base.cast::<AtomicUsize>();
+            let bits = NonNull::new_unchecked(self.base.as_ptr().add(self.shape.bits_at()))
+                .cast::<AtomicU64>();
+            Doorbell::new(pending, bits, words, owner)
+        }
+    }
+}
+
+const _: () = assert!(align_of::<SlotHeader>() <= ALIGN);
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once; everything that handed out
+        // pointers into it holds an owner that keeps the region alive, so none is left.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.shape.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::mapped::{Bell, MappedConsumer, MappedProducer, SlotWaker};
+    use crate::audio::{Overflow, Pop, PushOutcome};
+
+    struct Kick(Doorbell, Arc<SlotWaker>);
+    impl Bell for Kick {
+        fn ring(&self, slot: u32) {
+            if self.0.mark(slot) {
+                self.0.take(|_| self.1.wake());
+            }
+        }
+    }
+
+    #[test]
+    fn two_mappings_of_one_region_share_a_ring() {
+        let shape = Shape {
+            slots: 3,
+            capacity: 1000,
+        };
+        let front = Arc::new(Region::create(shape).unwrap());
+        let dup = front.fd().try_clone().unwrap();
+        let worker = Arc::new(Region::map(dup, shape).unwrap());
+        let waker = Arc::new(SlotWaker::new());
+        let bell = Arc::new(Kick(worker.doorbell(worker.clone()), waker.clone()));
+        let p = MappedProducer::new(
+            worker.slot(2, worker.clone()).unwrap(),
+            2,
+            Overflow::DropNewest,
+            bell,
+        );
+        let mut c = MappedConsumer::new(front.slot(2, front.clone()).unwrap(), waker);
+        assert_eq!(p.push(9, &[1, 2, 3, 4]), PushOutcome::Queued);
+        let mut out = Vec::new();
+        assert_eq!(c.try_pop(&mut out), Pop::Frame { arrived_ms: 9 });
+        assert_eq!(out, [1, 2, 3, 4]);
+        assert!(front.slot(3, front.clone()).is_none());
+        let wrong = Shape {
+            slots: 4,
+            capacity: 1000,
+        };
+        assert!(Region::map(front.fd().try_clone().unwrap(), wrong).is_err());
+    }
+}

@@ -1,0 +1,500 @@
+//! The room worker's `main`: LiveKit's library in a process of its own, driven over the
+//! control socket, pushing each session's audio into its ring in the shared memory.
+//!
+//! The worker is the in-process [`FfiBackend`] with a different [`RoomEvents`]: its sink
+//! ([`WorkerSink`]) applies the same [`AudioFilter`] and pushes into the session's mapped ring
+//! on the library's callback thread (no allocation, no lock, no call out but the doorbell's
+//! kick while the consumer sleeps); the room's other events go to the front as messages.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use super::process::{self, Inherited};
+use super::region::{Region, Shape};
+use super::wire::{self, proto};
+use crate::audio::mapped::{Bell, Doorbell, MappedProducer};
+use crate::audio::{Overflow, PushOutcome};
+use crate::logging::{self, LogFormat};
+use crate::room::ffi::FfiBackend;
+use crate::room::{
+    AudioFilter, ConnectRequest, DataKind, Disconnect, Room, RoomBackend, RoomError, RoomEvents,
+};
+
+/// The hidden subcommand a worker runs.
+pub const SUBCOMMAND: &str = "room-worker";
+/// How often the worker sends its counters, which are also its heartbeat.
+pub const STATS_EVERY: Duration = Duration::from_millis(500);
+
+/// What a worker is started with, as its command line says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerArgs {
+    pub number: u64,
+    pub library: PathBuf,
+    pub joins_at_once: usize,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+}
+
+impl WorkerArgs {
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            SUBCOMMAND.into(),
+            self.number.to_string(),
+            self.library.display().to_string(),
+            self.joins_at_once.to_string(),
+            match self.log_format {
+                LogFormat::Text => "text".into(),
+                LogFormat::Json => "json".into(),
+            },
+            self.log_filter.clone(),
+        ]
+    }
+
+    pub fn parse(args: &[String]) -> Option<Self> {
+        let [number, library, joins, format, filter] = args else {
+            return None;
+        };
+        Some(Self {
+            number: number.parse().ok()?,
+            library: library.into(),
+            joins_at_once: joins.parse().ok()?,
+            log_format: match format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return None,
+            },
+            log_filter: filter.clone(),
+        })
+    }
+}
+
+/// The worker's `main` (arguments after the subcommand). Returns the exit status.
+pub fn serve(args: &[String]) -> u8 {
+    let Some(args) = WorkerArgs::parse(args) else {
+        eprintln!(
+            "usage: livekit-bridge {SUBCOMMAND} <number> <library> <joins at once> <text|json> <log filter>"
+        );
+        return 64;
+    };
+    if let Err(e) = logging::init(args.log_format, &args.log_filter) {
+        eprintln!("{SUBCOMMAND}: {e}");
+        return 64;
+    }
+    let fds = match Inherited::take() {
+        Ok(fds) => fds,
+        Err(e) => {
+            eprintln!("{SUBCOMMAND}: {e}");
+            return 64;
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("room-worker")
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{SUBCOMMAND}: cannot start the runtime: {e}");
+            return 71;
+        }
+    };
+    let number = args.number;
+    let code = runtime.block_on(run(fds, args));
+    tracing::info!(worker = number, code, "room worker exiting");
+    // The library's threads are not waited for: the front is gone or has let this worker go.
+    std::process::exit(i32::from(code));
+}
+
+async fn run(fds: Inherited, args: WorkerArgs) -> u8 {
+    let control = std::os::unix::net::UnixStream::from(fds.control);
+    let control = match control
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(control))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "room worker: cannot use its control socket");
+            return 71;
+        }
+    };
+    let (mut rd, mut wr) = control.into_split();
+    let mut buf = Vec::new();
+    let hello = match wire::read::<proto::ToWorker>(&mut rd, &mut buf).await {
+        Ok(Some(proto::ToWorker {
+            op: Some(proto::to_worker::Op::Hello(h)),
+            ..
+        })) => h,
+        other => {
+            tracing::error!(?other, "room worker: the front did not begin with Hello");
+            return 65;
+        }
+    };
+    if hello.version != wire::VERSION {
+        tracing::error!(
+            front = hello.version,
+            worker = wire::VERSION,
+            "room worker: protocol version mismatch"
+        );
+        return 65;
+    }
+    let shape = Shape {
+        slots: hello.slots,
+        capacity: hello.slot_capacity as usize,
+    };
+    let region = match Region::map(fds.memory, shape) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            tracing::error!(error = %e, "room worker: cannot map the ring memory");
+            return 71;
+        }
+    };
+    let (out, mut outgoing) = mpsc::unbounded_channel::<proto::FromWorker>();
+    tokio::spawn(async move {
+        while let Some(m) = outgoing.recv().await {
+            if wr.write_all(&wire::encode(&m)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let send = |m| {
+        let _ = out.send(m);
+    };
+    send(answer(
+        0,
+        proto::from_worker::Op::Hello(proto::HelloAck {
+            version: wire::VERSION,
+            pid: std::process::id(),
+        }),
+    ));
+    let worker = Arc::new(Worker {
+        backend: FfiBackend::new(args.library, args.joins_at_once),
+        bell: Arc::new(WorkerBell {
+            doorbell: region.doorbell(region.clone()),
+            kick: fds.kick,
+        }),
+        region,
+        overflow: if hello.drop_oldest {
+            Overflow::DropOldest
+        } else {
+            Overflow::DropNewest
+        },
+        out: out.clone(),
+        slots: Mutex::default(),
+    });
+    tokio::spawn(send_stats(worker.clone()));
+    tracing::info!(
+        worker = args.number,
+        slots = shape.slots,
+        "room worker ready"
+    );
+    loop {
+        match wire::read::<proto::ToWorker>(&mut rd, &mut buf).await {
+            Ok(Some(m)) => worker.handle(m),
+            Ok(None) => return 0,
+            Err(e) => {
+                tracing::error!(error = %e, "room worker: the control channel failed");
+                return 74;
+            }
+        }
+    }
+}
+
+fn answer(id: u64, op: proto::from_worker::Op) -> proto::FromWorker {
+    proto::FromWorker { id, op: Some(op) }
+}
+
+fn failure(id: u64, e: &RoomError) -> proto::FromWorker {
+    answer(id, proto::from_worker::Op::Failed(wire::failed(e)))
+}
+
+fn done(id: u64) -> proto::FromWorker {
+    answer(id, proto::from_worker::Op::Done(proto::Done {}))
+}
+
+async fn send_stats(worker: Arc<Worker>) {
+    let mut every = tokio::time::interval(STATS_EVERY);
+    loop {
+        every.tick().await;
+        let s = worker.backend.track_stats();
+        let stats = proto::Stats {
+            routed: s.routed,
+            unrouted: s.unrouted,
+            streams: s.streams as u64,
+            published_underruns: s.published_underruns,
+        };
+        if worker
+            .out
+            .send(answer(0, proto::from_worker::Op::Stats(stats)))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The producer's bell in a worker: mark the slot, kick the front's eventfd on the first mark.
+struct WorkerBell {
+    doorbell: Doorbell,
+    kick: std::os::fd::OwnedFd,
+}
+
+impl Bell for WorkerBell {
+    fn ring(&self, slot: u32) {
+        if self.doorbell.mark(slot) {
+            process::kick(&self.kick);
+        }
+    }
+}
+
+type Publishes = mpsc::UnboundedSender<(u64, Vec<u8>)>;
+
+enum Slot {
+    /// Joining; `leave`: the front has left it meanwhile, so the room is left once joined.
+    Joining { leave: bool },
+    Joined {
+        room: Arc<dyn Room>,
+        /// Each published track's queue of Publish requests, played in order by its task.
+        tracks: HashMap<String, Publishes>,
+    },
+}
+
+struct Worker {
+    backend: FfiBackend,
+    region: Arc<Region>,
+    bell: Arc<WorkerBell>,
+    overflow: Overflow,
+    out: mpsc::UnboundedSender<proto::FromWorker>,
+    slots: Mutex<HashMap<u32, Slot>>,
+}
+
+impl Worker {
+    fn send(&self, m: proto::FromWorker) {
+        let _ = self.out.send(m);
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn handle(self: &Arc<Self>, m: proto::ToWorker) {
+        use proto::to_worker::Op;
+        let id = m.id;
+        match m.op {
+            Some(Op::Join(j)) => self.join(id, j),
+            Some(Op::Leave(l)) => self.leave(id, l.slot),
+            Some(Op::Publish(p)) => self.publish(id, p),
+            Some(Op::Hello(_)) | None => self.send(failure(
+                id,
+                &RoomError::Library("a room worker takes Join, Leave and Publish".into()),
+            )),
+        }
+    }
+
+    fn join(self: &Arc<Self>, id: u64, j: proto::Join) {
+        let slot = j.slot;
+        let memory = self.region.slot(slot, self.region.clone());
+        let Some(memory) = memory.filter(|_| !self.slots().contains_key(&slot)) else {
+            self.send(failure(
+                id,
+                &RoomError::Library(format!("ring slot {slot} is out of range or in use")),
+            ));
+            return;
+        };
+        let source = wire::from_audio_source(j.audio_source());
+        let sink = Arc::new(WorkerSink {
+            slot,
+            producer: Some(MappedProducer::new(
+                memory,
+                slot,
+                self.overflow,
+                self.bell.clone(),
+            )),
+            filter: AudioFilter::new(&j.target_identity, source),
+            out: self.out.clone(),
+        });
+        let timeout = Duration::from_millis(j.timeout_ms);
+        let request = ConnectRequest {
+            user_id: j.user_id,
+            url: j.url,
+            token: j.token,
+            room_name: j.room_name,
+            target_identity: j.target_identity,
+            timeout,
+            audio_source: source,
+            ring: None,
+        };
+        self.slots().insert(slot, Slot::Joining { leave: false });
+        let worker = self.clone();
+        tokio::spawn(async move {
+            let connected = tokio::time::timeout(timeout, worker.backend.connect(request, sink))
+                .await
+                .unwrap_or(Err(RoomError::Timeout(timeout)));
+            let connected = match connected {
+                Ok(c) => c,
+                Err(e) => {
+                    worker.slots().remove(&slot);
+                    worker.send(failure(id, &e));
+                    return;
+                }
+            };
+            let room: Arc<dyn Room> = Arc::from(connected.room);
+            let left = {
+                let mut slots = worker.slots();
+                let left = matches!(slots.get(&slot), Some(Slot::Joining { leave: true }) | None);
+                if left {
+                    slots.remove(&slot);
+                } else {
+                    slots.insert(
+                        slot,
+                        Slot::Joined {
+                            room: room.clone(),
+                            tracks: HashMap::new(),
+                        },
+                    );
+                }
+                left
+            };
+            if left {
+                room.disconnect().await;
+                worker.send(failure(
+                    id,
+                    &RoomError::NotConnected("the session left while its room was joining".into()),
+                ));
+                return;
+            }
+            worker.send(answer(
+                id,
+                proto::from_worker::Op::Joined(proto::Joined {
+                    participant_id: connected.participant_id,
+                    participant_count: connected.participant_count,
+                }),
+            ));
+        });
+    }
+
+    fn leave(&self, id: u64, slot: u32) {
+        let room = {
+            let mut slots = self.slots();
+            match slots.remove(&slot) {
+                Some(Slot::Joined { room, .. }) => Some(room),
+                Some(Slot::Joining { .. }) => {
+                    slots.insert(slot, Slot::Joining { leave: true });
+                    None
+                }
+                None => None,
+            }
+        };
+        let out = self.out.clone();
+        tokio::spawn(async move {
+            if let Some(room) = room {
+                room.disconnect().await;
+            }
+            let _ = out.send(done(id));
+        });
+    }
+
+    fn publish(&self, id: u64, p: proto::Publish) {
+        let mut slots = self.slots();
+        let Some(Slot::Joined { room, tracks }) = slots.get_mut(&p.slot) else {
+            drop(slots);
+            self.send(failure(
+                id,
+                &RoomError::NotConnected("the room is not joined".into()),
+            ));
+            return;
+        };
+        let queue = tracks.entry(p.track.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(play(room.clone(), p.track, rx, self.out.clone()));
+            tx
+        });
+        let _ = queue.send((id, p.pcm));
+    }
+}
+
+/// One published track's Publish requests, in order, each answered when the room took it.
+async fn play(
+    room: Arc<dyn Room>,
+    track: String,
+    mut requests: mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
+    out: mpsc::UnboundedSender<proto::FromWorker>,
+) {
+    while let Some((id, pcm)) = requests.recv().await {
+        let answer = match room.publish(&track, &pcm).await {
+            Ok(()) => done(id),
+            Err(e) => failure(id, &e),
+        };
+        let _ = out.send(answer);
+    }
+}
+
+/// A session's [`RoomEvents`] in a worker: audio into its mapped ring, the rest to the front.
+struct WorkerSink {
+    slot: u32,
+    /// Taken (and so closed) before `Released` is sent, in `drop`.
+    producer: Option<MappedProducer>,
+    filter: AudioFilter,
+    out: mpsc::UnboundedSender<proto::FromWorker>,
+}
+
+impl WorkerSink {
+    fn event(&self, event: proto::room_event::Event) {
+        let _ = self.out.send(answer(
+            0,
+            proto::from_worker::Op::Event(proto::RoomEvent {
+                slot: self.slot,
+                event: Some(event),
+            }),
+        ));
+    }
+}
+
+impl RoomEvents for WorkerSink {
+    fn on_data(
+        &self,
+        from: &str,
+        _kind: DataKind,
+        topic: &str,
+        payload: &[u8],
+    ) -> Option<PushOutcome> {
+        let now = self.filter.data(from, topic)?;
+        Some(self.producer.as_ref()?.push(now, payload))
+    }
+
+    fn on_track_audio(&self, pcm: &[u8]) -> Option<PushOutcome> {
+        let now = self.filter.track()?;
+        Some(self.producer.as_ref()?.push(now, pcm))
+    }
+
+    fn on_participants(&self, count: u32) {
+        self.event(proto::room_event::Event::Participants(count));
+    }
+
+    fn on_reconnecting(&self, reconnecting: bool) {
+        self.event(proto::room_event::Event::Reconnecting(reconnecting));
+    }
+
+    fn on_disconnected(&self, why: Disconnect) {
+        self.event(proto::room_event::Event::Disconnected(wire::disconnected(
+            why,
+        )));
+    }
+}
+
+impl Drop for WorkerSink {
+    /// The library holds no reference any more: no push can follow. The producer is dropped
+    /// (closing the ring) first, so when the front reuses the slot nothing of this session is
+    /// left to touch it.
+    fn drop(&mut self) {
+        drop(self.producer.take());
+        let _ = self.out.send(answer(
+            0,
+            proto::from_worker::Op::Released(proto::Released { slot: self.slot }),
+        ));
+    }
+}
