@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam_queue::ArrayQueue;
+use livekit_bridge::audio::mapped::{MappedConsumer, MappedProducer, heap_ring};
 use livekit_bridge::audio::{
     FrameConsumer, FrameProducer, Pop, PushOutcome, RingConfig, audio_ring,
 };
@@ -57,6 +58,28 @@ impl Queue for Ring {
         tx.push(0, payload) == PushOutcome::Queued
     }
     fn pop(rx: &mut FrameConsumer, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        matches!(rx.try_pop(out), Pop::Frame { .. })
+    }
+}
+
+/// The same ring protocol in memory two processes can map (a room worker's rings), here on
+/// this process's heap: the byte ring in the mapping instead of rtrb, and the doorbell instead
+/// of the waker (not rung here: a pop that finds nothing does not park).
+struct Mapped;
+impl Queue for Mapped {
+    type Tx = MappedProducer;
+    type Rx = MappedConsumer;
+    const NAME: &'static str = "mapped_ring";
+    fn pair(_size: usize) -> (MappedProducer, MappedConsumer) {
+        let capacity = RingConfig::for_duration_ms(DEPTH as u32 * 20, Default::default());
+        let (p, c, _closer, _bell) = heap_ring(capacity.capacity_bytes, Default::default());
+        (p, c)
+    }
+    fn push(tx: &mut MappedProducer, payload: &[u8]) -> bool {
+        tx.push(0, payload) == PushOutcome::Queued
+    }
+    fn pop(rx: &mut MappedConsumer, out: &mut Vec<u8>) -> bool {
         out.clear();
         matches!(rx.try_pop(out), Pop::Frame { .. })
     }
@@ -255,12 +278,14 @@ fn transfer<Q: Queue>(iters: u64, size: usize) -> Duration {
 fn all(c: &mut Criterion) {
     one_thread::<RawRtrb>(c);
     one_thread::<Ring>(c);
+    one_thread::<Mapped>(c);
     one_thread::<TokioMpsc>(c);
     one_thread::<StdSync>(c);
     one_thread::<Crossbeam>(c);
     one_thread::<OldDesign>(c);
     two_threads::<RawRtrb>(c);
     two_threads::<Ring>(c);
+    two_threads::<Mapped>(c);
     two_threads::<TokioMpsc>(c);
     two_threads::<StdSync>(c);
     two_threads::<Crossbeam>(c);

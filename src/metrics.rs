@@ -22,6 +22,7 @@ use prometheus::{
 use crate::audio::RingStats;
 use crate::playback::{FailureKind, PlaybackStats};
 use crate::room::TrackStats;
+use crate::room::worker::WorkerCounts;
 use crate::session::{Session, Totals};
 
 const NAMESPACE: &str = "livekit_bridge";
@@ -37,6 +38,8 @@ pub struct Snapshot<'a> {
     pub playback: &'a PlaybackStats,
     /// Frames of target audio tracks, and the track streams open now.
     pub track_frames: TrackStats,
+    /// The room workers' starts, exits, sessions and resources.
+    pub workers: &'a WorkerCounts,
 }
 
 /// How a JoinRoom ended, as the `result` label of `joins_total` names it.
@@ -87,6 +90,12 @@ pub struct Metrics {
     track_frames: IntCounterVec,
     track_streams: IntGauge,
     published_underruns: IntCounter,
+    workers_running: IntGauge,
+    worker_starts: IntCounter,
+    worker_exits: IntCounterVec,
+    worker_sessions: IntGaugeVec,
+    workers_cpu: prometheus::Counter,
+    workers_memory: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -135,7 +144,7 @@ impl Metrics {
             decode_cpu: prometheus::Counter::with_opts(opts(
                 "decode_cpu_seconds_total",
                 "CPU time of PlayAudio's decoder processes that have exited (the kernel's \
-                 account of this process's reaped children).",
+                 account of this process's reaped children, less its room workers').",
             ))?,
             delivery_delay: Histogram::with_opts(
                 HistogramOpts::new(
@@ -200,6 +209,41 @@ impl Metrics {
                  clock had found no frame mid-utterance, because the publisher (StreamAudio \
                  or a playback) fell behind real time by more than 20 ms.",
             ))?,
+            workers_running: IntGauge::with_opts(opts(
+                "room_workers",
+                "Room worker processes running now (each with its own LiveKit library).",
+            ))?,
+            worker_starts: IntCounter::with_opts(opts(
+                "room_worker_starts_total",
+                "Room worker processes started, replacements included.",
+            ))?,
+            worker_exits: IntCounterVec::new(
+                opts(
+                    "room_worker_exits_total",
+                    "Room worker processes that ended, by how: the signal that killed it \
+                     (SIGSEGV, SIGABRT, SIGKILL, ...), exit, unresponsive (silent for 5 s) or \
+                     protocol (it sent what does not decode). Each ends its sessions as \
+                     room_lost.",
+                ),
+                &["kind"],
+            )?,
+            worker_sessions: IntGaugeVec::new(
+                opts(
+                    "room_worker_sessions",
+                    "Sessions on each room worker, by its position in the pool (0 to \
+                     BRIDGE_ROOM_WORKERS - 1; a replacement takes its predecessor's).",
+                ),
+                &["worker"],
+            )?,
+            workers_cpu: prometheus::Counter::with_opts(opts(
+                "room_workers_cpu_seconds_total",
+                "CPU time of every room worker process, exited ones included (live ones read \
+                 from /proc at each scrape). The process_* metrics are the front's own.",
+            ))?,
+            workers_memory: IntGauge::with_opts(opts(
+                "room_workers_resident_memory_bytes",
+                "Resident memory of the room workers running now, summed.",
+            ))?,
             registry,
         };
         m.registry.register(Box::new(m.joins.clone()))?;
@@ -221,6 +265,12 @@ impl Metrics {
         m.registry.register(Box::new(m.track_streams.clone()))?;
         m.registry
             .register(Box::new(m.published_underruns.clone()))?;
+        m.registry.register(Box::new(m.workers_running.clone()))?;
+        m.registry.register(Box::new(m.worker_starts.clone()))?;
+        m.registry.register(Box::new(m.worker_exits.clone()))?;
+        m.registry.register(Box::new(m.worker_sessions.clone()))?;
+        m.registry.register(Box::new(m.workers_cpu.clone()))?;
+        m.registry.register(Box::new(m.workers_memory.clone()))?;
         m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -288,7 +338,8 @@ impl Metrics {
             &self.bytes_fetched,
             p.bytes_fetched.load(std::sync::atomic::Ordering::Relaxed),
         );
-        if let Some(seconds) = children_cpu_seconds() {
+        // Reaped room workers are the front's children too; their share is theirs.
+        if let Some(seconds) = children_cpu_seconds().map(|c| c - s.workers.exited_cpu_seconds) {
             let shown = self.decode_cpu.get();
             if seconds > shown {
                 self.decode_cpu.inc_by(seconds - shown);
@@ -323,6 +374,22 @@ impl Metrics {
         );
         self.track_streams.set(t.streams as i64);
         advance(&self.published_underruns, t.published_underruns);
+        let w = s.workers;
+        self.workers_running.set(w.running as i64);
+        advance(&self.worker_starts, w.starts);
+        for (kind, n) in &w.exits {
+            advance(&self.worker_exits.with_label_values(&[kind]), *n);
+        }
+        for (position, n) in w.sessions.iter().enumerate() {
+            self.worker_sessions
+                .with_label_values(&[&position.to_string()])
+                .set(*n as i64);
+        }
+        let shown = self.workers_cpu.get();
+        if w.cpu_seconds > shown {
+            self.workers_cpu.inc_by(w.cpu_seconds - shown);
+        }
+        self.workers_memory.set(w.resident_bytes as i64);
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "cannot encode the metrics");
@@ -375,8 +442,23 @@ mod tests {
                 streams: 1,
                 published_underruns: 2,
             },
+            workers: &WorkerCounts {
+                starts: 3,
+                exits: [("SIGSEGV", 1)].into_iter().collect(),
+                sessions: vec![4, 5],
+                running: 2,
+                cpu_seconds: 1.5,
+                exited_cpu_seconds: 0.5,
+                resident_bytes: 1 << 20,
+            },
         });
         for line in [
+            "livekit_bridge_room_workers 2",
+            "livekit_bridge_room_worker_starts_total 3",
+            "livekit_bridge_room_worker_exits_total{kind=\"SIGSEGV\"} 1",
+            "livekit_bridge_room_worker_sessions{worker=\"1\"} 5",
+            "livekit_bridge_room_workers_cpu_seconds_total 1.5",
+            "livekit_bridge_room_workers_resident_memory_bytes 1048576",
             "livekit_bridge_track_frames_total{outcome=\"routed\"} 500",
             "livekit_bridge_track_frames_total{outcome=\"unrouted\"} 3",
             "livekit_bridge_track_streams 1",

@@ -5,9 +5,9 @@
 //! possibly after disconnect was asked for, possibly for a session that has since been replaced.
 //! Sessions are written so that all of that is harmless (see [`crate::audio::ring`]).
 //! [`Backends`] picks the backend from the URL's scheme: `sim://` is the simulated room in
-//! [`sim`]; `ws://` and `wss://` go to LiveKit's own SDK library through [`ffi`]. Nothing
-//! above this module names either: the service reaches rooms through [`Backends`] and the
-//! traits here.
+//! [`sim`]; `ws://` and `wss://` go to room worker processes through [`worker`], each running
+//! LiveKit's own SDK library through [`ffi`]. Nothing above this module names any of them: the
+//! service reaches rooms through [`Backends`] and the traits here.
 
 mod backends;
 pub mod ffi;

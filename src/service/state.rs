@@ -213,6 +213,7 @@ impl BridgeState {
             cpu_used: self.admission.cpu_used(),
             playback: self.player.stats(),
             track_frames: self.backends.track_stats(),
+            workers: &self.backends.worker_counts(),
         })
     }
 

@@ -1,4 +1,5 @@
-//! What /proc says of a process: resident memory, CPU time and threads.
+//! What /proc says of a process: resident memory, CPU time and threads. For a bridge, its
+//! room workers (its children running `room-worker`, where LiveKit's library is) count with it.
 
 /// The name and CPU seconds (user + system) in a `stat` file's text: "pid (name) state ...",
 /// where the name may hold spaces and parentheses; utime and stime are the 12th and 13th
@@ -11,8 +12,40 @@ fn parse_stat(stat: &str) -> Option<(String, f64)> {
     Some((name, (ticks(11)? + ticks(12)?) / 100.0))
 }
 
-/// Resident memory (KiB) and CPU seconds (user + system) of `pid` ("self" for this process).
+/// `pid` and its room workers.
+fn tree(pid: &str) -> Vec<String> {
+    let mut all = vec![pid.to_string()];
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return all;
+    };
+    for entry in entries.flatten() {
+        let child = entry.file_name().to_string_lossy().into_owned();
+        if !child.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string));
+        let argv = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        let worker = argv.split(|b| *b == 0).nth(1) == Some(b"room-worker".as_slice());
+        if worker && ppid.as_deref() == Some(pid) {
+            all.push(child);
+        }
+    }
+    all
+}
+
+/// Resident memory (KiB) and CPU seconds (user + system) of `pid` ("self" for this process)
+/// and its room workers.
 pub fn usage(pid: &str) -> (u64, f64) {
+    tree(pid).iter().fold((0, 0.0), |(rss, cpu), p| {
+        let (r, c) = usage_of(p);
+        (rss + r, cpu + c)
+    })
+}
+
+fn usage_of(pid: &str) -> (u64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss = status
         .lines()
@@ -23,13 +56,21 @@ pub fn usage(pid: &str) -> (u64, f64) {
     (rss, parse_stat(&stat).map_or(0.0, |(_, cpu)| cpu))
 }
 
-/// Threads of `pid`.
+/// Threads of `pid` and its room workers.
 pub fn threads(pid: &str) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+    tree(pid)
+        .iter()
+        .map(|p| std::fs::read_dir(format!("/proc/{p}/task")).map_or(0, |d| d.count()))
+        .sum()
 }
 
-/// Each thread of `pid`: its id, its name (`comm`) and its CPU seconds (user + system).
+/// Each thread of `pid` and its room workers: its id, its name (`comm`) and its CPU seconds
+/// (user + system).
 pub fn thread_cpu(pid: &str) -> Vec<(String, String, f64)> {
+    tree(pid).iter().flat_map(|p| threads_of(p)).collect()
+}
+
+fn threads_of(pid: &str) -> Vec<(String, String, f64)> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };

@@ -21,8 +21,8 @@ import grpc  # noqa: E402
 import livekit_server  # noqa: E402
 from livekit_server import LiveKitServer, token  # noqa: E402
 from phone import Phone  # noqa: E402
-from run import (ROOT, Bridge, Ctx, OwnNetwork, Pacer, check, churn_cycles,  # noqa: E402
-                 cpu_seconds, loud, measure, metric, payload_rule, process_status, ramp,
+from run import (ROOT, Bridge, Ctx, OwnNetwork, Pacer, bridge_pids, check,  # noqa: E402
+                 churn_cycles, cpu_seconds, loud, measure, metric, payload_rule, process_status, ramp,
                  read_chunks, result, run_scenarios, session_state, stream_end, tone,
                  wait_for_count)
 from livekit import api, rtc  # noqa: E402
@@ -134,15 +134,16 @@ async def real_room_cost(ctx: RealCtx, rooms: int, rounds: int):
 
 
 def thread_names(pid):
-    """The process's threads, counted by name."""
+    """The threads of bridge `pid` and its room workers, counted by name."""
     names = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                name = f.read().strip()
-        except OSError:
-            continue
-        names[name] = names.get(name, 0) + 1
+    for p in bridge_pids(pid):
+        for tid in os.listdir(f"/proc/{p}/task"):
+            try:
+                with open(f"/proc/{p}/task/{tid}/comm") as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            names[name] = names.get(name, 0) + 1
     return dict(sorted(names.items()))
 
 

@@ -151,8 +151,12 @@ class Bridge:
         raise AssertionError("bridge socket never appeared")
 
     def status_of(self):
-        """(RSS KiB, threads) of the bridge process."""
-        return process_status(self.proc.pid)
+        """(RSS KiB, threads) of the bridge: its front process and its room workers."""
+        rss = threads = 0
+        for pid in bridge_pids(self.proc.pid):
+            r, t = process_status(pid)
+            rss, threads = rss + r, threads + t
+        return rss, threads
 
     def stop(self):
         if self.proc.poll() is None:
@@ -166,6 +170,29 @@ class Bridge:
             with open(self.log.name) as f:
                 print(f"---- {os.path.basename(self.log.name)} ----\n" + f.read(), flush=True)
         return self.proc.returncode
+
+
+def workers_of(pid):
+    """The room worker processes of bridge `pid` (its children running `room-worker`)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if ppid == pid and len(argv) > 1 and argv[1] == b"room-worker":
+            found.append(int(entry))
+    return sorted(found)
+
+
+def bridge_pids(pid):
+    """Bridge `pid` and its room workers: where its rooms' costs are."""
+    return [pid] + workers_of(pid)
 
 
 def process_status(pid):
@@ -469,10 +496,13 @@ async def churn(ctx: Ctx, cycles: int):
 
 
 def cpu_seconds(pid):
-    """User + system CPU seconds of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of bridge `pid` and its room workers, from /proc."""
+    total = 0.0
+    for p in bridge_pids(pid):
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 async def room_load(ctx: Ctx, rooms: int, seconds: float = 10.0, via: str = "data"):

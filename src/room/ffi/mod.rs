@@ -1,5 +1,6 @@
 //! The `ffi` backend: real LiveKit rooms (`ws://`, `wss://`) through LiveKit's own SDK library,
-//! `liblivekit_ffi.so`, driven by its FFI protobuf protocol.
+//! `liblivekit_ffi.so`, driven by its FFI protobuf protocol. It runs inside each room worker
+//! process ([`super::worker`]), one library instance per process.
 //!
 //! - `library`: opening the pinned library, its C ABI, typed requests and the event callback:
 //!   the only module here with `unsafe` code or that hands the library an address.

@@ -62,6 +62,7 @@ struct Table {
 
 pub(super) struct Link {
     pub number: u64,
+    pub pid: u32,
     region: Arc<Region>,
     wakers: Vec<Arc<SlotWaker>>,
     out: mpsc::UnboundedSender<proto::ToWorker>,
@@ -93,12 +94,14 @@ impl Drop for SlotLease {
 impl Link {
     pub(super) fn new(
         number: u64,
+        pid: u32,
         region: Arc<Region>,
         out: mpsc::UnboundedSender<proto::ToWorker>,
     ) -> Self {
         let slots = region.shape().slots;
         Self {
             number,
+            pid,
             wakers: (0..slots).map(|_| Arc::new(SlotWaker::new())).collect(),
             table: Mutex::new(Table {
                 free: (0..slots).rev().collect(),
@@ -168,14 +171,20 @@ impl Link {
 
     /// One holder lets the slot go; the last one makes it free again.
     fn let_go(&self, slot: u32, holder: u8) {
+        // The session's callbacks may hold its last reference, and with it the slot's lease,
+        // whose drop comes back here: they are dropped after the table's lock.
+        let _events = self.let_go_locked(slot, holder);
+    }
+
+    fn let_go_locked(&self, slot: u32, holder: u8) -> Option<Arc<dyn RoomEvents>> {
         let mut t = self.table();
-        let Some(u) = t.slots.get_mut(&slot) else {
-            return;
-        };
+        let u = t.slots.get_mut(&slot)?;
         u.holders &= !holder;
-        if holder == WORKER {
-            u.events = None;
-        }
+        let events = if holder == WORKER {
+            u.events.take()
+        } else {
+            None
+        };
         if u.holders == 0 {
             t.slots.remove(&slot);
             if let Some(memory) = self.region.slot(slot, Arc::new(())) {
@@ -183,6 +192,7 @@ impl Link {
             }
             t.free.push(slot);
         }
+        events
     }
 
     /// Sends a request; its answer, or why there will be none.
@@ -305,9 +315,16 @@ impl Link {
 /// Everything one worker process needs from the front, started.
 pub(super) struct Started {
     pub link: Arc<Link>,
-    /// Resolves, once the worker is reaped and its sessions ended, with the exit's kind for
-    /// the metrics: a signal's name, `exit`, `unresponsive` or `protocol`.
-    pub exited: oneshot::Receiver<&'static str>,
+    /// Resolves once the worker is reaped and its sessions ended.
+    pub exited: oneshot::Receiver<Exit>,
+}
+
+/// How a worker ended, for the metrics.
+pub(super) struct Exit {
+    /// A signal's name, `exit`, `unresponsive` or `protocol`.
+    pub kind: &'static str,
+    /// Its CPU seconds, all told.
+    pub cpu_seconds: f64,
 }
 
 /// Starts the tasks of a spawned worker: the writer, the reader, the doorbell and the
@@ -322,7 +339,8 @@ pub(super) fn start(
 ) -> std::io::Result<Started> {
     let (rd, mut wr) = control.into_split();
     let (out, mut outgoing) = mpsc::unbounded_channel::<proto::ToWorker>();
-    let link = Arc::new(Link::new(number, region, out.clone()));
+    let pid = child.id().unwrap_or(0);
+    let link = Arc::new(Link::new(number, pid, region, out.clone()));
     let _ = out.send(proto::ToWorker {
         id: 0,
         op: Some(proto::to_worker::Op::Hello(hello)),
@@ -379,7 +397,7 @@ async fn supervise(
     link: Arc<Link>,
     mut rd: OwnedReadHalf,
     mut child: tokio::process::Child,
-    exited: oneshot::Sender<&'static str>,
+    exited: oneshot::Sender<Exit>,
 ) {
     let pid = child.id().unwrap_or(0);
     let mut buf = Vec::new();
@@ -403,6 +421,7 @@ async fn supervise(
         }
     };
     let _ = child.start_kill();
+    let cpu_seconds = process::final_cpu(pid).await.unwrap_or(0.0);
     let status = child.wait().await;
     let (kind, exit) = match status {
         Ok(s) => (signal_name(s).unwrap_or("exit"), describe(s)),
@@ -419,7 +438,7 @@ async fn supervise(
         ),
     };
     link.die(why);
-    let _ = exited.send(kind);
+    let _ = exited.send(Exit { kind, cpu_seconds });
 }
 
 fn signal_name(status: std::process::ExitStatus) -> Option<&'static str> {

@@ -103,13 +103,21 @@ impl Default for WorkerSettings {
 }
 
 /// The room workers' lifetimes, for the metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct WorkerCounts {
     pub starts: u64,
     /// Exits by kind: a signal's name, `exit`, `unresponsive` or `protocol`.
     pub exits: BTreeMap<&'static str, u64>,
     /// Sessions on each worker running now, by its position in the pool.
     pub sessions: Vec<usize>,
+    /// Workers running now.
+    pub running: usize,
+    /// CPU seconds of every worker, those that exited included.
+    pub cpu_seconds: f64,
+    /// Of which: workers that have exited (and been reaped).
+    pub exited_cpu_seconds: f64,
+    /// Resident memory of the workers running now.
+    pub resident_bytes: u64,
 }
 
 #[derive(Default)]
@@ -160,6 +168,14 @@ impl WorkerBackend {
             .iter()
             .map(|l| l.as_ref().map_or(0, |l| l.load()))
             .collect();
+        c.cpu_seconds = c.exited_cpu_seconds;
+        for link in p.links.iter().flatten() {
+            c.running += 1;
+            if let Some((cpu, rss)) = process::usage(link.pid) {
+                c.cpu_seconds += cpu;
+                c.resident_bytes += rss;
+            }
+        }
         c
     }
 
@@ -239,11 +255,13 @@ impl WorkerBackend {
         let link = started.link.clone();
         let born = Instant::now();
         tokio::spawn(async move {
-            let kind = started.exited.await.unwrap_or("exit");
+            let exit = started.exited.await;
             let Some(this) = this.upgrade() else { return };
             {
                 let mut p = this.pool();
+                let (kind, cpu) = exit.map_or(("exit", 0.0), |e| (e.kind, e.cpu_seconds));
                 *p.counts.exits.entry(kind).or_default() += 1;
+                p.counts.exited_cpu_seconds += cpu;
                 let s = link.stats();
                 p.retired.routed += s.routed;
                 p.retired.unrouted += s.unrouted;

@@ -101,6 +101,19 @@ pub fn spawn(
     command.spawn()
 }
 
+/// Gives SIGSEGV and SIGBUS their default action back. Rust's runtime handles them to name a
+/// thread whose stack overflowed and otherwise hands a fault back to the instruction that
+/// made it; a fault that did not come from an instruction (a signal another process sent) it
+/// swallows. In a worker every such signal must end the process at once, so the front sees a
+/// worker killed by it, whatever raised it; a stack overflow ends it the same way, unnamed.
+pub fn default_fault_signals() {
+    for signal in [libc::SIGSEGV, libc::SIGBUS] {
+        // SAFETY: SIG_DFL is a valid disposition for these signals; called once at the
+        // worker's start, before any thread of its own or of LiveKit's library exists.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+}
+
 /// The worker's three descriptors, adopted once at its start.
 pub struct Inherited {
     pub control: OwnedFd,
@@ -131,4 +144,37 @@ impl Inherited {
             kick: adopt(KICK_FD)?,
         })
     }
+}
+
+/// A process's CPU seconds (user + system) and state letter, from `/proc/<pid>/stat`.
+fn stat(pid: u32) -> Option<(f64, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may contain spaces) start at the state, field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
+    let state = fields.first()?.chars().next()?;
+    // USER_HZ is 100 on every Linux the bridge runs on.
+    Some(((ticks(14)? + ticks(15)?) as f64 / 100.0, state))
+}
+
+/// A live worker's CPU seconds and resident bytes.
+pub fn usage(pid: u32) -> Option<(f64, u64)> {
+    let (cpu, _) = stat(pid)?;
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some((cpu, pages * 4096))
+}
+
+/// A killed worker's final CPU seconds, read while it is a zombie, before it is reaped (once
+/// reaped, the kernel adds it to the front's children's time, which the metrics tell apart).
+pub async fn final_cpu(pid: u32) -> Option<f64> {
+    for _ in 0..200 {
+        match stat(pid) {
+            Some((cpu, 'Z')) => return Some(cpu),
+            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            None => return None,
+        }
+    }
+    None
 }

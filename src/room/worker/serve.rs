@@ -85,6 +85,7 @@ pub fn serve(args: &[String]) -> u8 {
         eprintln!("{SUBCOMMAND}: {e}");
         return 64;
     }
+    process::default_fault_signals();
     let fds = match Inherited::take() {
         Ok(fds) => fds,
         Err(e) => {
