@@ -83,6 +83,48 @@ fn push_and_pop_allocate_nothing_per_frame() {
     }
 }
 
+/// The ring a room worker pushes into: the same, and ringing the doorbell for a parked
+/// consumer (each push here finds it parked) allocates nothing either.
+#[test]
+fn a_mapped_ring_push_and_its_doorbell_allocate_nothing() {
+    use livekit_bridge::audio::WakeCounter;
+    use livekit_bridge::audio::mapped::heap_ring;
+    use std::task::Context;
+    for overflow in [Overflow::DropNewest, Overflow::DropOldest] {
+        let capacity = RingConfig::for_duration_ms(200, overflow).capacity_bytes;
+        let (p, mut c, closer, _bell) = heap_ring(capacity, overflow);
+        let (wakes, waker) = WakeCounter::waker();
+        let mut cx = Context::from_waker(&waker);
+        let packet = [7u8; 321];
+        let mut out = Vec::with_capacity(4096);
+        let before = allocations();
+        let mut full = 0;
+        for i in 0..10_000 {
+            if i % 3 == 0 {
+                out.clear();
+                while c.poll_pop(&mut cx, &mut out).is_ready() {
+                    out.clear();
+                }
+            }
+            full += u32::from(p.push(i, &packet) == PushOutcome::Full);
+        }
+        closer.close();
+        assert_eq!(p.push(0, &packet), PushOutcome::Closed);
+        assert_eq!(c.try_pop(&mut out), Pop::Closed);
+        assert_eq!(
+            allocations() - before,
+            0,
+            "{overflow:?}: the mapped ring's hot path allocated"
+        );
+        assert!(full > 0, "the ring filled up");
+        assert!(
+            wakes.wakes() > 1000,
+            "the doorbell rang ({})",
+            wakes.wakes()
+        );
+    }
+}
+
 #[test]
 fn reading_a_data_packet_event_allocates_nothing() {
     use livekit_bridge::room::ffi::packet::{DataPacketRef, read_data_packet};

@@ -24,7 +24,7 @@ from phone import Phone  # noqa: E402
 from run import (ROOT, Bridge, Ctx, OwnNetwork, Pacer, bridge_pids, check,  # noqa: E402
                  churn_cycles, cpu_seconds, loud, measure, metric, payload_rule, process_status, ramp,
                  read_chunks, result, run_scenarios, session_state, stream_end, tone,
-                 wait_for_count)
+                 wait_for_count, workers_of)
 from livekit import api, rtc  # noqa: E402
 
 
@@ -99,14 +99,25 @@ async def real_data_packets(ctx: RealCtx):
         await p.leave()
 
 
+async def warm_up_workers(ctx):
+    """Joins one room per room worker and leaves them: every worker's library is loaded."""
+    await ctx.joined("warmup0")
+    warm = [f"warmup{n}" for n in range(len(workers_of(ctx.bridge.proc.pid)))]
+    for u in warm[1:]:
+        await ctx.joined(u)
+    for u in warm:
+        await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id=u, reason="warmup"))
+    await asyncio.sleep(1.0)
+
+
 async def real_room_cost(ctx: RealCtx, rooms: int, rounds: int):
     """Memory and threads of joined rooms (no phone, nothing sent): idle, with `rooms` joined,
     and after leaving them, over several rounds. A leak grows every round; the allocator
     keeping freed memory does not."""
-    # Load the library with one join and leave, so the baseline includes its fixed cost.
-    await ctx.joined("warmup")
-    await ctx.stub.LeaveRoom(ctx.pb.LeaveRoomRequest(user_id="warmup", reason="warmup"))
-    await asyncio.sleep(1.0)
+    # Load the library of every room worker with a join and leave each, so the baseline
+    # includes its fixed cost (a join goes to the worker with the fewest rooms).
+    await warm_up_workers(ctx)
+    result("real_cost_workers", len(workers_of(ctx.bridge.proc.pid)))
     rss0, threads0 = ctx.bridge.status_of()
     after = []
     for r in range(rounds):

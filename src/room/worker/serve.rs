@@ -93,7 +93,10 @@ pub fn serve(args: &[String]) -> u8 {
             return 64;
         }
     };
+    // Two threads: the worker's own work is the control channel and the library's requests;
+    // the library's media runs on its own threads, and a machine runs one worker per core.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .thread_name("room-worker")
         .enable_all()
         .build();
