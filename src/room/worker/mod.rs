@@ -122,10 +122,8 @@ pub struct WorkerCounts {
 
 #[derive(Default)]
 struct Pool {
-    /// By position; `None` while that worker is (re)starting.
+    /// By position; `None` until that worker is (re)started.
     links: Vec<Option<Arc<Link>>>,
-    /// Positions whose worker is being started now.
-    starting: Vec<bool>,
     counts: WorkerCounts,
     /// Track counters of workers that have exited.
     retired: TrackStats,
@@ -147,7 +145,6 @@ impl WorkerBackend {
         Arc::new_cyclic(|this| Self {
             pool: Mutex::new(Pool {
                 links: vec![None; k],
-                starting: vec![false; k],
                 ..Pool::default()
             }),
             settings,
@@ -179,21 +176,16 @@ impl WorkerBackend {
         c
     }
 
-    /// Starts every worker not running. Needs a tokio runtime (it is called from joins).
+    /// Starts every worker not running, under the pool's lock: a join that comes meanwhile
+    /// waits the few milliseconds a start takes (a fork and exec) rather than find no worker.
+    /// Needs a tokio runtime (it is called from joins).
     fn ensure_started(&self) {
-        let k = self.settings.workers();
-        for position in 0..k {
-            {
-                let mut p = self.pool();
-                if p.links[position].is_some() || p.starting[position] {
-                    continue;
-                }
-                p.starting[position] = true;
+        let mut p = self.pool();
+        for position in 0..p.links.len() {
+            if p.links[position].is_some() {
+                continue;
             }
-            let started = self.start(position);
-            let mut p = self.pool();
-            p.starting[position] = false;
-            match started {
+            match self.start(position) {
                 Ok(link) => {
                     p.links[position] = Some(link);
                     p.counts.starts += 1;
@@ -335,7 +327,10 @@ impl RoomBackend for WorkerBackend {
         }
         Err(RoomError::Unavailable(
             self.pool().last_failure.clone().unwrap_or_else(|| {
-                "every room worker is full or restarting (BRIDGE_ROOM_WORKERS)".into()
+                format!(
+                    "every room worker is full ({} sessions each; BRIDGE_ROOM_WORKERS adds workers)",
+                    self.settings.slots
+                )
             }),
         ))
     }
