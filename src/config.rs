@@ -688,6 +688,7 @@ impl Settings {
                     // In 0..=256 by its check.
                     room_workers: room_workers? as usize,
                     worker_log: (log_format, log_filter.clone()),
+                    room_worker_exe: None,
                     limits: Limits {
                         max_sessions: Some(max_sessions? as usize).filter(|n| *n > 0),
                         max_cpu: Some(max_cpu?).filter(|f| *f > 0.0),

@@ -38,6 +38,9 @@ pub struct ServiceSettings {
     pub joins_at_once: usize,
     /// Room worker processes; 0: one per core.
     pub room_workers: usize,
+    /// The binary room workers run; None: this process's own (a test harness names the
+    /// bridge's binary, since its own executable is the test).
+    pub room_worker_exe: Option<std::path::PathBuf>,
     /// How the room workers log (the bridge's own format and filter).
     pub worker_log: (crate::logging::LogFormat, String),
     /// Admission control's limits.
@@ -83,6 +86,7 @@ impl Default for ServiceSettings {
             livekit_ffi_lib: crate::room::DEFAULT_LIVEKIT_LIBRARY.into(),
             joins_at_once: 0,
             room_workers: 0,
+            room_worker_exe: None,
             worker_log: (crate::logging::LogFormat::Text, "info".into()),
             limits: admission::Limits::default(),
             idle: Some(Self::IDLE),
@@ -134,6 +138,7 @@ impl BridgeState {
                 ring: settings.ring,
                 log_format: settings.worker_log.0,
                 log_filter: settings.worker_log.1.clone(),
+                exe: settings.room_worker_exe.clone(),
                 ..WorkerSettings::default()
             }),
             player: Player::new(settings.playback.clone())?,

@@ -35,7 +35,11 @@ impl Bridge {
         Self::with(ServiceSettings::default()).await
     }
 
-    pub async fn with(settings: ServiceSettings) -> Self {
+    pub async fn with(mut settings: ServiceSettings) -> Self {
+        // Real rooms run in room workers, which are the bridge's binary, not this test's.
+        settings
+            .room_worker_exe
+            .get_or_insert_with(|| env!("CARGO_BIN_EXE_livekit-bridge").into());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
