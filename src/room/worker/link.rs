@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::process;
 use super::region::Region;
-use super::wire::{self, proto};
+use super::wire::{self, WireError, proto};
 use crate::audio::mapped::{MappedCloser, MappedConsumer, SlotWaker};
 use crate::audio::{Closer, Consumer};
 use crate::room::{
@@ -406,7 +406,10 @@ async fn supervise(
         tokio::select! {
             m = wire::read::<proto::FromWorker>(&mut rd, &mut buf) => match m {
                 Ok(Some(m)) => link.take(m),
+                // The socket ending or failing (a peer that dies with bytes unread resets
+                // it) is how a worker's death shows first.
                 Ok(None) => break None,
+                Err(WireError::Io(_)) => break None,
                 Err(e) => break Some(("protocol", format!("it sent {e}"))),
             },
             _ = lapse.tick() => {
@@ -420,25 +423,44 @@ async fn supervise(
             }
         }
     };
-    let _ = child.start_kill();
-    let cpu_seconds = process::final_cpu(pid).await.unwrap_or(0.0);
+    // A worker whose socket ended is dying: it gets a second to end by itself, so its own
+    // exit is what the sessions are told; one still alive then, or one that broke the
+    // protocol or stopped answering, is killed.
+    let mut final_cpu = match cause {
+        None => process::final_cpu(pid).await,
+        Some(_) => None,
+    };
+    let killed = final_cpu.is_none();
+    if killed {
+        let _ = child.start_kill();
+        final_cpu = process::final_cpu(pid).await;
+    }
     let status = child.wait().await;
     let (kind, exit) = match status {
         Ok(s) => (signal_name(s).unwrap_or("exit"), describe(s)),
         Err(e) => ("exit", format!("cannot be reaped: {e}")),
     };
-    let (kind, why) = match cause {
-        Some((kind, cause)) => (
+    let (kind, why) = match (cause, killed) {
+        (Some((kind, cause)), _) => (
             kind,
             format!("the room's worker process (pid {pid}) was ended: {cause}"),
         ),
-        None => (
+        (None, true) => (
+            "protocol",
+            format!(
+                "the room's worker process (pid {pid}) was ended: it closed its control socket"
+            ),
+        ),
+        (None, false) => (
             kind,
             format!("the room's worker process (pid {pid}) died ({exit})"),
         ),
     };
     link.die(why);
-    let _ = exited.send(Exit { kind, cpu_seconds });
+    let _ = exited.send(Exit {
+        kind,
+        cpu_seconds: final_cpu.unwrap_or(0.0),
+    });
 }
 
 fn signal_name(status: std::process::ExitStatus) -> Option<&'static str> {
