@@ -1042,7 +1042,15 @@ async def real_leaks(ctx: RealCtx, rooms: int, rounds: int = 2):
     growth = (after[-1][0] - base_rss) / rooms / rounds
     result("real_leaks_threads_left", after[-1][1] - base_threads)
     result("real_leaks_rss_growth_per_room_and_round_kib", f"{growth:.1f}")
-    check(after[-1][1] <= base_threads, f"threads {base_threads} -> {after[-1][1]}")
+    # Each room worker's library starts and stops its few shared threads (network, signalling,
+    # audio device: about 6) with its rooms, so a round may end with one worker's set more or
+    # less than the baseline; a stranded thread per room or track grows every round.
+    workers = len(workers_of(ctx.bridge.proc.pid))
+    result("real_leaks_workers", workers)
+    check(after[0][1] <= base_threads + 6 * workers,
+          f"threads {base_threads} -> {after[0][1]} after the first round")
+    check(after[-1][1] <= max(base_threads, after[0][1]),
+          f"threads grew over rounds: {base_threads} -> {[t for _, t in after]}")
     await lk.aclose()
 
 
