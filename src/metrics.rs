@@ -94,6 +94,7 @@ pub struct Metrics {
     worker_starts: IntCounter,
     worker_exits: IntCounterVec,
     worker_sessions: IntGaugeVec,
+    workers_retiring: IntGauge,
     workers_cpu: prometheus::Counter,
     workers_memory: IntGauge,
 }
@@ -222,8 +223,8 @@ impl Metrics {
                     "room_worker_exits_total",
                     "Room worker processes that ended, by how: the signal that killed it \
                      (SIGSEGV, SIGABRT, SIGKILL, ...), exit, unresponsive (silent for 5 s) or \
-                     protocol (it sent what does not decode). Each ends its sessions as \
-                     room_lost.",
+                     protocol (it sent what does not decode), each ending its sessions as \
+                     room_lost; or retired (let go with no session left).",
                 ),
                 &["kind"],
             )?,
@@ -231,10 +232,16 @@ impl Metrics {
                 opts(
                     "room_worker_sessions",
                     "Sessions on each room worker, by its position in the pool (0 to \
-                     BRIDGE_ROOM_WORKERS - 1; a replacement takes its predecessor's).",
+                     BRIDGE_ROOM_WORKERS - 1; a replacement takes its predecessor's), and on \
+                     the workers being retired (worker=\"retiring\").",
                 ),
                 &["worker"],
             )?,
+            workers_retiring: IntGauge::with_opts(opts(
+                "room_workers_retiring",
+                "Room workers being retired because LiveKit's library stranded a WebRTC \
+                 runtime in them: they take no new session and exit after their last.",
+            ))?,
             workers_cpu: prometheus::Counter::with_opts(opts(
                 "room_workers_cpu_seconds_total",
                 "CPU time of every room worker process, exited ones included (live ones read \
@@ -269,6 +276,7 @@ impl Metrics {
         m.registry.register(Box::new(m.worker_starts.clone()))?;
         m.registry.register(Box::new(m.worker_exits.clone()))?;
         m.registry.register(Box::new(m.worker_sessions.clone()))?;
+        m.registry.register(Box::new(m.workers_retiring.clone()))?;
         m.registry.register(Box::new(m.workers_cpu.clone()))?;
         m.registry.register(Box::new(m.workers_memory.clone()))?;
         m.registry.register(Box::new(
@@ -385,6 +393,10 @@ impl Metrics {
                 .with_label_values(&[&position.to_string()])
                 .set(*n as i64);
         }
+        self.worker_sessions
+            .with_label_values(&["retiring"])
+            .set(w.draining_sessions as i64);
+        self.workers_retiring.set(w.draining as i64);
         let shown = self.workers_cpu.get();
         if w.cpu_seconds > shown {
             self.workers_cpu.inc_by(w.cpu_seconds - shown);
@@ -446,14 +458,18 @@ mod tests {
                 starts: 3,
                 exits: [("SIGSEGV", 1)].into_iter().collect(),
                 sessions: vec![4, 5],
-                running: 2,
+                draining: 1,
+                draining_sessions: 6,
+                running: 3,
                 cpu_seconds: 1.5,
                 exited_cpu_seconds: 0.5,
                 resident_bytes: 1 << 20,
             },
         });
         for line in [
-            "livekit_bridge_room_workers 2",
+            "livekit_bridge_room_workers 3",
+            "livekit_bridge_room_workers_retiring 1",
+            "livekit_bridge_room_worker_sessions{worker=\"retiring\"} 6",
             "livekit_bridge_room_worker_starts_total 3",
             "livekit_bridge_room_worker_exits_total{kind=\"SIGSEGV\"} 1",
             "livekit_bridge_room_worker_sessions{worker=\"1\"} 5",

@@ -58,6 +58,8 @@ struct Table {
     pending: HashMap<u64, oneshot::Sender<Result<Answer, RoomError>>>,
     slots: HashMap<u32, SlotUse>,
     free: Vec<u32>,
+    /// The worker takes no new session (it is being retired).
+    draining: bool,
 }
 
 pub(super) struct Link {
@@ -74,6 +76,9 @@ pub(super) struct Link {
     /// Why the worker died, once it has.
     death: OnceLock<String>,
     dead: CancellationToken,
+    /// Cancelled to let the worker go: the front closes its end of the control socket, and
+    /// the worker, holding no session, exits.
+    retired: CancellationToken,
 }
 
 /// Keeps a slot for the front while the session's ring handles live.
@@ -114,6 +119,7 @@ impl Link {
             heard_ms: AtomicI64::new(unix_ms()),
             death: OnceLock::new(),
             dead: CancellationToken::new(),
+            retired: CancellationToken::new(),
         }
     }
 
@@ -125,22 +131,48 @@ impl Link {
         !self.dead.is_cancelled()
     }
 
-    /// Sessions on this worker now.
+    /// Sessions whose room is in this worker now: slots the worker has not let go. A session
+    /// that has ended keeps its slot on the front's side until it is forgotten (GetStatus
+    /// reports it meanwhile), but its room, and its cost, are gone from the worker.
     pub(super) fn load(&self) -> usize {
-        self.table().slots.len()
+        Self::rooms(&self.table())
+    }
+
+    fn rooms(t: &Table) -> usize {
+        t.slots.values().filter(|u| u.holders & WORKER != 0).count()
     }
 
     pub(super) fn stats(&self) -> TrackStats {
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A free slot's ring, or `None` when the worker is dead or full.
+    /// Takes no new session from now on; the sessions it has carry on.
+    pub(super) fn stop_taking_sessions(&self) {
+        self.table().draining = true;
+    }
+
+    /// Lets a worker that takes no new session go once no room is left in it (it has let every
+    /// slot go; ended sessions the front still remembers keep only the front's side, in
+    /// memory the front owns too); true if it was let go.
+    pub(super) fn retire_if_empty(&self) -> bool {
+        let t = self.table();
+        if !t.draining || Self::rooms(&t) > 0 {
+            return false;
+        }
+        self.retired.cancel();
+        true
+    }
+
+    /// A free slot's ring, or `None` when the worker is dead, full or takes no new session.
     pub(super) fn ring(self: &Arc<Self>) -> Option<SessionRing> {
         if !self.is_alive() {
             return None;
         }
         let slot = {
             let mut t = self.table();
+            if t.draining {
+                return None;
+            }
             let slot = t.free.pop()?;
             t.slots.insert(
                 slot,
@@ -273,7 +305,7 @@ impl Link {
 
     /// The worker is dead (reaped): abandon and close every ring, end every session as lost,
     /// fail every request waiting.
-    fn die(&self, why: String) {
+    fn die(&self, why: String, retired: bool) {
         let _ = self.death.set(why.clone());
         self.dead.cancel();
         let (pending, slots) = {
@@ -303,12 +335,16 @@ impl Link {
         for (_, tx) in pending {
             let _ = tx.send(Err(RoomError::NotConnected(why.clone())));
         }
-        tracing::error!(
-            worker = self.number,
-            %why,
-            pushes_cut_short = in_flight,
-            "room worker died; its sessions end as lost"
-        );
+        if retired {
+            tracing::info!(worker = self.number, pid = self.pid, "room worker retired");
+        } else {
+            tracing::error!(
+                worker = self.number,
+                %why,
+                pushes_cut_short = in_flight,
+                "room worker died; its sessions end as lost"
+            );
+        }
     }
 }
 
@@ -321,7 +357,7 @@ pub(super) struct Started {
 
 /// How a worker ended, for the metrics.
 pub(super) struct Exit {
-    /// A signal's name, `exit`, `unresponsive` or `protocol`.
+    /// A signal's name, `exit`, `unresponsive`, `protocol` or `retired`.
     pub kind: &'static str,
     /// Its CPU seconds, all told.
     pub cpu_seconds: f64,
@@ -346,11 +382,13 @@ pub(super) fn start(
         op: Some(proto::to_worker::Op::Hello(hello)),
     });
     let dead = link.dead.clone();
+    let retired = link.retired.clone();
     tokio::spawn(async move {
         loop {
             let m = tokio::select! {
                 m = outgoing.recv() => m,
                 () = dead.cancelled() => None,
+                () = retired.cancelled() => None,
             };
             let Some(m) = m else { break };
             if wr.write_all(&wire::encode(&m)).await.is_err() {
@@ -436,8 +474,8 @@ async fn supervise(
         final_cpu = process::final_cpu(pid).await;
     }
     let status = child.wait().await;
-    let (kind, exit) = match status {
-        Ok(s) => (signal_name(s).unwrap_or("exit"), describe(s)),
+    let (kind, exit) = match &status {
+        Ok(s) => (signal_name(*s).unwrap_or("exit"), describe(*s)),
         Err(e) => ("exit", format!("cannot be reaped: {e}")),
     };
     let (kind, why) = match (cause, killed) {
@@ -451,12 +489,18 @@ async fn supervise(
                 "the room's worker process (pid {pid}) was ended: it closed its control socket"
             ),
         ),
+        (None, false) if link.retired.is_cancelled() && matches!(&status, Ok(s) if s.success()) => {
+            (
+                "retired",
+                format!("the room's worker process (pid {pid}) was retired"),
+            )
+        }
         (None, false) => (
             kind,
             format!("the room's worker process (pid {pid}) died ({exit})"),
         ),
     };
-    link.die(why);
+    link.die(why, kind == "retired");
     let _ = exited.send(Exit {
         kind,
         cpu_seconds: final_cpu.unwrap_or(0.0),
@@ -489,5 +533,41 @@ pub(super) fn describe(status: std::process::ExitStatus) -> String {
     match status.code() {
         Some(code) => format!("exit status {code}"),
         None => "unknown exit".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::worker::region::Shape;
+
+    #[test]
+    fn a_retired_worker_takes_no_session_and_goes_only_once_empty() {
+        let shape = Shape {
+            slots: 2,
+            capacity: 4096,
+        };
+        let region = Arc::new(Region::create(shape).expect("a region"));
+        let (out, _to_worker) = mpsc::unbounded_channel();
+        let link = Arc::new(Link::new(0, 0, region, out));
+        let ring = link.ring().expect("a free slot");
+        let slot = ring.slot.as_ref().expect("a worker slot").index;
+        assert!(!link.retire_if_empty(), "not draining yet");
+        link.stop_taking_sessions();
+        assert!(link.ring().is_none(), "a draining worker takes no session");
+        assert!(!link.retire_if_empty(), "its session carries on");
+        assert_eq!(link.load(), 1);
+        link.let_go(slot, WORKER);
+        assert_eq!(
+            link.load(),
+            0,
+            "an ended session's room is gone from the worker"
+        );
+        assert!(
+            link.retire_if_empty(),
+            "the front's memory of the session is not a room"
+        );
+        assert!(link.retired.is_cancelled());
+        drop(ring);
     }
 }

@@ -17,7 +17,19 @@
 //!   descriptors, and the doorbell's eventfd; `wire`: the control channel's framing and
 //!   messages (`proto/room_worker.proto`); `link`: the front's side of one worker (requests,
 //!   events, slots, its death); `serve`: the worker's side; here: the pool of workers, which
-//!   places each session on the least loaded one and replaces a worker that dies.
+//!   places each session on the least loaded one, replaces a worker that dies, and retires
+//!   one that holds a WebRTC runtime LiveKit's library stranded.
+//!
+//! **Retiring a worker.** LiveKit's library runs one WebRTC runtime (its network, signalling
+//! and worker threads) per process while it has rooms, and stops it with the last one; but a
+//! room the server ends while one of its tracks is being published can leave that runtime
+//! held forever (docs/livekit.md, the pinned library's faults), with its threads and memory,
+//! and the next room starts another. The pool counts each worker's runtimes by their network
+//! thread ([`RUNTIME_THREAD`]) every [`TEND_EVERY`]: more than one, or one while the worker
+//! holds no session, seen twice in a row, is a stranded runtime. That worker takes no new
+//! session, a new worker takes its place in the pool, and once its last session has ended
+//! the front closes its control socket and it exits (`room_worker_exits_total{kind="retired"}`).
+//! At most as many workers drain at once as the pool has places.
 //!
 //! Room audio never crosses the socket: the worker's library callback pushes into the
 //! session's ring in the shared memory ([`crate::audio::mapped`]), and the front's gRPC writer
@@ -102,15 +114,27 @@ impl Default for WorkerSettings {
     }
 }
 
+/// The name of the network thread of a WebRTC runtime of LiveKit's library (libwebrtc's
+/// `network_thread`): one per runtime, and a process runs one runtime at a time unless the
+/// library stranded one.
+const RUNTIME_THREAD: &str = "network_thread";
+
+/// How often the pool looks for stranded runtimes and lets emptied workers go.
+const TEND_EVERY: Duration = Duration::from_secs(2);
+
 /// The room workers' lifetimes, for the metrics.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WorkerCounts {
     pub starts: u64,
-    /// Exits by kind: a signal's name, `exit`, `unresponsive` or `protocol`.
+    /// Exits by kind: a signal's name, `exit`, `unresponsive`, `protocol` or `retired`.
     pub exits: BTreeMap<&'static str, u64>,
     /// Sessions on each worker running now, by its position in the pool.
     pub sessions: Vec<usize>,
-    /// Workers running now.
+    /// Workers being retired: they take no new session and exit after their last.
+    pub draining: usize,
+    /// Sessions still on the workers being retired.
+    pub draining_sessions: usize,
+    /// Workers running now, those being retired included.
     pub running: usize,
     /// CPU seconds of every worker, those that exited included.
     pub cpu_seconds: f64,
@@ -124,6 +148,12 @@ pub struct WorkerCounts {
 struct Pool {
     /// By position; `None` until that worker is (re)started.
     links: Vec<Option<Arc<Link>>>,
+    /// Workers being retired, out of the pool's places.
+    draining: Vec<Arc<Link>>,
+    /// Workers seen holding a stranded runtime at the last look.
+    suspects: Vec<u64>,
+    /// Whether the task that retires workers runs.
+    tending: bool,
     counts: WorkerCounts,
     /// Track counters of workers that have exited.
     retired: TrackStats,
@@ -137,6 +167,13 @@ pub struct WorkerBackend {
     pool: Mutex<Pool>,
     next_number: AtomicU64,
     this: Weak<WorkerBackend>,
+}
+
+impl Pool {
+    /// Every worker running: the pool's places, then those being retired.
+    fn all(&self) -> impl Iterator<Item = &Arc<Link>> {
+        self.links.iter().flatten().chain(&self.draining)
+    }
 }
 
 impl WorkerBackend {
@@ -165,8 +202,10 @@ impl WorkerBackend {
             .iter()
             .map(|l| l.as_ref().map_or(0, |l| l.load()))
             .collect();
+        c.draining = p.draining.len();
+        c.draining_sessions = p.draining.iter().map(|l| l.load()).sum();
         c.cpu_seconds = c.exited_cpu_seconds;
-        for link in p.links.iter().flatten() {
+        for link in p.all() {
             c.running += 1;
             if let Some((cpu, rss)) = process::usage(link.pid) {
                 c.cpu_seconds += cpu;
@@ -181,6 +220,10 @@ impl WorkerBackend {
     /// Needs a tokio runtime (it is called from joins).
     fn ensure_started(&self) {
         let mut p = self.pool();
+        if !p.tending {
+            p.tending = true;
+            tokio::spawn(tend(self.this.clone()));
+        }
         for position in 0..p.links.len() {
             if p.links[position].is_some() {
                 continue;
@@ -264,6 +307,7 @@ impl WorkerBackend {
                 {
                     p.links[position] = None;
                 }
+                p.draining.retain(|l| !Arc::ptr_eq(l, &link));
             }
             // A worker that dies at once (a missing library, a bad binary) is not restarted
             // in a tight loop.
@@ -276,12 +320,79 @@ impl WorkerBackend {
     }
 
     fn link(&self, number: u64) -> Option<Arc<Link>> {
-        self.pool()
-            .links
-            .iter()
-            .flatten()
-            .find(|l| l.number == number)
-            .cloned()
+        self.pool().all().find(|l| l.number == number).cloned()
+    }
+
+    /// One look at every worker: a worker seen holding a stranded runtime twice in a row is
+    /// retired (takes no new session, gives its place to a new worker); a retired worker
+    /// holding no session is let go.
+    fn tend_once(&self) {
+        let places: Vec<_> = {
+            let p = self.pool();
+            p.links
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| Some((i, l.clone()?)))
+                .collect()
+        };
+        let mut stranded = Vec::new();
+        for (position, link) in places {
+            let runtimes = process::thread_names(link.pid)
+                .iter()
+                .filter(|name| *name == RUNTIME_THREAD)
+                .count();
+            let sessions = link.load();
+            if runtimes > usize::from(sessions > 0) {
+                stranded.push((position, link, runtimes, sessions));
+            }
+        }
+        let mut vacated = false;
+        {
+            let mut p = self.pool();
+            let seen = std::mem::take(&mut p.suspects);
+            for (position, link, runtimes, sessions) in stranded {
+                if !seen.contains(&link.number) {
+                    p.suspects.push(link.number);
+                    continue;
+                }
+                let is_here = p.links[position]
+                    .as_ref()
+                    .is_some_and(|l| Arc::ptr_eq(l, &link));
+                if !is_here || p.draining.len() >= p.links.len() {
+                    continue;
+                }
+                link.stop_taking_sessions();
+                p.links[position] = None;
+                p.draining.push(link.clone());
+                vacated = true;
+                tracing::warn!(
+                    worker = link.number,
+                    pid = link.pid,
+                    runtimes,
+                    sessions,
+                    "room worker holds a WebRTC runtime LiveKit's library stranded; it takes no \
+                     new session and exits after its last, and a new worker takes its place"
+                );
+            }
+        }
+        if vacated {
+            self.ensure_started();
+        }
+        for link in self.pool().draining.clone() {
+            link.retire_if_empty();
+        }
+    }
+}
+
+/// Tends the pool every [`TEND_EVERY`] while the backend lives.
+async fn tend(backend: Weak<WorkerBackend>) {
+    let mut every = tokio::time::interval(TEND_EVERY);
+    loop {
+        every.tick().await;
+        let Some(backend) = backend.upgrade() else {
+            return;
+        };
+        backend.tend_once();
     }
 }
 
@@ -303,9 +414,7 @@ impl RoomBackend for WorkerBackend {
 
     fn track_stats(&self) -> TrackStats {
         let p = self.pool();
-        p.links
-            .iter()
-            .flatten()
+        p.all()
             .map(|l| l.stats())
             .fold(p.retired, |a, b| TrackStats {
                 routed: a.routed + b.routed,

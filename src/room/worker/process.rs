@@ -166,6 +166,19 @@ pub fn usage(pid: u32) -> Option<(f64, u64)> {
     Some((cpu, pages * 4096))
 }
 
+/// The names of a live process's threads (`/proc/<pid>/task/*/comm`, at most 15 bytes each);
+/// empty when it is gone.
+pub fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_string())
+        .collect()
+}
+
 /// A killed worker's final CPU seconds, read while it is a zombie, before it is reaped (once
 /// reaped, the kernel adds it to the front's children's time, which the metrics tell apart).
 pub async fn final_cpu(pid: u32) -> Option<f64> {
