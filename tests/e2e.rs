@@ -1,12 +1,14 @@
 //! End to end on LiveKit's real client library, each test in a private network namespace of
-//! its own, the release binary driven by a Python grpcio client over its Unix socket:
-//! - against LiveKit's own server (v1.13.5) with a real phone, LiveKit's Python SDK
-//!   (`tests/e2e/real.py`; the `real_` tests below);
-//! - against the mock SFU (`tests/e2e/mock_sfu.py`, scenarios in `tests/e2e/run.py`), for what
-//!   is not yet moved to the real server (docs/testing.md says which and why).
+//! its own, the release binary driven by a Python grpcio client over its Unix socket
+//! (`tests/e2e/run.py`: the harness in `tests/e2e/harness/`, the scenarios in
+//! `tests/e2e/scenarios/`):
+//! - against LiveKit's own server (v1.13.5) with real phones, LiveKit's Python and Go SDKs (the
+//!   `real_` tests below);
+//! - against the mock SFU (`scenarios/mock.py`), for the faults LiveKit's server cannot make on
+//!   demand (docs/testing.md says which and why).
 //!
-//! Needs root (for `unshare -n`), and `scripts/setup` (the library, LiveKit's server and the
-//! Python environment).
+//! Needs root (for `unshare -n`), and `scripts/setup` (the library, LiveKit's server, the Go
+//! phones and the Python environment).
 
 use std::collections::HashMap;
 
@@ -21,24 +23,15 @@ const PYTHON: &str = "vendor/e2e-venv/bin/python";
 
 const BRIDGE: &str = env!("CARGO_BIN_EXE_livekit-bridge");
 
-/// Runs scenarios against the mock SFU (tests/e2e/run.py); the figures they report, by key.
-fn run(scenarios: &[&str], env: &[(&str, &str)]) -> Results {
+/// Runs scenarios (of one server) with `env` added to the harness's environment; the figures
+/// they report, by key.
+fn run_with(scenarios: &[&str], env: &[(&str, &str)]) -> Results {
     Results::of(&run_script("tests/e2e/run.py", BRIDGE, scenarios, env))
 }
 
-/// Runs scenarios against LiveKit's own server; the figures they report, by key.
-fn real(scenarios: &[&str]) -> Results {
-    Results::of(&run_script("tests/e2e/real.py", BRIDGE, scenarios, &[]))
-}
-
-/// Runs room worker scenarios against LiveKit's own server (tests/e2e/real_workers.py).
-fn real_workers(scenarios: &[&str]) -> Results {
-    Results::of(&run_script(
-        "tests/e2e/real_workers.py",
-        BRIDGE,
-        scenarios,
-        &[],
-    ))
+/// Runs scenarios (of one server); the figures they report, by key.
+fn run(scenarios: &[&str]) -> Results {
+    run_with(scenarios, &[])
 }
 
 /// A scenario's `RESULT key=value` lines.
@@ -132,14 +125,14 @@ fn run_script(script: &str, binary: &str, scenarios: &[&str], env: &[(&str, &str
     stdout
 }
 
-// Against LiveKit's own server, with a real phone (tests/e2e/real.py).
+// Against LiveKit's own server, with a real phone.
 
 /// Every one of the phone's packets arrives, byte-exact after the payload rule, while three
 /// other participants send data and publish tracks: a real SFU forwards everyone's.
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_the_targets_data_packets_arrive_byte_exact_and_nobody_elses() {
-    let r = real(&["real_data_packets"]);
+    let r = run(&["real_data_packets"]);
     r.within("real_data_packets_checked", 204.0, 204.0);
     r.within("real_data_packets_lost", 0.0, 0.0);
 }
@@ -148,7 +141,7 @@ fn real_server_the_targets_data_packets_arrive_byte_exact_and_nobody_elses() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_client_audio_is_heard_whole_by_the_phone() {
-    let r = real(&["real_publish_heard"]);
+    let r = run(&["real_publish_heard"]);
     r.within("real_publish_heard_s", 2.96, 3.04);
     r.within("real_publish_hz", 438.0, 442.0);
     r.within("real_publish_rms", 0.30, 0.40);
@@ -158,7 +151,7 @@ fn real_server_client_audio_is_heard_whole_by_the_phone() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_the_targets_track_is_heard_whole() {
-    let r = real(&["real_target_track"]);
+    let r = run(&["real_target_track"]);
     r.within("real_track_heard_s", 2.95, 3.05);
     r.within("real_track_hz", 438.0, 442.0);
     r.within("real_track_rms", 0.30, 0.40);
@@ -169,7 +162,7 @@ fn real_server_the_targets_track_is_heard_whole() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_disconnects_end_the_stream_as_the_end_table_says() {
-    let r = real(&["real_end_table"]);
+    let r = run(&["real_end_table"]);
     for (key, want) in [
         ("real_end_PARTICIPANT_REMOVED", "OK removed"),
         ("real_end_ROOM_DELETED", "OK room_deleted"),
@@ -184,7 +177,7 @@ fn real_server_disconnects_end_the_stream_as_the_end_table_says() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_refused_tokens_fail_the_join_saying_why_and_nothing_else() {
-    let r = real(&["real_tokens"]);
+    let r = run(&["real_tokens"]);
     assert!(r.text("real_token_expired").contains("token is expired"));
     assert!(
         r.text("real_token_wrong_secret")
@@ -207,11 +200,11 @@ fn real_server_refused_tokens_fail_the_join_saying_why_and_nothing_else() {
 /// library resumes the session (an ICE restart; the server still has the same participant),
 /// for 30 s the server has let the participant go and the library rejoins in full. Either
 /// way the stream stays open, audio comes back both ways, and the phone's packets lost are at
-/// most the outage's (real.py checks that).
+/// most the outage's (the scenario checks that).
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_network_outages_are_resumed_on_the_same_stream() {
-    let r = real(&["real_outage_2s", "real_outage_10s", "real_outage_30s"]);
+    let r = run(&["real_outage_2s", "real_outage_10s", "real_outage_30s"]);
     outages_kept_the_stream(
         &r,
         &[
@@ -241,7 +234,7 @@ fn outages_kept_the_stream(r: &Results, outages: &[(&str, &str)]) {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_the_phones_outages_keep_the_stream_and_audio_comes_back() {
-    let r = real(&["real_phone_outage_5s", "real_phone_outage_30s"]);
+    let r = run(&["real_phone_outage_5s", "real_phone_outage_30s"]);
     outages_kept_the_stream(
         &r,
         &[
@@ -258,7 +251,7 @@ fn real_server_the_phones_outages_keep_the_stream_and_audio_comes_back() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_the_targets_track_is_heard_again_after_outages_of_5_and_20_s() {
-    let r = real(&["real_track_outage_5s", "real_track_outage_20s"]);
+    let r = run(&["real_track_outage_5s", "real_track_outage_20s"]);
     for (tag, how, back_ms) in [
         ("real_track_outage_5s", "same participant", 1_000.0),
         ("real_track_outage_20s", "rejoined in full", 5_000.0),
@@ -284,7 +277,7 @@ fn real_server_the_targets_track_is_heard_again_after_outages_of_5_and_20_s() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_the_target_connecting_again_with_a_new_sid_keeps_its_audio_flowing() {
-    let r = real(&["real_target_new_sid"]);
+    let r = run(&["real_target_new_sid"]);
     assert_eq!(
         r.text("real_target_new_sid_old_phone"),
         "DUPLICATE_IDENTITY"
@@ -302,7 +295,7 @@ fn real_server_the_target_connecting_again_with_a_new_sid_keeps_its_audio_flowin
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_data_packets_win_over_the_track_and_the_track_takes_over_after() {
-    let r = real(&["real_track_and_data"]);
+    let r = run(&["real_track_and_data"]);
     r.within("real_both_data_chunks", 380.0, 430.0);
     r.within("real_both_track_chunks", 100.0, f64::MAX);
     r.within("real_both_switches", 1.0, 1.0);
@@ -314,7 +307,7 @@ fn real_server_data_packets_win_over_the_track_and_the_track_takes_over_after() 
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_the_audio_source_setting_picks_data_packets_or_the_track() {
-    let r = real(&["real_audio_source_settings"]);
+    let r = run(&["real_audio_source_settings"]);
     // 2 s of data packets, then 1 s more: 3 s of the track's 10 ms chunks.
     r.within("real_source_track_data_chunks", 0.0, 0.0);
     r.within("real_source_track_track_chunks", 280.0, 320.0);
@@ -328,7 +321,7 @@ fn real_server_the_audio_source_setting_picks_data_packets_or_the_track() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_two_bridges_as_one_identity_do_not_take_the_room_from_each_other() {
-    let r = real(&["real_two_bridges"]);
+    let r = run(&["real_two_bridges"]);
     r.is("real_two_bridges_older_ended", "OK replaced_elsewhere");
     assert!(
         r.text("real_two_bridges_older_reason")
@@ -344,7 +337,7 @@ fn real_server_two_bridges_as_one_identity_do_not_take_the_room_from_each_other(
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_rooms_cost_bounded_memory_and_threads_and_give_them_back() {
-    let r = real(&["real_room_cost"]);
+    let r = run(&["real_room_cost"]);
     // Each room worker's library starts a few shared threads on demand: 5 for its rooms.
     r.within("real_cost_per_room_kib", 0.0, 1_024.0);
     let workers = r.number("real_cost_workers");
@@ -364,7 +357,7 @@ fn real_server_rooms_cost_bounded_memory_and_threads_and_give_them_back() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_restart_is_rejoined_in_full_on_the_same_stream() {
-    let r = real(&["real_server_restart"]);
+    let r = run(&["real_server_restart"]);
     assert_eq!(r.text("real_restart_stream"), "open");
     r.within("real_restart_downlink_back_ms", 0.0, 15_000.0);
     r.within("real_restart_uplink_back_ms", 0.0, 15_000.0);
@@ -376,7 +369,7 @@ fn real_server_restart_is_rejoined_in_full_on_the_same_stream() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_an_outage_longer_than_the_library_retries_ends_unavailable() {
-    let r = real(&["real_gives_up"]);
+    let r = run(&["real_gives_up"]);
     assert_eq!(r.text("real_gives_up_stream"), "UNAVAILABLE room_lost");
     assert!(
         r.text("real_gives_up_reason")
@@ -398,7 +391,7 @@ fn real_server_an_outage_longer_than_the_library_retries_ends_unavailable() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_a_token_refused_on_rejoin_ends_unavailable_saying_so() {
-    let r = real(&["real_key_rotated"]);
+    let r = run(&["real_key_rotated"]);
     assert_eq!(r.text("real_key_rotated_stream"), "UNAVAILABLE room_lost");
     assert!(
         r.text("real_key_rotated_reason")
@@ -414,7 +407,7 @@ fn real_server_a_token_refused_on_rejoin_ends_unavailable_saying_so() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_the_targets_track_is_subscribed_again_after_a_restart() {
-    let r = real(&["real_track_after_restart"]);
+    let r = run(&["real_track_after_restart"]);
     r.is("real_track_after_restart_stream", "open");
     r.within("real_track_after_restart_heard_after_s", 0.0, 5.0);
     let after = r.numbers("real_track_after_restart_loud_chunks_in_2s");
@@ -429,7 +422,7 @@ fn real_server_the_targets_track_is_subscribed_again_after_a_restart() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_shutdown_ends_unavailable_and_the_rejoin_works() {
-    let r = real(&["real_server_shutdown"]);
+    let r = run(&["real_server_shutdown"]);
     assert!(
         r.text("real_shutdown_end")
             .starts_with("UNAVAILABLE room_lost")
@@ -443,7 +436,7 @@ fn real_server_shutdown_ends_unavailable_and_the_rejoin_works() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_the_targets_track_is_followed_through_unpublish_republish_and_mute() {
-    let r = real(&["real_track_follows"]);
+    let r = run(&["real_track_follows"]);
     r.within("real_follow_after_unpublish_loud_chunks", 0.0, 0.0);
     r.within("real_follow_muted_loud_s", 0.0, 0.1);
     assert!(r.text("real_follow_republished").ends_with("660Hz"));
@@ -460,7 +453,7 @@ fn real_server_the_targets_track_is_followed_through_unpublish_republish_and_mut
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_a_fresh_track_is_heard_from_its_first_10_ms_to_its_last() {
-    let r = real(&["real_fresh_tracks"]);
+    let r = run(&["real_fresh_tracks"]);
     for path in ["stream", "play"] {
         // Opus's ring-out after the ramp's abrupt end adds 16 to 42 ms.
         r.within(&format!("real_fresh_{path}_heard_s"), 1.97, 2.06);
@@ -482,7 +475,7 @@ fn real_server_a_fresh_track_is_heard_from_its_first_10_ms_to_its_last() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_a_crowded_room_costs_the_bridge_nothing_it_does_not_take() {
-    let r = real(&["real_crowded"]);
+    let r = run(&["real_crowded"]);
     let (alone, crowded) = (
         r.number("real_crowded_bridge_cpu_alone"),
         r.number("real_crowded_bridge_cpu_with_others"),
@@ -497,7 +490,7 @@ fn real_server_a_crowded_room_costs_the_bridge_nothing_it_does_not_take() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_permissions_revoked_and_given_back_are_followed() {
-    let r = real(&["real_permissions"]);
+    let r = run(&["real_permissions"]);
     r.starts("perm_play_granted", "COMPLETED");
     r.starts("perm_play_publish_revoked", "FAILED");
     assert!(
@@ -522,7 +515,7 @@ fn real_server_permissions_revoked_and_given_back_are_followed() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_a_reconnect_after_the_token_expired_uses_the_refreshed_one() {
-    let r = real(&["real_token_refresh"]);
+    let r = run(&["real_token_refresh"]);
     assert_eq!(r.text("real_refresh_stream"), "open");
 }
 
@@ -533,7 +526,7 @@ fn real_server_a_reconnect_after_the_token_expired_uses_the_refreshed_one() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_an_utterance_after_a_quiet_track_is_heard_whole_and_at_once() {
-    let r = real(&["real_utterances"]);
+    let r = run(&["real_utterances"]);
     for (n, hz) in [(0, 440.0), (1, 660.0)] {
         r.within(&format!("real_utterance{n}_heard_s"), 0.96, 1.04);
         r.within(&format!("real_utterance{n}_hz"), hz - 2.0, hz + 2.0);
@@ -551,7 +544,7 @@ fn real_server_an_utterance_after_a_quiet_track_is_heard_whole_and_at_once() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_rooms_it_ends_leave_no_thread_behind() {
-    let r = real(&["real_leaks"]);
+    let r = run(&["real_leaks"]);
     r.within("real_leaks_runtimes_left", 0.0, 0.0);
     // The count before the rounds, give or take the library's idle tokio threads.
     r.within("real_leaks_threads_left", -100.0, 2.0);
@@ -564,13 +557,13 @@ fn real_server_rooms_it_ends_leave_no_thread_behind() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_sessions_closed_and_replaced_while_packets_flow_take_nothing_after_close() {
-    let r = real(&["real_churn"]);
+    let r = run(&["real_churn"]);
     r.within("real_churn_cycles", 300.0, 300.0);
     r.within("real_churn_frames_checked", 900.0, 900.0);
     churn_left_nothing(&r, "real_churn");
 }
 
-/// The crash regression's cycles (`churn_cycles` in tests/e2e/run.py, reporting under `tag`)
+/// The crash regression's cycles (`churn_cycles` in scenarios/churn.py, reporting under `tag`)
 /// left nothing behind: memory flat after the first quarter, the threads of the start.
 fn churn_left_nothing(r: &Results, tag: &str) {
     let rss = r.numbers(&format!("{tag}_rss_kib_start_quarter_end"));
@@ -586,25 +579,25 @@ fn churn_left_nothing(r: &Results, tag: &str) {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_participant_count_follows_the_room() {
-    let r = real(&["real_participants"]);
+    let r = run(&["real_participants"]);
     r.is("real_participant_count_followed", "2->3->2");
 }
 
-// Against the mock SFU (tests/e2e/run.py).
+// Against the mock SFU (scenarios/mock.py).
 
 /// SERVER_SHUTDOWN as a disconnect reason, which LiveKit's server does not send this way (its
 /// own shutdown is the real-server test above): UNAVAILABLE `room_lost`, the backend rejoins.
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn a_server_shutdown_reason_ends_the_stream_unavailable() {
-    let r = run(&["server_shutdown_reason"], &[]);
+    let r = run(&["server_shutdown_reason"]);
     r.is("disconnect_end_SERVER_SHUTDOWN", "UNAVAILABLE room_lost");
 }
 
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn a_replacement_here_ends_ok_replaced_whichever_of_the_kick_and_the_close_comes_first() {
-    let r = run(&["replaced_here"], &[]);
+    let r = run(&["replaced_here"]);
     r.is("replaced_kick_after_0.0s", "OK replaced");
     r.is("replaced_kick_after_1.0s", "OK replaced");
 }
@@ -612,7 +605,7 @@ fn a_replacement_here_ends_ok_replaced_whichever_of_the_kick_and_the_close_comes
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn sessions_closed_and_replaced_while_packets_flow_on_the_real_library() {
-    let r = run(&["churn"], &[("E2E_CYCLES", "300")]);
+    let r = run_with(&["churn"], &[("E2E_CYCLES", "300")]);
     r.within("churn_cycles", 300.0, 300.0);
     // Every client checked its frames were its own session's (the script fails otherwise).
     r.within("churn_frames_checked", 300.0, f64::MAX);
@@ -682,7 +675,7 @@ fn density_harness_drives_real_rooms_of_each_shape() {
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_a_dead_room_worker_ends_its_own_sessions_only() {
-    let r = real_workers(&["real_worker_faults"]);
+    let r = run(&["real_worker_faults"]);
     for signal in ["SIGSEGV", "SIGABRT", "SIGKILL"] {
         let key = |k: &str| format!("real_worker_{signal}_{k}");
         r.within(&key("sessions_lost"), 3.0, 3.0);

@@ -4,12 +4,13 @@ bridge's session for its user, by room shape. TEST-ONLY CODE.
     unshare -n vendor/e2e-venv/bin/python tests/e2e/density.py <loadgen binary> \\
         [--shapes S1,S2,...] [--rooms 10,25,...] [--seconds 10] [--env KEY=VALUE ...]
 
-Runs in the network namespace `unshare -n` made (run.py's `netns_setup`: loopback and a veth
-pair). One LiveKit server (livekit_server.py) serves every point. For each shape and N: the
-phones (vendor/phones, tests/phones: N phones in one Go process) join rooms density-0..N-1;
-then the load generator (benches/loadgen.rs, built by `cargo bench --no-run`) starts the bridge,
-joins user u to room density-u targeting phone-u, streams every user's audio, and measures the
-bridge, the server and the phones over the same window. `--env` settings go to the bridge.
+Runs in the network namespace `unshare -n` made (harness/network.py's `netns_setup`: loopback
+and a veth pair). One LiveKit server (harness/livekit_server.py) serves every point. For each
+shape and N: the phones (vendor/phones, tests/phones: N phones in one Go process) join rooms
+density-0..N-1; then the load generator (benches/loadgen.rs, built by `cargo bench --no-run`)
+starts the bridge, joins user u to room density-u targeting phone-u, streams every user's audio,
+and measures the bridge, the server and the phones over the same window. `--env` settings go
+to the bridge.
 
 Shapes (what production looks like: most rooms listening most of the time):
   S1 joined, silent;
@@ -32,9 +33,10 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import livekit_server  # noqa: E402
-from livekit_server import LiveKitServer, token  # noqa: E402
-from run import ROOT, netns_setup, result  # noqa: E402
+from harness import ROOT, livekit_server  # noqa: E402
+from harness.livekit_server import LiveKitServer, token  # noqa: E402
+from harness.network import netns_setup  # noqa: E402
+from harness.report import result  # noqa: E402
 
 PHONES = os.path.join(ROOT, "vendor/phones")
 OPUS = os.path.join(ROOT, "tests/phones/tone-440.opus")

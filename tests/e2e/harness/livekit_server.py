@@ -14,12 +14,12 @@ import urllib.request
 
 from livekit import api
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+from harness import E2E, ROOT
+from harness.network import HOST
+
 BINARY = os.path.join(ROOT, "vendor/livekit-server")
-CONFIG = os.path.join(HERE, "livekit.yaml")
+CONFIG = os.path.join(E2E, "livekit.yaml")
 VERSION = "1.13.5"
-HOST = "10.99.0.1"
 PORT = 7880
 KEY = "e2e-key"
 SECRET = "e2e-secret-for-tests-only-0123456789abcdef"

@@ -1,5 +1,6 @@
-"""A mock LiveKit SFU. TEST-ONLY CODE: it exists so that the end-to-end tests can drive LiveKit's
-real client library (liblivekit_ffi.so, inside the bridge) on a machine with no LiveKit server.
+"""A mock LiveKit SFU. TEST-ONLY CODE: it exists for the few faults LiveKit's own server cannot
+make on demand (scenarios/mock.py says which), with LiveKit's real client library inside the
+bridge.
 
 It speaks just enough of LiveKit's v0 signalling (`/rtc` over a WebSocket, protobuf messages from
 the `livekit-protocol` package) and WebRTC (aiortc) for a client to:
@@ -7,11 +8,7 @@ the `livekit-protocol` package) and WebRTC (aiortc) for a client to:
   connections: the server offers the subscriber connection with `_reliable` and `_lossy` data
   channels, the client offers its publisher connection);
 - receive data packets sent as any identity, on either channel, with or without a topic;
-- publish audio tracks, whose Opus the mock decodes and keeps (48 kHz PCM with timestamps);
-- subscribe to audio tracks that another identity (the target) publishes: the mock announces
-  the publication in a participant update, and when the client subscribes, adds an Opus track
-  to the subscriber connection (msid `<participant sid>|<track sid>`, as LiveKit does) and
-  renegotiates with a new offer; unpublishing announces the track gone and stops its sender;
+- publish audio tracks, whose frames the mock counts;
 - be disconnected by the server with a reason (room deleted, duplicate identity, ...); a join
   with an identity already in the room kicks the older participant with DUPLICATE_IDENTITY,
   as LiveKit does.
@@ -27,16 +24,12 @@ verification (it reads the identity from the token's `sub` claim), no TURN, one 
 
 import asyncio
 import base64
-import fractions
 import json
-import math
 import time
 
 from aiohttp import WSMsgType, web
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
-from av import AudioFrame
 from livekit.protocol import models, rtc
 
 
@@ -69,52 +62,6 @@ class ReceivedTrack:
         self.frames = 0
 
 
-class ToneTrack(MediaStreamTrack):
-    """A microphone as a browser publishes one: 48 kHz in 20 ms frames, in real time from its
-    first frame: `seconds` of a sine at `hz` (amplitude `amp`), then silence. `started` is when
-    the encoder asked for its first frame (time.monotonic()). The frames are stereo with the
-    same samples in both channels: aiortc encodes stereo Opus, and a mono frame would be
-    upmixed at -3 dB on the way."""
-
-    kind = "audio"
-    RATE = 48000
-    FRAME = 960
-
-    def __init__(self, hz, seconds, amp=0.5):
-        super().__init__()
-        self.hz, self.amp = hz, amp
-        self.samples = int(seconds * self.RATE)
-        self.pts = 0
-        self.started = None
-
-    def fork(self):
-        """The same tone from its start, as a new source for another connection."""
-        return ToneTrack(self.hz, self.samples / self.RATE, self.amp)
-
-    async def recv(self):
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self.started is None:
-            self.started = time.monotonic()
-        else:
-            wait = self.started + self.pts / self.RATE - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        out = bytearray()
-        for i in range(self.pts, self.pts + self.FRAME):
-            v = 0
-            if i < self.samples:
-                v = int(round(self.amp * 32767 * math.sin(2 * math.pi * self.hz * i / self.RATE)))
-            out += v.to_bytes(2, "little", signed=True) * 2
-        frame = AudioFrame(format="s16", layout="stereo", samples=self.FRAME)
-        frame.planes[0].update(bytes(out))
-        frame.pts = self.pts
-        frame.sample_rate = self.RATE
-        frame.time_base = fractions.Fraction(1, self.RATE)
-        self.pts += self.FRAME
-        return frame
-
-
 class Participant:
     def __init__(self, sfu, ws, identity):
         self.sfu = sfu
@@ -130,12 +77,6 @@ class Participant:
         self.tracks = {}  # name -> ReceivedTrack
         self.pending_candidates = {0: [], 1: []}
         self.closed = asyncio.Event()
-        # Tracks published as other identities, by track sid: (identity, TrackInfo, ToneTrack).
-        self.remote_tracks = {}
-        self.sending = {}  # track sid -> the subscriber connection's transceiver sending it
-        self.subscribed = asyncio.Queue()  # track sids, as the client subscribes to them
-        self.negotiation = asyncio.Lock()
-        self.answered = asyncio.Event()
 
         @self.lossy.on("open")
         def _open():
@@ -180,14 +121,6 @@ class Participant:
             for init in self.pending_candidates[1]:
                 await self.add_candidate(self.subscriber, init)
             self.pending_candidates[1] = []
-            self.answered.set()
-        elif which == "subscription":
-            sub = req.subscription
-            sids = list(sub.track_sids) + [s for pt in sub.participant_tracks
-                                           for s in pt.track_sids]
-            for sid in dict.fromkeys(sids):
-                if sub.subscribe and sid in self.remote_tracks and sid not in self.sending:
-                    asyncio.ensure_future(self.send_track(sid))
         elif which == "offer":
             if self.publisher is None:
                 self.publisher = RTCPeerConnection()
@@ -254,78 +187,11 @@ class Participant:
         packet = models.DataPacket(kind=kind, participant_identity=identity, user=user)
         (self.reliable if reliable else self.lossy).send(packet.SerializeToString())
 
-    def try_send_data(self, identity, payload):
-        """A lossy data packet now, without waiting: False if it could not be sent (the channel
-        is not open), so the packet is lost, as a real SFU's would be."""
-        if self.closed.is_set() or self.lossy.readyState != "open":
-            return False
-        user = models.UserPacket(payload=payload, participant_identity=identity)
-        packet = models.DataPacket(kind=models.DataPacket.LOSSY, participant_identity=identity,
-                                   user=user)
-        try:
-            self.lossy.send(packet.SerializeToString())
-        except Exception:
-            return False
-        return True
-
     def _info(self, identity, joined=True, sid=None):
-        """`identity` as the server describes it, with the tracks it publishes now."""
+        """`identity` as the server describes it (it publishes nothing)."""
         state = models.ParticipantInfo.ACTIVE if joined else models.ParticipantInfo.DISCONNECTED
-        tracks = [info for (who, info, _) in self.remote_tracks.values() if who == identity]
         return models.ParticipantInfo(sid=sid or f"PA_{identity}", identity=identity,
-                                      name=identity, state=state, tracks=tracks if joined else [])
-
-    @staticmethod
-    def _track_info(sid):
-        return models.TrackInfo(sid=sid, name="microphone", type=models.AUDIO,
-                                source=models.TrackSource.MICROPHONE, mime_type="audio/opus")
-
-    async def publish_track_as(self, identity, sid, track: "ToneTrack"):
-        """`identity` publishes an Opus microphone track `sid` (TR_...) sourced by `track`: the
-        client hears of it in a participant update, and gets it once it subscribes."""
-        self.remote_tracks[sid] = (identity, self._track_info(sid), track)
-        await self.send(update=rtc.ParticipantUpdate(participants=[self._info(identity)]))
-
-    async def unpublish_track_as(self, identity, sid):
-        """`identity` unpublishes track `sid`: the update no longer lists it, its sender stops,
-        and its transceiver goes inactive in a new offer."""
-        self.remote_tracks.pop(sid, None)
-        await self.send(update=rtc.ParticipantUpdate(participants=[self._info(identity)]))
-        transceiver = self.sending.pop(sid, None)
-        if transceiver is not None:
-            transceiver.sender.replaceTrack(None)
-            transceiver.direction = "inactive"
-            await self.renegotiate()
-
-    async def send_track(self, sid):
-        identity, _, track = self.remote_tracks[sid]
-        if track.started is not None:
-            # Already sent on an earlier connection (the client reconnected in full): as an SFU
-            # forwards the publisher's live track to each subscriber, this one gets the same
-            # tone from its own source rather than half of the frames of the first.
-            track = track.fork()
-        transceiver = self.subscriber.addTransceiver(track, direction="sendonly")
-        # LiveKit's msid: the stream id names the publisher and the track.
-        transceiver.sender._stream_id = f"PA_{identity}|{sid}"
-        transceiver.sender._track_id = sid
-        self.sending[sid] = transceiver
-        await self.renegotiate()
-        await self.subscribed.put(sid)
-
-    async def renegotiate(self):
-        """A new offer on the subscriber connection, answered before the next one."""
-        async with self.negotiation:
-            self.answered.clear()
-            offer = await self.subscriber.createOffer()
-            await self.subscriber.setLocalDescription(offer)
-            await self.send(offer=rtc.SessionDescription(
-                type="offer", sdp=self.subscriber.localDescription.sdp))
-            await asyncio.wait_for(self.answered.wait(), 10)
-
-    async def participant_update(self, identity, joined, sid=None):
-        """Another participant joins (or leaves) the room, as the server tells its clients."""
-        await self.send(update=rtc.ParticipantUpdate(
-            participants=[self._info(identity, joined, sid)]))
+                                      name=identity, state=state)
 
     async def server_disconnect(self, reason):
         await self.send(leave=rtc.LeaveRequest(reason=reason, action=rtc.LeaveRequest.DISCONNECT,
