@@ -560,6 +560,9 @@ fn real_server_sessions_closed_and_replaced_while_packets_flow_take_nothing_afte
     let r = run(&["real_churn"]);
     r.within("real_churn_cycles", 300.0, 300.0);
     r.within("real_churn_frames_checked", 900.0, 900.0);
+    r.is("real_churn_ends", "leave 75 replace 75 cancel 75 remove 75");
+    r.is("real_churn_sessions_heard_by_phone", "300 of 300");
+    r.is("real_churn_runtimes_left", "0");
     churn_left_nothing(&r, "real_churn");
 }
 

@@ -34,12 +34,13 @@ class Phone:
         self.room = rtc.Room()
         self.heard = {}  # track name -> [(arrival, samples: list of int)]
         self.heard_from = {}  # the bridge's participant SID -> the same, of all its tracks
-        self.readers = []
+        self.readers = {}  # track SID -> (its audio stream, the task reading it)
         self.disconnected = None
 
     async def join(self, token=None):
         token = token or livekit_server.token(self.identity, self.room_name)
         self.room.on("track_subscribed", self._subscribed)
+        self.room.on("track_unsubscribed", self._unsubscribed)
         self.room.on("disconnected", lambda reason: setattr(self, "disconnected", reason))
         await self.room.connect(livekit_server.LiveKitServer.url, token,
                                 rtc.RoomOptions(auto_subscribe=self.listen))
@@ -51,10 +52,19 @@ class Phone:
             return
         lists = (self.heard.setdefault(publication.name, []),
                  self.heard_from.setdefault(participant.sid, []))
-        self.readers.append(asyncio.ensure_future(self._read(track, lists)))
-
-    async def _read(self, track, lists):
         stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1, frame_size_ms=10)
+        self.readers[track.sid] = (stream, asyncio.ensure_future(self._read(stream, lists)))
+
+    def _unsubscribed(self, track, publication, participant):
+        """Closes the track's stream: the SDK does not end it when the track goes, and every
+        open stream filters every event the library sends this process, so a phone that keeps
+        them slows down with each track it ever heard until it hears no more."""
+        stream, task = self.readers.pop(track.sid, (None, None))
+        if stream is not None:
+            task.cancel()
+            asyncio.ensure_future(stream.aclose())
+
+    async def _read(self, stream, lists):
         async for event in stream:
             frame = (time.monotonic(), list(event.frame.data))
             for frames in lists:
@@ -110,8 +120,10 @@ class Phone:
             await source.capture_frame(frame)
 
     async def leave(self):
-        for r in self.readers:
-            r.cancel()
+        for stream, task in self.readers.values():
+            task.cancel()
+            await stream.aclose()
+        self.readers.clear()
         await self.room.disconnect()
 
 
