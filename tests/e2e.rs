@@ -546,7 +546,8 @@ fn real_server_an_utterance_after_a_quiet_track_is_heard_whole_and_at_once() {
 fn real_server_rooms_it_ends_leave_no_thread_behind() {
     let r = run(&["real_leaks"]);
     r.within("real_leaks_runtimes_left", 0.0, 0.0);
-    // The count before the rounds, give or take the library's idle tokio threads.
+    // The count before the rounds, an idle library's threads not counted, give or take two
+    // blocking-pool threads of a worker's runtime that have not idled out yet.
     r.within("real_leaks_threads_left", -100.0, 2.0);
 }
 
@@ -670,21 +671,30 @@ fn density_harness_drives_real_rooms_of_each_shape() {
 }
 
 /// A room worker killed as a fault inside LiveKit's library would kill it (SIGSEGV, SIGABRT,
-/// SIGKILL in turn; 12 sessions on 4 workers, phones sending data packets, clients streaming
-/// PCM): its sessions, and only those, end UNAVAILABLE `room_lost` within a second naming the
-/// signal; a replacement runs; the rejoined sessions hear their phones again; the others lose
-/// no frame. Their longest gap is the Python phones' and client's own (the same window without
-/// a fault is reported beside it).
+/// SIGKILL in turn; 20 sessions on 4 workers, the Go phones sending counted data packets, the
+/// backend's own client, grpc-js, streaming PCM for each user): its 5 sessions, and only those,
+/// end UNAVAILABLE `room_lost` within a second naming the signal; a replacement runs; the
+/// backend rejoins them 2 s after the error status, as it does, and they hear their phones
+/// again; the others lose no frame. Their longest gap is compared with the same window without
+/// a fault (the phones' and the client's own).
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_a_dead_room_worker_ends_its_own_sessions_only() {
     let r = run(&["real_worker_faults"]);
+    r.within("real_worker_users", 20.0, 20.0);
     for signal in ["SIGSEGV", "SIGABRT", "SIGKILL"] {
         let key = |k: &str| format!("real_worker_{signal}_{k}");
-        r.within(&key("sessions_lost"), 3.0, 3.0);
+        r.within(&key("sessions_lost"), 5.0, 5.0);
         r.within(&key("end_after_ms"), 0.0, 1_000.0);
+        r.starts(
+            &key("end_says"),
+            "room lost: the room's worker process (pid ",
+        );
         r.within(&key("others_frames_lost"), 0.0, 0.0);
-        r.within(&key("rejoined_audio_after_ms"), 0.0, 5_000.0);
+        // The backend's 2 s wait after an error status, then its JoinRoom and stream (five
+        // joins at once into a fresh worker).
+        r.within(&key("rejoined_audio_after_ms"), 2_000.0, 8_000.0);
+        r.within(&key("rejoin_to_audio_ms"), 0.0, 6_000.0);
         let gap = r.number(&key("others_max_gap_ms"));
         let quiet = r.number("real_worker_no_fault_max_gap_ms");
         assert!(

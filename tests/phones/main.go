@@ -13,6 +13,10 @@
 //     1 s of 440 Hz, made with `sox -n -r 48000 -c 1 -b 16 tone.wav synth 1 sine 440 vol 0.3`
 //     and `opusenc --framesize 20 --bitrate 32 --max-delay 0 tone.wav tone-440.opus`.
 //
+// With -count each data packet's first sample is the packet's number (mod 32768) instead of
+// the tone's, so a client counts the packets it lost (the payload rule cuts the 1-byte
+// sequence number before the client sees it).
+//
 // With -listen each phone subscribes to the tracks published in its room (the bridge's) and
 // counts the RTP packets and bytes it reads, without decoding; without it nothing is
 // subscribed and the server forwards nothing to the phones.
@@ -30,6 +34,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -74,6 +79,7 @@ func main() {
 	parallel := flag.Int("parallel", 8, "joins in flight at once")
 	user := flag.String("user", "", "one phone: room <user>, identity phone-<user>")
 	report := flag.Duration("report", 0, "print the counters this often (0: never)")
+	count := flag.Bool("count", false, "-mode data: each packet's first sample is its number (mod 32768), so a client counts what it lost")
 	flag.Parse()
 	if *user != "" && *rooms != 1 {
 		fail("-user is one phone: -rooms must be 1")
@@ -130,7 +136,7 @@ func main() {
 	switch *mode {
 	case "data":
 		senders.Add(1)
-		go func() { defer senders.Done(); sendData(phones, stop, &c) }()
+		go func() { defer senders.Done(); sendData(phones, *count, stop, &c) }()
 	case "track":
 		senders.Add(1)
 		go func() { defer senders.Done(); sendOpus(tracks, opus, stop, &c) }()
@@ -245,7 +251,7 @@ func readRTP(track *webrtc.TrackRemote, c *counters) {
 
 // sendData sends every phone's next packet every 10 ms, on a schedule that does not drift:
 // a late tick sends the packets it owes at once, as a phone's network does after a stall.
-func sendData(phones []*lksdk.Room, stop <-chan struct{}, c *counters) {
+func sendData(phones []*lksdk.Room, count bool, stop <-chan struct{}, c *counters) {
 	tone := make([]byte, 100*packetPCM) // 1 s of 440 Hz at 16 kHz: a whole number of periods
 	for n := 0; n < len(tone)/2; n++ {
 		v := int16(math.Round(0.3 * 32767 * math.Sin(2*math.Pi*440*float64(n)/16000)))
@@ -265,6 +271,9 @@ func sendData(phones []*lksdk.Room, stop <-chan struct{}, c *counters) {
 			payload[0] = byte(seq)
 			at := int(seq%100) * packetPCM
 			copy(payload[1:], tone[at:at+packetPCM])
+			if count {
+				binary.LittleEndian.PutUint16(payload[1:3], uint16(seq%32768))
+			}
 			for _, room := range phones {
 				if room == nil {
 					continue

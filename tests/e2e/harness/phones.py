@@ -199,3 +199,32 @@ class NetPhone:
             await asyncio.wait_for(self.proc.wait(), 20)
         await self.reader
         return int(self.results.get("phones_sent", 0))
+
+
+class GoPhones:
+    """`rooms` Go phones (tests/phones) in one process in this namespace: phone i joins room
+    `<prefix>-<i>` as `phone-<i>` and sends the microphone as data packets, 100 a second, each
+    packet's first sample its number (`-count`), so a client counts the frames it lost."""
+
+    def __init__(self, rooms, prefix, tmp):
+        self.rooms, self.prefix, self.tmp = rooms, prefix, tmp
+
+    async def start(self):
+        log = open(os.path.join(self.tmp, f"phones-{self.prefix}.log"), "w")
+        self.proc = await asyncio.create_subprocess_exec(
+            os.path.join(ROOT, "vendor/phones"), "-url", LiveKitServer.url,
+            "-key", livekit_server.KEY, "-secret", livekit_server.SECRET,
+            "-rooms", str(self.rooms), "-prefix", self.prefix, "-mode", "data", "-count",
+            stdout=asyncio.subprocess.PIPE, stderr=log)
+        ready = (await asyncio.wait_for(self.proc.stdout.readline(), 60)).split()
+        check(ready == [b"READY", str(self.rooms).encode()],
+              f"the Go phones did not all join: {ready}")
+        return self
+
+    def room(self, i):
+        return f"{self.prefix}-{i}"
+
+    async def stop(self):
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            await asyncio.wait_for(self.proc.communicate(), 30)
