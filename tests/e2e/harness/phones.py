@@ -58,10 +58,10 @@ class Phone:
     def _unsubscribed(self, track, publication, participant):
         """Closes the track's stream: the SDK does not end it when the track goes, and every
         open stream filters every event the library sends this process, so a phone that keeps
-        them slows down with each track it ever heard until it hears no more."""
-        stream, task = self.readers.pop(track.sid, (None, None))
+        them slows down with each track it ever heard until it hears no more. The reader is
+        left to take what the stream already holds (the end of what was said) before it ends."""
+        stream, _ = self.readers.pop(track.sid, (None, None))
         if stream is not None:
-            task.cancel()
             asyncio.ensure_future(stream.aclose())
 
     async def _read(self, stream, lists):
@@ -122,7 +122,7 @@ class Phone:
     async def leave(self):
         for stream, task in self.readers.values():
             task.cancel()
-            await stream.aclose()
+            asyncio.ensure_future(stream.aclose())
         self.readers.clear()
         await self.room.disconnect()
 
