@@ -225,6 +225,11 @@ class GoPhones:
         return f"{self.prefix}-{i}"
 
     async def stop(self):
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            await asyncio.wait_for(self.proc.communicate(), 30)
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.communicate(), 30)
+            except asyncio.TimeoutError:
+                proc.kill()
+                raise

@@ -22,7 +22,7 @@ async def real_worker_faults(ctx, users=20, workers=4):
     client per user) streaming PCM into the room; one worker is killed with each signal in
     turn."""
     bridge, bctx = await own_bridge(ctx, {"BRIDGE_ROOM_WORKERS": str(workers)})
-    phones = await GoPhones(users, "wf", bridge.tmp).start()
+    phones = GoPhones(users, "wf", bridge.tmp)
     requests = [{"user_id": phones.room(i), "room_name": phones.room(i),
                  "token": token(f"cloud-agent:{phones.room(i)}", phones.room(i)),
                  "livekit_url": LiveKitServer.url, "target_identity": f"phone-{i}"}
@@ -30,6 +30,7 @@ async def real_worker_faults(ctx, users=20, workers=4):
     backend = NodeBackend(bridge.socket, requests, bridge.tmp)
     seen = set()  # every worker pid seen, to check none outlives the bridge
     try:
+        await phones.start()
         await backend.start()
         for _ in range(100):
             if len(workers_of(bridge.proc.pid)) == workers:
@@ -111,11 +112,14 @@ async def real_worker_faults(ctx, users=20, workers=4):
         check(ends == {("OK", "left")}, f"streams ended {ends}")
         check(len(workers_of(bridge.proc.pid)) == workers, "the workers outlive their sessions")
     finally:
-        backend.stop()
-        await phones.stop()
-        await bctx.channel.close()
-        seen.update(workers_of(bridge.proc.pid))
-        code = bridge.stop()
+        # The bridge is stopped whatever went wrong before: it would outlive this run.
+        try:
+            backend.stop()
+            await phones.stop()
+            await bctx.channel.close()
+        finally:
+            seen.update(workers_of(bridge.proc.pid))
+            code = bridge.stop()
         for _ in range(40):
             alive = [p for p in seen if alive_pid(p)]
             if not alive:
