@@ -84,7 +84,7 @@ async def real_worker_faults(ctx, users=20, workers=4):
             after = workers_of(bridge.proc.pid)
             check(len(after) == workers and victim not in after,
                   f"{tag}: workers {before} -> {after}")
-            back, rejoin_to_audio = 0.0, 0.0
+            back, rejoin_to_audio, joins, firsts = 0.0, 0.0, [], []
             for u, (at, *_) in lost.items():
                 for _ in range(200):
                     if backend.first("AUDIO", u, at) is not None:
@@ -94,9 +94,16 @@ async def real_worker_faults(ctx, users=20, workers=4):
                 check(audio is not None, f"{tag}: {u} heard nothing within 10 s of its end: "
                       f"{backend.refusals()[u]}")
                 back = max(back, audio[0] - at)
-                rejoin_to_audio = max(rejoin_to_audio, audio[0] - backend.first("REJOIN", u, at)[0])
+                rejoin, joined = backend.first("REJOIN", u, at)[0], backend.first("JOINED", u, at)[0]
+                rejoin_to_audio = max(rejoin_to_audio, audio[0] - rejoin)
+                joins.append(round((joined - rejoin) * 1000))
+                firsts.append(round((audio[0] - joined) * 1000))
             result(f"{tag}_rejoined_audio_after_ms", round(back * 1000))
             result(f"{tag}_rejoin_to_audio_ms", round(rejoin_to_audio * 1000))
+            # Where the rejoin's time goes: JoinRoom's answer, then the first chunk on the new
+            # stream, each user's (ms, in order).
+            result(f"{tag}_rejoin_joinroom_ms", sorted(joins))
+            result(f"{tag}_rejoin_joined_to_audio_ms", sorted(firsts))
             # The others while the lost ones rejoin (a fresh worker's library loading and its
             # joins, on the same cores).
             await asyncio.sleep(1.0)
