@@ -28,8 +28,8 @@
 // SIGINT or after -seconds, leaves every room and prints RESULT key=value lines: phones
 // joined, join failures, packets sent and failed, RTP packets and bytes read, its own CPU
 // seconds, and the wall time it ran. With -report it also prints, every that often, a line
-// "AT <unix ms> <packets sent> <RTP packets read>", so a test can tell when audio stopped and
-// came back.
+// "AT <unix ms> <packets sent> <RTP packets read> <tracks heard>", so a test can tell when
+// audio stopped and came back, and how many of the tracks subscribed have sent anything.
 package main
 
 import (
@@ -62,7 +62,7 @@ const (
 )
 
 type counters struct {
-	joined, joinFailed, sent, sendFailed, rtpPackets, rtpBytes atomic.Int64
+	joined, joinFailed, sent, sendFailed, rtpPackets, rtpBytes, tracksHeard atomic.Int64
 }
 
 func main() {
@@ -191,7 +191,7 @@ func reportEvery(period time.Duration, stop <-chan struct{}, c *counters) {
 		case <-stop:
 			return
 		case now := <-ticker.C:
-			fmt.Printf("AT %d %d %d\n", now.UnixMilli(), c.sent.Load(), c.rtpPackets.Load())
+			fmt.Printf("AT %d %d %d %d\n", now.UnixMilli(), c.sent.Load(), c.rtpPackets.Load(), c.tracksHeard.Load())
 		}
 	}
 }
@@ -239,10 +239,13 @@ func join(url, key, secret, identity, name, mode string, listen bool, c *counter
 
 func readRTP(track *webrtc.TrackRemote, c *counters) {
 	buf := make([]byte, 1500)
-	for {
+	for first := true; ; first = false {
 		n, _, err := track.Read(buf)
 		if err != nil {
 			return
+		}
+		if first {
+			c.tracksHeard.Add(1)
 		}
 		c.rtpPackets.Add(1)
 		c.rtpBytes.Add(int64(n))

@@ -82,11 +82,11 @@ class RealCtx(Ctx):
     """The backend's calls, with tokens LiveKit's server accepts: the bridge joins user `u` as
     `cloud-agent:u` in room `u`, its target being the phone `phone-u`."""
 
-    async def join(self, user, identity=None, tok=None):
+    async def join(self, user, identity=None, tok=None, target=None):
         identity = identity or f"cloud-agent:{user}"
         return await self.stub.JoinRoom(self.pb.JoinRoomRequest(
             user_id=user, room_name=user, token=tok or token(identity, user),
-            livekit_url=self.sfu.url, target_identity=f"phone-{user}"), timeout=20)
+            livekit_url=self.sfu.url, target_identity=target or f"phone-{user}"), timeout=20)
 
 
 async def read_chunks(call, count, timeout=10.0):

@@ -21,6 +21,8 @@ from harness.report import check
 
 
 RATE = 16000
+# 1 s of 440 Hz as 20 ms Opus packets, which the Go phones loop as their microphone track.
+OPUS = os.path.join(ROOT, "tests/phones/tone-440.opus")
 
 
 FRAME = 160  # samples in 10 ms
@@ -203,23 +205,37 @@ class NetPhone:
 
 class GoPhones:
     """`rooms` Go phones (tests/phones) in one process in this namespace: phone i joins room
-    `<prefix>-<i>` as `phone-<i>` and sends the microphone as data packets, 100 a second, each
-    packet's first sample its number (`-count`), so a client counts the frames it lost."""
+    `<prefix>-<i>` as `phone-<i>`. `mode` "data": the microphone as data packets, 100 a second,
+    each packet's first sample its number (`-count`), so a client counts the frames it lost;
+    "track": an Opus microphone track (pre-encoded, looped). With `listen` each phone subscribes
+    to the bridge's track and counts its RTP; `heard` is then how many tracks have sent any."""
 
-    def __init__(self, rooms, prefix, tmp):
+    def __init__(self, rooms, prefix, tmp, mode="data", listen=False):
         self.rooms, self.prefix, self.tmp = rooms, prefix, tmp
+        self.mode, self.listen = mode, listen
+        self.heard = 0
 
     async def start(self):
         log = open(os.path.join(self.tmp, f"phones-{self.prefix}.log"), "w")
+        args = ["-mode", self.mode]
+        args += ["-count"] if self.mode == "data" else ["-opus", OPUS]
+        args += ["-listen", "-report", "100ms"] if self.listen else []
         self.proc = await asyncio.create_subprocess_exec(
             os.path.join(ROOT, "vendor/phones"), "-url", LiveKitServer.url,
             "-key", livekit_server.KEY, "-secret", livekit_server.SECRET,
-            "-rooms", str(self.rooms), "-prefix", self.prefix, "-mode", "data", "-count",
+            "-rooms", str(self.rooms), "-prefix", self.prefix, *args,
             stdout=asyncio.subprocess.PIPE, stderr=log)
-        ready = (await asyncio.wait_for(self.proc.stdout.readline(), 60)).split()
+        ready = (await asyncio.wait_for(self.proc.stdout.readline(), 120)).split()
         check(ready == [b"READY", str(self.rooms).encode()],
               f"the Go phones did not all join: {ready}")
+        self.reader = asyncio.ensure_future(self._read())
         return self
+
+    async def _read(self):
+        while line := await self.proc.stdout.readline():
+            words = line.split()
+            if words[:1] == [b"AT"] and len(words) >= 5:
+                self.heard = int(words[4])
 
     def room(self, i):
         return f"{self.prefix}-{i}"
@@ -229,7 +245,7 @@ class GoPhones:
         if proc is not None and proc.returncode is None:
             proc.terminate()
             try:
-                await asyncio.wait_for(proc.communicate(), 30)
+                await asyncio.wait_for(proc.wait(), 30)
             except asyncio.TimeoutError:
                 proc.kill()
                 raise

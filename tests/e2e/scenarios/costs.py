@@ -10,10 +10,10 @@ from livekit import api, rtc
 
 from harness import livekit_server
 from harness.audio import tone
-from harness.backend import Collector, RealCtx, stream_end, warm_up_workers
+from harness.backend import Collector, RealCtx, read_chunks, stream_end, warm_up_workers
 from harness.bridge import cpu_seconds, metric, process_status, thread_names, workers_of
 from harness.livekit_server import token
-from harness.phones import phone_for
+from harness.phones import GoPhones, phone_for
 from harness.report import check, result
 
 
@@ -64,7 +64,9 @@ async def real_leaks(ctx: RealCtx, rooms: int, rounds: int = 2):
     room worker holding a stranded runtime, so after each round no runtime is left, and no
     thread but those of a library loaded in a worker that is now idle. RSS is
     reported per room and round, not bounded: it grows also for rooms the bridge leaves
-    itself, and where it goes is not known yet (docs/livekit.md)."""
+    itself, and where it goes is not known yet (docs/livekit.md). The phones are the Go phones
+    in one process (LiveKit's Python SDK saturates its process's core at 50 phones), each
+    publishing an Opus microphone track and counting the RTP of the bridge's."""
     lk = ctx.sfu.api()
     pcm = tone(440, 1.0)
     retired = 'livekit_bridge_room_worker_exits_total{kind="retired"}'
@@ -73,25 +75,32 @@ async def real_leaks(ctx: RealCtx, rooms: int, rounds: int = 2):
         return thread_names(ctx.bridge.proc.pid).get("network_thread", 0)
 
     async def one_round(n):
-        users = [f"leak{n}-{i}" for i in range(rooms)]
-        phones = []
-        for u in users:
-            phone = await phone_for(u)
-            _, feed = await phone.publish_microphone(tone(660, 0.5))
-            asyncio.ensure_future(feed)
-            phones.append(phone)
-            await ctx.joined(u)
-        streams = [ctx.stream(u) for u in users]
-        for (_, queue), u in zip(streams, users):
-            for i in range(0, len(pcm), 3200):
-                queue.put_nowait(ctx.pb.AudioChunk(user_id=u, pcm_data=pcm[i:i + 3200],
-                                                   sample_rate=16000, channels=1))
-        # Every room's track is heard by its phone: both ways are up.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not all(p.heard.get("speaker") for p in phones):
-            await asyncio.sleep(0.2)
-        heard = sum(1 for p in phones if p.heard.get("speaker"))
-        check(heard == rooms, f"round {n}: {heard} of {rooms} phones heard the bridge")
+        # The phones (Go, one process): each publishes an Opus microphone track and subscribes
+        # to the bridge's.
+        phones = await GoPhones(rooms, f"leak{n}", ctx.bridge.tmp, mode="track",
+                                listen=True).start()
+        users = [phones.room(i) for i in range(rooms)]
+        try:
+            for i, u in enumerate(users):
+                r = await ctx.join(u, target=f"phone-{i}")
+                check(r.success, f"round {n}: JoinRoom {u}: {r.error}")
+            streams = [ctx.stream(u) for u in users]
+            for (_, queue), u in zip(streams, users):
+                for i in range(0, len(pcm), 3200):
+                    queue.put_nowait(ctx.pb.AudioChunk(user_id=u, pcm_data=pcm[i:i + 3200],
+                                                       sample_rate=16000, channels=1))
+            # Both ways are up: every stream hears its phone's track, and every phone the
+            # bridge's track.
+            for call, _ in streams:
+                await read_chunks(call, 1, timeout=30)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and phones.heard < rooms:
+                await asyncio.sleep(0.2)
+            check(phones.heard == rooms,
+                  f"round {n}: {phones.heard} of {rooms} phones heard the bridge")
+        except BaseException:
+            await phones.stop()
+            raise
         busy = ctx.bridge.status_of()
         for u in users:
             await lk.room.delete_room(api.DeleteRoomRequest(room=u))
@@ -100,8 +109,7 @@ async def real_leaks(ctx: RealCtx, rooms: int, rounds: int = 2):
               f"round {n}: streams ended {set(ends)}")
         for (_, queue) in streams:
             queue.put_nowait(None)
-        for p in phones:
-            await p.leave()
+        await phones.stop()
         # Every WebRTC runtime winds down with its worker's last room, or, stranded, goes with
         # the worker the bridge retires for it (two looks 2 s apart, then its exit): at most
         # 15 s. Then the threads until their count is back, at most 5 s more.
@@ -128,10 +136,11 @@ async def real_leaks(ctx: RealCtx, rooms: int, rounds: int = 2):
         # A worker whose rooms have all gone keeps its library loaded, idle, with its threads
         # (`livekit-audio` and two tokio workers), unless it was retired and replaced by a
         # fresh one; which happens in a round is luck, so those threads are not counted.
-        threads -= IDLE_LIBRARY_THREADS * (libraries - base_libraries)
-        after.append((rss, threads, left))
+        counted = threads - IDLE_LIBRARY_THREADS * (libraries - base_libraries)
+        after.append((rss, counted, left))
         result(f"real_leaks_round{n}", f"busy {busy_rss} KiB {busy_threads} threads; after "
-                                       f"{rss} KiB {threads} threads, {left} WebRTC runtimes")
+                                       f"{rss} KiB {threads} threads ({counted} counted), "
+                                       f"{left} WebRTC runtimes")
     result("real_leaks_baseline", f"{base_rss} KiB {base_threads} threads")
     growth = (after[-1][0] - base_rss) / rooms / rounds
     result("real_leaks_threads_left", max(t for _, t, _ in after) - base_threads)
