@@ -21,21 +21,10 @@
 //                     or more chunks that arrived in [t0, t1]
 //   leave             LeaveRoom for every user, its stream half-closed first; "OK" once every
 //                     stream has ended
-import path from "node:path";
 import fs from "node:fs";
 import readline from "node:readline";
-import { fileURLToPath } from "node:url";
-import grpc from "@grpc/grpc-js";
-import protoLoader from "@grpc/proto-loader";
+import { grpc, LiveKitBridge } from "./bridge_proto.mjs";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const definition = protoLoader.loadSync(path.join(here, "..", "..", "proto", "livekit_bridge.proto"), {
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: true,
-});
-const { LiveKitBridge } = grpc.loadPackageDefinition(definition).mentra.livekit.bridge;
 const [target, usersFile] = process.argv.slice(2);
 const users = JSON.parse(fs.readFileSync(usersFile, "utf8"));
 

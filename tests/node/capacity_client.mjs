@@ -2,19 +2,8 @@
 // capacity: JoinRoom answers success: false with an error that says it is a capacity refusal,
 // so the backend can use another bridge. Usage: node capacity_client.mjs <host:port>
 import assert from "node:assert/strict";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
-import grpc from "@grpc/grpc-js";
-import protoLoader from "@grpc/proto-loader";
+import { grpc, LiveKitBridge } from "./bridge_proto.mjs";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const definition = protoLoader.loadSync(path.join(here, "..", "..", "proto", "livekit_bridge.proto"), {
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: true,
-});
-const { LiveKitBridge } = grpc.loadPackageDefinition(definition).mentra.livekit.bridge;
 const client = new LiveKitBridge(process.argv[2], grpc.credentials.createInsecure());
 const joined = await new Promise((resolve, reject) =>
   client.JoinRoom(

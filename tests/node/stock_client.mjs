@@ -5,20 +5,7 @@
 // Exits 0 when every check passed; prints what failed otherwise.
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
-import grpc from "@grpc/grpc-js";
-import protoLoader from "@grpc/proto-loader";
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const protoFile = path.join(here, "..", "..", "proto", "livekit_bridge.proto");
-const definition = protoLoader.loadSync(protoFile, {
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: true,
-});
-const { LiveKitBridge } = grpc.loadPackageDefinition(definition).mentra.livekit.bridge;
+import { grpc, LiveKitBridge } from "./bridge_proto.mjs";
 const target = process.argv[2];
 // With BRIDGE_CA_FILE, TLS to a bridge whose certificate that CA signed.
 const ca = process.env.BRIDGE_CA_FILE;

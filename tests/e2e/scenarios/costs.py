@@ -93,18 +93,16 @@ async def real_leaks(ctx: RealCtx, rooms: int, rounds: int = 2):
                 await asyncio.sleep(0.2)
             check(phones.heard == rooms,
                   f"round {n}: {phones.heard} of {rooms} phones heard the bridge")
-        except BaseException:
+            busy = ctx.bridge.status_of()
+            for u in users:
+                await lk.room.delete_room(api.DeleteRoomRequest(room=u))
+            ends = [await stream_end(call, timeout=20) for call, _ in streams]
+            check(all(e == (grpc.StatusCode.OK, "room_deleted") for e in ends),
+                  f"round {n}: streams ended {set(ends)}")
+            for (_, queue) in streams:
+                queue.put_nowait(None)
+        finally:
             await phones.stop()
-            raise
-        busy = ctx.bridge.status_of()
-        for u in users:
-            await lk.room.delete_room(api.DeleteRoomRequest(room=u))
-        ends = [await stream_end(call, timeout=20) for call, _ in streams]
-        check(all(e == (grpc.StatusCode.OK, "room_deleted") for e in ends),
-              f"round {n}: streams ended {set(ends)}")
-        for (_, queue) in streams:
-            queue.put_nowait(None)
-        await phones.stop()
         # Every WebRTC runtime winds down with its worker's last room, or, stranded, goes with
         # the worker the bridge retires for it (two looks 2 s apart, then its exit): at most
         # 15 s. Then the threads until their count is back, at most 12 s more (a worker's idle
@@ -120,11 +118,12 @@ async def real_leaks(ctx: RealCtx, rooms: int, rounds: int = 2):
         result(f"real_leaks_threads_after_round_{n}", thread_names(ctx.bridge.proc.pid))
         return busy, ctx.bridge.status_of(), runtimes()
 
-    # The library's fixed cost is paid by a first round; the baseline is taken after it.
+    # The library's fixed cost is paid by a first round (with no baseline to wait for yet).
+    # The baseline is taken after it, with LiveKit's library and its runtime's threads loaded
+    # in every worker: a worker keeps its library once its rooms have gone, unless it is
+    # retired for a stranded runtime and replaced by a fresh one (fewer threads), and which
+    # happens in a round is luck.
     base_threads = 1 << 30
-    # The baseline has LiveKit's library loaded in every worker, with its runtime's threads: a
-    # worker keeps its library once its rooms have gone, unless it is retired for a stranded
-    # runtime and replaced by a fresh one (fewer threads); which happens in a round is luck.
     await one_round("warm")
     await warm_up_workers(ctx)
     base_rss, base_threads = ctx.bridge.status_of()
