@@ -406,8 +406,8 @@ struct Settings {
     #[arg(long, env = "LIVEKIT_FFI_LIB", value_parser = Check(any),
           default_value_t = Given::ok(crate::room::DEFAULT_LIVEKIT_LIBRARY.to_string()))]
     livekit_ffi_lib: Given<String>,
-    /// Joins of ws:// and wss:// rooms LiveKit's library works on at once; the others wait
-    /// their turn, in order, within BRIDGE_CONNECT_TIMEOUT_MS. Each join in flight holds
+    /// Joins of ws:// and wss:// rooms the bridge works on at once, over all its room
+    /// workers; the others wait their turn, in order, within BRIDGE_CONNECT_TIMEOUT_MS. Each join in flight holds
     /// transient buffers the allocator keeps afterwards. 0: twice the cores.
     #[arg(long, env = "BRIDGE_JOINS_AT_ONCE", value_parser = int(0, 10_000),
           default_value_t = Given::ok(0))]

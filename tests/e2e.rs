@@ -685,7 +685,14 @@ fn real_server_a_dead_room_worker_ends_its_own_sessions_only() {
     for signal in ["SIGSEGV", "SIGABRT", "SIGKILL"] {
         let key = |k: &str| format!("real_worker_{signal}_{k}");
         r.within(&key("sessions_lost"), 5.0, 5.0);
-        r.within(&key("end_after_ms"), 0.0, 1_000.0);
+        // A stall of the test's own client (its event loop held up) or of the whole machine
+        // (time the hypervisor took from its vCPUs) is not the bridge's: each is measured over
+        // the fault's window and allowed for, never more. The front's own view of the death
+        // does not depend on the client.
+        let stolen = r.number(&key("stolen_ms"));
+        let excused = r.number(&key("client_lag_ms")) + stolen;
+        r.within(&key("front_ended_after_ms"), 0.0, 1_000.0 + stolen);
+        r.within(&key("end_after_ms"), 0.0, 1_000.0 + excused);
         r.starts(
             &key("end_says"),
             "room lost: the room's worker process (pid ",
@@ -698,8 +705,9 @@ fn real_server_a_dead_room_worker_ends_its_own_sessions_only() {
         let gap = r.number(&key("others_max_gap_ms"));
         let quiet = r.number("real_worker_no_fault_max_gap_ms");
         assert!(
-            gap <= quiet.max(20.0) + 100.0,
-            "{signal}: the others' longest gap {gap} ms, {quiet} ms without a fault"
+            gap <= quiet.max(20.0) + 100.0 + excused,
+            "{signal}: the others' longest gap {gap} ms, {quiet} ms without a fault, \
+             {excused} ms of it the client's or the machine's stall"
         );
     }
     r.within("real_worker_no_fault_frames_lost", 0.0, 0.0);

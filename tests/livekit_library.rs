@@ -45,3 +45,55 @@ async fn an_unreachable_server_fails_the_join_and_nothing_else() {
     }
     assert!(status(&mut c, "bystander").await.connected);
 }
+
+/// Joins wait their turn in the front (`BRIDGE_JOINS_AT_ONCE` is one budget for the whole
+/// bridge, whichever worker a join goes to). A join voided while it waits (its user left)
+/// never reaches a worker, answers at once, and holds no room slot in the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_voided_while_it_waits_its_turn_holds_nothing() {
+    // A server that accepts and never answers: the first join holds the only turn until the
+    // connect timeout. Loopback only.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("ws://{}", silent.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let bridge = Bridge::with(ServiceSettings {
+        connect_timeout: Duration::from_secs(4),
+        joins_at_once: 1,
+        room_workers: 1,
+        ..Default::default()
+    })
+    .await;
+    let rooms = || bridge.state.backends.worker_counts().sessions;
+    let c = bridge.client().await;
+    let holder = tokio::spawn({
+        let (mut c, url) = (c.clone(), url.clone());
+        async move { join(&mut c, "holder", &url).await }
+    });
+    eventually("the holder's join is in its worker", || rooms() == [1]).await;
+    let waiter = tokio::spawn({
+        let (mut c, url) = (c.clone(), url.clone());
+        async move { join(&mut c, "waiter", &url).await }
+    });
+    eventually("the waiter has a slot", || rooms() == [2]).await;
+    let asked = Instant::now();
+    leave(&mut c.clone(), "waiter").await;
+    let waited = waiter.await.expect("waiter");
+    assert!(!waited.success, "{waited:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "the voided join answered after {:?}, with the holder still connecting",
+        asked.elapsed()
+    );
+    // The waiter's slot is free while the holder still holds the turn.
+    eventually("the waiter's slot let go", || rooms() == [1]).await;
+    let held = holder.await.expect("holder");
+    assert!(!held.success, "{held:?}");
+    eventually("every slot let go", || rooms() == [0]).await;
+}

@@ -18,7 +18,8 @@
 //   REFUSED <user> <t> <error, JSON>  JoinRoom said success: false (tried again in 2 s)
 // Answers on stdin, each answer ended by a line "OK":
 //   window <t0> <t1>  "WINDOW <user> <frames lost> <longest gap, ms>" for each user with two
-//                     or more chunks that arrived in [t0, t1]
+//                     or more chunks that arrived in [t0, t1], then "LAG <ms>": the longest
+//                     this process's event loop was held up in [t0, t1] (a gap it made itself)
 //   leave             LeaveRoom for every user, its stream half-closed first; "OK" once every
 //                     stream has ended
 import fs from "node:fs";
@@ -126,6 +127,20 @@ class User {
   }
 }
 
+// The event loop's own stalls: a 10 ms tick that comes late was held up by this process (or
+// by its cores), and so were the chunks due meanwhile.
+const TICK_MS = 10;
+const lags = []; // [time the late tick ran, how late, s]
+let last = now();
+setInterval(() => {
+  const t = now();
+  const late = t - last - TICK_MS / 1000;
+  if (late > 0.02) lags.push([t, late]);
+  last = t;
+}, TICK_MS);
+const lagIn = (t0, t1) =>
+  lags.filter(([t, late]) => t >= t0 && t - late <= t1).reduce((m, [, late]) => Math.max(m, late), 0);
+
 const all = users.map((u) => new User(u));
 for (const u of all) u.join();
 
@@ -137,6 +152,7 @@ for await (const line of readline.createInterface({ input: process.stdin })) {
       const w = u.window(t0, t1);
       if (w) say(`WINDOW ${u.id} ${w[0]} ${w[1]}`);
     }
+    say(`LAG ${Math.round(lagIn(t0, t1) * 1000)}`);
   } else if (command === "leave") {
     await Promise.all(all.map((u) => u.leave()));
     for (const u of all) u.client.close();

@@ -227,6 +227,11 @@ impl Link {
         events
     }
 
+    /// The join for `slot` was never sent: the worker holds nothing of it.
+    pub(super) fn never_sent(&self, slot: u32) {
+        self.let_go(slot, WORKER);
+    }
+
     /// Sends a request; its answer, or why there will be none.
     pub(super) fn request(
         &self,

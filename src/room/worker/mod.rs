@@ -72,7 +72,7 @@ pub struct WorkerSettings {
     pub workers: usize,
     /// Where LiveKit's SDK library is.
     pub library: PathBuf,
-    /// Joins of real rooms the whole bridge works on at once, shared out over the workers;
+    /// Joins of real rooms the whole bridge works on at once, whichever workers they go to;
     /// 0: twice the cores.
     pub joins_at_once: usize,
     /// Every session ring's size and overflow policy.
@@ -94,6 +94,13 @@ impl WorkerSettings {
     pub fn workers(&self) -> usize {
         match self.workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
+    fn joins(&self) -> usize {
+        match self.joins_at_once {
+            0 => 2 * std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         }
     }
@@ -164,6 +171,11 @@ struct Pool {
 /// Real LiveKit rooms in worker processes.
 pub struct WorkerBackend {
     settings: WorkerSettings,
+    /// The turns to join, one budget for the whole bridge: a burst of joins into one worker
+    /// (the sessions of a dead worker rejoining into its replacement) gets every turn, not a
+    /// worker's share of them. Joins are CPU-bound; the budget keeps a burst from timing out
+    /// every join at once on a full machine (BENCHMARKS.md, "Joins at once").
+    joining: Arc<tokio::sync::Semaphore>,
     pool: Mutex<Pool>,
     next_number: AtomicU64,
     this: Weak<WorkerBackend>,
@@ -179,7 +191,9 @@ impl Pool {
 impl WorkerBackend {
     pub fn new(settings: WorkerSettings) -> Arc<Self> {
         let k = settings.workers();
+        let joining = Arc::new(tokio::sync::Semaphore::new(settings.joins()));
         Arc::new_cyclic(|this| Self {
+            joining,
             pool: Mutex::new(Pool {
                 links: vec![None; k],
                 ..Pool::default()
@@ -260,15 +274,13 @@ impl WorkerBackend {
             Some(exe) => exe.clone(),
             None => std::env::current_exe()?,
         };
-        let k = s.workers();
-        let joins = match s.joins_at_once {
-            0 => 2 * std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
-        };
         let args = WorkerArgs {
             number,
             library: s.library.clone(),
-            joins_at_once: joins.div_ceil(k).max(1),
+            // The front's budget is the bound; the worker's own is the same, for the joins
+            // whose callers gave up (their turn is back in the front while the worker still
+            // connects them, to leave at once).
+            joins_at_once: s.joins(),
             log_format: s.log_format,
             log_filter: s.log_filter.clone(),
         };
@@ -464,23 +476,41 @@ impl RoomBackend for WorkerBackend {
             Err(e) => return Box::pin(async move { Err(e) }),
         };
         link.attach(slot, events);
-        let join = proto::Join {
-            slot,
-            user_id: request.user_id,
-            url: request.url,
-            token: request.token,
-            room_name: request.room_name,
-            target_identity: request.target_identity,
-            timeout_ms: request.timeout.as_millis() as u64,
-            audio_source: wire::audio_source(request.audio_source).into(),
-        };
-        // Sent now, so that a caller who gives up still leaves the room the worker may join.
-        let joined = link.request(proto::to_worker::Op::Join(join));
-        let mut unwanted = LeaveUnlessJoined {
-            link: Some(link.clone()),
-            slot,
-        };
+        let joining = self.joining.clone();
         Box::pin(async move {
+            let asked = Instant::now();
+            // Until the join is sent the worker has not heard of the slot: a caller who gives
+            // up meanwhile lets go of the worker's hold on it here.
+            let mut unsent = Unsent {
+                link: Some(link.clone()),
+                slot,
+            };
+            let _turn = joining
+                .acquire_owned()
+                .await
+                .map_err(|_| RoomError::Unavailable("the bridge's join queue was closed".into()))?;
+            let timeout = request
+                .timeout
+                .saturating_sub(asked.elapsed())
+                .max(Duration::from_millis(1));
+            let join = proto::Join {
+                slot,
+                user_id: request.user_id,
+                url: request.url,
+                token: request.token,
+                room_name: request.room_name,
+                target_identity: request.target_identity,
+                timeout_ms: timeout.as_millis() as u64,
+                audio_source: wire::audio_source(request.audio_source).into(),
+            };
+            // Sent in the same step as the guard that leaves it, so that a caller who gives up
+            // from here on still leaves the room the worker may join.
+            let joined = link.request(proto::to_worker::Op::Join(join));
+            unsent.disarm();
+            let mut unwanted = LeaveUnlessJoined {
+                link: Some(link.clone()),
+                slot,
+            };
             let joined = joined.await;
             unwanted.disarm();
             match joined? {
@@ -494,6 +524,27 @@ impl RoomBackend for WorkerBackend {
                 )),
             }
         })
+    }
+}
+
+/// Lets go of the worker's hold on the slot of a join never sent (its caller went away while
+/// it waited its turn).
+struct Unsent {
+    link: Option<Arc<Link>>,
+    slot: u32,
+}
+
+impl Unsent {
+    fn disarm(&mut self) {
+        self.link = None;
+    }
+}
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.never_sent(self.slot);
+        }
     }
 }
 

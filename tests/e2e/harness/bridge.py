@@ -2,6 +2,7 @@
 and what they cost (RSS, threads by name, CPU) and report (its metrics)."""
 
 import asyncio
+import datetime
 import os
 import subprocess
 
@@ -52,6 +53,16 @@ class Bridge:
             r, t = process_status(pid)
             rss, threads = rss + r, threads + t
         return rss, threads
+
+    def logged_at(self, text):
+        """When the bridge first logged a line containing `text` (time.time()'s clock), or
+        None."""
+        with open(self.log.name) as f:
+            for line in f:
+                if text in line:
+                    stamp = line.split(" ", 1)[0]
+                    return datetime.datetime.fromisoformat(stamp).timestamp()
+        return None
 
     def stop(self):
         if self.proc.poll() is None:
@@ -119,6 +130,14 @@ def cpu_seconds(pid):
             fields = f.read().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def stolen_seconds():
+    """The CPU time the hypervisor has taken from this machine's vCPUs, per vCPU (/proc/stat's
+    steal): a stall of the whole machine shows as its growth."""
+    with open("/proc/stat") as f:
+        cpu = f.readline().split()
+    return int(cpu[8]) / os.sysconf("SC_CLK_TCK") / os.cpu_count()
 
 
 def thread_names(pid):

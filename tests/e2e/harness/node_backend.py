@@ -46,7 +46,7 @@ class NodeBackend:
     async def _read(self):
         while line := await self.proc.stdout.readline():
             kind, _, rest = line.decode().rstrip("\n").partition(" ")
-            if kind in ("WINDOW", "OK"):
+            if kind in ("WINDOW", "LAG", "OK"):
                 await self.answers.put((kind, rest))
                 continue
             user, t, *more = rest.split(" ", 4 if kind == "END" else 2)
@@ -80,12 +80,16 @@ class NodeBackend:
             kind, rest = await asyncio.wait_for(self.answers.get(), 30)
             if kind == "OK":
                 return lines
-            lines.append(rest)
+            lines.append((kind, rest))
 
     async def window(self, t0, t1):
-        """{user: (frames lost, longest gap in ms)} over chunks that arrived in [t0, t1]."""
+        """{user: (frames lost, longest gap in ms)} over chunks that arrived in [t0, t1];
+        `self.lag_ms` is then the longest the Node process's event loop was held up in it."""
         out = {}
-        for line in await self._ask(f"window {t0} {t1}"):
+        for kind, line in await self._ask(f"window {t0} {t1}"):
+            if kind == "LAG":
+                self.lag_ms = int(line)
+                continue
             user, lost, gap = line.split()
             out[user] = (int(lost), int(gap))
         return out

@@ -9,7 +9,7 @@ import signal
 import time
 
 from harness.backend import own_bridge
-from harness.bridge import alive_pid, workers_of
+from harness.bridge import alive_pid, stolen_seconds, workers_of
 from harness.livekit_server import LiveKitServer, token
 from harness.node_backend import NodeBackend
 from harness.phones import GoPhones
@@ -51,7 +51,7 @@ async def real_worker_faults(ctx, users=20, workers=4):
             before = workers_of(bridge.proc.pid)
             seen.update(before)
             victim = before[0]
-            t_kill = time.monotonic()
+            t_kill, wall_kill, stolen = time.monotonic(), time.time(), stolen_seconds()
             os.kill(victim, sig)
             # Its sessions end (at most 5 s is waited for the first), then the others have
             # until the backend rejoins the lost ones (2 s after their end) to show a gap.
@@ -72,6 +72,13 @@ async def real_worker_faults(ctx, users=20, workers=4):
                    round((max(at for at, *_ in lost.values()) - t_kill) * 1000))
             result(f"{tag}_end_says", next(iter(lost.values()))[3])
             window = await backend.window(t_kill - 0.5, t_kill + 1.5)
+            # Who was slow, if anyone: the front (when it logged the death), the test's client
+            # (its event loop held up) or the whole machine (time the hypervisor took).
+            died = bridge.logged_at(f"(pid {victim}) died")
+            check(died is not None, f"{tag}: the bridge never logged the worker's death")
+            result(f"{tag}_front_ended_after_ms", round((died - wall_kill) * 1000))
+            result(f"{tag}_client_lag_ms", backend.lag_ms)
+            result(f"{tag}_stolen_ms", round((stolen_seconds() - stolen) * 1000))
             kept = [u for u in requests if u["user_id"] not in lost]
             for u in kept:
                 check(u["user_id"] in window,
