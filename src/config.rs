@@ -20,6 +20,7 @@ pub use crate::logging::LogFormat;
 use crate::playback::PlaybackSettings;
 use crate::playback::egress::EgressPolicy;
 use crate::room::AudioSource;
+use crate::room::ffi::LibraryLogs;
 use crate::service::admission::Limits;
 use crate::service::{ServiceSettings, TlsPem};
 
@@ -289,6 +290,10 @@ const SOURCES: &[(&str, AudioSource)] = &[
     ("both", AudioSource::Both),
 ];
 const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", LogFormat::Json)];
+const LIVEKIT_LOGS: &[(&str, LibraryLogs)] = &[
+    ("captured", LibraryLogs::Captured),
+    ("off", LibraryLogs::Off),
+];
 
 /// A value from a fixed set, with its name (how it is written and shown).
 #[derive(Clone, Copy, Debug)]
@@ -407,8 +412,9 @@ struct Settings {
           default_value_t = Given::ok(crate::room::DEFAULT_LIVEKIT_LIBRARY.to_string()))]
     livekit_ffi_lib: Given<String>,
     /// Joins of ws:// and wss:// rooms the bridge works on at once, over all its room
-    /// workers; the others wait their turn, in order, within BRIDGE_CONNECT_TIMEOUT_MS. Each join in flight holds
-    /// transient buffers the allocator keeps afterwards. 0: twice the cores.
+    /// workers; the others wait their turn, in order, within BRIDGE_CONNECT_TIMEOUT_MS. Each
+    /// join in flight holds transient buffers the allocator keeps afterwards. 0: twice the
+    /// cores.
     #[arg(long, env = "BRIDGE_JOINS_AT_ONCE", value_parser = int(0, 10_000),
           default_value_t = Given::ok(0))]
     joins_at_once: Given<u64>,
@@ -418,6 +424,13 @@ struct Settings {
     #[arg(long, env = "BRIDGE_ROOM_WORKERS", value_parser = int(0, 256),
           default_value_t = Given::ok(0))]
     room_workers: Given<u64>,
+    /// LiveKit's library's own log records: captured (into this log, under the target
+    /// livekit_ffi, with its filter and format, access tokens redacted) or off (none). Captured,
+    /// the library sends every record it makes, its verbose ones too: about 14 % of the CPU of
+    /// a room listening to data packets, which off saves.
+    #[arg(long, env = "BRIDGE_LIVEKIT_LOGS", value_parser = one_of(LIVEKIT_LOGS),
+          default_value_t = Choice::of(LIVEKIT_LOGS, LibraryLogs::Captured))]
+    livekit_logs: Given<Choice<LibraryLogs>>,
     /// PlayAudio: how long (ms) connecting to the audio URL's server may take.
     #[arg(long, env = "PLAYBACK_CONNECT_TIMEOUT_MS", value_parser = ms(1, 600_000),
           default_value_t = Given::ok(Millis(PlaybackSettings::CONNECT_TIMEOUT)))]
@@ -619,6 +632,7 @@ impl Settings {
         let livekit_ffi_lib = self.livekit_ffi_lib.take(e);
         let joins_at_once = self.joins_at_once.take(e);
         let room_workers = self.room_workers.take(e);
+        let livekit_logs = self.livekit_logs.take(e);
         let playback_connect = self.playback_connect_timeout_ms.take(e);
         let playback_read = self.playback_read_timeout_ms.take(e);
         let playback_stall = self.playback_max_stall_ms.take(e);
@@ -687,6 +701,7 @@ impl Settings {
                     joins_at_once: joins_at_once? as usize,
                     // In 0..=256 by its check.
                     room_workers: room_workers? as usize,
+                    livekit_logs: livekit_logs?.value,
                     worker_log: (log_format, log_filter.clone()),
                     room_worker_exe: None,
                     limits: Limits {
@@ -986,7 +1001,7 @@ mod tests {
         assert!(matches!(parse(&["--help"]), Ok(Command::Help(_))));
         let text = help();
         let all = settings();
-        assert_eq!(all.len(), 35, "every setting has a flag and a variable");
+        assert_eq!(all.len(), 36, "every setting has a flag and a variable");
         for s in &all {
             assert!(text.contains(&s.flag) && text.contains(&s.env), "{}", s.env);
             assert!(!s.help.is_empty(), "{} has no help", s.env);

@@ -8,7 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::process::{Launch, scratch};
 use common::*;
+use livekit_bridge::proto::live_kit_bridge_client::LiveKitBridgeClient;
 use livekit_bridge::service::ServiceSettings;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,4 +98,42 @@ async fn a_join_voided_while_it_waits_its_turn_holds_nothing() {
     let held = holder.await.expect("holder");
     assert!(!held.success, "{held:?}");
     eventually("every slot let go", || rooms() == [0]).await;
+}
+
+/// `BRIDGE_LIVEKIT_LOGS`: captured, the library's records are in the bridge's log under
+/// `livekit_ffi`; off, the library writes nothing at all (neither through the bridge nor by
+/// its own logger, which would read the bridge's `RUST_LOG`), and a join's failure still says
+/// why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_librarys_logs_are_captured_or_off() {
+    for mode in ["captured", "off"] {
+        let dir = scratch(&format!("library-logs-{mode}"));
+        let bridge = Launch::on_socket(&dir.join("bridge.sock"))
+            .env("RUST_LOG", "debug")
+            .env("BRIDGE_LIVEKIT_LOGS", mode)
+            .env("BRIDGE_CONNECT_TIMEOUT_MS", "5000")
+            .log_to(&dir.join("stderr.log"))
+            .start();
+        let mut c = LiveKitBridgeClient::new(unix::unix_channel(bridge.socket()).await);
+        let r = join(&mut c, "u", "ws://127.0.0.1:1").await;
+        assert!(
+            !r.success && r.error.contains("could not connect"),
+            "{mode}: {r:?}"
+        );
+        bridge.stop();
+        let log = std::fs::read_to_string(dir.join("stderr.log")).expect("the log");
+        let library =
+            |line: &&str| line.contains("livekit_ffi") || line.contains("signal connection failed");
+        match mode {
+            "captured" => assert!(
+                log.lines()
+                    .any(|l| l.contains("livekit_ffi") && l.contains("127.0.0.1:1")),
+                "no record of the library's in the log:\n{log}"
+            ),
+            _ => assert!(
+                !log.lines().any(|l| library(&l)),
+                "the library wrote to the log:\n{log}"
+            ),
+        }
+    }
 }

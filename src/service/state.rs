@@ -42,6 +42,8 @@ pub struct ServiceSettings {
     /// bridge's binary, since its own executable is the test).
     pub room_worker_exe: Option<std::path::PathBuf>,
     /// How the room workers log (the bridge's own format and filter).
+    /// What becomes of LiveKit's library's own log records.
+    pub livekit_logs: crate::room::ffi::LibraryLogs,
     pub worker_log: (crate::logging::LogFormat, String),
     /// Admission control's limits.
     pub limits: admission::Limits,
@@ -87,6 +89,7 @@ impl Default for ServiceSettings {
             joins_at_once: 0,
             room_workers: 0,
             room_worker_exe: None,
+            livekit_logs: crate::room::ffi::LibraryLogs::Captured,
             worker_log: (crate::logging::LogFormat::Text, "info".into()),
             limits: admission::Limits::default(),
             idle: Some(Self::IDLE),
@@ -135,6 +138,7 @@ impl BridgeState {
                 workers: settings.room_workers,
                 library: settings.livekit_ffi_lib.clone(),
                 joins_at_once: settings.joins_at_once,
+                library_logs: settings.livekit_logs,
                 ring: settings.ring,
                 log_format: settings.worker_log.0,
                 log_filter: settings.worker_log.1.clone(),

@@ -127,15 +127,15 @@ impl Library {
     }
 
     /// Registers `callback` for every event. Called once per process.
-    fn initialize(&self, callback: EventCallback) {
+    fn initialize(&self, callback: EventCallback, logs: LibraryLogs) {
         // Reported to the LiveKit server as the client SDK; it knows "rust" (the library is
         // LiveKit's Rust SDK).
         let sdk = c"rust";
         let version = c"0.1.0";
+        let capture = logs == LibraryLogs::Captured;
         // SAFETY: `callback` is a plain `extern "C"` function that lives forever; the strings
-        // are NUL-terminated statics. Logs are captured (`true`): the library sends them as
-        // events, which go to the bridge's own logging (and its JSON format) instead of stderr.
-        unsafe { (self.initialize)(callback, true, sdk.as_ptr(), version.as_ptr()) }
+        // are NUL-terminated statics.
+        unsafe { (self.initialize)(callback, capture, sdk.as_ptr(), version.as_ptr()) }
     }
 
     /// Sends one request and returns the library's response. A request that would hand the
@@ -237,15 +237,29 @@ pub trait EventSink: Send + Sync + 'static {
 /// the 10 ms of 16 kHz mono the bridge asks for. A longer one is handed on empty.
 const MAX_FRAME_BYTES: usize = 48_000 * 2 * 2;
 
+/// What becomes of the library's own log records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LibraryLogs {
+    /// Sent as events into the bridge's logging (its filter, its format, tokens redacted).
+    /// The library then sends every record it makes, its verbose ones too (libwebrtc's hex
+    /// dump of every data channel packet among them): about 14 % of a listening room's CPU
+    /// (BENCHMARKS.md, "Rooms per core").
+    Captured,
+    /// None: the library writes nothing (its own stderr logger is set to `off` in the room
+    /// worker's environment), and makes no event of a record.
+    Off,
+}
+
 static LIBRARY: OnceLock<Library> = OnceLock::new();
 static SINK: OnceLock<Box<dyn EventSink>> = OnceLock::new();
 static OPENING: Mutex<()> = Mutex::new(());
 
 /// The process's library, opened and initialised on first use with `sink` receiving its
-/// events. The library can be initialised once per process: later calls get the same one,
-/// whatever path they name.
+/// events and its log records going as `logs` says. The library can be initialised once per
+/// process: later calls get the same one, whatever they name.
 pub fn global(
     path: &Path,
+    logs: LibraryLogs,
     sink: impl FnOnce() -> Box<dyn EventSink>,
 ) -> Result<&'static Library, LibraryError> {
     if let Some(lib) = LIBRARY.get() {
@@ -258,7 +272,7 @@ pub fn global(
     let lib = Library::open(path)?;
     let _ = SINK.set(sink());
     let lib = LIBRARY.get_or_init(|| lib);
-    lib.initialize(on_event);
+    lib.initialize(on_event, logs);
     Ok(lib)
 }
 

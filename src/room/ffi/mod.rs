@@ -41,7 +41,7 @@ mod streams;
 mod subscribe;
 mod translate;
 
-pub use library::DEFAULT_PATH;
+pub use library::{DEFAULT_PATH, LibraryLogs};
 
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto {
@@ -75,7 +75,11 @@ static OPENING: Mutex<()> = Mutex::new(());
 /// The process's client, opening the library at `path` on first use with a dispatcher
 /// sharing the client's tables and `joins_at_once` turns to join. One opening at a time, so
 /// the dispatcher the library calls and the client share the same tables.
-fn client(path: &Path, joins_at_once: usize) -> Result<&'static Client, library::LibraryError> {
+fn client(
+    path: &Path,
+    joins_at_once: usize,
+    logs: LibraryLogs,
+) -> Result<&'static Client, library::LibraryError> {
     if let Some(c) = CLIENT.get() {
         return Ok(c);
     }
@@ -93,7 +97,7 @@ fn client(path: &Path, joins_at_once: usize) -> Result<&'static Client, library:
         dispatch.routes.clone(),
         dispatch.streams.clone(),
     );
-    let lib = library::global(path, move || Box::new(dispatch))?;
+    let lib = library::global(path, logs, move || Box::new(dispatch))?;
     Ok(CLIENT.get_or_init(|| Client {
         lib,
         calls,
@@ -107,12 +111,13 @@ fn client(path: &Path, joins_at_once: usize) -> Result<&'static Client, library:
 pub struct FfiBackend {
     library: PathBuf,
     joins_at_once: usize,
+    logs: LibraryLogs,
 }
 
 impl FfiBackend {
     /// The library at `library`, working on `joins_at_once` joins at a time (0: twice the
-    /// cores, see `client::default_joins_at_once`).
-    pub fn new(library: PathBuf, joins_at_once: usize) -> Self {
+    /// cores, see `client::default_joins_at_once`), its log records going as `logs` says.
+    pub fn new(library: PathBuf, joins_at_once: usize, logs: LibraryLogs) -> Self {
         let joins_at_once = match joins_at_once {
             0 => client::default_joins_at_once(),
             n => n,
@@ -120,6 +125,7 @@ impl FfiBackend {
         Self {
             library,
             joins_at_once,
+            logs,
         }
     }
 }
@@ -155,10 +161,10 @@ impl RoomBackend for FfiBackend {
         request: ConnectRequest,
         events: Arc<dyn RoomEvents>,
     ) -> BoxFuture<'static, Result<Connected, RoomError>> {
-        let (path, joins_at_once) = (self.library.clone(), self.joins_at_once);
+        let (path, joins_at_once, logs) = (self.library.clone(), self.joins_at_once, self.logs);
         Box::pin(async move {
-            let client =
-                client(&path, joins_at_once).map_err(|e| RoomError::Unavailable(e.to_string()))?;
+            let client = client(&path, joins_at_once, logs)
+                .map_err(|e| RoomError::Unavailable(e.to_string()))?;
             // The session layer may give up waiting (its own timeout, or the caller leaving)
             // while the library is still connecting. The connect runs on its own task, so a
             // room that connects after nobody wants it is left again, not leaked.
@@ -209,9 +215,9 @@ async fn connect(
                         dynacast: Some(false),
                         join_retries: Some(0),
                         // LiveKit's two-connection protocol, which every server speaks.
-                        // The single connection mode pre-creates 3 audio and 3 video receive
-                        // transceivers, kept even when the server lacks it: 6 threads and
-                        // 2 MiB per room in a bridge that receives no video (BENCHMARKS.md).
+                        // The single connection mode costs more on LiveKit's own server:
+                        // 13-38 % more CPU and 23-31 % more memory per room, and 25 joins
+                        // done 0.3-1.5 s later (BENCHMARKS.md, "Rooms per core").
                         single_peer_connection: Some(false),
                         connect_timeout_ms: Some(timeout_ms),
                     },

@@ -64,6 +64,7 @@ use super::{
 };
 use crate::audio::{Overflow, RingConfig};
 use crate::logging::LogFormat;
+use crate::room::ffi::LibraryLogs;
 
 /// How the room workers are run.
 #[derive(Clone, Debug)]
@@ -75,6 +76,8 @@ pub struct WorkerSettings {
     /// Joins of real rooms the whole bridge works on at once, whichever workers they go to;
     /// 0: twice the cores.
     pub joins_at_once: usize,
+    /// What becomes of the library's own log records (`BRIDGE_LIVEKIT_LOGS`).
+    pub library_logs: LibraryLogs,
     /// Every session ring's size and overflow policy.
     pub ring: RingConfig,
     /// Sessions one worker can hold (its region's slots).
@@ -112,6 +115,7 @@ impl Default for WorkerSettings {
             workers: 0,
             library: super::DEFAULT_LIVEKIT_LIBRARY.into(),
             joins_at_once: 0,
+            library_logs: LibraryLogs::Captured,
             ring: RingConfig::default(),
             slots: Self::SLOTS,
             log_format: LogFormat::Text,
@@ -281,6 +285,7 @@ impl WorkerBackend {
             // whose callers gave up (their turn is back in the front while the worker still
             // connects them, to leave at once).
             joins_at_once: s.joins(),
+            library_logs: s.library_logs,
             log_format: s.log_format,
             log_filter: s.log_filter.clone(),
         };

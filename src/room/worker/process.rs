@@ -71,7 +71,11 @@ pub fn spawn(
     kick: &OwnedFd,
 ) -> std::io::Result<tokio::process::Child> {
     let mut command = tokio::process::Command::new(exe);
-    command.args(args).kill_on_drop(true);
+    // LiveKit's library logs to stderr by itself when its records are not captured
+    // (`BRIDGE_LIVEKIT_LOGS=off`), filtered by its process's `RUST_LOG`, which the worker
+    // would inherit from the front: off, it writes nothing (a record can carry an access
+    // token, which only the bridge's own logging redacts).
+    command.args(args).env("RUST_LOG", "off").kill_on_drop(true);
     let fds = [control.as_raw_fd(), memory.as_raw_fd(), kick.as_raw_fd()];
     // SAFETY: the closure runs in the child between fork and exec, so it may only make
     // async-signal-safe calls: fcntl, dup2 and prctl are, it allocates nothing and touches

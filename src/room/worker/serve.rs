@@ -20,7 +20,7 @@ use super::wire::{self, proto};
 use crate::audio::mapped::{Bell, Doorbell, MappedProducer};
 use crate::audio::{Overflow, PushOutcome};
 use crate::logging::{self, LogFormat};
-use crate::room::ffi::FfiBackend;
+use crate::room::ffi::{FfiBackend, LibraryLogs};
 use crate::room::{
     AudioFilter, ConnectRequest, DataKind, Disconnect, Room, RoomBackend, RoomError, RoomEvents,
 };
@@ -36,6 +36,7 @@ pub struct WorkerArgs {
     pub number: u64,
     pub library: PathBuf,
     pub joins_at_once: usize,
+    pub library_logs: LibraryLogs,
     pub log_format: LogFormat,
     pub log_filter: String,
 }
@@ -47,6 +48,10 @@ impl WorkerArgs {
             self.number.to_string(),
             self.library.display().to_string(),
             self.joins_at_once.to_string(),
+            match self.library_logs {
+                LibraryLogs::Captured => "captured".into(),
+                LibraryLogs::Off => "off".into(),
+            },
             match self.log_format {
                 LogFormat::Text => "text".into(),
                 LogFormat::Json => "json".into(),
@@ -56,13 +61,18 @@ impl WorkerArgs {
     }
 
     pub fn parse(args: &[String]) -> Option<Self> {
-        let [number, library, joins, format, filter] = args else {
+        let [number, library, joins, logs, format, filter] = args else {
             return None;
         };
         Some(Self {
             number: number.parse().ok()?,
             library: library.into(),
             joins_at_once: joins.parse().ok()?,
+            library_logs: match logs.as_str() {
+                "captured" => LibraryLogs::Captured,
+                "off" => LibraryLogs::Off,
+                _ => return None,
+            },
             log_format: match format.as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
@@ -77,7 +87,7 @@ impl WorkerArgs {
 pub fn serve(args: &[String]) -> u8 {
     let Some(args) = WorkerArgs::parse(args) else {
         eprintln!(
-            "usage: livekit-bridge {SUBCOMMAND} <number> <library> <joins at once> <text|json> <log filter>"
+            "usage: livekit-bridge {SUBCOMMAND} <number> <library> <joins at once> <captured|off> <text|json> <log filter>"
         );
         return 64;
     };
@@ -176,7 +186,7 @@ async fn run(fds: Inherited, args: WorkerArgs) -> u8 {
         }),
     ));
     let worker = Arc::new(Worker {
-        backend: FfiBackend::new(args.library, args.joins_at_once),
+        backend: FfiBackend::new(args.library, args.joins_at_once, args.library_logs),
         bell: Arc::new(WorkerBell {
             doorbell: region.doorbell(region.clone()),
             kick: fds.kick,
