@@ -675,8 +675,9 @@ fn density_harness_drives_real_rooms_of_each_shape() {
 /// backend's own client, grpc-js, streaming PCM for each user): its 5 sessions, and only those,
 /// end UNAVAILABLE `room_lost` within a second naming the signal; a replacement runs; the
 /// backend rejoins them 2 s after the error status, as it does, and they hear their phones
-/// again; the others lose no frame. Their longest gap is compared with the same window without
-/// a fault (the phones' and the client's own).
+/// again; the others lose no frame. Their longest gap while the worker dies (from the kill until
+/// the front has ended its sessions) is compared with a window without a fault (the gaps two
+/// shared cores make by themselves); their longest over the whole window is reported.
 #[test]
 #[ignore = "needs root (a network namespace) and scripts/setup; scripts/test runs it"]
 fn real_server_a_dead_room_worker_ends_its_own_sessions_only() {
@@ -702,12 +703,12 @@ fn real_server_a_dead_room_worker_ends_its_own_sessions_only() {
         // joins at once into a fresh worker).
         r.within(&key("rejoined_audio_after_ms"), 2_000.0, 8_000.0);
         r.within(&key("rejoin_to_audio_ms"), 0.0, 6_000.0);
-        let gap = r.number(&key("others_max_gap_ms"));
+        let gap = r.number(&key("others_max_gap_while_dying_ms"));
         let quiet = r.number("real_worker_no_fault_max_gap_ms");
         assert!(
             gap <= quiet.max(20.0) + 100.0 + excused,
-            "{signal}: the others' longest gap {gap} ms, {quiet} ms without a fault, \
-             {excused} ms of it the client's or the machine's stall"
+            "{signal}: the others' longest gap while the worker died {gap} ms, {quiet} ms \
+             without a fault, {excused} ms of it the client's or the machine's stall"
         );
     }
     r.within("real_worker_no_fault_frames_lost", 0.0, 0.0);

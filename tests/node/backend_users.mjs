@@ -17,9 +17,11 @@
 //   REJOIN <user> <t>                 the rejoin after an error status starts
 //   REFUSED <user> <t> <error, JSON>  JoinRoom said success: false (tried again in 2 s)
 // Answers on stdin, each answer ended by a line "OK":
-//   window <t0> <t1>  "WINDOW <user> <frames lost> <longest gap, ms>" for each user with two
-//                     or more chunks that arrived in [t0, t1], then "LAG <ms>": the longest
-//                     this process's event loop was held up in [t0, t1] (a gap it made itself)
+//   window <t0> <t1> [<a> <b>]
+//                     "WINDOW <user> <frames lost> <longest gap, ms> <longest gap that
+//                     overlaps [a, b], ms>" for each user with two or more chunks that arrived
+//                     in [t0, t1], then "LAG <ms>": the longest this process's event loop was
+//                     held up in [t0, t1] (a gap it made itself)
 //   leave             LeaveRoom for every user, its stream half-closed first; "OK" once every
 //                     stream has ended
 import fs from "node:fs";
@@ -100,17 +102,21 @@ class User {
     this.uplink = setTimeout(send, CHUNK_MS);
   }
 
-  // Frames lost (by the phone's count) and the longest gap (ms) among chunks in [t0, t1].
-  window(t0, t1) {
+  // Frames lost (by the phone's count), the longest gap (ms) among chunks in [t0, t1], and
+  // the longest of those gaps that overlaps [a, b].
+  window(t0, t1, a, b) {
     const got = this.frames.filter(([t]) => t >= t0 && t <= t1);
     if (got.length < 2) return null;
     let lost = 0;
     let gap = 0;
+    let during = 0;
     for (let i = 1; i < got.length; i++) {
+      const [from, to] = [got[i - 1][0], got[i][0]];
       lost += (got[i][1] - got[i - 1][1] - 1 + 32768) % 32768;
-      gap = Math.max(gap, got[i][0] - got[i - 1][0]);
+      gap = Math.max(gap, to - from);
+      if (from <= b && to >= a) during = Math.max(during, to - from);
     }
-    return [lost, Math.round(gap * 1000)];
+    return [lost, Math.round(gap * 1000), Math.round(during * 1000)];
   }
 
   leave() {
@@ -147,10 +153,10 @@ for (const u of all) u.join();
 for await (const line of readline.createInterface({ input: process.stdin })) {
   const [command, ...args] = line.trim().split(/\s+/);
   if (command === "window") {
-    const [t0, t1] = args.map(Number);
+    const [t0, t1, a = t0, b = t1] = args.map(Number);
     for (const u of all) {
-      const w = u.window(t0, t1);
-      if (w) say(`WINDOW ${u.id} ${w[0]} ${w[1]}`);
+      const w = u.window(t0, t1, a, b);
+      if (w) say(`WINDOW ${u.id} ${w[0]} ${w[1]} ${w[2]}`);
     }
     say(`LAG ${Math.round(lagIn(t0, t1) * 1000)}`);
   } else if (command === "leave") {

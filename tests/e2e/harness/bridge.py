@@ -47,7 +47,8 @@ class Bridge:
         raise AssertionError("bridge socket never appeared")
 
     def status_of(self):
-        """(RSS KiB, threads) of the bridge: its front process and its room workers."""
+        """(RSS KiB, threads) of the bridge: its front process and its room workers (a worker
+        that exits meanwhile counts nothing)."""
         rss = threads = 0
         for pid in bridge_pids(self.proc.pid):
             r, t = process_status(pid)
@@ -102,14 +103,17 @@ def bridge_pids(pid):
 
 
 def process_status(pid):
-    """(RSS KiB, threads) of process `pid`."""
+    """(RSS KiB, threads) of process `pid`; (0, 0) once it is gone."""
     rss = threads = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-            elif line.startswith("Threads:"):
-                threads = int(line.split()[1])
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("Threads:"):
+                    threads = int(line.split()[1])
+    except OSError:
+        return 0, 0
     return rss, threads
 
 
@@ -123,11 +127,15 @@ def alive_pid(pid):
 
 
 def cpu_seconds(pid):
-    """User + system CPU seconds of bridge `pid` and its room workers, from /proc."""
+    """User + system CPU seconds of bridge `pid` and its room workers, from /proc (a worker
+    that exits meanwhile counts nothing)."""
     total = 0.0
     for p in bridge_pids(pid):
-        with open(f"/proc/{p}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
@@ -144,7 +152,11 @@ def thread_names(pid):
     """The threads of bridge `pid` and its room workers, counted by name."""
     names = {}
     for p in bridge_pids(pid):
-        for tid in os.listdir(f"/proc/{p}/task"):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue  # a worker that exited since it was listed
+        for tid in tids:
             try:
                 with open(f"/proc/{p}/task/{tid}/comm") as f:
                     name = f.read().strip()

@@ -82,16 +82,19 @@ class NodeBackend:
                 return lines
             lines.append((kind, rest))
 
-    async def window(self, t0, t1):
-        """{user: (frames lost, longest gap in ms)} over chunks that arrived in [t0, t1];
-        `self.lag_ms` is then the longest the Node process's event loop was held up in it."""
+    async def window(self, t0, t1, during=None):
+        """{user: (frames lost, longest gap in ms, longest gap overlapping `during` in ms)} over
+        chunks that arrived in [t0, t1] (`during`: a (start, end) pair; the whole window when
+        None); `self.lag_ms` is then the longest the Node process's event loop was held up in
+        it."""
+        a, b = during or (t0, t1)
         out = {}
-        for kind, line in await self._ask(f"window {t0} {t1}"):
+        for kind, line in await self._ask(f"window {t0} {t1} {a} {b}"):
             if kind == "LAG":
                 self.lag_ms = int(line)
                 continue
-            user, lost, gap = line.split()
-            out[user] = (int(lost), int(gap))
+            user, lost, gap, overlapping = line.split()
+            out[user] = (int(lost), int(gap), int(overlapping))
         return out
 
     async def leave(self):
