@@ -29,6 +29,23 @@ use crate::audio::{Closer, Consumer, FrameProducer, PushOutcome, RingConfig, aud
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Waits for a turn on `turns` (the joins worked on at once); the turn, to hold until the room
+/// is set up, and what is left of `timeout` once it came (the wait counts against it).
+pub(crate) async fn turn_to_join(
+    turns: &tokio::sync::Semaphore,
+    timeout: Duration,
+) -> Result<(tokio::sync::SemaphorePermit<'_>, Duration), RoomError> {
+    let asked = tokio::time::Instant::now();
+    let turn = turns
+        .acquire()
+        .await
+        .map_err(|_| RoomError::Unavailable("the join queue was closed".into()))?;
+    let left = timeout
+        .saturating_sub(asked.elapsed())
+        .max(Duration::from_millis(1));
+    Ok((turn, left))
+}
+
 /// Everything a backend needs to join a room for one user.
 #[derive(Clone, Debug)]
 pub struct ConnectRequest {

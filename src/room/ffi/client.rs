@@ -35,7 +35,7 @@ pub(super) struct Client {
 /// library's transient signalling and transport buffers, and glibc keeps that high-water mark
 /// mapped. 25 joins at once on 2 cores took 1.18 s and left 3.4 MiB per room; 4 at once took
 /// 1.46 s and left 1.06 MiB; one at a time 6.2 s and 0.85 MiB (BENCHMARKS.md, joins at once).
-pub(super) fn default_joins_at_once() -> usize {
+pub(crate) fn default_joins_at_once() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()) * 2
 }
 

@@ -41,6 +41,7 @@ mod streams;
 mod subscribe;
 mod translate;
 
+pub(crate) use client::default_joins_at_once;
 pub use library::{DEFAULT_PATH, LibraryLogs};
 
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -56,7 +57,6 @@ pub mod proto {
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -189,18 +189,8 @@ async fn connect(
     if let Some(why) = grant::refusal(&request.room_name, &request.token) {
         return Err(RoomError::ConnectFailed(why));
     }
-    // The turn is held until the room is set up; the session's own timeout covers the wait,
-    // so the library is given what is left of it.
-    let asked = tokio::time::Instant::now();
-    let _turn = client
-        .joining
-        .acquire()
-        .await
-        .map_err(|_| RoomError::Unavailable("the library's join queue was closed".into()))?;
-    let timeout = request
-        .timeout
-        .saturating_sub(asked.elapsed())
-        .max(Duration::from_millis(1));
+    // The session's own timeout covers the wait, so the library is given what is left of it.
+    let (_turn, timeout) = super::turn_to_join(&client.joining, request.timeout).await?;
     let timeout_ms = timeout.as_millis() as u64;
     let (url, token) = (request.url.clone(), request.token.clone());
     let answer = client

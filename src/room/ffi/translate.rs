@@ -48,37 +48,28 @@ fn disconnect_reason(reason: i32, gave_up: bool) -> String {
 }
 
 /// One of the library's log records, into the bridge's logs under the target `livekit_ffi`,
-/// with any access token in it redacted. A record below the log filter costs a comparison:
+/// with any access token in it redacted. The redaction runs only when the record is written:
 /// the library sends its verbose records too (libwebrtc's, a hex dump of every SCTP packet
-/// among them), many a second per room.
+/// among them), many a second per room, and the filter drops most of them.
 pub(super) fn log_record(r: &proto::LogRecord) {
     use proto::LogLevel as L;
-    use tracing::Level;
-    let level = match L::try_from(r.level) {
-        Ok(L::LogError) => Level::ERROR,
-        Ok(L::LogWarn) => Level::WARN,
-        Ok(L::LogInfo) => Level::INFO,
-        Ok(L::LogDebug) => Level::DEBUG,
-        _ => Level::TRACE,
-    };
-    let enabled = match level {
-        Level::ERROR => tracing::enabled!(target: "livekit_ffi", Level::ERROR),
-        Level::WARN => tracing::enabled!(target: "livekit_ffi", Level::WARN),
-        Level::INFO => tracing::enabled!(target: "livekit_ffi", Level::INFO),
-        Level::DEBUG => tracing::enabled!(target: "livekit_ffi", Level::DEBUG),
-        _ => tracing::enabled!(target: "livekit_ffi", Level::TRACE),
-    };
-    if !enabled {
-        return;
-    }
     let module = r.target.as_str();
-    let message = without_tokens(&r.message);
-    match level {
-        Level::ERROR => tracing::error!(target: "livekit_ffi", module, "{message}"),
-        Level::WARN => tracing::warn!(target: "livekit_ffi", module, "{message}"),
-        Level::INFO => tracing::info!(target: "livekit_ffi", module, "{message}"),
-        Level::DEBUG => tracing::debug!(target: "livekit_ffi", module, "{message}"),
+    let message = Redacted(&r.message);
+    match L::try_from(r.level) {
+        Ok(L::LogError) => tracing::error!(target: "livekit_ffi", module, "{message}"),
+        Ok(L::LogWarn) => tracing::warn!(target: "livekit_ffi", module, "{message}"),
+        Ok(L::LogInfo) => tracing::info!(target: "livekit_ffi", module, "{message}"),
+        Ok(L::LogDebug) => tracing::debug!(target: "livekit_ffi", module, "{message}"),
         _ => tracing::trace!(target: "livekit_ffi", module, "{message}"),
+    }
+}
+
+/// A text shown with its access tokens redacted ([`without_tokens`]), when it is formatted.
+struct Redacted<'a>(&'a str);
+
+impl std::fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&without_tokens(self.0))
     }
 }
 

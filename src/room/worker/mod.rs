@@ -103,7 +103,7 @@ impl WorkerSettings {
 
     fn joins(&self) -> usize {
         match self.joins_at_once {
-            0 => 2 * std::thread::available_parallelism().map_or(1, usize::from),
+            0 => crate::room::ffi::default_joins_at_once(),
             n => n,
         }
     }
@@ -483,21 +483,12 @@ impl RoomBackend for WorkerBackend {
         link.attach(slot, events);
         let joining = self.joining.clone();
         Box::pin(async move {
-            let asked = Instant::now();
-            // Until the join is sent the worker has not heard of the slot: a caller who gives
-            // up meanwhile lets go of the worker's hold on it here.
-            let mut unsent = Unsent {
+            let mut guard = JoinGuard {
                 link: Some(link.clone()),
                 slot,
+                sent: false,
             };
-            let _turn = joining
-                .acquire_owned()
-                .await
-                .map_err(|_| RoomError::Unavailable("the bridge's join queue was closed".into()))?;
-            let timeout = request
-                .timeout
-                .saturating_sub(asked.elapsed())
-                .max(Duration::from_millis(1));
+            let (_turn, timeout) = super::turn_to_join(&joining, request.timeout).await?;
             let join = proto::Join {
                 slot,
                 user_id: request.user_id,
@@ -508,16 +499,12 @@ impl RoomBackend for WorkerBackend {
                 timeout_ms: timeout.as_millis() as u64,
                 audio_source: wire::audio_source(request.audio_source).into(),
             };
-            // Sent in the same step as the guard that leaves it, so that a caller who gives up
-            // from here on still leaves the room the worker may join.
+            // Sent in the same step as the guard learns it, so that a caller who gives up from
+            // here on leaves the room the worker may join.
             let joined = link.request(proto::to_worker::Op::Join(join));
-            unsent.disarm();
-            let mut unwanted = LeaveUnlessJoined {
-                link: Some(link.clone()),
-                slot,
-            };
+            guard.sent = true;
             let joined = joined.await;
-            unwanted.disarm();
+            guard.disarm();
             match joined? {
                 Answer::Joined(j) => Ok(Connected {
                     room: Box::new(WorkerRoom { link, slot }),
@@ -532,45 +519,30 @@ impl RoomBackend for WorkerBackend {
     }
 }
 
-/// Lets go of the worker's hold on the slot of a join never sent (its caller went away while
-/// it waited its turn).
-struct Unsent {
+/// A join's hold on its slot until the worker answers, for a caller who goes away first: before
+/// the join is sent (while it waits its turn) the worker has not heard of the slot, and the
+/// front lets go of the worker's hold on it; after, the room the worker may join is left.
+struct JoinGuard {
     link: Option<Arc<Link>>,
     slot: u32,
+    sent: bool,
 }
 
-impl Unsent {
+impl JoinGuard {
     fn disarm(&mut self) {
         self.link = None;
     }
 }
 
-impl Drop for Unsent {
+impl Drop for JoinGuard {
     fn drop(&mut self) {
-        if let Some(link) = self.link.take() {
-            link.never_sent(self.slot);
-        }
-    }
-}
-
-/// Leaves the room of a join whose caller went away before its answer.
-struct LeaveUnlessJoined {
-    link: Option<Arc<Link>>,
-    slot: u32,
-}
-
-impl LeaveUnlessJoined {
-    fn disarm(&mut self) {
-        self.link = None;
-    }
-}
-
-impl Drop for LeaveUnlessJoined {
-    fn drop(&mut self) {
-        if let Some(link) = self.link.take() {
+        let Some(link) = self.link.take() else { return };
+        if self.sent {
             drop(link.request(proto::to_worker::Op::Leave(proto::Leave {
                 slot: self.slot,
             })));
+        } else {
+            link.never_sent(self.slot);
         }
     }
 }
