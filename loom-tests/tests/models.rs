@@ -297,6 +297,32 @@ fn a_producer_dead_mid_push_is_never_waited_for() {
     });
 }
 
+/// Step 5 when the producer's process is dying, not yet gone: the front abandons as soon as
+/// the worker's main thread exits (its lifeline), when a push already running on another core
+/// can still finish. The consumer waits for nothing, and once that push has ended its frame is
+/// counted exactly once.
+#[test]
+fn a_dying_producers_last_push_races_the_abandon() {
+    loom::model(|| {
+        let (p, mut c, closer, _bell) = heap_ring(4 * 14, Overflow::DropNewest);
+        let producer = thread::spawn(move || {
+            p.push(1, &[1, 2]);
+            // Its process ends: no drop runs.
+            std::mem::forget(p);
+        });
+        closer.abandon();
+        closer.close();
+        let mut out = Vec::new();
+        assert_eq!(c.try_pop(&mut out), Pop::Closed);
+        producer.join().expect("producer");
+        assert_eq!(c.try_pop(&mut out), Pop::Closed);
+        let s = closer.stats();
+        assert_eq!(s.received, 1);
+        assert_eq!(s.delivered, 0, "nothing is delivered after the close");
+        assert_eq!(s.dropped_closed, 1, "{s:?}");
+    });
+}
+
 /// The mapped rings' doorbell: two producers mark their slots while the consumer's process
 /// takes marks after the kicks it has seen; once every kick is taken, both marks were found.
 #[test]

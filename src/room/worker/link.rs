@@ -24,6 +24,7 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::lifeline;
 use super::process;
 use super::region::Region;
 use super::wire::{self, WireError, proto};
@@ -36,6 +37,10 @@ use crate::room::{
 /// A worker that has sent nothing (not even its counters, every
 /// [`STATS_EVERY`](super::serve::STATS_EVERY)) for this long is taken for dead.
 pub const HEARTBEAT_LAPSE: Duration = Duration::from_secs(5);
+
+/// A worker whose lifeline said it is exiting and which has not become a zombie after this
+/// long is killed (a thread stuck in the kernel); its sessions ended when the lifeline spoke.
+const TEARDOWN_LAPSE: Duration = Duration::from_secs(30);
 
 const FRONT: u8 = 0b01;
 const WORKER: u8 = 0b10;
@@ -129,6 +134,12 @@ impl Link {
 
     pub(super) fn is_alive(&self) -> bool {
         !self.dead.is_cancelled()
+    }
+
+    /// Resolves once the worker is known to be dying (its sessions have ended), which may be
+    /// before it is reaped.
+    pub(super) fn died(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.dead.clone().cancelled_owned()
     }
 
     /// Sessions whose room is in this worker now: slots the worker has not let go. A session
@@ -310,8 +321,12 @@ impl Link {
 
     /// The worker is dead (reaped): abandon and close every ring, end every session as lost,
     /// fail every request waiting.
+    /// Once: the first word on a death (the lifeline's, or the reaper's) is what the sessions
+    /// are told.
     fn die(&self, why: String, retired: bool) {
-        let _ = self.death.set(why.clone());
+        if self.death.set(why.clone()).is_err() {
+            return;
+        }
         self.dead.cancel();
         let (pending, slots) = {
             let mut t = self.table();
@@ -445,45 +460,123 @@ async fn supervise(
     let pid = child.id().unwrap_or(0);
     let mut buf = Vec::new();
     let mut lapse = tokio::time::interval(Duration::from_secs(1));
-    let cause = loop {
+    let mut lifeline: Option<Lifeline> = None;
+    let mut watched = false;
+    let ending = loop {
+        let dying = async {
+            match &mut lifeline {
+                Some(rx) => rx.await.ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             m = wire::read::<proto::FromWorker>(&mut rd, &mut buf) => match m {
-                Ok(Some(m)) => link.take(m),
+                Ok(Some(m)) => {
+                    if !watched && matches!(m.op, Some(proto::from_worker::Op::Hello(_))) {
+                        watched = true;
+                        lifeline = watch_lifeline(&link, pid);
+                    }
+                    link.take(m);
+                }
                 // The socket ending or failing (a peer that dies with bytes unread resets
-                // it) is how a worker's death shows first.
-                Ok(None) => break None,
-                Err(WireError::Io(_)) => break None,
-                Err(e) => break Some(("protocol", format!("it sent {e}"))),
+                // it) is how a death shows when the lifeline could not tell.
+                Ok(None) => break Ending::Closed,
+                Err(WireError::Io(_)) => break Ending::Closed,
+                Err(e) => break Ending::Broke("protocol", format!("it sent {e}")),
+            },
+            status = dying => match status {
+                Some(status) => break Ending::Dying(status),
+                None => lifeline = None,
             },
             _ = lapse.tick() => {
                 let quiet = unix_ms() - link.heard_ms.load(Ordering::Relaxed);
                 if quiet > HEARTBEAT_LAPSE.as_millis() as i64 {
-                    break Some((
+                    break Ending::Broke(
                         "unresponsive",
                         format!("it stopped answering for {} s", quiet / 1000),
-                    ));
+                    );
                 }
             }
         }
     };
-    // A worker whose socket ended is dying: it gets a second to end by itself, so its own
-    // exit is what the sessions are told; one still alive then, or one that broke the
-    // protocol or stopped answering, is killed.
-    let mut final_cpu = match cause {
-        None => process::final_cpu(pid).await,
-        Some(_) => None,
+    let ending_at = std::time::Instant::now();
+    let dying = matches!(ending, Ending::Dying(_));
+    // A worker whose main thread is exiting is told to its sessions at once: the teardown of
+    // its memory, after which it can be reaped, can take seconds on a busy machine.
+    if let Ending::Dying(status) = ending {
+        let (kind, why) = account(&link, pid, None, false, status);
+        link.die(why, kind == "retired");
+    }
+    // A worker whose socket ended is dying too: it gets a second to end by itself, so its own
+    // exit is what the sessions are told. One still alive then, one whose lifeline said it is
+    // exiting but which is not done after [`TEARDOWN_LAPSE`], and one that broke the protocol
+    // or stopped answering, are killed.
+    let mut final_cpu = match ending {
+        Ending::Broke(..) => None,
+        Ending::Closed => process::final_cpu(pid, Duration::from_secs(1)).await,
+        Ending::Dying(_) => process::final_cpu(pid, TEARDOWN_LAPSE).await,
     };
     let killed = final_cpu.is_none();
     if killed {
         let _ = child.start_kill();
-        final_cpu = process::final_cpu(pid).await;
+        final_cpu = process::final_cpu(pid, Duration::from_secs(1)).await;
     }
-    let status = child.wait().await;
-    let (kind, exit) = match &status {
-        Ok(s) => (signal_name(*s).unwrap_or("exit"), describe(*s)),
-        Err(e) => ("exit", format!("cannot be reaped: {e}")),
+    let status = child.wait().await.ok();
+    let cause = match ending {
+        Ending::Broke(kind, cause) => Some((kind, cause)),
+        Ending::Closed | Ending::Dying(_) => None,
     };
-    let (kind, why) = match (cause, killed) {
+    let closed = killed && cause.is_none() && !dying;
+    let (kind, why) = account(&link, pid, cause, closed, status);
+    tracing::info!(
+        worker = link.number,
+        pid,
+        exit = %status.map_or_else(|| "unknown".into(), describe),
+        after_ms = ending_at.elapsed().as_millis() as u64,
+        "room worker reaped"
+    );
+    link.die(why, kind == "retired");
+    let _ = exited.send(Exit {
+        kind,
+        cpu_seconds: final_cpu.unwrap_or(0.0),
+    });
+}
+
+/// How the front learnt that a worker is ending.
+enum Ending {
+    /// Its lifeline: its main thread is exiting, with this wait status if `/proc` showed it.
+    Dying(Option<std::process::ExitStatus>),
+    /// Its control socket ended.
+    Closed,
+    /// It broke the protocol or stopped answering: the front ends it (kind, cause).
+    Broke(&'static str, String),
+}
+
+/// The lifeline's word: the worker's main thread is exiting, with this wait status.
+type Lifeline = oneshot::Receiver<Option<std::process::ExitStatus>>;
+
+fn watch_lifeline(link: &Link, pid: u32) -> Option<Lifeline> {
+    match lifeline::watch(link.region.clone(), pid) {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!(worker = link.number, error = %e, "cannot watch the room worker's lifeline; its death shows when its control socket closes");
+            None
+        }
+    }
+}
+
+/// The kind of a worker's end (for the metrics) and why its sessions ended (for them): the
+/// front's cause if it ended the worker, else how the process ended.
+fn account(
+    link: &Link,
+    pid: u32,
+    cause: Option<(&'static str, String)>,
+    killed_after_closing: bool,
+    status: Option<std::process::ExitStatus>,
+) -> (&'static str, String) {
+    let kind = status.and_then(signal_name).unwrap_or("exit");
+    let exit = status.map_or_else(|| "its exit status is unknown".into(), describe);
+    match (cause, killed_after_closing) {
         (Some((kind, cause)), _) => (
             kind,
             format!("the room's worker process (pid {pid}) was ended: {cause}"),
@@ -494,22 +587,15 @@ async fn supervise(
                 "the room's worker process (pid {pid}) was ended: it closed its control socket"
             ),
         ),
-        (None, false) if link.retired.is_cancelled() && matches!(&status, Ok(s) if s.success()) => {
-            (
-                "retired",
-                format!("the room's worker process (pid {pid}) was retired"),
-            )
-        }
+        (None, false) if link.retired.is_cancelled() && status.is_some_and(|s| s.success()) => (
+            "retired",
+            format!("the room's worker process (pid {pid}) was retired"),
+        ),
         (None, false) => (
             kind,
             format!("the room's worker process (pid {pid}) died ({exit})"),
         ),
-    };
-    link.die(why, kind == "retired");
-    let _ = exited.send(Exit {
-        kind,
-        cpu_seconds: final_cpu.unwrap_or(0.0),
-    });
+    }
 }
 
 fn signal_name(status: std::process::ExitStatus) -> Option<&'static str> {

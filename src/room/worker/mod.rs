@@ -14,7 +14,8 @@
 //! ```
 //!
 //! - `region`: the shared memory and its layout; `process`: starting a worker with its
-//!   descriptors, and the doorbell's eventfd; `wire`: the control channel's framing and
+//!   descriptors, and the doorbell's eventfd; `lifeline`: how the front learns at once that a
+//!   worker is dying; `wire`: the control channel's framing and
 //!   messages (`proto/room_worker.proto`); `link`: the front's side of one worker (requests,
 //!   events, slots, its death); `serve`: the worker's side; here: the pool of workers, which
 //!   places each session on the least loaded one, replaces a worker that dies, and retires
@@ -37,9 +38,11 @@
 //! Publish requests, each answered once the room has taken it, so the backpressure of the
 //! published track's clock reaches the client unchanged.
 //!
-//! The modules depend one way: `region`, `process` and `wire` on nothing here; `link` on
-//! those; `serve` on `region`, `process` and `wire`; this module on `link` and `serve`.
+//! The modules depend one way: `region`, `process` and `wire` on nothing here; `lifeline` on
+//! `region` and `process`; `link` on those; `serve` on `region`, `process`, `wire` and
+//! `lifeline`; this module on `link` and `serve`.
 
+mod lifeline;
 mod link;
 mod process;
 mod region;
@@ -145,7 +148,7 @@ pub struct WorkerCounts {
     pub draining: usize,
     /// Sessions still on the workers being retired.
     pub draining_sessions: usize,
-    /// Workers running now, those being retired included.
+    /// Worker processes not yet reaped: those being retired and those dying included.
     pub running: usize,
     /// CPU seconds of every worker, those that exited included.
     pub cpu_seconds: f64,
@@ -161,6 +164,8 @@ struct Pool {
     links: Vec<Option<Arc<Link>>>,
     /// Workers being retired, out of the pool's places.
     draining: Vec<Arc<Link>>,
+    /// Workers known to be dying, not yet reaped (their CPU time still counts).
+    dying: Vec<Arc<Link>>,
     /// Workers seen holding a stranded runtime at the last look.
     suspects: Vec<u64>,
     /// Whether the task that retires workers runs.
@@ -186,9 +191,14 @@ pub struct WorkerBackend {
 }
 
 impl Pool {
-    /// Every worker running: the pool's places, then those being retired.
+    /// Every worker process not yet reaped: the pool's places, those being retired, those
+    /// dying.
     fn all(&self) -> impl Iterator<Item = &Arc<Link>> {
-        self.links.iter().flatten().chain(&self.draining)
+        self.links
+            .iter()
+            .flatten()
+            .chain(&self.draining)
+            .chain(&self.dying)
     }
 }
 
@@ -272,6 +282,7 @@ impl WorkerBackend {
                 .max(crate::audio::ring::FRAME_HEADER + 2),
         };
         let region = Arc::new(Region::create(shape)?);
+        lifeline::init(&region)?;
         let kick = process::eventfd()?;
         let (front, worker) = std::os::unix::net::UnixStream::pair()?;
         let exe = match &s.exe {
@@ -307,17 +318,14 @@ impl WorkerBackend {
         let link = started.link.clone();
         let born = Instant::now();
         tokio::spawn(async move {
-            let exit = started.exited.await;
-            let Some(this) = this.upgrade() else { return };
+            // Its place is given to a new worker as soon as its death is known; it is
+            // accounted for once reaped (its teardown can take seconds).
+            link.died().await;
+            let Some(backend) = this.upgrade() else {
+                return;
+            };
             {
-                let mut p = this.pool();
-                let (kind, cpu) = exit.map_or(("exit", 0.0), |e| (e.kind, e.cpu_seconds));
-                *p.counts.exits.entry(kind).or_default() += 1;
-                p.counts.exited_cpu_seconds += cpu;
-                let s = link.stats();
-                p.retired.routed += s.routed;
-                p.retired.unrouted += s.unrouted;
-                p.retired.published_underruns += s.published_underruns;
+                let mut p = backend.pool();
                 if p.links[position]
                     .as_ref()
                     .is_some_and(|l| Arc::ptr_eq(l, &link))
@@ -325,13 +333,30 @@ impl WorkerBackend {
                     p.links[position] = None;
                 }
                 p.draining.retain(|l| !Arc::ptr_eq(l, &link));
+                p.dying.push(link.clone());
             }
+            drop(backend);
             // A worker that dies at once (a missing library, a bad binary) is not restarted
             // in a tight loop.
             if born.elapsed() < Duration::from_secs(1) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            this.ensure_started();
+            if let Some(backend) = this.upgrade() {
+                backend.ensure_started();
+            }
+            let exit = started.exited.await;
+            let Some(backend) = this.upgrade() else {
+                return;
+            };
+            let mut p = backend.pool();
+            let (kind, cpu) = exit.map_or(("exit", 0.0), |e| (e.kind, e.cpu_seconds));
+            *p.counts.exits.entry(kind).or_default() += 1;
+            p.counts.exited_cpu_seconds += cpu;
+            let s = link.stats();
+            p.retired.routed += s.routed;
+            p.retired.unrouted += s.unrouted;
+            p.retired.published_underruns += s.published_underruns;
+            p.dying.retain(|l| !Arc::ptr_eq(l, &link));
         });
         Ok(started.link)
     }

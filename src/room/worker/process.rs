@@ -150,16 +150,30 @@ impl Inherited {
     }
 }
 
+/// The fields of `/proc/<pid>/stat` from field 3 (the state) on: the command before it, in
+/// parentheses, may contain spaces.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
 /// A process's CPU seconds (user + system) and state letter, from `/proc/<pid>/stat`.
 fn stat(pid: u32) -> Option<(f64, char)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command (which may contain spaces) start at the state, field 3.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = stat_fields(pid)?;
     let ticks = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
     let state = fields.first()?.chars().next()?;
     // USER_HZ is 100 on every Linux the bridge runs on.
     Some(((ticks(14)? + ticks(15)?) as f64 / 100.0, state))
+}
+
+/// How a process whose main thread has begun to exit is ending: its main thread's exit code
+/// (`/proc/<pid>/stat` field 52, in `waitpid`'s form), which the kernel sets before it releases
+/// that thread's robust futexes. `None` once the process is reaped.
+pub fn exit_status(pid: u32) -> Option<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let code = stat_fields(pid)?.get(52 - 3)?.parse::<i32>().ok()?;
+    Some(std::process::ExitStatus::from_raw(code))
 }
 
 /// A live worker's CPU seconds and resident bytes.
@@ -183,15 +197,17 @@ pub fn thread_names(pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// A killed worker's final CPU seconds, read while it is a zombie, before it is reaped (once
-/// reaped, the kernel adds it to the front's children's time, which the metrics tell apart).
-pub async fn final_cpu(pid: u32) -> Option<f64> {
-    for _ in 0..200 {
+/// An ending worker's final CPU seconds, read while it is a zombie, before it is reaped (once
+/// reaped, the kernel adds it to the front's children's time, which the metrics tell apart);
+/// `None` if it is not a zombie `within` that time.
+pub async fn final_cpu(pid: u32, within: std::time::Duration) -> Option<f64> {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
         match stat(pid) {
             Some((cpu, 'Z')) => return Some(cpu),
-            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
-            None => return None,
+            Some(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(EVERY).await,
+            _ => return None,
         }
     }
-    None
 }

@@ -2,8 +2,9 @@
 //! doorbell, in one `memfd` the front creates and the worker maps.
 //!
 //! Layout (offsets in bytes, each part aligned to [`ALIGN`]):
-//! - `0`: the doorbell's `pending` word;
-//! - [`ALIGN`]: the doorbell's bits, one per slot;
+//! - `0`: the worker's lifeline, a process-shared robust mutex ([`super::lifeline`]);
+//! - [`ALIGN`]: the doorbell's `pending` word;
+//! - `2 * ALIGN`: the doorbell's bits, one per slot;
 //! - then `slots` slots, each a [`SlotHeader`] followed by `capacity` bytes of frames.
 //!
 //! Both sides compute the layout from the same three numbers (slots, capacity, and the
@@ -36,8 +37,12 @@ pub struct Shape {
 }
 
 impl Shape {
-    fn bits_at(self) -> usize {
+    fn pending_at(self) -> usize {
         ALIGN
+    }
+
+    fn bits_at(self) -> usize {
+        2 * ALIGN
     }
 
     fn slots_at(self) -> usize {
@@ -127,6 +132,11 @@ impl Region {
         &self.fd
     }
 
+    /// Where the worker's lifeline lives (zero until the front initialises it).
+    pub fn lifeline(&self) -> NonNull<libc::pthread_mutex_t> {
+        self.base.cast()
+    }
+
     /// Slot `index`'s memory, kept alive by `owner` (which must keep this region alive).
     pub fn slot(&self, index: u32, owner: Arc<dyn Send + Sync>) -> Option<SlotMemory> {
         if index >= self.shape.slots {
@@ -150,10 +160,11 @@ impl Region {
     /// The region's doorbell, kept alive by `owner` (which must keep this region alive).
     pub fn doorbell(&self, owner: Arc<dyn Send + Sync>) -> Doorbell {
         let words = Doorbell::words_for(self.shape.slots as usize).max(1);
-        // SAFETY: `pending` at offset 0 and the bit words at ALIGN are inside the mapping,
+        // SAFETY: `pending` and the bit words are inside the mapping (before the slots),
         // aligned, zero at first, and live while `owner` does.
         unsafe {
-            let pending = self.base.cast::<AtomicUsize>();
+            let pending = NonNull::new_unchecked(self.base.as_ptr().add(self.shape.pending_at()))
+                .cast::<AtomicUsize>();
             let bits = NonNull::new_unchecked(self.base.as_ptr().add(self.shape.bits_at()))
                 .cast::<AtomicU64>();
             Doorbell::new(pending, bits, words, owner)
@@ -162,6 +173,8 @@ impl Region {
 }
 
 const _: () = assert!(align_of::<SlotHeader>() <= ALIGN);
+const _: () = assert!(size_of::<libc::pthread_mutex_t>() <= ALIGN);
+const _: () = assert!(align_of::<libc::pthread_mutex_t>() <= ALIGN);
 
 impl Drop for Region {
     fn drop(&mut self) {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use super::lifeline;
 use super::process::{self, Inherited};
 use super::region::{Region, Shape};
 use super::wire::{self, proto};
@@ -167,6 +168,11 @@ async fn run(fds: Inherited, args: WorkerArgs) -> u8 {
             return 71;
         }
     };
+    // Before the HelloAck: the front watches the lifeline once it has that.
+    if let Err(e) = lifeline::hold(region.clone()) {
+        tracing::error!(error = %e, "room worker: cannot hold its lifeline");
+        return 71;
+    }
     let (out, mut outgoing) = mpsc::unbounded_channel::<proto::FromWorker>();
     tokio::spawn(async move {
         while let Some(m) = outgoing.recv().await {

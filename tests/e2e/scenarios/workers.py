@@ -21,7 +21,9 @@ async def real_worker_faults(ctx, users=20, workers=4):
     microphone as data packets (100 a second, counted) and each user's backend (grpc-js, one
     client per user) streaming PCM into the room; one worker is killed with each signal in
     turn."""
-    bridge, bctx = await own_bridge(ctx, {"BRIDGE_ROOM_WORKERS": str(workers)})
+    # The front's info lines on its workers say when each dead one was reaped.
+    log = os.environ.get("BRIDGE_LOG", "warn") + ",livekit_bridge::room::worker::link=info"
+    bridge, bctx = await own_bridge(ctx, {"BRIDGE_ROOM_WORKERS": str(workers), "RUST_LOG": log})
     phones = GoPhones(users, "wf", bridge.tmp)
     requests = [{"user_id": phones.room(i), "room_name": phones.room(i),
                  "token": token(f"cloud-agent:{phones.room(i)}", phones.room(i)),
@@ -125,6 +127,11 @@ async def real_worker_faults(ctx, users=20, workers=4):
                    max(during[u["user_id"]][0] for u in kept))
             result(f"{tag}_others_max_gap_during_rejoin_ms",
                    max(during[u["user_id"]][1] for u in kept))
+            # When the dead worker was reaped: its memory's teardown, which the front does not
+            # wait for (its lifeline spoke first).
+            reaped = bridge.logged_at(f"pid={victim} exit=")
+            check(reaped is not None, f"{tag}: the bridge never reaped the worker")
+            result(f"{tag}_reaped_after_ms", round((reaped - wall_kill) * 1000))
         t_leave = time.monotonic()
         await backend.leave()
         ends = {(e[1], e[2]) for e in backend.ended_since(t_leave).values()}
