@@ -272,7 +272,7 @@ fn registered_consumer_is_woken_exactly_when_needed() {
 }
 
 /// Step 5 of the mapped ring (`livekit_bridge::audio::mapped`): a producer killed while it holds
-/// the claim is abandoned by the reaper, and the consumer ends without waiting for the claim,
+/// the claim is abandoned by the front, and the consumer ends without waiting for the claim,
 /// having accounted for the frame committed before the death exactly once.
 #[test]
 fn a_producer_dead_mid_push_is_never_waited_for() {
@@ -285,8 +285,7 @@ fn a_producer_dead_mid_push_is_never_waited_for() {
         let mut out = Vec::new();
         let early = c.try_pop(&mut out);
         producer.join().expect("producer");
-        // The reaper abandons only once the producer's process is gone, then the session
-        // closes.
+        // The front abandons once the producer's process is dying, then the session closes.
         closer.abandon();
         closer.close();
         assert_eq!(c.try_pop(&mut out), Pop::Closed);

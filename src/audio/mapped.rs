@@ -20,13 +20,15 @@
 //!   its `SlotWaker` directly.
 //! - **A producer that dies mid-push** (step 5, new). A push that claims and is then killed
 //!   holds `CLAIMED` forever, and step 3's wait would never end. Only the consumer's process can
-//!   know that the producer's process is gone (it has reaped it), so only it calls
-//!   [`MappedCloser::abandon`]: `ABANDONED` in `flags` (Release), and then closes the ring as
-//!   any close does (the session's close). The claim wait re-reads `flags` on every turn and
-//!   stops at `ABANDONED`; the discard then counts the committed frames (the dead push's frame,
-//!   never committed, is invisible: its `tail` store never happened). **The consumer never
-//!   waits on a dead producer.** Abandon is sound only once no producer can run again, which is
-//!   why it is the reaper's to call.
+//!   know that the producer's process is dying, so only it calls [`MappedCloser::abandon`]:
+//!   `ABANDONED` in `flags` (Release), and then closes the ring as any close does (the session's
+//!   close). The claim wait re-reads `flags` on every turn and stops at `ABANDONED`; the discard
+//!   then counts the committed frames (the dead push's frame, never committed, is invisible: its
+//!   `tail` store never happened). **The consumer never waits on a dead producer.** Abandon
+//!   comes once every thread of the producer's process has been told to exit, so no push starts
+//!   after it; one already running on another core may still finish, writing only the free
+//!   space the consumer never reads, and committing a frame nobody delivers (a later discard
+//!   counts it; a slot of a dying process is never reused, so no later session can see it).
 //! - **A producer that writes nonsense.** The consumer trusts no byte the other process wrote:
 //!   a frame header whose length does not fit what is committed, or an index past the
 //!   capacity, closes the ring (`Pop::Closed`) and is counted as `corrupt`; nothing is read out
@@ -681,8 +683,8 @@ impl MappedCloser {
         first
     }
 
-    /// Step 5: the producer's process is gone (reaped): from now on nothing waits for its
-    /// claim. It does not close the ring; the session's close does, after it, or did before
+    /// Step 5: the producer's process is dying (every thread of it told to exit): from now on
+    /// nothing waits for its claim. It does not close the ring; the session's close does, after it, or did before
     /// (a consumer already waiting for the claim stops waiting). Returns whether a push was in
     /// flight when the producer died.
     pub fn abandon(&self) -> bool {

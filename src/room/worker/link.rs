@@ -7,11 +7,12 @@
 //! closed, is gone with the room's last callback). A dead worker releases nothing: its region
 //! goes with it, and its replacement gets a new one.
 //!
-//! When the worker dies (its control socket ends or sends nonsense, or it stops answering for
-//! [`HEARTBEAT_LAPSE`]), the front kills and reaps it, then, for every slot in use, abandons
-//! the ring (so nothing waits for a claim the dead process held) and closes the session as
-//! lost, with a reason naming the exit: its stream ends UNAVAILABLE `room_lost`, and the
-//! backend rejoins.
+//! When the worker dies, the front, for every slot in use, abandons the ring (so nothing waits
+//! for a claim the dead process held) and closes the session as lost, with a reason naming the
+//! exit: its stream ends UNAVAILABLE `room_lost`, and the backend rejoins. It learns of the
+//! death from the worker's lifeline (`super::lifeline`) as the worker's main thread begins to
+//! exit, or else when its control socket ends; it ends a worker that sends nonsense or stops
+//! answering for [`HEARTBEAT_LAPSE`] itself. It reaps the process once its teardown is done.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
