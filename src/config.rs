@@ -20,6 +20,7 @@ pub use crate::logging::LogFormat;
 use crate::playback::PlaybackSettings;
 use crate::playback::egress::EgressPolicy;
 use crate::room::AudioSource;
+use crate::room::SimRooms;
 use crate::room::ffi::LibraryLogs;
 use crate::service::admission::Limits;
 use crate::service::{ServiceSettings, TlsPem};
@@ -290,6 +291,8 @@ const SOURCES: &[(&str, AudioSource)] = &[
     ("both", AudioSource::Both),
 ];
 const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", LogFormat::Json)];
+const SIM_ROOMS: &[(&str, SimRooms)] =
+    &[("front", SimRooms::Front), ("workers", SimRooms::Workers)];
 const LIVEKIT_LOGS: &[(&str, LibraryLogs)] = &[
     ("captured", LibraryLogs::Captured),
     ("off", LibraryLogs::Off),
@@ -424,6 +427,12 @@ struct Settings {
     #[arg(long, env = "BRIDGE_ROOM_WORKERS", value_parser = int(0, 256),
           default_value_t = Given::ok(0))]
     room_workers: Given<u64>,
+    /// Where sim:// rooms run: front (in the bridge's own process) or workers (in the room
+    /// workers, as ws:// rooms do: to see a worker's isolation, costs and faults without a
+    /// LiveKit server; rooms in different workers share no simulated server).
+    #[arg(long, env = "BRIDGE_SIM_ROOMS", value_parser = one_of(SIM_ROOMS),
+          default_value_t = Choice::of(SIM_ROOMS, SimRooms::Front))]
+    sim_rooms: Given<Choice<SimRooms>>,
     /// LiveKit's library's own log records: captured (into this log, under the target
     /// livekit_ffi, with its filter and format, access tokens redacted) or off (none). Captured,
     /// the library sends every record it makes, its verbose ones too: about 14 % of the CPU of
@@ -632,6 +641,7 @@ impl Settings {
         let livekit_ffi_lib = self.livekit_ffi_lib.take(e);
         let joins_at_once = self.joins_at_once.take(e);
         let room_workers = self.room_workers.take(e);
+        let sim_rooms = self.sim_rooms.take(e);
         let livekit_logs = self.livekit_logs.take(e);
         let playback_connect = self.playback_connect_timeout_ms.take(e);
         let playback_read = self.playback_read_timeout_ms.take(e);
@@ -701,6 +711,7 @@ impl Settings {
                     joins_at_once: joins_at_once? as usize,
                     // In 0..=256 by its check.
                     room_workers: room_workers? as usize,
+                    sim_rooms: sim_rooms?.value,
                     livekit_logs: livekit_logs?.value,
                     worker_log: (log_format, log_filter.clone()),
                     room_worker_exe: None,

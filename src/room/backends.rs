@@ -5,19 +5,33 @@ use std::sync::Arc;
 use super::worker::{WorkerBackend, WorkerCounts, WorkerSettings};
 use super::{RoomBackend, RoomError, TrackStats, sim};
 
+/// Where `sim://` rooms run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SimRooms {
+    /// In this process.
+    #[default]
+    Front,
+    /// In the room workers, as real rooms are: the workers' isolation, their costs and their
+    /// faults, without a LiveKit server. Rooms in different workers share no simulated server.
+    Workers,
+}
+
 /// The backends of this process, chosen by URL scheme.
 pub struct Backends {
-    /// The simulated rooms (`sim://`); tests read its state.
+    /// The simulated rooms (`sim://`) of this process; tests read its state.
     pub sim: Arc<sim::SimBackend>,
+    sim_rooms: SimRooms,
     /// Real rooms, in room worker processes.
     workers: Arc<WorkerBackend>,
 }
 
 impl Backends {
-    /// The backends, with real rooms in workers run as `workers` says.
-    pub fn new(workers: WorkerSettings) -> Self {
+    /// The backends, with real rooms in workers run as `workers` says, and `sim://` rooms
+    /// where `sim_rooms` says.
+    pub fn new(workers: WorkerSettings, sim_rooms: SimRooms) -> Self {
         Self {
             sim: Arc::new(sim::SimBackend::default()),
+            sim_rooms,
             workers: WorkerBackend::new(workers),
         }
     }
@@ -31,8 +45,8 @@ impl Backends {
     pub fn for_url(&self, url: &str) -> Result<Arc<dyn RoomBackend>, RoomError> {
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         match scheme.as_deref() {
-            Some("sim") => Ok(self.sim.clone()),
-            Some("ws" | "wss") => Ok(self.workers.clone()),
+            Some("sim") if self.sim_rooms == SimRooms::Front => Ok(self.sim.clone()),
+            Some("sim" | "ws" | "wss") => Ok(self.workers.clone()),
             _ => Err(RoomError::InvalidUrl(format!(
                 "{url:?} must start with ws://, wss:// or sim://"
             ))),
@@ -64,7 +78,7 @@ impl Backends {
 
 impl Default for Backends {
     fn default() -> Self {
-        Self::new(WorkerSettings::default())
+        Self::new(WorkerSettings::default(), SimRooms::Front)
     }
 }
 
@@ -84,14 +98,25 @@ mod tests {
             Err(RoomError::InvalidUrl(_))
         ));
         assert!(matches!(b.for_url(""), Err(RoomError::InvalidUrl(_))));
+        let is_sim = |b: &Backends, url: &str| {
+            let chosen = b.for_url(url).expect("a backend");
+            std::ptr::addr_eq(Arc::as_ptr(&chosen), Arc::as_ptr(&b.sim))
+        };
+        assert!(is_sim(&b, "sim://tone"));
+        assert!(!is_sim(&b, "wss://x"));
+        let in_workers = Backends::new(WorkerSettings::default(), SimRooms::Workers);
+        assert!(!is_sim(&in_workers, "sim://tone"));
     }
 
     #[test]
     fn a_missing_livekit_library_is_not_ready_and_says_where() {
-        let b = Backends::new(WorkerSettings {
-            library: "/nonexistent/liblivekit_ffi.so".into(),
-            ..WorkerSettings::default()
-        });
+        let b = Backends::new(
+            WorkerSettings {
+                library: "/nonexistent/liblivekit_ffi.so".into(),
+                ..WorkerSettings::default()
+            },
+            SimRooms::Front,
+        );
         let why = b.ready().expect_err("not ready");
         assert!(why.contains("/nonexistent/liblivekit_ffi.so"), "{why}");
         assert_eq!(b.track_stats(), TrackStats::default());

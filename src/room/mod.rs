@@ -6,7 +6,8 @@
 //! Sessions are written so that all of that is harmless (see [`crate::audio::ring`]).
 //! [`Backends`] picks the backend from the URL's scheme: `sim://` is the simulated room in
 //! [`sim`]; `ws://` and `wss://` go to room worker processes through [`worker`], each running
-//! LiveKit's own SDK library through [`ffi`]. Nothing above this module names any of them: the
+//! LiveKit's own SDK library through [`ffi`] (and `sim://` too when [`SimRooms::Workers`] says
+//! so: a worker runs either). Nothing above this module names any of them: the
 //! service reaches rooms through [`Backends`] and the traits here.
 
 mod backends;
@@ -15,7 +16,7 @@ mod filter;
 pub mod sim;
 pub mod worker;
 
-pub use backends::Backends;
+pub use backends::{Backends, SimRooms};
 /// Where LiveKit's SDK library is looked for unless a setting says otherwise.
 pub use ffi::DEFAULT_PATH as DEFAULT_LIVEKIT_LIBRARY;
 pub use filter::{AudioFilter, unix_ms};
@@ -256,6 +257,12 @@ pub enum RoomError {
     /// The LiveKit library failed a request or answered one unexpectedly.
     #[error("LiveKit library: {0}")]
     Library(String),
+}
+
+/// Whether `url` names a simulated room (`sim://`, any case).
+pub fn is_sim(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("sim"))
 }
 
 /// The name of the published track for a contract track id: 0 `speaker`, 1 `app_audio`,

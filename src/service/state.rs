@@ -38,6 +38,8 @@ pub struct ServiceSettings {
     pub joins_at_once: usize,
     /// Room worker processes; 0: one per core.
     pub room_workers: usize,
+    /// Where `sim://` rooms run.
+    pub sim_rooms: crate::room::SimRooms,
     /// The binary room workers run; None: this process's own (a test harness names the
     /// bridge's binary, since its own executable is the test).
     pub room_worker_exe: Option<std::path::PathBuf>,
@@ -88,6 +90,7 @@ impl Default for ServiceSettings {
             livekit_ffi_lib: crate::room::DEFAULT_LIVEKIT_LIBRARY.into(),
             joins_at_once: 0,
             room_workers: 0,
+            sim_rooms: crate::room::SimRooms::Front,
             room_worker_exe: None,
             livekit_logs: crate::room::ffi::LibraryLogs::Captured,
             worker_log: (crate::logging::LogFormat::Text, "info".into()),
@@ -134,17 +137,20 @@ impl BridgeState {
             totals: Arc::default(),
             metrics: Metrics::new()?,
             admission: Admission::new(settings.limits),
-            backends: Backends::new(WorkerSettings {
-                workers: settings.room_workers,
-                library: settings.livekit_ffi_lib.clone(),
-                joins_at_once: settings.joins_at_once,
-                library_logs: settings.livekit_logs,
-                ring: settings.ring,
-                log_format: settings.worker_log.0,
-                log_filter: settings.worker_log.1.clone(),
-                exe: settings.room_worker_exe.clone(),
-                ..WorkerSettings::default()
-            }),
+            backends: Backends::new(
+                WorkerSettings {
+                    workers: settings.room_workers,
+                    library: settings.livekit_ffi_lib.clone(),
+                    joins_at_once: settings.joins_at_once,
+                    library_logs: settings.livekit_logs,
+                    ring: settings.ring,
+                    log_format: settings.worker_log.0,
+                    log_filter: settings.worker_log.1.clone(),
+                    exe: settings.room_worker_exe.clone(),
+                    ..WorkerSettings::default()
+                },
+                settings.sim_rooms,
+            ),
             player: Player::new(settings.playback.clone())?,
             settings,
             started: Instant::now(),

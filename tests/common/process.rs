@@ -31,10 +31,15 @@ pub fn free_port() -> u16 {
 }
 
 pub fn sigterm(child: &Child) {
+    kill(child.id(), "TERM");
+}
+
+/// Sends the signal `name` (`TERM`, `KILL`, `SEGV`, ...) to `pid`.
+pub fn kill(pid: u32, name: &str) {
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .status();
-    assert!(status.is_ok_and(|s| s.success()), "kill -TERM");
+    assert!(status.is_ok_and(|s| s.success()), "kill -{name} {pid}");
 }
 
 /// Waits for the process to exit; its status and how long it took. Kills it and fails the

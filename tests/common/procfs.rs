@@ -36,6 +36,19 @@ fn tree(pid: &str) -> Vec<String> {
     all
 }
 
+/// The room workers of `pid` ("self" for this process), by pid.
+pub fn room_workers(pid: &str) -> Vec<u32> {
+    let pid = match pid {
+        "self" => std::process::id().to_string(),
+        p => p.to_string(),
+    };
+    tree(&pid)
+        .iter()
+        .skip(1)
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// Resident memory (KiB) and CPU seconds (user + system) of `pid` ("self" for this process)
 /// and its room workers.
 pub fn usage(pid: &str) -> (u64, f64) {

@@ -1,7 +1,8 @@
 //! The room worker's `main`: LiveKit's library in a process of its own, driven over the
 //! control socket, pushing each session's audio into its ring in the shared memory.
 //!
-//! The worker is the in-process [`FfiBackend`] with a different [`RoomEvents`]: its sink
+//! The worker is the in-process [`FfiBackend`] (or, for `sim://` rooms, the [`SimBackend`])
+//! with a different [`RoomEvents`]: its sink
 //! ([`WorkerSink`]) applies the same [`AudioFilter`] and pushes into the session's mapped ring
 //! on the library's callback thread (no allocation, no lock, no call out but the doorbell's
 //! kick while the consumer sleeps); the room's other events go to the front as messages.
@@ -22,8 +23,10 @@ use crate::audio::mapped::{Bell, Doorbell, MappedProducer};
 use crate::audio::{Overflow, PushOutcome};
 use crate::logging::{self, LogFormat};
 use crate::room::ffi::{FfiBackend, LibraryLogs};
+use crate::room::sim::SimBackend;
 use crate::room::{
     AudioFilter, ConnectRequest, DataKind, Disconnect, Room, RoomBackend, RoomError, RoomEvents,
+    is_sim,
 };
 
 /// The hidden subcommand a worker runs.
@@ -193,6 +196,7 @@ async fn run(fds: Inherited, args: WorkerArgs) -> u8 {
     ));
     let worker = Arc::new(Worker {
         backend: FfiBackend::new(args.library, args.joins_at_once, args.library_logs),
+        sim: SimBackend::default(),
         bell: Arc::new(WorkerBell {
             doorbell: region.doorbell(region.clone()),
             kick: fds.kick,
@@ -284,7 +288,10 @@ enum Slot {
 }
 
 struct Worker {
+    /// Real rooms; LiveKit's library is loaded at the first.
     backend: FfiBackend,
+    /// Simulated rooms, when the front sends them here.
+    sim: SimBackend,
     region: Arc<Region>,
     bell: Arc<WorkerBell>,
     overflow: Overflow,
@@ -351,7 +358,12 @@ impl Worker {
         self.slots().insert(slot, Slot::Joining { leave: false });
         let worker = self.clone();
         tokio::spawn(async move {
-            let connected = tokio::time::timeout(timeout, worker.backend.connect(request, sink))
+            let backend: &dyn RoomBackend = if is_sim(&request.url) {
+                &worker.sim
+            } else {
+                &worker.backend
+            };
+            let connected = tokio::time::timeout(timeout, backend.connect(request, sink))
                 .await
                 .unwrap_or(Err(RoomError::Timeout(timeout)));
             let connected = match connected {
