@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use livekit_bridge::audio::RingStats;
+use livekit_bridge::room::SimRooms;
+use livekit_bridge::service::ServiceSettings;
 use livekit_bridge::session::Session;
 use tonic::Code;
 
@@ -163,7 +165,24 @@ async fn worker(bridge: Arc<Bridge>, user: String) -> Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_closed_every_way_while_audio_flows_never_crash_or_leak_frames() {
-    let bridge = Arc::new(Bridge::start().await);
+    regression(ServiceSettings::default()).await;
+}
+
+/// The same with the rooms in two room workers: the rings in memory the processes share, the
+/// closes crossing the control socket while the worker's rooms keep pushing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_the_rooms_in_room_workers() {
+    regression(ServiceSettings {
+        sim_rooms: SimRooms::Workers,
+        room_workers: 2,
+        ..ServiceSettings::default()
+    })
+    .await;
+}
+
+async fn regression(settings: ServiceSettings) {
+    let in_workers = settings.sim_rooms == SimRooms::Workers;
+    let bridge = Arc::new(Bridge::with(settings).await);
     let started = Instant::now();
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| tokio::spawn(worker(bridge.clone(), format!("user-{w}"))))
@@ -204,6 +223,19 @@ async fn sessions_closed_every_way_while_audio_flows_never_crash_or_leak_frames(
     );
     eventually("every simulated room's threads to exit", || {
         bridge.state.backends.sim.live_callbacks() == 0
+            && bridge
+                .state
+                .backends
+                .worker_counts()
+                .sessions
+                .iter()
+                .sum::<usize>()
+                == 0
     })
     .await;
+    if in_workers {
+        let counts = bridge.state.backends.worker_counts();
+        assert_eq!(counts.running, 2, "{counts:?}");
+        assert!(counts.exits.is_empty(), "no worker ended: {counts:?}");
+    }
 }

@@ -326,7 +326,18 @@ fn a_dying_producers_last_push_races_the_abandon() {
 /// takes marks after the kicks it has seen; once every kick is taken, both marks were found.
 #[test]
 fn every_doorbell_mark_is_taken() {
-    loom::model(|| {
+    doorbell_model(false);
+}
+
+/// The same while the consumer coalesces: after a kick it takes marks leaving `pending` set
+/// (producers meanwhile do not kick), as long as it finds some, and ends with a take.
+#[test]
+fn every_doorbell_mark_is_taken_while_coalescing() {
+    doorbell_model(true);
+}
+
+fn doorbell_model(coalescing: bool) {
+    loom::model(move || {
         let bell = Arc::new(Doorbell::heap(2));
         let kicks = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(AtomicUsize::new(0));
@@ -341,11 +352,19 @@ fn every_doorbell_mark_is_taken() {
             })
             .collect();
         let take = |bell: &Doorbell, kicks: &AtomicUsize, seen: &AtomicUsize| {
+            let wake = |slot: u32| {
+                seen.fetch_or(1 << slot, Ordering::Relaxed);
+            };
             while kicks.load(Ordering::Acquire) > 0 {
                 kicks.fetch_sub(1, Ordering::AcqRel);
-                bell.take(|slot| {
-                    seen.fetch_or(1 << slot, Ordering::Relaxed);
-                });
+                if coalescing {
+                    bell.take_coalescing(wake, || {
+                        thread::yield_now();
+                        true
+                    });
+                } else {
+                    bell.take(wake);
+                }
             }
         };
         take(&bell, &kicks, &seen);

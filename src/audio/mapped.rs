@@ -259,6 +259,11 @@ pub trait Bell: Send + Sync {
 ///   the take's swap of its word reads from that swap, so the take's clear of `pending`
 ///   happens before the mark's swap of `pending`, which therefore finds 0 (or the 1 of a mark
 ///   that kicks after that clear): **no mark is left without a kick that finds it**.
+/// - Consumer, while marks keep coming ([`take_coalescing`](Self::take_coalescing)): swaps the
+///   words of bits without clearing `pending`, so the producers that mark meanwhile find 1 and do not
+///   kick; it looks again soon, and before it waits for a kick again it ends with a `take`,
+///   which the argument above covers. A kick costs the producer a system call and the consumer
+///   a wakeup: one per frame across many sessions without this, a few per millisecond with it.
 pub struct Doorbell {
     pending: NonNull<AtomicUsize>,
     bits: NonNull<AtomicU64>,
@@ -333,21 +338,40 @@ impl Doorbell {
 
     /// Takes every mark, calling `wake` for each marked slot. The consumer's process calls it
     /// after each kick.
-    pub fn take(&self, mut wake: impl FnMut(u32)) {
+    pub fn take(&self, wake: impl FnMut(u32)) {
         if !weaken::DOORBELL_CLEARS_PENDING_LAST {
             self.pending().swap(0, Ordering::AcqRel);
         }
+        self.take_marks(wake);
+        if weaken::DOORBELL_CLEARS_PENDING_LAST {
+            self.pending().swap(0, Ordering::AcqRel);
+        }
+    }
+
+    /// After a kick, for a consumer whose process coalesces kicks: takes the marks, calls
+    /// `pause` (which waits a little, and returns false to stop early), and looks again, for as
+    /// long as it finds marks; then [`take`](Self::take)s, so the next mark kicks.
+    pub fn take_coalescing(&self, mut wake: impl FnMut(u32), mut pause: impl FnMut() -> bool) {
+        while self.take_marks(&mut wake) && pause() {}
+        if !weaken::COALESCING_SKIPS_FINAL_TAKE {
+            self.take(wake);
+        }
+    }
+
+    /// Takes every mark, calling `wake` for each marked slot, and leaves `pending` as it is, so
+    /// producers do not kick meanwhile; true if it found any.
+    fn take_marks(&self, mut wake: impl FnMut(u32)) -> bool {
+        let mut found = false;
         for i in 0..self.words {
             let mut bits = self.word(i).swap(0, Ordering::AcqRel);
+            found |= bits != 0;
             while bits != 0 {
                 let b = bits.trailing_zeros();
                 bits &= bits - 1;
                 wake((i * 64) as u32 + b);
             }
         }
-        if weaken::DOORBELL_CLEARS_PENDING_LAST {
-            self.pending().swap(0, Ordering::AcqRel);
-        }
+        found
     }
 }
 
@@ -376,6 +400,9 @@ pub struct MappedProducer {
     slot: u32,
     overflow: Overflow,
     bell: std::sync::Arc<dyn Bell>,
+    /// Whether dropping the producer closes the ring (step 4's "the room's last reference going
+    /// away ends the stream"), or leaves that to the consumer's process.
+    closes_on_drop: bool,
 }
 
 impl MappedProducer {
@@ -390,7 +417,18 @@ impl MappedProducer {
             slot,
             overflow,
             bell,
+            closes_on_drop: true,
         }
+    }
+
+    /// Leaves closing the ring, once this producer is gone, to the consumer's process, which
+    /// must then learn of its going by another way, in order with what else the producer's
+    /// process tells it. A room worker does: the room's last event (why it ended) and then
+    /// `Released` cross the control socket in that order, and a close through the memory
+    /// would overtake them, ending the stream before its session knew why.
+    pub fn closed_by_the_consumer(mut self) -> Self {
+        self.closes_on_drop = false;
+        self
     }
 
     /// Applies the payload rule and queues the samples with their arrival time. Never allocates,
@@ -465,8 +503,10 @@ impl MappedProducer {
 
 impl Drop for MappedProducer {
     fn drop(&mut self) {
-        self.mem.header().close(0);
-        self.bell.ring(self.slot);
+        if self.closes_on_drop {
+            self.mem.header().close(0);
+            self.bell.ring(self.slot);
+        }
     }
 }
 

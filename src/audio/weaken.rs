@@ -22,6 +22,10 @@ pub(crate) const RELAXED_CLOSE_FLAGS: bool = cfg!(loom_weaken = "relaxed_close_f
 /// Abandoning a mapped ring does not set `ABANDONED`, so the consumer waits for the dead
 /// producer's claim.
 pub(crate) const ABANDON_SKIPS_FLAG: bool = cfg!(loom_weaken = "abandon_skips_flag");
+/// The doorbell's coalescing consumer stops looking without a last `take`, leaving `pending`
+/// set, so the next mark does not kick.
+pub(crate) const COALESCING_SKIPS_FINAL_TAKE: bool =
+    cfg!(loom_weaken = "coalescing_skips_final_take");
 /// The doorbell's consumer clears `pending` after taking the marks instead of before.
 pub(crate) const DOORBELL_CLEARS_PENDING_LAST: bool =
     cfg!(loom_weaken = "doorbell_clears_pending_last");

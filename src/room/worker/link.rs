@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::io::unix::AsyncFd;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -213,17 +212,28 @@ impl Link {
         })
     }
 
-    /// One holder lets the slot go; the last one makes it free again.
+    /// One holder lets the slot go; the last one makes it free again. The worker letting go
+    /// means its producer is gone: the front closes the ring then if its session still holds
+    /// it (the producer does not, so that the room's last event, read before, says first why
+    /// the room ended; `MappedProducer::closed_by_the_consumer`).
     fn let_go(&self, slot: u32, holder: u8) {
         // The session's callbacks may hold its last reference, and with it the slot's lease,
         // whose drop comes back here: they are dropped after the table's lock.
-        let _events = self.let_go_locked(slot, holder);
+        let (_events, close) = self.let_go_locked(slot, holder).unzip();
+        if close == Some(true)
+            && let Some(memory) = self.region.slot(slot, Arc::new(()))
+        {
+            MappedCloser::new(memory, self.wakers[slot as usize].clone()).close();
+        }
     }
 
-    fn let_go_locked(&self, slot: u32, holder: u8) -> Option<Arc<dyn RoomEvents>> {
+    /// The session's callbacks, if the worker let go, and whether the front still holds the
+    /// slot.
+    fn let_go_locked(&self, slot: u32, holder: u8) -> Option<(Option<Arc<dyn RoomEvents>>, bool)> {
         let mut t = self.table();
         let u = t.slots.get_mut(&slot)?;
         u.holders &= !holder;
+        let front_holds = u.holders & FRONT != 0;
         let events = if holder == WORKER {
             u.events.take()
         } else {
@@ -236,7 +246,7 @@ impl Link {
             }
             t.free.push(slot);
         }
-        events
+        Some((events, holder == WORKER && front_holds))
     }
 
     /// The join for `slot` was never sent: the worker holds nothing of it.
@@ -417,37 +427,56 @@ pub(super) fn start(
             }
         }
     });
-    let kick = process::watch(kick)?;
-    tokio::spawn(ring_doorbell(link.clone(), kick));
+    let kick = Arc::new(kick);
+    {
+        let (link, kick) = (link.clone(), kick.clone());
+        std::thread::Builder::new()
+            .name("worker-doorbell".into())
+            .spawn(move || ring_doorbell(&link, &kick))?;
+    }
+    {
+        // The doorbell's thread learns of the death from one last kick.
+        let (link, kick) = (link.clone(), kick.clone());
+        tokio::spawn(async move {
+            link.died().await;
+            process::kick(&kick);
+        });
+    }
     let (exited_tx, exited) = oneshot::channel();
     tokio::spawn(supervise(link.clone(), rd, child, exited_tx));
     Ok(Started { link, exited })
 }
 
-/// Wakes the sessions whose producers marked the doorbell, after each kick.
-async fn ring_doorbell(link: Arc<Link>, kick: AsyncFd<std::os::fd::OwnedFd>) {
+/// How long the doorbell is left unkicked while marks keep coming: producers mark without a
+/// system call, and the front looks at the marks this often instead of being woken for each
+/// frame (BENCHMARKS.md, "The ring across the process boundary"). A frame that comes meanwhile
+/// waits at most this long more.
+const COALESCE: Duration = Duration::from_micros(200);
+
+/// The doorbell's thread: wakes the sessions whose producers marked the doorbell, after each
+/// kick and then every [`COALESCE`] for as long as marks keep coming. A thread of its own, as
+/// the runtime's timers cannot wait less than a millisecond; it ends when the worker dies.
+fn ring_doorbell(link: &Link, kick: &std::os::fd::OwnedFd) {
     let doorbell = link.region.doorbell(link.region.clone());
-    loop {
-        let ready = tokio::select! {
-            r = kick.readable() => r,
-            () = link.dead.cancelled() => return,
-        };
-        let Ok(mut guard) = ready else { return };
-        match process::drain(kick.get_ref()) {
+    let wake = |slot: u32| {
+        if let Some(w) = link.wakers.get(slot as usize) {
+            w.wake();
+        }
+    };
+    while link.is_alive() {
+        match process::wait_readable(kick, Duration::from_secs(1))
+            .and_then(|_| process::drain(kick))
+        {
             Ok(true) => {}
-            Ok(false) => {
-                guard.clear_ready();
-                continue;
-            }
+            Ok(false) => continue,
             Err(e) => {
                 tracing::error!(worker = link.number, error = %e, "room worker doorbell failed");
                 return;
             }
         }
-        doorbell.take(|slot| {
-            if let Some(w) = link.wakers.get(slot as usize) {
-                w.wake();
-            }
+        doorbell.take_coalescing(wake, || {
+            std::thread::sleep(COALESCE);
+            link.is_alive()
         });
     }
 }

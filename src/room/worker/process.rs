@@ -54,11 +54,25 @@ pub fn drain(fd: &OwnedFd) -> std::io::Result<bool> {
     Ok(n == 8)
 }
 
-/// An eventfd registered with the runtime, to await its kicks.
-pub fn watch(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
-    // SAFETY: the `OwnedFd` is moved into the `AsyncFd`, so the descriptor stays open and the
-    // same for the `AsyncFd`'s whole life, and `as_raw_fd` of an `OwnedFd` never changes.
-    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
+/// Blocks until `fd` is readable; false if `timeout` passed first. Interrupted waits resume.
+pub fn wait_readable(fd: &OwnedFd, timeout: std::time::Duration) -> std::io::Result<bool> {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    loop {
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut poll, 1, ms) };
+        if n >= 0 {
+            return Ok(n > 0);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// Starts `exe room-worker args...` with `control`, `memory` and `kick` as its descriptors 3,

@@ -335,12 +335,10 @@ impl Worker {
         let source = wire::from_audio_source(j.audio_source());
         let sink = Arc::new(WorkerSink {
             slot,
-            producer: Some(MappedProducer::new(
-                memory,
-                slot,
-                self.overflow,
-                self.bell.clone(),
-            )),
+            producer: Some(
+                MappedProducer::new(memory, slot, self.overflow, self.bell.clone())
+                    .closed_by_the_consumer(),
+            ),
             filter: AudioFilter::new(&j.target_identity, source),
             out: self.out.clone(),
         });
@@ -520,8 +518,8 @@ impl RoomEvents for WorkerSink {
 
 impl Drop for WorkerSink {
     /// The library holds no reference any more: no push can follow. The producer is dropped
-    /// (closing the ring) first, so when the front reuses the slot nothing of this session is
-    /// left to touch it.
+    /// first, so when the front reuses the slot nothing of this session is left to touch it;
+    /// the front closes the ring when it reads `Released`, after the room's last event.
     fn drop(&mut self) {
         drop(self.producer.take());
         let _ = self.out.send(answer(
