@@ -11,8 +11,9 @@
 //!   through an echo room (client → StreamAudio → room track → room callback → ring → client;
 //!   via a worker, the audio into the room crosses the control socket);
 //! - then 10 and 200 sessions of 10 ms frames paced in real time, as rooms send: CPU per frame
-//!   when frames find the writer asleep (woken across the boundary, via a worker);
-//! - last: CPU per frame via the worker against in process, both ways.
+//!   when frames find the writer asleep (woken across the boundary, via a worker), the two
+//!   bridges taking three turns each, and the median of each's turns;
+//! - last: CPU per frame via the worker against in process, each way measured.
 //!
 //! Run: `cargo bench --bench pipeline`.
 
@@ -89,7 +90,7 @@ fn pipeline(c: &mut Criterion) {
     let rt = Runtime::new().expect("runtime");
     // Under `cargo test --benches` this is a smoke run; `cargo bench` passes `--bench`.
     let measuring = std::env::args().any(|a| a == "--bench");
-    let (mut per_frame, mut paced_per_frame) = (Vec::new(), [Vec::new(), Vec::new()]);
+    let (mut per_frame, mut echo_per_chunk, mut bridges) = (Vec::new(), Vec::new(), Vec::new());
     for (name, sim_rooms) in [
         ("in_process", SimRooms::Front),
         ("via_worker", SimRooms::Workers),
@@ -120,7 +121,7 @@ fn pipeline(c: &mut Criterion) {
         group.finish();
 
         let (n, echoes) = if measuring {
-            (1_000_000, 2000)
+            (1_000_000, 5000)
         } else {
             (2_000, 50)
         };
@@ -139,45 +140,71 @@ fn pipeline(c: &mut Criterion) {
         rt.block_on(client::leave(&mut client, "bench"));
         drop(frames);
 
+        let cpu0 = cpu_seconds();
         let latencies = rt.block_on(echo_round_trips(&mut client, echoes));
+        let echo_cpu = (cpu_seconds() - cpu0) / echoes as f64;
         let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
         println!(
-            "echo round trip {name} over {} chunks: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+            "echo round trip {name} over {} chunks: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}; {:.1} µs of CPU per chunk there and back",
             latencies.len(),
             pct(0.50),
             pct(0.90),
             pct(0.99),
-            pct(1.0)
+            pct(1.0),
+            echo_cpu * 1e6
         );
+        echo_per_chunk.push(echo_cpu);
         rt.block_on(client::leave(&mut client, "echo"));
 
-        let (levels, seconds) = if measuring {
-            (PACED, 5.0)
-        } else {
-            ([2, 4], 0.5)
-        };
-        for (level, rooms) in levels.into_iter().enumerate() {
-            let cpu = rt.block_on(paced(&client, rooms, seconds));
-            println!(
-                "paced {name}: {rooms} rooms of 10 ms frames in real time: {:.2} µs of CPU per frame",
-                cpu * 1e6
-            );
-            paced_per_frame[level].push(cpu);
-        }
-        let _ = std::fs::remove_file(&socket);
+        bridges.push((name, bridge, client, socket));
     }
-    let mut ratios = vec![("at full speed".to_string(), per_frame)];
-    for (rooms, figures) in PACED.into_iter().zip(paced_per_frame) {
-        ratios.push((format!("{rooms} paced rooms"), figures));
+    // Paced rooms cost little per second, so the machine's drift between two measurements
+    // shows: the two bridges take turns, and each figure is the median of its turns.
+    let (levels, seconds, turns) = if measuring {
+        (PACED, 5.0, 3)
+    } else {
+        ([2, 4], 0.5, 1)
+    };
+    let mut paced_per_frame = Vec::new();
+    for rooms in levels {
+        let mut turns_of: Vec<Vec<f64>> = vec![Vec::new(); bridges.len()];
+        for _ in 0..turns {
+            for ((name, _, client, _), figures) in bridges.iter().zip(&mut turns_of) {
+                let cpu = rt.block_on(paced(client, rooms, seconds));
+                println!(
+                    "paced {name}: {rooms} rooms of 10 ms frames in real time: {:.2} µs of CPU per frame",
+                    cpu * 1e6
+                );
+                figures.push(cpu);
+            }
+        }
+        paced_per_frame.push((rooms, turns_of.into_iter().map(median).collect::<Vec<_>>()));
+    }
+    let mut ratios = vec![
+        ("at full speed".to_string(), per_frame),
+        ("echoed (into the room and back)".to_string(), echo_per_chunk),
+    ];
+    for (rooms, medians) in paced_per_frame {
+        ratios.push((format!("{rooms} paced rooms, medians"), medians));
     }
     for (what, figures) in ratios {
         if let [in_process, via_worker] = figures[..] {
             println!(
-                "CPU per frame via a room worker, {what}: {:.2}x in process",
+                "CPU per frame via a room worker, {what}: {:.2} against {:.2} µs = {:.2}x in process",
+                via_worker * 1e6,
+                in_process * 1e6,
                 via_worker / in_process.max(1e-12)
             );
         }
     }
+    for (_, _, _, socket) in bridges {
+        let _ = std::fs::remove_file(&socket);
+    }
+}
+
+fn median(mut of: Vec<f64>) -> f64 {
+    of.sort_by(f64::total_cmp);
+    of.get(of.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Sessions of paced rooms measured at once: few (every frame finds the writer asleep, and
