@@ -182,7 +182,10 @@ fn pipeline(c: &mut Criterion) {
     }
     let mut ratios = vec![
         ("at full speed".to_string(), per_frame),
-        ("echoed (into the room and back)".to_string(), echo_per_chunk),
+        (
+            "echoed (into the room and back)".to_string(),
+            echo_per_chunk,
+        ),
     ];
     for (rooms, medians) in paced_per_frame {
         ratios.push((format!("{rooms} paced rooms, medians"), medians));
