@@ -933,6 +933,9 @@ mod tests {
         assert_eq!(c.service.idle, None);
         let c = run(&["--audio-source", "track", "--socket", ""]);
         assert_eq!(c.service.audio_source, AudioSource::Track);
+        assert_eq!(c.service.sim_rooms, SimRooms::Front);
+        let c = run(&["--sim-rooms", "workers"]);
+        assert_eq!(c.service.sim_rooms, SimRooms::Workers);
         assert!(
             matches!(c.listen, Listen::Tcp(_)),
             "an empty socket is unset"
@@ -946,6 +949,7 @@ mod tests {
             (vec!["--port", "http"], "--port"),
             (vec!["--overflow", "drop-all"], "--overflow"),
             (vec!["--audio-source", "video"], "--audio-source"),
+            (vec!["--sim-rooms", "elsewhere"], "--sim-rooms"),
             (vec!["--ring-ms", "0"], "--ring-ms"),
             (vec!["--host", "localhost:1"], "--host"),
             (vec!["--max-cpu", "2"], "--max-cpu"),
@@ -1012,7 +1016,7 @@ mod tests {
         assert!(matches!(parse(&["--help"]), Ok(Command::Help(_))));
         let text = help();
         let all = settings();
-        assert_eq!(all.len(), 36, "every setting has a flag and a variable");
+        assert_eq!(all.len(), 37, "every setting has a flag and a variable");
         for s in &all {
             assert!(text.contains(&s.flag) && text.contains(&s.env), "{}", s.env);
             assert!(!s.help.is_empty(), "{} has no help", s.env);
