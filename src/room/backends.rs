@@ -43,8 +43,7 @@ impl Backends {
 
     /// The backend for `url`, or why there is none.
     pub fn for_url(&self, url: &str) -> Result<Arc<dyn RoomBackend>, RoomError> {
-        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-        match scheme.as_deref() {
+        match super::scheme(url).as_deref() {
             Some("sim") if self.sim_rooms == SimRooms::Front => Ok(self.sim.clone()),
             Some("sim" | "ws" | "wss") => Ok(self.workers.clone()),
             _ => Err(RoomError::InvalidUrl(format!(

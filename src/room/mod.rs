@@ -259,10 +259,14 @@ pub enum RoomError {
     Library(String),
 }
 
+/// The scheme of a room URL, lower case (`sim`, `ws`, `wss`, ...); `None` without `://`.
+pub fn scheme(url: &str) -> Option<String> {
+    url.split_once("://").map(|(s, _)| s.to_ascii_lowercase())
+}
+
 /// Whether `url` names a simulated room (`sim://`, any case).
 pub fn is_sim(url: &str) -> bool {
-    url.split_once("://")
-        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("sim"))
+    scheme(url).as_deref() == Some("sim")
 }
 
 /// The name of the published track for a contract track id: 0 `speaker`, 1 `app_audio`,

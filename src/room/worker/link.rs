@@ -221,10 +221,20 @@ impl Link {
         // whose drop comes back here: they are dropped after the table's lock.
         let (_events, close) = self.let_go_locked(slot, holder).unzip();
         if close == Some(true)
-            && let Some(memory) = self.region.slot(slot, Arc::new(()))
+            && let Some(closer) = self.closer(slot)
         {
-            MappedCloser::new(memory, self.wakers[slot as usize].clone()).close();
+            closer.close();
         }
+    }
+
+    /// A closer of the ring in `slot`, for the front's own closes (the link keeps the region
+    /// mapped while it uses it).
+    fn closer(&self, slot: u32) -> Option<MappedCloser> {
+        let memory = self.region.slot(slot, Arc::new(()))?;
+        Some(MappedCloser::new(
+            memory,
+            self.wakers[slot as usize].clone(),
+        ))
     }
 
     /// The session's callbacks, if the worker let go, and whether the front still holds the
@@ -351,8 +361,7 @@ impl Link {
         };
         let mut in_flight = 0;
         for (slot, events) in slots {
-            if let Some(memory) = self.region.slot(slot, Arc::new(())) {
-                let closer = MappedCloser::new(memory, self.wakers[slot as usize].clone());
+            if let Some(closer) = self.closer(slot) {
                 in_flight += usize::from(closer.abandon());
                 if let Some(events) = events {
                     events.on_disconnected(Disconnect {
