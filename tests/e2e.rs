@@ -699,6 +699,10 @@ fn real_server_a_dead_room_worker_ends_its_own_sessions_only() {
             "room lost: the room's worker process (pid ",
         );
         r.within(&key("others_frames_lost"), 0.0, 0.0);
+        // While the lost ones rejoin, a replacement's start fills both cores and LiveKit's lossy
+        // data channel may lose a few of the others' packets on the way (reported, not asserted);
+        // the bridge itself loses none of any session's.
+        r.within(&key("bridge_frames_lost"), 0.0, 0.0);
         // The backend's 2 s wait after an error status, then its JoinRoom and stream (five
         // joins at once into a fresh worker).
         r.within(&key("rejoined_audio_after_ms"), 2_000.0, 8_000.0);

@@ -305,11 +305,12 @@ async def participant_sid(ctx, user, identity=None):
     return next((p.sid for p in ps.participants if p.identity == identity), None)
 
 
-async def own_bridge(ctx, settings=None):
+async def own_bridge(ctx, settings=None, metrics=False):
     """A bridge in a network namespace of its own, behind a veth pair (network.py's OwnNetwork),
-    so its link to LiveKit can go down alone; `settings` go to its environment."""
+    so its link to LiveKit can go down alone; `settings` go to its environment; with `metrics`
+    its `metric` reads its /metrics."""
     bridge = Bridge(ctx.bridge.binary, ctx.bridge.tmp, name=f"own{time.monotonic_ns()}",
-                    own_network=True, settings=settings)
+                    own_network=True, settings=settings, metrics=metrics)
     await bridge.wait_ready()
     return bridge, RealCtx(ctx.pb, ctx.pbg, bridge, ctx.sfu)
 

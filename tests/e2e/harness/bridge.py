@@ -5,6 +5,7 @@ import asyncio
 import datetime
 import os
 import subprocess
+import sys
 
 from harness import ROOT
 from harness.network import OwnNetwork
@@ -30,8 +31,8 @@ class Bridge:
             "MALLOC_ARENA_MAX": os.environ.get("BRIDGE_MALLOC_ARENA_MAX", "1"),
         })
         if metrics:
-            # The main bridge's metrics, on the namespace's loopback (one bridge can have the
-            # port).
+            # Its metrics on its namespace's loopback: the main bridge's in this one (one bridge
+            # can have the port), or a bridge's in its own (read through `metric`).
             env["BRIDGE_HTTP_ADDR"] = f"127.0.0.1:{METRICS_PORT}"
         env.update(settings or {})
         self.log = open(os.path.join(tmp, f"{name}.log"), "w")
@@ -64,6 +65,11 @@ class Bridge:
                     stamp = line.split(" ", 1)[0]
                     return datetime.datetime.fromisoformat(stamp).timestamp()
         return None
+
+    def metric(self, name):
+        """A metric's value from this bridge's /metrics (0 when absent); it must have been
+        started with `metrics`."""
+        return metric(name, self.proc.pid if self.network else None)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -169,11 +175,19 @@ def thread_names(pid):
 METRICS_PORT = 19091
 
 
-def metric(name):
-    """A metric's value from the main bridge's /metrics (0 when absent)."""
-    import urllib.request
-    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as r:
-        text = r.read().decode()
+def metric(name, netns_of=None):
+    """A metric's value from the main bridge's /metrics (0 when absent); with `netns_of` (a
+    pid), from the bridge on the loopback of that process's network namespace."""
+    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    if netns_of is None:
+        import urllib.request
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+    else:
+        fetch = ("import sys, urllib.request; "
+                 f"sys.stdout.write(urllib.request.urlopen({url!r}, timeout=5).read().decode())")
+        text = subprocess.run(["nsenter", "-t", str(netns_of), "-n", sys.executable, "-c", fetch],
+                              check=True, capture_output=True, text=True, timeout=10).stdout
     for line in text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[-1])

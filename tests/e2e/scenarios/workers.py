@@ -23,7 +23,16 @@ async def real_worker_faults(ctx, users=20, workers=4):
     turn."""
     # The front's info lines on its workers say when each dead one was reaped.
     log = os.environ.get("BRIDGE_LOG", "warn") + ",livekit_bridge::room::worker::link=info"
-    bridge, bctx = await own_bridge(ctx, {"BRIDGE_ROOM_WORKERS": str(workers), "RUST_LOG": log})
+    bridge, bctx = await own_bridge(ctx, {"BRIDGE_ROOM_WORKERS": str(workers), "RUST_LOG": log},
+                                    metrics=True)
+
+    def lost_by_the_bridge():
+        """Room audio frames the bridge itself lost, every session's: pushed into a full ring,
+        skipped as a backlog, or collided with another push. A frame that reached a worker's
+        callback and is not counted here was delivered to its stream."""
+        return sum(bridge.metric(f'livekit_bridge_frames_total{{outcome="{o}"}}')
+                   for o in ("dropped_full", "dropped_contended"))
+
     phones = GoPhones(users, "wf", bridge.tmp)
     requests = [{"user_id": phones.room(i), "room_name": phones.room(i),
                  "token": token(f"cloud-agent:{phones.room(i)}", phones.room(i)),
@@ -53,6 +62,7 @@ async def real_worker_faults(ctx, users=20, workers=4):
             before = workers_of(bridge.proc.pid)
             seen.update(before)
             victim = before[0]
+            lost_before = lost_by_the_bridge()
             t_kill, wall_kill, stolen = time.monotonic(), time.time(), stolen_seconds()
             os.kill(victim, sig)
             # Its sessions end (at most 5 s is waited for the first), then the others have
@@ -127,6 +137,10 @@ async def real_worker_faults(ctx, users=20, workers=4):
                    max(during[u["user_id"]][0] for u in kept))
             result(f"{tag}_others_max_gap_during_rejoin_ms",
                    max(during[u["user_id"]][1] for u in kept))
+            # What the bridge lost from the kill to here. Frames the others missed that it did
+            # not lose never reached a worker: LiveKit's lossy data channel dropped them on the
+            # way (the server or a phone), on cores the replacement's start had filled.
+            result(f"{tag}_bridge_frames_lost", round(lost_by_the_bridge() - lost_before))
             # When the dead worker was reaped: its memory's teardown, which the front does not
             # wait for (its lifeline spoke first).
             reaped = bridge.logged_at(f"pid={victim} exit=")
