@@ -560,7 +560,13 @@ async fn supervise(
         let _ = child.start_kill();
         final_cpu = process::final_cpu(pid, Duration::from_secs(1)).await;
     }
-    let status = child.wait().await.ok();
+    let status = match child.wait().await {
+        Ok(status) => Some(status),
+        Err(e) => {
+            tracing::warn!(worker = link.number, pid, error = %e, "cannot reap the room worker: its exit status is unknown");
+            None
+        }
+    };
     let cause = match ending {
         Ending::Broke(kind, cause) => Some((kind, cause)),
         Ending::Closed | Ending::Dying(_) => None,
