@@ -10,9 +10,13 @@ use std::time::{Duration, Instant};
 use common::process::kill;
 use common::procfs::room_workers;
 use common::*;
+use livekit_bridge::proto::AudioChunk;
 use livekit_bridge::room::SimRooms;
 use livekit_bridge::service::ServiceSettings;
 use tonic::Code;
+
+/// One bridge at a time in this process: a test counts (and kills) the process's workers.
+static ONE_BRIDGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What became of a session's stream after its worker, or another, was killed.
 enum After {
@@ -52,6 +56,7 @@ async fn after_the_kill(mut s: Stream, killed: Instant) -> After {
 /// hears its room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_workers_sessions_end_at_once_and_no_others() {
+    let _one = ONE_BRIDGE.lock().await;
     let b = Bridge::with(ServiceSettings {
         room_workers: 2,
         sim_rooms: SimRooms::Workers,
@@ -108,5 +113,66 @@ async fn a_dead_workers_sessions_end_at_once_and_no_others() {
         for user in &users {
             leave(&mut c, user).await;
         }
+    }
+}
+
+/// Audio into the room through a worker's track ring: a client's chunks, many times what the
+/// ring holds, on two tracks at once, come back from the simulated room's echo byte for byte
+/// and in order; a session that leaves and joins again publishes anew. (The echo takes audio
+/// as fast as it comes, so all of it comes back within the session ring's 2 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_audio_crosses_to_the_worker_whole_and_in_order() {
+    let _one = ONE_BRIDGE.lock().await;
+    let b = Bridge::with(ServiceSettings {
+        room_workers: 1,
+        sim_rooms: SimRooms::Workers,
+        ..ServiceSettings::default()
+    })
+    .await;
+    let mut c = b.client().await;
+    for round in 0..2 {
+        join_ok(&mut c, "echo", "sim://echo?frame_ms=10").await;
+        assert_eq!(room_workers("self").len(), 1);
+        let mut stream = open(&mut c, "echo").await;
+        // 0.7 s of audio per track (9 times the track ring), in 100 ms chunks, speaker and tts
+        // interleaved; each track's bytes are told apart by their parity.
+        let chunk = |track: i32, n: usize| AudioChunk {
+            pcm_data: (0..3200)
+                .map(|i| ((n * 3200 + i) % 125 * 2 + track as usize / 2) as u8)
+                .collect(),
+            track_id: track,
+            ..first_chunk("echo")
+        };
+        let sender = stream.tx.clone();
+        let send = tokio::spawn(async move {
+            for n in 0..7 {
+                for track in [0, 2] {
+                    sender.send(chunk(track, n)).await.expect("send");
+                }
+            }
+        });
+        let (mut speaker, mut tts) = (Vec::new(), Vec::new());
+        while speaker.len() + tts.len() < 2 * 7 * 3200 {
+            for pair in stream.frame().await.pcm_data.chunks(2) {
+                let to = if pair[0] % 2 == 0 {
+                    &mut speaker
+                } else {
+                    &mut tts
+                };
+                to.extend_from_slice(pair);
+            }
+        }
+        send.await.expect("the sender");
+        let expected =
+            |track: i32| -> Vec<u8> { (0..7).flat_map(|n| chunk(track, n).pcm_data).collect() };
+        assert!(
+            speaker == expected(0),
+            "round {round}: speaker's audio came back changed"
+        );
+        assert!(
+            tts == expected(2),
+            "round {round}: tts's audio came back changed"
+        );
+        leave(&mut c, "echo").await;
     }
 }

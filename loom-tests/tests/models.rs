@@ -7,6 +7,7 @@
 use std::task::{Context, Poll, Wake, Waker};
 
 use livekit_bridge::audio::mapped::{Doorbell, heap_ring};
+use livekit_bridge::audio::track_ring::{Closed, heap_track_ring};
 use livekit_bridge::audio::{Overflow, Pop, PushOutcome, RingConfig, WakeCounter, audio_ring};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
@@ -373,5 +374,37 @@ fn doorbell_model(coalescing: bool) {
         }
         take(&bell, &kicks, &seen);
         assert_eq!(seen.load(Ordering::Relaxed), 0b11, "a mark found no kick");
+    });
+}
+
+/// A published track's ring (`src/audio/track_ring.rs`): a writer with more PCM than the ring
+/// holds waits for space, the reader waits for PCM; every wait ends with a wake, and the bytes
+/// come out whole and in order.
+#[test]
+fn a_track_ring_never_leaves_a_side_waiting() {
+    loom::model(|| {
+        let (mut w, mut r) = heap_track_ring(4);
+        let writer = thread::spawn(move || {
+            assert_eq!(loom::future::block_on(w.write(&[1, 2, 3, 4, 5, 6])), Ok(()));
+            w
+        });
+        let mut out = Vec::new();
+        while out.len() < 6 {
+            assert!(loom::future::block_on(r.read(&mut out, 4)).is_some());
+        }
+        assert_eq!(out, [1, 2, 3, 4, 5, 6]);
+        drop(writer.join().expect("writer"));
+    });
+}
+
+/// A writer waiting for space is woken when the reader goes away (its room left, its worker
+/// gone), and fails rather than waiting forever.
+#[test]
+fn a_waiting_track_writer_learns_the_reader_is_gone() {
+    loom::model(|| {
+        let (mut w, r) = heap_track_ring(2);
+        let writer = thread::spawn(move || loom::future::block_on(w.write(&[1; 4])));
+        drop(r);
+        assert_eq!(writer.join().expect("writer"), Err(Closed));
     });
 }

@@ -68,10 +68,11 @@ const CORRUPT: usize = 0b10_0000;
 #[derive(Default)]
 #[repr(C)]
 pub struct SlotHeader {
-    state: CachePadded<AtomicUsize>,
+    /// Also a track ring's (`super::track_ring`), with its own bits.
+    pub(super) state: CachePadded<AtomicUsize>,
     flags: CachePadded<AtomicUsize>,
-    tail: CachePadded<AtomicUsize>,
-    head: CachePadded<AtomicUsize>,
+    pub(super) tail: CachePadded<AtomicUsize>,
+    pub(super) head: CachePadded<AtomicUsize>,
     produced: CachePadded<ProducerCounters>,
     consumed: CachePadded<ConsumerCounters>,
 }
@@ -203,7 +204,7 @@ impl SlotMemory {
                 }
             }
         }
-        let capacity = capacity.max(FRAME_HEADER + 2);
+        let capacity = capacity.max(2);
         let header = NonNull::from(Box::leak(Box::new(SlotHeader::default())));
         let data = NonNull::from(Box::leak(vec![0u8; capacity].into_boxed_slice()));
         let owner = std::sync::Arc::new(Heap { header, data });
@@ -216,8 +217,13 @@ impl SlotMemory {
         unsafe { self.header.as_ref() }
     }
 
-    /// Copies `src` into the ring at index `at`, wrapping.
-    fn put(&self, at: usize, src: &[u8]) {
+    /// Bytes of the ring.
+    pub(super) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Copies `src` into the ring at index `at`, wrapping. `src` is at most the capacity.
+    pub(super) fn put(&self, at: usize, src: &[u8]) {
         let start = at % self.capacity;
         let first = src.len().min(self.capacity - start);
         // SAFETY: `start + first <= capacity` and `src.len() - first <= capacity - first`
@@ -230,8 +236,8 @@ impl SlotMemory {
         }
     }
 
-    /// Copies `dst.len()` bytes from the ring at index `at`, wrapping.
-    fn get(&self, at: usize, dst: &mut [u8]) {
+    /// Copies `dst.len()` bytes from the ring at index `at`, wrapping. At most the capacity.
+    pub(super) fn get(&self, at: usize, dst: &mut [u8]) {
         let start = at % self.capacity;
         let first = dst.len().min(self.capacity - start);
         // SAFETY: as in `put`, with `dst.len() <= capacity` checked by the callers; the bytes
@@ -385,6 +391,14 @@ impl SlotWaker {
 
     pub fn wake(&self) {
         self.0.wake();
+    }
+
+    pub(super) fn register(&self, waker: &std::task::Waker) {
+        self.0.register(waker);
+    }
+
+    pub(super) fn clear(&self) {
+        self.0.clear();
     }
 }
 
@@ -775,7 +789,7 @@ pub fn heap_ring(
     MappedCloser,
     std::sync::Arc<HeapBell>,
 ) {
-    let mem = SlotMemory::heap(capacity);
+    let mem = SlotMemory::heap(capacity.max(FRAME_HEADER + 2));
     let waker = std::sync::Arc::new(SlotWaker::new());
     let bell = std::sync::Arc::new(HeapBell {
         doorbell: Doorbell::heap(1),

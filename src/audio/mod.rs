@@ -1,5 +1,6 @@
 //! The lock-free audio core: the payload rule, the per-session ring and its close protocol, and
-//! the same ring in memory two processes share (`mapped`).
+//! the same ring in memory two processes share (`mapped`), and the ring that carries a published
+//! track's audio the other way (`track_ring`).
 //! Nothing here knows of tokio, gRPC or LiveKit; `loom-tests/` model-checks it.
 
 mod ends;
@@ -8,6 +9,7 @@ pub mod mapped;
 pub mod payload;
 pub mod ring;
 mod storage;
+pub mod track_ring;
 mod waker;
 mod weaken;
 

@@ -29,3 +29,5 @@ pub(crate) const COALESCING_SKIPS_FINAL_TAKE: bool =
 /// The doorbell's consumer clears `pending` after taking the marks instead of before.
 pub(crate) const DOORBELL_CLEARS_PENDING_LAST: bool =
     cfg!(loom_weaken = "doorbell_clears_pending_last");
+/// A track ring's side that finds nothing to do sleeps without looking again after it parks.
+pub(crate) const TRACK_RING_NO_RECHECK: bool = cfg!(loom_weaken = "track_ring_no_recheck");

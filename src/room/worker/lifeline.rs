@@ -148,6 +148,7 @@ mod tests {
         let shape = Shape {
             slots: 1,
             capacity: 64,
+            tracks: 1,
         };
         let region = Arc::new(Region::create(shape).expect("a region"));
         init(&region).expect("a lifeline");

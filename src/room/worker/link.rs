@@ -7,9 +7,13 @@
 //! closed, is gone with the room's last callback). A dead worker releases nothing: its region
 //! goes with it, and its replacement gets a new one.
 //!
+//! A track ring (audio into the room, one per published track) is held the same way: by the
+//! front while its writer lives, by the worker from the `OpenTrack` it answered Done until it
+//! says `TrackReleased`; reset and reused when both have let it go.
+//!
 //! When the worker dies, the front, for every slot in use, abandons the ring (so nothing waits
 //! for a claim the dead process held) and closes the session as lost, with a reason naming the
-//! exit: its stream ends UNAVAILABLE `room_lost`, and the backend rejoins. It learns of the
+//! exit, and closes every track ring, so a writer waiting for space learns of the death: its stream ends UNAVAILABLE `room_lost`, and the backend rejoins. It learns of the
 //! death from the worker's lifeline (`super::lifeline`) as the worker's main thread begins to
 //! exit, or else when its control socket ends; it ends a worker that sends nonsense or stops
 //! answering for [`HEARTBEAT_LAPSE`] itself. It reaps the process once its teardown is done.
@@ -28,7 +32,8 @@ use super::lifeline;
 use super::process;
 use super::region::Region;
 use super::wire::{self, WireError, proto};
-use crate::audio::mapped::{MappedCloser, MappedConsumer, SlotWaker};
+use crate::audio::mapped::{Bell, Doorbell, MappedCloser, MappedConsumer, SlotWaker};
+use crate::audio::track_ring::{TrackRingCloser, TrackRingWriter};
 use crate::audio::{Closer, Consumer};
 use crate::room::{
     Disconnect, DisconnectCause, RingSlot, RoomError, RoomEvents, SessionRing, TrackStats, unix_ms,
@@ -58,11 +63,20 @@ struct SlotUse {
     events: Option<Arc<dyn RoomEvents>>,
 }
 
+struct TrackUse {
+    /// Who still holds the track ring (`FRONT | WORKER`).
+    holders: u8,
+    /// Why the worker stopped publishing it, if it said.
+    failure: Option<RoomError>,
+}
+
 #[derive(Default)]
 struct Table {
     pending: HashMap<u64, oneshot::Sender<Result<Answer, RoomError>>>,
     slots: HashMap<u32, SlotUse>,
     free: Vec<u32>,
+    tracks: HashMap<u32, TrackUse>,
+    free_tracks: Vec<u32>,
     /// The worker takes no new session (it is being retired).
     draining: bool,
 }
@@ -72,6 +86,10 @@ pub(super) struct Link {
     pub pid: u32,
     region: Arc<Region>,
     wakers: Vec<Arc<SlotWaker>>,
+    /// The track rings' writers' wakers, woken by the front's doorbell.
+    track_wakers: Vec<Arc<SlotWaker>>,
+    /// Rings the worker when a track ring has PCM.
+    track_bell: Arc<TrackBell>,
     out: mpsc::UnboundedSender<proto::ToWorker>,
     next_id: AtomicU64,
     table: Mutex<Table>,
@@ -101,20 +119,67 @@ impl Drop for SlotLease {
     }
 }
 
+/// Keeps a track ring for the front while its writer lives.
+struct TrackLease {
+    link: Weak<Link>,
+    ring: u32,
+    _region: Arc<Region>,
+}
+
+impl Drop for TrackLease {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.upgrade() {
+            link.let_go_track(self.ring, FRONT);
+        }
+    }
+}
+
+/// A track ring's writer's bell: marks the ring in the worker's doorbell and kicks the worker's
+/// eventfd on the first mark.
+struct TrackBell {
+    doorbell: Doorbell,
+    kick: std::os::fd::OwnedFd,
+}
+
+impl Bell for TrackBell {
+    fn ring(&self, ring: u32) {
+        if self.doorbell.mark(ring) {
+            process::kick(&self.kick);
+        }
+    }
+}
+
+/// A track ring opened for a session: its writer, and the ring's number for its errors.
+pub(super) struct OpenTrack {
+    pub ring: u32,
+    pub writer: TrackRingWriter,
+}
+
 impl Link {
     pub(super) fn new(
         number: u64,
         pid: u32,
         region: Arc<Region>,
+        track_kick: std::os::fd::OwnedFd,
         out: mpsc::UnboundedSender<proto::ToWorker>,
     ) -> Self {
-        let slots = region.shape().slots;
+        let shape = region.shape();
         Self {
             number,
             pid,
-            wakers: (0..slots).map(|_| Arc::new(SlotWaker::new())).collect(),
+            wakers: (0..shape.slots)
+                .map(|_| Arc::new(SlotWaker::new()))
+                .collect(),
+            track_wakers: (0..shape.tracks)
+                .map(|_| Arc::new(SlotWaker::new()))
+                .collect(),
+            track_bell: Arc::new(TrackBell {
+                doorbell: region.track_doorbell(region.clone()),
+                kick: track_kick,
+            }),
             table: Mutex::new(Table {
-                free: (0..slots).rev().collect(),
+                free: (0..shape.slots).rev().collect(),
+                free_tracks: (0..shape.tracks).rev().collect(),
                 ..Table::default()
             }),
             region,
@@ -264,6 +329,114 @@ impl Link {
         self.let_go(slot, WORKER);
     }
 
+    /// Opens a track ring for the session in `slot`, publishing into its room's track called
+    /// `track`: the worker makes the track (or says why it cannot) before this returns.
+    pub(super) async fn open_track(
+        self: &Arc<Self>,
+        slot: u32,
+        track: &str,
+    ) -> Result<OpenTrack, RoomError> {
+        let ring = {
+            let mut t = self.table();
+            let Some(ring) = t.free_tracks.pop() else {
+                return Err(RoomError::Unavailable(format!(
+                    "the room's worker process has no free track ring (all {} are publishing)",
+                    self.track_wakers.len()
+                )));
+            };
+            t.tracks.insert(
+                ring,
+                TrackUse {
+                    holders: FRONT | WORKER,
+                    failure: None,
+                },
+            );
+            ring
+        };
+        // From here the front's hold is the lease's: dropped with the writer, or on failure.
+        let lease: Arc<dyn Send + Sync> = Arc::new(TrackLease {
+            link: Arc::downgrade(self),
+            ring,
+            _region: self.region.clone(),
+        });
+        let opened = self.request(proto::to_worker::Op::OpenTrack(proto::OpenTrack {
+            slot,
+            track: track.to_string(),
+            ring,
+        }));
+        if let Err(e) = opened.await {
+            // The worker holds nothing of a ring it did not open (nor a dead one anything).
+            self.let_go_track(ring, WORKER);
+            return Err(e);
+        }
+        let (Some(memory), Some(waker)) = (
+            self.region.track(ring, lease),
+            self.track_wakers.get(ring as usize),
+        ) else {
+            return Err(RoomError::Library(format!(
+                "track ring {ring} is out of range"
+            )));
+        };
+        Ok(OpenTrack {
+            ring,
+            writer: TrackRingWriter::new(memory, ring, waker.clone(), self.track_bell.clone()),
+        })
+    }
+
+    /// Why a track ring's writer found it closed: what the worker said, its death, or the room
+    /// being left.
+    pub(super) fn track_error(&self, ring: u32) -> RoomError {
+        let failure = self
+            .table()
+            .tracks
+            .get_mut(&ring)
+            .and_then(|u| u.failure.clone());
+        failure.unwrap_or_else(|| match self.death.get() {
+            Some(why) => RoomError::NotConnected(why.clone()),
+            None => RoomError::NotConnected("the room was left".into()),
+        })
+    }
+
+    /// A closer of track ring `ring`, for the front's own closes.
+    fn track_closer(&self, ring: u32) -> Option<TrackRingCloser> {
+        let memory = self.region.track(ring, Arc::new(()))?;
+        let waker = self.track_wakers.get(ring as usize)?.clone();
+        Some(TrackRingCloser::new(
+            memory,
+            ring,
+            waker,
+            self.track_bell.clone(),
+        ))
+    }
+
+    /// One holder lets a track ring go; the last one makes it free again.
+    fn let_go_track(&self, ring: u32, holder: u8) {
+        let mut t = self.table();
+        let Some(u) = t.tracks.get_mut(&ring) else {
+            return;
+        };
+        u.holders &= !holder;
+        if u.holders == 0 {
+            t.tracks.remove(&ring);
+            if let Some(memory) = self.region.track(ring, Arc::new(())) {
+                memory.header().reset();
+            }
+            t.free_tracks.push(ring);
+        }
+    }
+
+    /// The worker could not publish a track ring's audio: its writer learns why, then of the
+    /// close.
+    fn track_failed(&self, ring: u32, why: RoomError) {
+        match self.table().tracks.get_mut(&ring) {
+            Some(u) => u.failure = Some(why),
+            None => return,
+        }
+        if let Some(closer) = self.track_closer(ring) {
+            closer.close();
+        }
+    }
+
     /// Sends a request; its answer, or why there will be none.
     pub(super) fn request(
         &self,
@@ -328,6 +501,14 @@ impl Link {
                 }
             }
             Some(Op::Released(r)) => self.let_go(r.slot, WORKER),
+            Some(Op::TrackFailed(f)) => {
+                let why = f.failed.map_or_else(
+                    || RoomError::Library("the worker failed a track without saying why".into()),
+                    wire::room_error,
+                );
+                self.track_failed(f.ring, why);
+            }
+            Some(Op::TrackReleased(r)) => self.let_go_track(r.ring, WORKER),
             Some(Op::Stats(s)) => {
                 *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = TrackStats {
                     routed: s.routed,
@@ -349,7 +530,7 @@ impl Link {
             return;
         }
         self.dead.cancel();
-        let (pending, slots) = {
+        let (pending, slots, tracks) = {
             let mut t = self.table();
             (
                 std::mem::take(&mut t.pending),
@@ -357,8 +538,14 @@ impl Link {
                     .iter_mut()
                     .map(|(slot, u)| (*slot, u.events.take()))
                     .collect::<Vec<_>>(),
+                t.tracks.keys().copied().collect::<Vec<_>>(),
             )
         };
+        for ring in tracks {
+            if let Some(closer) = self.track_closer(ring) {
+                closer.close();
+            }
+        }
         let mut in_flight = 0;
         for (slot, events) in slots {
             if let Some(closer) = self.closer(slot) {
@@ -409,6 +596,7 @@ pub(super) fn start(
     number: u64,
     region: Arc<Region>,
     kick: std::os::fd::OwnedFd,
+    track_kick: std::os::fd::OwnedFd,
     control: tokio::net::UnixStream,
     child: tokio::process::Child,
     hello: proto::Hello,
@@ -416,7 +604,7 @@ pub(super) fn start(
     let (rd, mut wr) = control.into_split();
     let (out, mut outgoing) = mpsc::unbounded_channel::<proto::ToWorker>();
     let pid = child.id().unwrap_or(0);
-    let link = Arc::new(Link::new(number, pid, region, out.clone()));
+    let link = Arc::new(Link::new(number, pid, region, track_kick, out.clone()));
     let _ = out.send(proto::ToWorker {
         id: 0,
         op: Some(proto::to_worker::Op::Hello(hello)),
@@ -462,13 +650,21 @@ pub(super) fn start(
 /// waits at most this long more.
 const COALESCE: Duration = Duration::from_micros(200);
 
-/// The doorbell's thread: wakes the sessions whose producers marked the doorbell, after each
-/// kick and then every [`COALESCE`] for as long as marks keep coming. A thread of its own, as
-/// the runtime's timers cannot wait less than a millisecond; it ends when the worker dies.
+/// The doorbell's thread: wakes the sessions whose producers marked the doorbell, and the
+/// track writers whose rings the worker made room in, after each kick and then every
+/// [`COALESCE`] for as long as marks keep coming. A thread of its own, as the runtime's timers
+/// cannot wait less than a millisecond; it ends when the worker dies.
 fn ring_doorbell(link: &Link, kick: &std::os::fd::OwnedFd) {
     let doorbell = link.region.doorbell(link.region.clone());
-    let wake = |slot: u32| {
-        if let Some(w) = link.wakers.get(slot as usize) {
+    // A session ring's bit is its slot; a track ring's comes after the slots'.
+    let slots = link.wakers.len();
+    let wake = |bit: u32| {
+        let bit = bit as usize;
+        let waker = match bit.checked_sub(slots) {
+            None => link.wakers.get(bit),
+            Some(ring) => link.track_wakers.get(ring),
+        };
+        if let Some(w) = waker {
             w.wake();
         }
     };
@@ -682,10 +878,12 @@ mod tests {
         let shape = Shape {
             slots: 2,
             capacity: 4096,
+            tracks: 2,
         };
         let region = Arc::new(Region::create(shape).expect("a region"));
         let (out, _to_worker) = mpsc::unbounded_channel();
-        let link = Arc::new(Link::new(0, 0, region, out));
+        let kick = process::eventfd().expect("an eventfd");
+        let link = Arc::new(Link::new(0, 0, region, kick, out));
         let ring = link.ring().expect("a free slot");
         let slot = ring.slot.as_ref().expect("a worker slot").index;
         assert!(!link.retire_if_empty(), "not draining yet");

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //!   backend ──gRPC──▶ front process: service, sessions, PlayAudio decoding, sim:// rooms
-//!                        │  per worker: a Unix socket (control, client audio) and one
-//!                        │  shared memory region (every session's ring + the doorbell)
+//!                        │  per worker: a Unix socket (control) and one shared memory
+//!                        │  region (every session's ring, every published track's ring,
+//!                        │  a doorbell each way)
 //!                        ▼
 //!              room worker 0 … K-1: `livekit-bridge room-worker`, LiveKit's library,
 //!                        │          its callback threads pushing into the rings
@@ -32,11 +33,14 @@
 //! the front closes its control socket and it exits (`room_worker_exits_total{kind="retired"}`).
 //! At most as many workers drain at once as the pool has places.
 //!
-//! Room audio never crosses the socket: the worker's library callback pushes into the
+//! Audio never crosses the socket. Room audio: the worker's library callback pushes into the
 //! session's ring in the shared memory ([`crate::audio::mapped`]), and the front's gRPC writer
-//! pops from it, as from an in-process ring. Client audio and PlayAudio's frames cross as
-//! Publish requests, each answered once the room has taken it, so the backpressure of the
-//! published track's clock reaches the client unchanged.
+//! pops from it, as from an in-process ring. Client audio and PlayAudio's frames: the front
+//! writes them into the published track's ring ([`crate::audio::track_ring`], opened by an
+//! `OpenTrack` request on the track's first use), and a task in the worker publishes what it
+//! reads; a full ring makes the front's writer wait, so the backpressure of the published
+//! track's clock reaches the client unchanged (BENCHMARKS.md, "The ring across the process
+//! boundary", compares this with a request per chunk).
 //!
 //! The modules depend one way: `region`, `process` and `wire` on nothing here; `lifeline` on
 //! `region` and `process`; `link` on those; `serve` on `region`, `process`, `wire` and
@@ -51,13 +55,13 @@ pub mod wire;
 
 pub use serve::SUBCOMMAND;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use self::link::{Answer, Link};
+use self::link::{Answer, Link, OpenTrack};
 use self::region::{Region, Shape};
 use self::serve::WorkerArgs;
 use self::wire::proto;
@@ -127,6 +131,11 @@ impl Default for WorkerSettings {
         }
     }
 }
+
+/// Track rings per slot of a worker's region: the tracks its sessions can publish on at once,
+/// on average (any session may use more while others use fewer). A ring's memory is only
+/// committed once a track has used it.
+const TRACK_RINGS_PER_SLOT: u32 = 2;
 
 /// The name of the network thread of a WebRTC runtime of LiveKit's library (libwebrtc's
 /// `network_thread`): one per runtime, and a process runs one runtime at a time unless the
@@ -280,10 +289,12 @@ impl WorkerBackend {
                 .ring
                 .capacity_bytes
                 .max(crate::audio::ring::FRAME_HEADER + 2),
+            tracks: s.slots.saturating_mul(TRACK_RINGS_PER_SLOT),
         };
         let region = Arc::new(Region::create(shape)?);
         lifeline::init(&region)?;
         let kick = process::eventfd()?;
+        let track_kick = process::eventfd()?;
         let (front, worker) = std::os::unix::net::UnixStream::pair()?;
         let exe = match &s.exe {
             Some(exe) => exe.clone(),
@@ -301,7 +312,14 @@ impl WorkerBackend {
             log_filter: s.log_filter.clone(),
         };
         let worker_fd = std::os::fd::OwnedFd::from(worker);
-        let child = process::spawn(&exe, &args.to_args(), &worker_fd, region.fd(), &kick)?;
+        let child = process::spawn(
+            &exe,
+            &args.to_args(),
+            &worker_fd,
+            region.fd(),
+            &kick,
+            &track_kick,
+        )?;
         drop(worker_fd);
         front.set_nonblocking(true)?;
         let control = tokio::net::UnixStream::from_std(front)?;
@@ -310,9 +328,10 @@ impl WorkerBackend {
             slots: shape.slots,
             slot_capacity: shape.capacity as u64,
             drop_oldest: s.ring.overflow == Overflow::DropOldest,
+            tracks: shape.tracks,
         };
         let pid = child.id();
-        let started = link::start(number, region, kick, control, child, hello)?;
+        let started = link::start(number, region, kick, track_kick, control, child, hello)?;
         tracing::info!(worker = number, position, ?pid, "room worker started");
         let this = self.this.clone();
         let link = started.link.clone();
@@ -532,7 +551,11 @@ impl RoomBackend for WorkerBackend {
             guard.disarm();
             match joined? {
                 Answer::Joined(j) => Ok(Connected {
-                    room: Box::new(WorkerRoom { link, slot }),
+                    room: Box::new(WorkerRoom {
+                        link,
+                        slot,
+                        tracks: Mutex::new(Some(HashMap::new())),
+                    }),
                     participant_id: j.participant_id,
                     participant_count: j.participant_count,
                 }),
@@ -576,30 +599,52 @@ impl Drop for JoinGuard {
 struct WorkerRoom {
     link: Arc<Link>,
     slot: u32,
+    /// Each published track's ring, opened on its first use; `None` once the room is left.
+    tracks: Mutex<Option<HashMap<String, PublishedTrack>>>,
 }
 
+impl WorkerRoom {
+    fn tracks(&self) -> std::sync::MutexGuard<'_, Option<HashMap<String, PublishedTrack>>> {
+        self.tracks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+type PublishedTrack = Arc<tokio::sync::Mutex<Option<OpenTrack>>>;
+
 impl Room for WorkerRoom {
+    /// Resolves once the track's ring has taken the audio (it waits while the ring is full). A
+    /// publish the worker's room refused shows on the next call, with the room's reason; the
+    /// track's ring is then let go, and the call after opens it anew (as the in-process room
+    /// publishes a track anew once the server allows it).
     fn publish<'a>(
         &'a self,
         track: &'a str,
         pcm: &'a [u8],
     ) -> BoxFuture<'a, Result<(), RoomError>> {
         Box::pin(async move {
-            for piece in pcm.chunks(wire::MAX_PCM) {
-                let published = self
-                    .link
-                    .request(proto::to_worker::Op::Publish(proto::Publish {
-                        slot: self.slot,
-                        track: track.to_string(),
-                        pcm: piece.to_vec(),
-                    }));
-                published.await?;
+            let left = || RoomError::NotConnected("the room was left".into());
+            let published = match self.tracks().as_mut() {
+                Some(tracks) => tracks.entry(track.to_string()).or_default().clone(),
+                None => return Err(left()),
+            };
+            let mut published = published.lock().await;
+            let open = match published.as_mut() {
+                Some(open) => open,
+                None => published.insert(self.link.open_track(self.slot, track).await?),
+            };
+            if open.writer.write(pcm).await.is_ok() {
+                return Ok(());
             }
-            Ok(())
+            let why = self.link.track_error(open.ring);
+            *published = None;
+            Err(why)
         })
     }
 
     fn disconnect(&self) -> BoxFuture<'_, ()> {
+        // The tracks' writers close their rings as they go (one still writing goes when its
+        // publish ends); then the room is left.
+        drop(self.tracks().take());
         let left = self.link.request(proto::to_worker::Op::Leave(proto::Leave {
             slot: self.slot,
         }));

@@ -1,9 +1,10 @@
-//! The operating system's side of a room worker: starting the process with its three
-//! descriptors, and the doorbell's kick (an `eventfd`).
+//! The operating system's side of a room worker: starting the process with its four
+//! descriptors, and the doorbells' kicks (an `eventfd` each).
 //!
 //! A worker is this binary run as `livekit-bridge room-worker ...` with, as its descriptors
-//! [`CONTROL_FD`], [`MEMORY_FD`] and [`KICK_FD`]: its end of the control socket, the ring memory
-//! and the doorbell's eventfd. Nothing else is inherited (every descriptor of the front is
+//! [`CONTROL_FD`], [`MEMORY_FD`], [`KICK_FD`] and [`TRACK_KICK_FD`]: its end of the control
+//! socket, the ring memory, the front's doorbell's eventfd (the worker kicks it) and its own
+//! (the front kicks it when a track ring has PCM). Nothing else is inherited (every descriptor of the front is
 //! close-on-exec). The worker dies with its control socket: when the front goes, so do its
 //! workers, and a worker also asks the kernel to kill it if the thread that started it ends
 //! (`PR_SET_PDEATHSIG`).
@@ -18,6 +19,7 @@ use std::path::Path;
 pub const CONTROL_FD: RawFd = 3;
 pub const MEMORY_FD: RawFd = 4;
 pub const KICK_FD: RawFd = 5;
+pub const TRACK_KICK_FD: RawFd = 6;
 
 /// A new eventfd, non-blocking, close-on-exec.
 pub fn eventfd() -> std::io::Result<OwnedFd> {
@@ -54,6 +56,13 @@ pub fn drain(fd: &OwnedFd) -> std::io::Result<bool> {
     Ok(n == 8)
 }
 
+/// `fd` registered with the runtime's reactor, to wait for it in a task.
+pub fn watch(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` is open and refers to the same file for as long as it is owned, and
+    // the `AsyncFd` owns it until it deregisters; its `as_raw_fd` is always that descriptor.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
+}
+
 /// Blocks until `fd` is readable; false if `timeout` passed first. Interrupted waits resume.
 pub fn wait_readable(fd: &OwnedFd, timeout: std::time::Duration) -> std::io::Result<bool> {
     let mut poll = libc::pollfd {
@@ -75,14 +84,15 @@ pub fn wait_readable(fd: &OwnedFd, timeout: std::time::Duration) -> std::io::Res
     }
 }
 
-/// Starts `exe room-worker args...` with `control`, `memory` and `kick` as its descriptors 3,
-/// 4 and 5.
+/// Starts `exe room-worker args...` with `control`, `memory`, `kick` and `track_kick` as its
+/// descriptors 3 to 6.
 pub fn spawn(
     exe: &Path,
     args: &[String],
     control: &OwnedFd,
     memory: &OwnedFd,
     kick: &OwnedFd,
+    track_kick: &OwnedFd,
 ) -> std::io::Result<tokio::process::Child> {
     let mut command = tokio::process::Command::new(exe);
     // LiveKit's library logs to stderr by itself when its records are not captured
@@ -90,22 +100,30 @@ pub fn spawn(
     // would inherit from the front: off, it writes nothing (a record can carry an access
     // token, which only the bridge's own logging redacts).
     command.args(args).env("RUST_LOG", "off").kill_on_drop(true);
-    let fds = [control.as_raw_fd(), memory.as_raw_fd(), kick.as_raw_fd()];
+    let fds = [
+        control.as_raw_fd(),
+        memory.as_raw_fd(),
+        kick.as_raw_fd(),
+        track_kick.as_raw_fd(),
+    ];
     // SAFETY: the closure runs in the child between fork and exec, so it may only make
     // async-signal-safe calls: fcntl, dup2 and prctl are, it allocates nothing and touches
-    // only the three descriptor numbers copied into it. Each descriptor is first moved above
+    // only the four descriptor numbers copied into it. Each descriptor is first moved above
     // the targets, so placing one cannot close another still to be placed; dup2 clears
     // close-on-exec on the copy.
     unsafe {
         command.pre_exec(move || {
-            let mut high = [0; 3];
+            let mut high = [0; 4];
             for (h, fd) in high.iter_mut().zip(fds) {
                 *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 16);
                 if *h < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            for (h, target) in high.into_iter().zip([CONTROL_FD, MEMORY_FD, KICK_FD]) {
+            for (h, target) in high
+                .into_iter()
+                .zip([CONTROL_FD, MEMORY_FD, KICK_FD, TRACK_KICK_FD])
+            {
                 if libc::dup2(h, target) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -132,15 +150,16 @@ pub fn default_fault_signals() {
     }
 }
 
-/// The worker's three descriptors, adopted once at its start.
+/// The worker's four descriptors, adopted once at its start.
 pub struct Inherited {
     pub control: OwnedFd,
     pub memory: OwnedFd,
     pub kick: OwnedFd,
+    pub track_kick: OwnedFd,
 }
 
 impl Inherited {
-    /// Takes descriptors 3, 4 and 5, checking that each is open.
+    /// Takes descriptors 3 to 6, checking that each is open.
     pub fn take() -> std::io::Result<Self> {
         let adopt = |fd: RawFd| {
             // SAFETY: F_GETFD only asks whether the descriptor is open.
@@ -160,6 +179,7 @@ impl Inherited {
             control: adopt(CONTROL_FD)?,
             memory: adopt(MEMORY_FD)?,
             kick: adopt(KICK_FD)?,
+            track_kick: adopt(TRACK_KICK_FD)?,
         })
     }
 }

@@ -1,15 +1,19 @@
-//! The memory a front and one room worker share: every session ring of that worker and the
-//! doorbell, in one `memfd` the front creates and the worker maps.
+//! The memory a front and one room worker share: every session ring of that worker, every
+//! published track's ring, and the two doorbells, in one `memfd` the front creates and the
+//! worker maps.
 //!
 //! Layout (offsets in bytes, each part aligned to [`ALIGN`]):
 //! - `0`: the worker's lifeline, a process-shared robust mutex ([`super::lifeline`]);
-//! - [`ALIGN`]: the doorbell's `pending` word;
-//! - `2 * ALIGN`: the doorbell's bits, one per slot;
-//! - then `slots` slots, each a [`SlotHeader`] followed by `capacity` bytes of frames.
+//! - [`ALIGN`]: the front's doorbell's `pending` word, then its bits: one per slot (a session
+//!   ring has audio), then one per track ring (a track ring has space);
+//! - the worker's doorbell's `pending` word, then its bits, one per track ring (PCM to publish);
+//! - `slots` slots, each a [`SlotHeader`] followed by `capacity` bytes of frames;
+//! - `tracks` track rings, each a [`SlotHeader`] followed by [`TRACK_RING_BYTES`] of PCM.
 //!
-//! Both sides compute the layout from the same three numbers (slots, capacity, and the
+//! Both sides compute the layout from the same numbers (slots, capacity, tracks, and the
 //! version in the handshake); nothing in the memory describes it, so nothing the other process
-//! writes there can move a boundary. A fresh `memfd` is zero-filled, which is a fresh slot.
+//! writes there can move a boundary. A fresh `memfd` is zero-filled, which is a fresh slot, and
+//! only the pages a ring has used are ever committed.
 
 // Unsafe code here: creating, mapping and unmapping the memory, and handing out its parts.
 #![allow(unsafe_code)]
@@ -28,15 +32,31 @@ fn align(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
 }
 
+/// Bytes of one published track's ring: 80 ms of 16 kHz PCM16. A publisher ahead of real time
+/// gets this far ahead of the track's clock in the worker (besides the clock's own few frames)
+/// before it waits; a playback, paced by itself, keeps it nearly empty.
+pub const TRACK_RING_BYTES: usize = 2560;
+
 /// The shape of a region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
     pub slots: u32,
     /// Bytes of frames per slot.
     pub capacity: usize,
+    /// Track rings: audio into the room, one per published track in use.
+    pub tracks: u32,
 }
 
 impl Shape {
+    /// The front's doorbell's bit for track ring `index` (after the slots').
+    pub fn track_bit(self, index: u32) -> u32 {
+        self.slots + index
+    }
+
+    fn words(bits: u32) -> usize {
+        Doorbell::words_for(bits as usize).max(1)
+    }
+
     fn pending_at(self) -> usize {
         ALIGN
     }
@@ -45,16 +65,32 @@ impl Shape {
         2 * ALIGN
     }
 
+    fn worker_pending_at(self) -> usize {
+        self.bits_at() + align(Self::words(self.slots + self.tracks) * 8)
+    }
+
+    fn worker_bits_at(self) -> usize {
+        self.worker_pending_at() + ALIGN
+    }
+
     fn slots_at(self) -> usize {
-        self.bits_at() + align(Doorbell::words_for(self.slots as usize).max(1) * 8)
+        self.worker_bits_at() + align(Self::words(self.tracks) * 8)
     }
 
     fn stride(self) -> usize {
         align(size_of::<SlotHeader>()) + align(self.capacity)
     }
 
-    pub fn len(self) -> usize {
+    fn tracks_at(self) -> usize {
         self.slots_at() + self.slots as usize * self.stride()
+    }
+
+    fn track_stride() -> usize {
+        align(size_of::<SlotHeader>()) + align(TRACK_RING_BYTES)
+    }
+
+    pub fn len(self) -> usize {
+        self.tracks_at() + self.tracks as usize * Self::track_stride()
     }
 }
 
@@ -143,30 +179,80 @@ impl Region {
             return None;
         }
         let at = self.shape.slots_at() + index as usize * self.shape.stride();
-        // SAFETY: `at` plus the slot's stride is inside the mapping (index < slots), aligned
-        // to ALIGN, which satisfies SlotHeader's alignment (checked below at compile time).
+        self.ring_at(at, self.shape.capacity, owner)
+    }
+
+    /// Track ring `index`'s memory, kept alive by `owner` (which must keep this region alive).
+    pub fn track(&self, index: u32, owner: Arc<dyn Send + Sync>) -> Option<SlotMemory> {
+        if index >= self.shape.tracks {
+            return None;
+        }
+        let at = self.shape.tracks_at() + index as usize * Shape::track_stride();
+        self.ring_at(at, TRACK_RING_BYTES, owner)
+    }
+
+    /// The ring whose header is at `at`, a ring's stride (header and `capacity`) inside the
+    /// mapping, aligned to ALIGN.
+    fn ring_at(
+        &self,
+        at: usize,
+        capacity: usize,
+        owner: Arc<dyn Send + Sync>,
+    ) -> Option<SlotMemory> {
+        // SAFETY: `at` plus the ring's stride is inside the mapping (the callers checked the
+        // index against the shape), aligned to ALIGN, which satisfies SlotHeader's alignment
+        // (checked below at compile time).
         let (header, data) = unsafe {
             let h = self.base.as_ptr().add(at);
             (h, h.add(align(size_of::<SlotHeader>())))
         };
         let header = NonNull::new(header.cast::<SlotHeader>())?;
         let data = NonNull::new(data)?;
-        // SAFETY: the header is zero (fresh memfd) or reset by the slot table before reuse;
+        // SAFETY: the header is zero (fresh memfd) or reset by the front's tables before reuse;
         // `capacity` bytes follow it inside the mapping; `owner` keeps the region mapped; the
-        // slot table hands a slot to one session at a time.
-        Some(unsafe { SlotMemory::new(header, data, self.shape.capacity, owner) })
+        // tables hand a ring to one session, or one track, at a time.
+        Some(unsafe { SlotMemory::new(header, data, capacity, owner) })
     }
 
-    /// The region's doorbell, kept alive by `owner` (which must keep this region alive).
+    /// The front's doorbell (session rings with audio, track rings with space), kept alive by
+    /// `owner` (which must keep this region alive).
     pub fn doorbell(&self, owner: Arc<dyn Send + Sync>) -> Doorbell {
-        let words = Doorbell::words_for(self.shape.slots as usize).max(1);
-        // SAFETY: `pending` and the bit words are inside the mapping (before the slots),
-        // aligned, zero at first, and live while `owner` does.
+        let shape = self.shape;
+        let words = Shape::words(shape.slots + shape.tracks);
+        // SAFETY: see `doorbell_at`: the front's words are before the worker's.
+        unsafe { self.doorbell_at(shape.pending_at(), shape.bits_at(), words, owner) }
+    }
+
+    /// The worker's doorbell (track rings with PCM), kept alive by `owner`.
+    pub fn track_doorbell(&self, owner: Arc<dyn Send + Sync>) -> Doorbell {
+        let shape = self.shape;
+        let words = Shape::words(shape.tracks);
+        // SAFETY: see `doorbell_at`: the worker's words are before the slots.
         unsafe {
-            let pending = NonNull::new_unchecked(self.base.as_ptr().add(self.shape.pending_at()))
-                .cast::<AtomicUsize>();
-            let bits = NonNull::new_unchecked(self.base.as_ptr().add(self.shape.bits_at()))
-                .cast::<AtomicU64>();
+            self.doorbell_at(
+                shape.worker_pending_at(),
+                shape.worker_bits_at(),
+                words,
+                owner,
+            )
+        }
+    }
+
+    /// # Safety
+    /// `pending` and the `words` words at `bits` are inside the mapping, aligned, and used as
+    /// nothing else.
+    unsafe fn doorbell_at(
+        &self,
+        pending: usize,
+        bits: usize,
+        words: usize,
+        owner: Arc<dyn Send + Sync>,
+    ) -> Doorbell {
+        // SAFETY: the caller's promise; zero at first, and live while `owner` is.
+        unsafe {
+            let pending =
+                NonNull::new_unchecked(self.base.as_ptr().add(pending)).cast::<AtomicUsize>();
+            let bits = NonNull::new_unchecked(self.base.as_ptr().add(bits)).cast::<AtomicU64>();
             Doorbell::new(pending, bits, words, owner)
         }
     }
@@ -190,7 +276,8 @@ impl Drop for Region {
 mod tests {
     use super::*;
     use crate::audio::mapped::{Bell, MappedConsumer, MappedProducer, SlotWaker};
-    use crate::audio::{Overflow, Pop, PushOutcome};
+    use crate::audio::track_ring::{TrackRingReader, TrackRingWriter};
+    use crate::audio::{Overflow, Pop, PushOutcome, WakeCounter};
 
     struct Kick(Doorbell, Arc<SlotWaker>);
     impl Bell for Kick {
@@ -206,6 +293,7 @@ mod tests {
         let shape = Shape {
             slots: 3,
             capacity: 1000,
+            tracks: 2,
         };
         let front = Arc::new(Region::create(shape).unwrap());
         let dup = front.fd().try_clone().unwrap();
@@ -224,10 +312,37 @@ mod tests {
         assert_eq!(c.try_pop(&mut out), Pop::Frame { arrived_ms: 9 });
         assert_eq!(out, [1, 2, 3, 4]);
         assert!(front.slot(3, front.clone()).is_none());
-        let wrong = Shape {
-            slots: 4,
-            capacity: 1000,
-        };
+        // A track ring, the other way, with the worker's doorbell apart from the front's.
+        let (front_waker, worker_waker) = (Arc::new(SlotWaker::new()), Arc::new(SlotWaker::new()));
+        let to_worker = Arc::new(Kick(
+            front.track_doorbell(front.clone()),
+            worker_waker.clone(),
+        ));
+        let to_front = Arc::new(Kick(worker.doorbell(worker.clone()), front_waker.clone()));
+        let mut w = TrackRingWriter::new(
+            front.track(1, front.clone()).unwrap(),
+            1,
+            front_waker,
+            to_worker,
+        );
+        let mut r = TrackRingReader::new(
+            worker.track(1, worker.clone()).unwrap(),
+            1,
+            worker_waker,
+            to_front,
+        );
+        let (_, waker) = WakeCounter::waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(w.poll_write(&mut cx, &mut &[5u8; 6][..]).is_ready());
+        let mut pcm = Vec::new();
+        assert_eq!(
+            r.poll_read(&mut cx, &mut pcm, 100),
+            std::task::Poll::Ready(Some(6))
+        );
+        assert_eq!(pcm, [5; 6]);
+        assert_eq!(c.try_pop(&mut out), Pop::Empty, "the session ring is apart");
+        assert!(front.track(2, front.clone()).is_none());
+        let wrong = Shape { slots: 4, ..shape };
         assert!(Region::map(front.fd().try_clone().unwrap(), wrong).is_err());
     }
 }

@@ -6,6 +6,8 @@
 //! ([`WorkerSink`]) applies the same [`AudioFilter`] and pushes into the session's mapped ring
 //! on the library's callback thread (no allocation, no lock, no call out but the doorbell's
 //! kick while the consumer sleeps); the room's other events go to the front as messages.
+//! Audio into the room comes the other way, one track ring per published track: a task per
+//! track reads it and publishes what it reads (see `play_track`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +21,8 @@ use super::lifeline;
 use super::process::{self, Inherited};
 use super::region::{Region, Shape};
 use super::wire::{self, proto};
-use crate::audio::mapped::{Bell, Doorbell, MappedProducer};
+use crate::audio::mapped::{Bell, Doorbell, MappedProducer, SlotWaker};
+use crate::audio::track_ring::{TrackRingCloser, TrackRingReader};
 use crate::audio::{Overflow, PushOutcome};
 use crate::logging::{self, LogFormat};
 use crate::room::ffi::{FfiBackend, LibraryLogs};
@@ -163,6 +166,7 @@ async fn run(fds: Inherited, args: WorkerArgs) -> u8 {
     let shape = Shape {
         slots: hello.slots,
         capacity: hello.slot_capacity as usize,
+        tracks: hello.tracks,
     };
     let region = match Region::map(fds.memory, shape) {
         Ok(r) => Arc::new(r),
@@ -194,13 +198,34 @@ async fn run(fds: Inherited, args: WorkerArgs) -> u8 {
             pid: std::process::id(),
         }),
     ));
+    let bell = Arc::new(WorkerBell {
+        doorbell: region.doorbell(region.clone()),
+        kick: fds.kick,
+    });
+    let track_wakers: Arc<[Arc<SlotWaker>]> = (0..shape.tracks)
+        .map(|_| Arc::new(SlotWaker::new()))
+        .collect();
+    let track_kick = match process::watch(fds.track_kick) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "room worker: cannot watch its track doorbell");
+            return 71;
+        }
+    };
+    tokio::spawn(ring_track_doorbell(
+        region.track_doorbell(region.clone()),
+        track_kick,
+        track_wakers.clone(),
+    ));
     let worker = Arc::new(Worker {
         backend: FfiBackend::new(args.library, args.joins_at_once, args.library_logs),
         sim: SimBackend::default(),
-        bell: Arc::new(WorkerBell {
-            doorbell: region.doorbell(region.clone()),
-            kick: fds.kick,
+        track_bell: Arc::new(TrackBell {
+            bell: bell.clone(),
+            shape,
         }),
+        bell,
+        track_wakers,
         region,
         overflow: if hello.drop_oldest {
             Overflow::DropOldest
@@ -261,6 +286,49 @@ async fn send_stats(worker: Arc<Worker>) {
     }
 }
 
+/// The worker's doorbell: after each kick of the front, wakes the tasks whose track rings the
+/// front has written to.
+async fn ring_track_doorbell(
+    doorbell: Doorbell,
+    kick: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    wakers: Arc<[Arc<SlotWaker>]>,
+) {
+    loop {
+        let Ok(mut ready) = kick.readable().await else {
+            return;
+        };
+        match process::drain(kick.get_ref()) {
+            Ok(true) => {}
+            Ok(false) => {
+                ready.clear_ready();
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "room worker: its track doorbell failed");
+                return;
+            }
+        }
+        doorbell.take(|ring| {
+            if let Some(w) = wakers.get(ring as usize) {
+                w.wake();
+            }
+        });
+    }
+}
+
+/// A track ring's reader's bell: marks the ring's bit in the front's doorbell (after the
+/// slots').
+struct TrackBell {
+    bell: Arc<WorkerBell>,
+    shape: Shape,
+}
+
+impl Bell for TrackBell {
+    fn ring(&self, ring: u32) {
+        self.bell.ring(self.shape.track_bit(ring));
+    }
+}
+
 /// The producer's bell in a worker: mark the slot, kick the front's eventfd on the first mark.
 struct WorkerBell {
     doorbell: Doorbell,
@@ -275,15 +343,13 @@ impl Bell for WorkerBell {
     }
 }
 
-type Publishes = mpsc::UnboundedSender<(u64, Vec<u8>)>;
-
 enum Slot {
     /// Joining; `leave`: the front has left it meanwhile, so the room is left once joined.
     Joining { leave: bool },
     Joined {
         room: Arc<dyn Room>,
-        /// Each published track's queue of Publish requests, played in order by its task.
-        tracks: HashMap<String, Publishes>,
+        /// The track rings opened for the room, closed when it is left.
+        tracks: Vec<u32>,
     },
 }
 
@@ -294,6 +360,10 @@ struct Worker {
     sim: SimBackend,
     region: Arc<Region>,
     bell: Arc<WorkerBell>,
+    /// Rings the front when a track ring has space.
+    track_bell: Arc<TrackBell>,
+    /// The track rings' readers' wakers, woken by the worker's doorbell.
+    track_wakers: Arc<[Arc<SlotWaker>]>,
     overflow: Overflow,
     out: mpsc::UnboundedSender<proto::FromWorker>,
     slots: Mutex<HashMap<u32, Slot>>,
@@ -314,10 +384,10 @@ impl Worker {
         match m.op {
             Some(Op::Join(j)) => self.join(id, j),
             Some(Op::Leave(l)) => self.leave(id, l.slot),
-            Some(Op::Publish(p)) => self.publish(id, p),
+            Some(Op::OpenTrack(o)) => self.open_track(id, o),
             Some(Op::Hello(_)) | None => self.send(failure(
                 id,
-                &RoomError::Library("a room worker takes Join, Leave and Publish".into()),
+                &RoomError::Library("a room worker takes Join, Leave and OpenTrack".into()),
             )),
         }
     }
@@ -383,7 +453,7 @@ impl Worker {
                         slot,
                         Slot::Joined {
                             room: room.clone(),
-                            tracks: HashMap::new(),
+                            tracks: Vec::new(),
                         },
                     );
                 }
@@ -411,7 +481,14 @@ impl Worker {
         let room = {
             let mut slots = self.slots();
             match slots.remove(&slot) {
-                Some(Slot::Joined { room, .. }) => Some(room),
+                Some(Slot::Joined { room, tracks }) => {
+                    for ring in tracks {
+                        if let Some(closer) = self.track_closer(ring) {
+                            closer.close();
+                        }
+                    }
+                    Some(room)
+                }
                 Some(Slot::Joining { .. }) => {
                     slots.insert(slot, Slot::Joining { leave: true });
                     None
@@ -428,38 +505,116 @@ impl Worker {
         });
     }
 
-    fn publish(&self, id: u64, p: proto::Publish) {
-        let mut slots = self.slots();
-        let Some(Slot::Joined { room, tracks }) = slots.get_mut(&p.slot) else {
-            drop(slots);
+    /// Closes track ring `ring` from this side: its reader's task ends, and a writer waiting in
+    /// the front learns.
+    fn track_closer(&self, ring: u32) -> Option<TrackRingCloser> {
+        let memory = self.region.track(ring, self.region.clone())?;
+        let waker = self.track_wakers.get(ring as usize)?.clone();
+        Some(TrackRingCloser::new(
+            memory,
+            ring,
+            waker,
+            self.track_bell.clone(),
+        ))
+    }
+
+    fn open_track(self: &Arc<Self>, id: u64, o: proto::OpenTrack) {
+        let ring = o.ring;
+        let memory = self.region.track(ring, self.region.clone());
+        let (Some(memory), Some(waker)) = (memory, self.track_wakers.get(ring as usize)) else {
             self.send(failure(
                 id,
-                &RoomError::NotConnected("the room is not joined".into()),
+                &RoomError::Library(format!("track ring {ring} is out of range")),
             ));
             return;
         };
-        let queue = tracks.entry(p.track.clone()).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(play(room.clone(), p.track, rx, self.out.clone()));
-            tx
-        });
-        let _ = queue.send((id, p.pcm));
-    }
-}
-
-/// One published track's Publish requests, in order, each answered when the room took it.
-async fn play(
-    room: Arc<dyn Room>,
-    track: String,
-    mut requests: mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
-    out: mpsc::UnboundedSender<proto::FromWorker>,
-) {
-    while let Some((id, pcm)) = requests.recv().await {
-        let answer = match room.publish(&track, &pcm).await {
-            Ok(()) => done(id),
-            Err(e) => failure(id, &e),
+        let room = match self.slots().get(&o.slot) {
+            Some(Slot::Joined { room, .. }) => room.clone(),
+            _ => {
+                self.send(failure(
+                    id,
+                    &RoomError::NotConnected("the room is not joined".into()),
+                ));
+                return;
+            }
         };
-        let _ = out.send(answer);
+        let reader = TrackRingReader::new(memory, ring, waker.clone(), self.track_bell.clone());
+        let worker = self.clone();
+        tokio::spawn(async move {
+            // The track is made (or refused: the server revoked the permission to publish)
+            // before the front writes to it, so a refusal answers the open.
+            let made = room.publish(&o.track, &[]).await;
+            // The ring is the room's from here until its task forgets it, unless the room was
+            // left meanwhile.
+            let made = made.and_then(|()| {
+                if worker.track_opened(o.slot, &room, ring) {
+                    Ok(())
+                } else {
+                    Err(RoomError::NotConnected("the room was left".into()))
+                }
+            });
+            if let Err(e) = made {
+                // Closed before the answer: the front may reuse the ring once it has it.
+                drop(reader);
+                worker.send(failure(id, &e));
+                return;
+            }
+            worker.send(done(id));
+            worker.play_track(room, o.slot, o.track, reader, ring).await;
+        });
+    }
+
+    /// Lists track ring `ring` as `slot`'s, for its room (`room`) to close when it is left;
+    /// false if that room is left.
+    fn track_opened(&self, slot: u32, room: &Arc<dyn Room>, ring: u32) -> bool {
+        match self.slots().get_mut(&slot) {
+            Some(Slot::Joined { room: r, tracks }) if Arc::ptr_eq(r, room) => {
+                tracks.push(ring);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// One published track: publishes what the front writes into its ring, in order, as the
+    /// room takes it (the track's clock waits while it is ahead, and meanwhile the ring fills
+    /// and the front's writer waits: the backpressure). A publish the room refuses is reported
+    /// and the ring left for the front to close, so that its writer learns why before it
+    /// learns of the close. Ends when the ring is closed (the session left, the front's writer
+    /// gone); then the ring is forgotten, so that leaving the room cannot close it once the
+    /// front has reused it, and released.
+    async fn play_track(
+        &self,
+        room: Arc<dyn Room>,
+        slot: u32,
+        track: String,
+        mut reader: TrackRingReader,
+        ring: u32,
+    ) {
+        let mut pcm = Vec::with_capacity(super::region::TRACK_RING_BYTES);
+        loop {
+            pcm.clear();
+            if reader.read(&mut pcm, usize::MAX).await.is_none() {
+                break;
+            }
+            if let Err(e) = room.publish(&track, &pcm).await {
+                let failed = proto::TrackFailed {
+                    ring,
+                    failed: Some(wire::failed(&e)),
+                };
+                self.send(answer(0, proto::from_worker::Op::TrackFailed(failed)));
+                reader.closed().await;
+                break;
+            }
+        }
+        if let Some(Slot::Joined { tracks, .. }) = self.slots().get_mut(&slot) {
+            tracks.retain(|r| *r != ring);
+        }
+        drop(reader);
+        self.send(answer(
+            0,
+            proto::from_worker::Op::TrackReleased(proto::TrackReleased { ring }),
+        ));
     }
 }
 

@@ -23,11 +23,9 @@ use proto::{disconnected, failed};
 
 /// The protocol's version, checked in the handshake: front and worker are the same binary, so
 /// a mismatch means a binary replaced under a running front.
-pub const VERSION: u32 = 2;
-/// The largest frame either side accepts. A Publish carries at most [`MAX_PCM`].
+pub const VERSION: u32 = 3;
+/// The largest frame either side accepts (a Join with its token is the largest message).
 pub const MAX_MESSAGE: usize = 1 << 20;
-/// The most PCM one Publish carries; longer client audio is sent in pieces.
-pub const MAX_PCM: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
