@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(messages) = wire::decode_all::<proto::FromWorker>(data) {
         for m in messages {
             match m.op.clone() {
-                Some(proto::from_worker::Op::Failed(f)) => drop(wire::room_error(f)),
+                Some(proto::from_worker::Op::Failed(f))
+                | Some(proto::from_worker::Op::TrackFailed(proto::TrackFailed {
+                    failed: Some(f),
+                    ..
+                })) => drop(wire::room_error(f)),
                 Some(proto::from_worker::Op::Event(proto::RoomEvent {
                     event: Some(proto::room_event::Event::Disconnected(d)),
                     ..

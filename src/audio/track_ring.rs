@@ -154,8 +154,8 @@ impl TrackRingReader {
         }
     }
 
-    /// Appends to `out` what the ring holds, at most `max` bytes (even); `Ready(Some(n))` with
-    /// the count, `Ready(None)` once closed, `Pending` while empty.
+    /// Appends to `out` what the ring holds, at most `max` bytes (rounded down to whole samples,
+    /// at least one); `Ready(Some(n))` with the count, `Ready(None)` once closed, `Pending` while empty.
     pub fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
@@ -175,7 +175,7 @@ impl TrackRingReader {
                 self.close();
                 return Poll::Ready(None);
             }
-            let n = queued.min(max & !1);
+            let n = queued.min(max.max(2) & !1);
             if n > 0 {
                 let start = out.len();
                 out.resize(start + n, 0);

@@ -364,11 +364,9 @@ impl Link {
             track: track.to_string(),
             ring,
         }));
-        if let Err(e) = opened.await {
-            // The worker holds nothing of a ring it did not open (nor a dead one anything).
-            self.let_go_track(ring, WORKER);
-            return Err(e);
-        }
+        // A worker that could not open the ring says so with TrackReleased too, whether or not
+        // anyone still waits for this answer.
+        opened.await?;
         let (Some(memory), Some(waker)) = (
             self.region.track(ring, lease),
             self.track_wakers.get(ring as usize),
@@ -872,6 +870,7 @@ pub(super) fn describe(status: std::process::ExitStatus) -> String {
 mod tests {
     use super::*;
     use crate::room::worker::region::Shape;
+    use proto::from_worker::Op;
 
     #[test]
     fn a_retired_worker_takes_no_session_and_goes_only_once_empty() {
@@ -903,5 +902,72 @@ mod tests {
         );
         assert!(link.retired.is_cancelled());
         drop(ring);
+    }
+
+    #[tokio::test]
+    async fn a_track_ring_says_why_it_failed_and_is_reused_only_once_both_sides_let_go() {
+        let shape = Shape {
+            slots: 1,
+            capacity: 4096,
+            tracks: 1,
+        };
+        let region = Arc::new(Region::create(shape).expect("a region"));
+        let (out, mut to_worker) = mpsc::unbounded_channel();
+        let kick = process::eventfd().expect("an eventfd");
+        let link = Arc::new(Link::new(0, 0, region, kick, out));
+        let from_worker = |id, op| proto::FromWorker { id, op: Some(op) };
+        let open = |link: &Arc<Link>| {
+            let link = link.clone();
+            tokio::spawn(async move { link.open_track(0, "speaker").await })
+        };
+        let opening = open(&link);
+        let request = to_worker.recv().await.expect("OpenTrack");
+        assert!(matches!(
+            request.op,
+            Some(proto::to_worker::Op::OpenTrack(proto::OpenTrack {
+                ring: 0,
+                ..
+            }))
+        ));
+        link.take(from_worker(request.id, Op::Done(proto::Done {})));
+        let mut track = opening.await.expect("the task").expect("opened");
+        assert!(track.writer.write(&[1; 64]).await.is_ok());
+        let busy = open(&link).await.expect("the task");
+        assert!(
+            matches!(busy, Err(RoomError::Unavailable(_))),
+            "one ring, in use"
+        );
+
+        // The worker's room refuses the audio: the writer's next write fails, saying why.
+        let refused = RoomError::NotConnected("LiveKit revoked the permission to publish".into());
+        let failed = proto::TrackFailed {
+            ring: 0,
+            failed: Some(wire::failed(&refused)),
+        };
+        link.take(from_worker(0, Op::TrackFailed(failed)));
+        assert!(track.writer.write(&[1; 64]).await.is_err());
+        assert_eq!(link.track_error(track.ring), refused);
+        drop(track);
+        let busy = open(&link).await.expect("the task");
+        assert!(
+            matches!(busy, Err(RoomError::Unavailable(_))),
+            "the worker still holds the ring"
+        );
+        link.take(from_worker(
+            0,
+            Op::TrackReleased(proto::TrackReleased { ring: 0 }),
+        ));
+        let opening = open(&link);
+        let request = to_worker.recv().await.expect("OpenTrack");
+        assert!(matches!(
+            request.op,
+            Some(proto::to_worker::Op::OpenTrack(proto::OpenTrack {
+                ring: 0,
+                ..
+            }))
+        ));
+        link.take(from_worker(request.id, Op::Done(proto::Done {})));
+        let mut track = opening.await.expect("the task").expect("opened again");
+        assert!(track.writer.write(&[1; 64]).await.is_ok(), "a fresh ring");
     }
 }

@@ -261,6 +261,14 @@ fn failure(id: u64, e: &RoomError) -> proto::FromWorker {
     answer(id, proto::from_worker::Op::Failed(wire::failed(e)))
 }
 
+/// Track ring `ring` is the front's again.
+fn released(ring: u32) -> proto::FromWorker {
+    answer(
+        0,
+        proto::from_worker::Op::TrackReleased(proto::TrackReleased { ring }),
+    )
+}
+
 fn done(id: u64) -> proto::FromWorker {
     answer(id, proto::from_worker::Op::Done(proto::Done {}))
 }
@@ -554,9 +562,10 @@ impl Worker {
                 }
             });
             if let Err(e) = made {
-                // Closed before the answer: the front may reuse the ring once it has it.
+                // Closed before it is released, so the front may reuse it then.
                 drop(reader);
                 worker.send(failure(id, &e));
+                worker.send(released(ring));
                 return;
             }
             worker.send(done(id));
@@ -611,10 +620,7 @@ impl Worker {
             tracks.retain(|r| *r != ring);
         }
         drop(reader);
-        self.send(answer(
-            0,
-            proto::from_worker::Op::TrackReleased(proto::TrackReleased { ring }),
-        ));
+        self.send(released(ring));
     }
 }
 
