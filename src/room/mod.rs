@@ -187,7 +187,8 @@ pub trait RoomEvents: Send + Sync + 'static {
 /// A joined room.
 pub trait Room: Send + Sync {
     /// Publishes 16 kHz mono PCM16 (little-endian) to the audio track called `track`, creating
-    /// and publishing the track on first use. Resolves when the room has taken the audio; a
+    /// and publishing the track on first use. Resolves when the room has taken the audio (a
+    /// room in a worker: when the track's ring has, and a refusal shows on the next call); a
     /// backend that paces playout applies backpressure here.
     fn publish<'a>(&'a self, track: &'a str, pcm: &'a [u8])
     -> BoxFuture<'a, Result<(), RoomError>>;
