@@ -869,7 +869,7 @@ pub(super) fn describe(status: std::process::ExitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::room::worker::region::Shape;
+    use crate::room::worker::region::{self, Shape};
     use proto::from_worker::Op;
 
     #[test]
@@ -905,7 +905,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_track_ring_says_why_it_failed_and_is_reused_only_once_both_sides_let_go() {
+    async fn a_track_writer_learns_why_its_ring_closed_and_the_ring_is_reused_only_when_free() {
         let shape = Shape {
             slots: 1,
             capacity: 4096,
@@ -969,5 +969,24 @@ mod tests {
         link.take(from_worker(request.id, Op::Done(proto::Done {})));
         let mut track = opening.await.expect("the task").expect("opened again");
         assert!(track.writer.write(&[1; 64]).await.is_ok(), "a fresh ring");
+
+        // A writer waiting for room in the ring when the worker dies learns of the death.
+        let full = region::TRACK_RING_BYTES;
+        let waiting = tokio::spawn(async move {
+            let written = track.writer.write(&vec![1; 2 * full]).await;
+            (written, track.ring)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the ring is full");
+        link.die("the room's worker process died (signal 9)".into(), false);
+        let (written, ring) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the death")
+            .expect("the task");
+        assert!(written.is_err());
+        assert_eq!(
+            link.track_error(ring),
+            RoomError::NotConnected("the room's worker process died (signal 9)".into())
+        );
     }
 }
