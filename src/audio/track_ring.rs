@@ -57,24 +57,45 @@ const WRITER_PARKED: usize = 0b1000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Closed;
 
-/// The front's end: writes PCM, waiting for space.
-pub struct TrackRingWriter {
+/// What each of the ring's handles holds: the memory, the ring's number (which the other
+/// process's bell is rung with), this process's side's waker, and the bell to the other process.
+struct End {
     mem: SlotMemory,
-    /// This ring's number, which the reader's process's bell is rung with.
     index: u32,
     waker: Arc<SlotWaker>,
-    /// Rings the reader's process.
     bell: Arc<dyn Bell>,
 }
 
+impl End {
+    fn is_closed(&self) -> bool {
+        self.mem.header().state.load(Ordering::Acquire) & CLOSED != 0
+    }
+
+    /// Sets `CLOSED`; the first to set it rings the other process.
+    fn close(&self) {
+        if self.mem.header().state.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED == 0 {
+            self.bell.ring(self.index);
+        }
+    }
+
+    /// A writer or reader going away: no wake reaches its waker any more, and the ring closes.
+    fn go(&self) {
+        self.waker.clear();
+        self.close();
+    }
+}
+
+/// The front's end: writes PCM, waiting for space. Its bell rings the reader's process.
+pub struct TrackRingWriter(End);
+
 impl TrackRingWriter {
     pub fn new(mem: SlotMemory, index: u32, waker: Arc<SlotWaker>, bell: Arc<dyn Bell>) -> Self {
-        Self {
+        Self(End {
             mem,
             index,
             waker,
             bell,
-        }
+        })
     }
 
     /// Writes as much of `pcm` as fits, advancing it; `Ready(Ok)` once all of it is written,
@@ -84,28 +105,32 @@ impl TrackRingWriter {
         cx: &mut Context<'_>,
         pcm: &mut &[u8],
     ) -> Poll<Result<(), Closed>> {
-        let h = self.mem.header();
+        let h = self.0.mem.header();
         loop {
             if h.state.load(Ordering::Acquire) & CLOSED != 0 {
                 return Poll::Ready(Err(Closed));
             }
             let head = h.head.load(Ordering::Acquire);
             let tail = h.tail.load(Ordering::Relaxed);
-            let free = self.mem.capacity().saturating_sub(tail.wrapping_sub(head));
+            let free = self
+                .0
+                .mem
+                .capacity()
+                .saturating_sub(tail.wrapping_sub(head));
             // Whole samples only: the reader's count stays even.
             let n = free.min(pcm.len()) & !1;
             if n > 0 {
-                self.mem.put(tail, &pcm[..n]);
+                self.0.mem.put(tail, &pcm[..n]);
                 h.tail.store(tail.wrapping_add(n), Ordering::Release);
                 *pcm = &pcm[n..];
                 if h.state.fetch_and(!READER_PARKED, Ordering::AcqRel) & READER_PARKED != 0 {
-                    self.bell.ring(self.index);
+                    self.0.bell.ring(self.0.index);
                 }
             }
             if pcm.len() < 2 {
                 return Poll::Ready(Ok(()));
             }
-            self.waker.register(cx.waker());
+            self.0.waker.register(cx.waker());
             let state = h.state.fetch_or(WRITER_PARKED, Ordering::AcqRel);
             if state & CLOSED != 0 {
                 return Poll::Ready(Err(Closed));
@@ -122,36 +147,28 @@ impl TrackRingWriter {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.mem.header().state.load(Ordering::Acquire) & CLOSED != 0
+        self.0.is_closed()
     }
 }
 
 impl Drop for TrackRingWriter {
     fn drop(&mut self) {
-        self.waker.clear();
-        if self.mem.header().state.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED == 0 {
-            self.bell.ring(self.index);
-        }
+        self.0.go();
     }
 }
 
-/// The worker's end: reads what the front wrote, waiting for it.
-pub struct TrackRingReader {
-    mem: SlotMemory,
-    index: u32,
-    waker: Arc<SlotWaker>,
-    /// Rings the writer's process.
-    bell: Arc<dyn Bell>,
-}
+/// The worker's end: reads what the front wrote, waiting for it. Its bell rings the writer's
+/// process.
+pub struct TrackRingReader(End);
 
 impl TrackRingReader {
     pub fn new(mem: SlotMemory, index: u32, waker: Arc<SlotWaker>, bell: Arc<dyn Bell>) -> Self {
-        Self {
+        Self(End {
             mem,
             index,
             waker,
             bell,
-        }
+        })
     }
 
     /// Appends to `out` what the ring holds, at most `max` bytes (rounded down to whole samples,
@@ -162,7 +179,7 @@ impl TrackRingReader {
         out: &mut Vec<u8>,
         max: usize,
     ) -> Poll<Option<usize>> {
-        let h = self.mem.header();
+        let h = self.0.mem.header();
         loop {
             if h.state.load(Ordering::Acquire) & CLOSED != 0 {
                 return Poll::Ready(None);
@@ -170,23 +187,23 @@ impl TrackRingReader {
             let tail = h.tail.load(Ordering::Acquire);
             let head = h.head.load(Ordering::Relaxed);
             let queued = tail.wrapping_sub(head);
-            if queued > self.mem.capacity() || !queued.is_multiple_of(2) {
+            if queued > self.0.mem.capacity() || !queued.is_multiple_of(2) {
                 // Not what a writer following the protocol leaves: nothing more is read.
-                self.close();
+                self.0.close();
                 return Poll::Ready(None);
             }
             let n = queued.min(max.max(2) & !1);
             if n > 0 {
                 let start = out.len();
                 out.resize(start + n, 0);
-                self.mem.get(head, &mut out[start..]);
+                self.0.mem.get(head, &mut out[start..]);
                 h.head.store(head.wrapping_add(n), Ordering::Release);
                 if h.state.fetch_and(!WRITER_PARKED, Ordering::AcqRel) & WRITER_PARKED != 0 {
-                    self.bell.ring(self.index);
+                    self.0.bell.ring(self.0.index);
                 }
                 return Poll::Ready(Some(n));
             }
-            self.waker.register(cx.waker());
+            self.0.waker.register(cx.waker());
             let state = h.state.fetch_or(READER_PARKED, Ordering::AcqRel);
             if state & CLOSED != 0 {
                 return Poll::Ready(None);
@@ -209,47 +226,34 @@ impl TrackRingReader {
             sink.clear();
         }
     }
-
-    fn close(&self) {
-        if self.mem.header().state.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED == 0 {
-            self.bell.ring(self.index);
-        }
-    }
 }
 
 impl Drop for TrackRingReader {
     fn drop(&mut self) {
-        self.waker.clear();
-        self.close();
+        self.0.go();
     }
 }
 
 /// Closes a track ring from either process without its writer or reader: the front's when the
-/// worker reported the track failed or died, the worker's when its session leaves the room.
-pub struct TrackRingCloser {
-    mem: SlotMemory,
-    index: u32,
-    /// This process's side's waker.
-    waker: Arc<SlotWaker>,
-    /// Rings the other process.
-    bell: Arc<dyn Bell>,
-}
+/// worker reported the track failed or died, the worker's when its session leaves the room. Its
+/// waker is this process's side's.
+pub struct TrackRingCloser(End);
 
 impl TrackRingCloser {
     pub fn new(mem: SlotMemory, index: u32, waker: Arc<SlotWaker>, bell: Arc<dyn Bell>) -> Self {
-        Self {
+        Self(End {
             mem,
             index,
             waker,
             bell,
-        }
+        })
     }
 
     /// Sets `CLOSED` and wakes both sides: this process's at once, the other's by its bell.
     pub fn close(&self) {
-        self.mem.header().state.fetch_or(CLOSED, Ordering::AcqRel);
-        self.waker.wake();
-        self.bell.ring(self.index);
+        self.0.mem.header().state.fetch_or(CLOSED, Ordering::AcqRel);
+        self.0.waker.wake();
+        self.0.bell.ring(self.0.index);
     }
 }
 
@@ -347,7 +351,7 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         for tail in [3, 16] {
             let (w, mut r) = heap_track_ring(14);
-            r.mem.header().tail.store(tail, Ordering::Release);
+            r.0.mem.header().tail.store(tail, Ordering::Release);
             let mut out = Vec::new();
             assert_eq!(
                 r.poll_read(&mut cx, &mut out, 8),
@@ -365,7 +369,7 @@ mod tests {
         let (mut w, _r) = heap_track_ring(14);
         let mut rest = &[1u8; 20][..];
         assert!(w.poll_write(&mut cx, &mut rest).is_pending());
-        TrackRingCloser::new(w.mem.clone(), 0, w.waker.clone(), w.bell.clone()).close();
+        TrackRingCloser::new(w.0.mem.clone(), 0, w.0.waker.clone(), w.0.bell.clone()).close();
         assert_eq!(counter.wakes(), 1);
         assert!(w.is_closed());
         assert_eq!(w.poll_write(&mut cx, &mut rest), Poll::Ready(Err(Closed)));

@@ -29,10 +29,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::lifeline;
-use super::process;
+use super::process::{self, KickBell};
 use super::region::Region;
 use super::wire::{self, WireError, proto};
-use crate::audio::mapped::{Bell, Doorbell, MappedCloser, MappedConsumer, SlotWaker};
+use crate::audio::mapped::{MappedCloser, MappedConsumer, SlotWaker};
 use crate::audio::track_ring::{TrackRingCloser, TrackRingWriter};
 use crate::audio::{Closer, Consumer};
 use crate::room::{
@@ -88,8 +88,8 @@ pub(super) struct Link {
     wakers: Vec<Arc<SlotWaker>>,
     /// The track rings' writers' wakers, woken by the front's doorbell.
     track_wakers: Vec<Arc<SlotWaker>>,
-    /// Rings the worker when a track ring has PCM.
-    track_bell: Arc<TrackBell>,
+    /// Rings the worker when a track ring has PCM (its bit is the ring's number).
+    track_bell: Arc<KickBell>,
     out: mpsc::UnboundedSender<proto::ToWorker>,
     next_id: AtomicU64,
     table: Mutex<Table>,
@@ -104,47 +104,20 @@ pub(super) struct Link {
     retired: CancellationToken,
 }
 
-/// Keeps a slot for the front while the session's ring handles live.
-struct SlotLease {
+/// Keeps a slot for the front while the session's ring handles live, or a track ring while
+/// its writer does: the owner of their memory, whose drop lets go of it.
+struct Lease {
     link: Weak<Link>,
-    slot: u32,
+    index: u32,
+    /// [`Link::let_go`] for a slot, [`Link::let_go_track`] for a track ring.
+    let_go: fn(&Link, u32, u8),
     _region: Arc<Region>,
 }
 
-impl Drop for SlotLease {
+impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(link) = self.link.upgrade() {
-            link.let_go(self.slot, FRONT);
-        }
-    }
-}
-
-/// Keeps a track ring for the front while its writer lives.
-struct TrackLease {
-    link: Weak<Link>,
-    ring: u32,
-    _region: Arc<Region>,
-}
-
-impl Drop for TrackLease {
-    fn drop(&mut self) {
-        if let Some(link) = self.link.upgrade() {
-            link.let_go_track(self.ring, FRONT);
-        }
-    }
-}
-
-/// A track ring's writer's bell: marks the ring in the worker's doorbell and kicks the worker's
-/// eventfd on the first mark.
-struct TrackBell {
-    doorbell: Doorbell,
-    kick: std::os::fd::OwnedFd,
-}
-
-impl Bell for TrackBell {
-    fn ring(&self, ring: u32) {
-        if self.doorbell.mark(ring) {
-            process::kick(&self.kick);
+            (self.let_go)(&link, self.index, FRONT);
         }
     }
 }
@@ -173,7 +146,7 @@ impl Link {
             track_wakers: (0..shape.tracks)
                 .map(|_| Arc::new(SlotWaker::new()))
                 .collect(),
-            track_bell: Arc::new(TrackBell {
+            track_bell: Arc::new(KickBell {
                 doorbell: region.track_doorbell(region.clone()),
                 kick: track_kick,
             }),
@@ -259,9 +232,10 @@ impl Link {
             );
             slot
         };
-        let lease: Arc<dyn Send + Sync> = Arc::new(SlotLease {
+        let lease: Arc<dyn Send + Sync> = Arc::new(Lease {
             link: Arc::downgrade(self),
-            slot,
+            index: slot,
+            let_go: Self::let_go,
             _region: self.region.clone(),
         });
         let memory = self.region.slot(slot, lease)?;
@@ -354,9 +328,10 @@ impl Link {
             ring
         };
         // From here the front's hold is the lease's: dropped with the writer, or on failure.
-        let lease: Arc<dyn Send + Sync> = Arc::new(TrackLease {
+        let lease: Arc<dyn Send + Sync> = Arc::new(Lease {
             link: Arc::downgrade(self),
-            ring,
+            index: ring,
+            let_go: Self::let_go_track,
             _region: self.region.clone(),
         });
         let opened = self.request(proto::to_worker::Op::OpenTrack(proto::OpenTrack {

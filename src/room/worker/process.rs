@@ -16,6 +16,8 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
+use crate::audio::mapped::{Bell, Doorbell};
+
 pub const CONTROL_FD: RawFd = 3;
 pub const MEMORY_FD: RawFd = 4;
 pub const KICK_FD: RawFd = 5;
@@ -38,6 +40,22 @@ pub fn kick(fd: &OwnedFd) {
     let one = 1u64.to_ne_bytes();
     // SAFETY: writes 8 bytes from a live buffer to a valid descriptor.
     let _ = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+}
+
+/// A bell to the other process: marks the bit in that process's doorbell and, for the first
+/// mark since it last looked, kicks its eventfd. The worker's producers ring the front with
+/// one, the front's track writers the worker.
+pub struct KickBell {
+    pub doorbell: Doorbell,
+    pub kick: OwnedFd,
+}
+
+impl Bell for KickBell {
+    fn ring(&self, bit: u32) {
+        if self.doorbell.mark(bit) {
+            kick(&self.kick);
+        }
+    }
 }
 
 /// Reads and resets an eventfd's counter; false when there was nothing to read.

@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::lifeline;
-use super::process::{self, Inherited};
+use super::process::{self, Inherited, KickBell};
 use super::region::{Region, Shape};
 use super::wire::{self, proto};
 use crate::audio::mapped::{Bell, Doorbell, MappedProducer, SlotWaker};
@@ -198,7 +198,7 @@ async fn run(fds: Inherited, args: WorkerArgs) -> u8 {
             pid: std::process::id(),
         }),
     ));
-    let bell = Arc::new(WorkerBell {
+    let bell = Arc::new(KickBell {
         doorbell: region.doorbell(region.clone()),
         kick: fds.kick,
     });
@@ -327,27 +327,13 @@ async fn ring_track_doorbell(
 /// A track ring's reader's bell: marks the ring's bit in the front's doorbell (after the
 /// slots').
 struct TrackBell {
-    bell: Arc<WorkerBell>,
+    bell: Arc<KickBell>,
     shape: Shape,
 }
 
 impl Bell for TrackBell {
     fn ring(&self, ring: u32) {
         self.bell.ring(self.shape.track_bit(ring));
-    }
-}
-
-/// The producer's bell in a worker: mark the slot, kick the front's eventfd on the first mark.
-struct WorkerBell {
-    doorbell: Doorbell,
-    kick: std::os::fd::OwnedFd,
-}
-
-impl Bell for WorkerBell {
-    fn ring(&self, slot: u32) {
-        if self.doorbell.mark(slot) {
-            process::kick(&self.kick);
-        }
     }
 }
 
@@ -367,7 +353,8 @@ struct Worker {
     /// Simulated rooms, when the front sends them here.
     sim: SimBackend,
     region: Arc<Region>,
-    bell: Arc<WorkerBell>,
+    /// Rings the front when a session ring has audio (its bit is the slot).
+    bell: Arc<KickBell>,
     /// Rings the front when a track ring has space.
     track_bell: Arc<TrackBell>,
     /// The track rings' readers' wakers, woken by the worker's doorbell.
